@@ -1,0 +1,339 @@
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use drover_wire::{DType, DimRef, TensorSpec};
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::{
+    DatumType, Framework, InferenceModelExt, IntoRunnable, TValue, TVec, TypedFact, TypedModel,
+    TypedSimplePlan, TypedSimpleState,
+};
+
+use super::error::{LoadError, RunError};
+use super::guard::contain;
+use super::opcheck::unsupported_ops;
+use super::proto::declared_io;
+use super::signature::{BatchAxis, Signature, describe_shape, fixed};
+use super::stage::{LoadTimings, Stage};
+use crate::tensor::Tensor;
+
+/// A model loaded, optimised and ready to run: one plan and one reusable state.
+///
+/// Building a plan costs milliseconds and a fresh state per call costs a microsecond or so; a
+/// board answering every few milliseconds cannot pay either per request, so both are built once
+/// here and reused by every [`Model::run`].
+pub struct Model {
+    signature: Signature,
+    plan: Arc<TypedSimplePlan>,
+    state: TypedSimpleState,
+    timings: LoadTimings,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("signature", &self.signature)
+            .field("timings", &self.timings)
+            .finish()
+    }
+}
+
+/// Runs one load stage: times it, contains panics, and tags failures with the stage.
+fn stage<T>(
+    timings: &mut LoadTimings,
+    stage: Stage,
+    f: impl FnOnce() -> tract_onnx::prelude::TractResult<T>,
+) -> Result<T, LoadError> {
+    let start = Instant::now();
+    let result = contain(f).map_err(|message| LoadError::Panicked { stage, message })?;
+    let value = result.map_err(|e| LoadError::Stage {
+        stage,
+        message: format!("{e:#}"),
+    })?;
+    timings.record(stage, start.elapsed());
+    Ok(value)
+}
+
+impl Model {
+    /// Loads an ONNX file through every stage: read, operator check, parse, type, optimise, plan.
+    pub fn load(path: &Path) -> Result<Model, LoadError> {
+        let start = Instant::now();
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let proto = decode(&bytes)?;
+        let mut timings = LoadTimings::default();
+        timings.record(Stage::Read, start.elapsed());
+        Self::from_proto(&proto, path.parent(), timings)
+    }
+
+    /// Loads a model from bytes already in memory (e.g. extracted from a bundle).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model, LoadError> {
+        let start = Instant::now();
+        let proto = decode(bytes)?;
+        let mut timings = LoadTimings::default();
+        timings.record(Stage::Read, start.elapsed());
+        Self::from_proto(&proto, None, timings)
+    }
+
+    fn from_proto(
+        proto: &ModelProto,
+        dir: Option<&Path>,
+        mut timings: LoadTimings,
+    ) -> Result<Model, LoadError> {
+        let onnx = tract_onnx::onnx();
+
+        let check_start = Instant::now();
+        let missing = unsupported_ops(proto, &onnx.op_register);
+        if !missing.is_empty() {
+            return Err(LoadError::UnsupportedOps(missing));
+        }
+        let (declared_inputs, declared_outputs) = declared_io(proto)?;
+        let mut inputs = Vec::with_capacity(declared_inputs.len());
+        for d in declared_inputs {
+            match d.spec {
+                Some(spec) => inputs.push(spec),
+                None if DType::ALL.iter().any(|t| t.name() == d.dtype) => {
+                    return Err(LoadError::Schema {
+                        role: "input",
+                        name: d.name,
+                        reason: "name or rank too large".into(),
+                    });
+                }
+                None => {
+                    return Err(LoadError::UnsupportedType {
+                        role: "input",
+                        name: d.name,
+                        dtype: d.dtype,
+                    });
+                }
+            }
+        }
+        timings.record(Stage::Check, check_start.elapsed());
+
+        let dir = dir.and_then(Path::to_str);
+        let inference = stage(&mut timings, Stage::Parse, || {
+            let parsed = onnx.parse(proto, dir)?;
+            if !parsed.unresolved_inputs.is_empty() {
+                return Err(tract_onnx::prelude::TractError::msg(format!(
+                    "values used but never produced: {:?}",
+                    parsed.unresolved_inputs
+                )));
+            }
+            Ok(parsed.model)
+        })?;
+        let typed = stage(&mut timings, Stage::Type, || inference.into_typed())?;
+        let outputs = output_specs(&typed, declared_outputs.iter().map(|d| d.name.as_str()))?;
+        let optimised = stage(&mut timings, Stage::Optimise, || typed.into_optimized())?;
+        let (plan, state) = stage(&mut timings, Stage::Plan, || {
+            let plan = optimised.into_runnable()?;
+            let state = plan.spawn()?;
+            Ok((plan, state))
+        })?;
+        let batch = BatchAxis::of(&inputs);
+        Ok(Model {
+            signature: Signature {
+                inputs,
+                outputs,
+                batch,
+            },
+            plan,
+            state,
+            timings,
+        })
+    }
+
+    /// What the model takes and returns.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// Time spent in each load stage.
+    pub fn timings(&self) -> &LoadTimings {
+        &self.timings
+    }
+
+    /// Runs the model once on full input tensors (batch axis included), in declared order.
+    ///
+    /// Inputs are checked against the signature first, so a wrong tensor is a clear error rather
+    /// than a shape failure deep inside tract.
+    pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
+        self.check_inputs(inputs)?;
+        let values: TVec<TValue> = inputs.iter().map(|t| t.to_tract().into()).collect();
+        let outcome = contain(|| self.state.run(values));
+        let outputs = match outcome {
+            Ok(result) => result.map_err(|e| RunError::Engine(format!("{e:#}")))?,
+            Err(message) => {
+                // A panic may leave the state half-updated: start from a fresh one.
+                if let Ok(fresh) = self.plan.spawn() {
+                    self.state = fresh;
+                }
+                return Err(RunError::Panicked(message));
+            }
+        };
+        outputs
+            .iter()
+            .map(|v| Tensor::from_tract(v).map_err(|e| RunError::Engine(e.to_string())))
+            .collect()
+    }
+
+    /// Runs samples (each a list of input tensors without the batch axis) as one batch and
+    /// returns each sample's outputs without the batch axis.
+    ///
+    /// Models with a fixed batch of one, or without a batch axis, run the samples one at a time.
+    pub fn run_samples(&mut self, samples: &[Vec<Tensor>]) -> Result<Vec<Vec<Tensor>>, RunError> {
+        match self.signature.batch {
+            BatchAxis::Symbolic(_) if samples.len() > 1 => self.run_stacked(samples),
+            BatchAxis::Symbolic(_) | BatchAxis::FixedOne => samples
+                .iter()
+                .map(|s| self.run_stacked(std::slice::from_ref(s)))
+                .map(|r| r.map(first))
+                .collect(),
+            BatchAxis::None => samples.iter().map(|s| self.run(s)).collect(),
+        }
+    }
+
+    fn run_stacked(&mut self, samples: &[Vec<Tensor>]) -> Result<Vec<Vec<Tensor>>, RunError> {
+        let n = samples.len();
+        let count = self.signature.inputs.len();
+        let mut batch = Vec::with_capacity(count);
+        for input in 0..count {
+            let column: Vec<&Tensor> = samples
+                .iter()
+                .map(|s| {
+                    s.get(input).ok_or(RunError::InputCount {
+                        expected: count,
+                        actual: s.len(),
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let stacked = Tensor::stack(&column).map_err(|e| {
+                RunError::Batch(format!(
+                    "input '{}': {e}",
+                    self.signature.inputs[input].name
+                ))
+            })?;
+            batch.push(stacked);
+        }
+        let outputs = self.run(&batch)?;
+        let mut per_sample: Vec<Vec<Tensor>> =
+            (0..n).map(|_| Vec::with_capacity(outputs.len())).collect();
+        for (o, out) in outputs.into_iter().enumerate() {
+            let parts = out.unstack(n).map_err(|e| {
+                RunError::Batch(format!(
+                    "output '{}' has no batch axis of {n} ({e}); run with a batch of 1",
+                    self.signature
+                        .outputs
+                        .get(o)
+                        .map(|s| s.name.as_str())
+                        .unwrap_or("?")
+                ))
+            })?;
+            for (sample, part) in per_sample.iter_mut().zip(parts) {
+                sample.push(part);
+            }
+        }
+        Ok(per_sample)
+    }
+
+    fn check_inputs(&self, inputs: &[Tensor]) -> Result<(), RunError> {
+        let specs = &self.signature.inputs;
+        if inputs.len() != specs.len() {
+            return Err(RunError::InputCount {
+                expected: specs.len(),
+                actual: inputs.len(),
+            });
+        }
+        for (t, spec) in inputs.iter().zip(specs) {
+            if t.dtype() != spec.dtype {
+                return Err(RunError::InputType {
+                    name: spec.name.to_string(),
+                    expected: spec.dtype.to_string(),
+                    actual: t.dtype().to_string(),
+                });
+            }
+            let expected: Vec<Option<usize>> = spec.shape.iter().map(fixed).collect();
+            let fits = t.shape().len() == expected.len()
+                && t.shape()
+                    .iter()
+                    .zip(&expected)
+                    .all(|(have, want)| want.is_none_or(|w| w == *have));
+            if !fits {
+                return Err(RunError::InputShape {
+                    name: spec.name.to_string(),
+                    expected: describe_shape(&expected),
+                    actual: t.shape().to_vec(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Takes the only sample of a one-sample batch.
+fn first(mut v: Vec<Vec<Tensor>>) -> Vec<Tensor> {
+    v.pop().unwrap_or_default()
+}
+
+fn decode(bytes: &[u8]) -> Result<ModelProto, LoadError> {
+    let onnx = tract_onnx::onnx();
+    let mut reader = bytes;
+    let proto = contain(|| onnx.proto_model_for_read(&mut reader))
+        .map_err(LoadError::Decode)?
+        .map_err(|e| LoadError::Decode(format!("{e:#}")))?;
+    if proto.graph.is_none() {
+        return Err(LoadError::NoGraph);
+    }
+    Ok(proto)
+}
+
+/// Output specs from tract's typed facts (authoritative: the file may omit output shapes).
+fn output_specs<'a>(
+    typed: &TypedModel,
+    names: impl Iterator<Item = &'a str>,
+) -> Result<Vec<TensorSpec>, LoadError> {
+    let mut specs = Vec::new();
+    for (ix, name) in names.enumerate() {
+        let fact: TypedFact = typed
+            .output_fact(ix)
+            .map_err(|e| LoadError::Stage {
+                stage: Stage::Type,
+                message: format!("output '{name}': {e:#}"),
+            })?
+            .clone();
+        let dtype = dtype_of(fact.datum_type).ok_or_else(|| LoadError::UnsupportedType {
+            role: "output",
+            name: name.to_string(),
+            dtype: format!("{:?}", fact.datum_type).to_lowercase(),
+        })?;
+        let dims: Vec<String> = fact.shape.iter().map(|d| d.to_string()).collect();
+        let refs = fact
+            .shape
+            .iter()
+            .zip(&dims)
+            .map(|(d, text)| match d.to_i64() {
+                Ok(n) if n >= 0 => DimRef::Fixed(n as u64),
+                _ => DimRef::Symbolic(text),
+            });
+        let spec = TensorSpec::new(name, dtype, refs).map_err(|e| LoadError::Schema {
+            role: "output",
+            name: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+fn dtype_of(dt: DatumType) -> Option<DType> {
+    Some(match dt {
+        DatumType::F32 => DType::F32,
+        DatumType::F64 => DType::F64,
+        DatumType::I64 => DType::I64,
+        DatumType::I32 => DType::I32,
+        DatumType::U8 => DType::U8,
+        DatumType::I8 => DType::I8,
+        _ => return None,
+    })
+}

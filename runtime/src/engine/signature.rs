@@ -1,0 +1,148 @@
+use drover_wire::{DType, Dim, TensorSpec};
+use serde::Serialize;
+
+/// How samples map onto the model's leading axis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "symbol")]
+pub enum BatchAxis {
+    /// Every input starts with the same symbolic axis: any number of samples per run.
+    Symbolic(String),
+    /// Every input starts with a fixed axis of 1: one sample per run, given without that axis.
+    FixedOne,
+    /// No common batch axis: a sample is the whole set of input tensors.
+    None,
+}
+
+impl BatchAxis {
+    /// Largest batch a run may take.
+    pub fn max_batch(&self) -> usize {
+        match self {
+            BatchAxis::Symbolic(_) => usize::MAX,
+            BatchAxis::FixedOne | BatchAxis::None => 1,
+        }
+    }
+
+    /// Whether samples are given without the leading axis.
+    pub fn strips_leading_axis(&self) -> bool {
+        !matches!(self, BatchAxis::None)
+    }
+
+    /// Finds the batch axis shared by all inputs.
+    pub fn of(inputs: &[TensorSpec]) -> BatchAxis {
+        let firsts: Vec<Option<&Dim>> = inputs.iter().map(|i| i.shape.first()).collect();
+        match firsts.first() {
+            Some(Some(Dim::Symbolic(s)))
+                if s.as_str() != "?" && firsts.iter().all(|d| *d == firsts[0]) =>
+            {
+                BatchAxis::Symbolic(s.to_string())
+            }
+            Some(Some(Dim::Fixed(1))) if firsts.iter().all(|d| *d == Some(&Dim::Fixed(1))) => {
+                BatchAxis::FixedOne
+            }
+            _ => BatchAxis::None,
+        }
+    }
+}
+
+/// What a loaded model takes and returns.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Signature {
+    /// Inputs in the order the model declares them.
+    pub inputs: Vec<TensorSpec>,
+    /// Outputs in the order the model declares them.
+    pub outputs: Vec<TensorSpec>,
+    /// How samples are batched.
+    pub batch: BatchAxis,
+}
+
+impl Signature {
+    /// Index of the input called `name`.
+    pub fn input_index(&self, name: &str) -> Option<usize> {
+        self.inputs.iter().position(|i| i.name.as_str() == name)
+    }
+
+    /// The shape one sample of input `index` must have: the declared shape without the batch
+    /// axis. `None` entries accept any size (symbolic axes).
+    pub fn sample_shape(&self, index: usize) -> Vec<Option<usize>> {
+        let spec = &self.inputs[index];
+        let skip = usize::from(self.batch.strips_leading_axis());
+        spec.shape.iter().skip(skip).map(fixed).collect()
+    }
+
+    /// Element type of input `index`.
+    pub fn input_dtype(&self, index: usize) -> DType {
+        self.inputs[index].dtype
+    }
+}
+
+/// The size of a fixed axis; `None` for a symbolic one.
+pub fn fixed(d: &Dim) -> Option<usize> {
+    match d {
+        Dim::Fixed(n) => usize::try_from(*n).ok(),
+        Dim::Symbolic(_) => None,
+    }
+}
+
+/// Formats an expected per-sample shape for messages, `?` for free axes.
+pub fn describe_shape(shape: &[Option<usize>]) -> String {
+    shape
+        .iter()
+        .map(|d| d.map_or("?".to_string(), |n| n.to_string()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_wire::DimRef;
+
+    fn spec(name: &str, dims: &[DimRef<'_>]) -> TensorSpec {
+        TensorSpec::new(name, DType::F32, dims.iter().copied()).expect("fits")
+    }
+
+    #[test]
+    fn batch_axis_is_found_from_inputs() {
+        let n = DimRef::Symbolic("N");
+        assert_eq!(
+            BatchAxis::of(&[spec("a", &[n, DimRef::Fixed(3)]), spec("b", &[n])]),
+            BatchAxis::Symbolic("N".into())
+        );
+        assert_eq!(
+            BatchAxis::of(&[spec("a", &[DimRef::Fixed(1), DimRef::Fixed(28)])]),
+            BatchAxis::FixedOne
+        );
+        assert_eq!(
+            BatchAxis::of(&[spec("a", &[n]), spec("b", &[DimRef::Symbolic("M")])]),
+            BatchAxis::None
+        );
+        assert_eq!(
+            BatchAxis::of(&[spec("a", &[DimRef::Fixed(4)])]),
+            BatchAxis::None
+        );
+        assert_eq!(BatchAxis::of(&[spec("a", &[])]), BatchAxis::None);
+        // An unnamed axis is not a batch axis Drover can rely on.
+        assert_eq!(
+            BatchAxis::of(&[spec("a", &[DimRef::Symbolic("?")])]),
+            BatchAxis::None
+        );
+    }
+
+    #[test]
+    fn sample_shape_drops_the_batch_axis() {
+        let sig = Signature {
+            inputs: vec![spec(
+                "a",
+                &[
+                    DimRef::Symbolic("N"),
+                    DimRef::Symbolic("T"),
+                    DimRef::Fixed(3),
+                ],
+            )],
+            outputs: vec![],
+            batch: BatchAxis::Symbolic("N".into()),
+        };
+        assert_eq!(sig.sample_shape(0), vec![None, Some(3)]);
+        assert_eq!(describe_shape(&sig.sample_shape(0)), "?,3");
+    }
+}

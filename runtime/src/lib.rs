@@ -1,0 +1,12 @@
+//! The Drover agent as a library.
+//!
+//! Everything the `drover-agent` binary does is here, callable from tests, the fleet simulator
+//! and the demo, with no global state: each caller owns its models, files and clocks.
+
+pub mod cmd;
+pub mod engine;
+pub mod samples;
+pub mod tensor;
+
+pub use engine::{LoadError, Model, RunError, Signature};
+pub use tensor::{Tensor, TensorData};

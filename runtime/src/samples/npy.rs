@@ -1,0 +1,177 @@
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use drover_wire::DType;
+use npyz::{NpyFile, NpyReader, Order};
+
+use super::{Sample, SampleError};
+use crate::engine::{Signature, describe_shape};
+use crate::tensor::{Tensor, TensorData};
+
+type Source = BufReader<File>;
+
+/// The typed element stream of an `.npy` file.
+enum Elements {
+    F32(NpyReader<f32, Source>),
+    F64(NpyReader<f64, Source>),
+    I64(NpyReader<i64, Source>),
+    I32(NpyReader<i32, Source>),
+    U8(NpyReader<u8, Source>),
+    I8(NpyReader<i8, Source>),
+}
+
+/// Samples from a numpy `.npy` file whose first axis counts samples, for single-input models.
+///
+/// Elements are streamed: a truncated file fails at the first incomplete sample, with its index,
+/// after the complete ones were delivered.
+pub struct NpySamples {
+    path: PathBuf,
+    elements: Elements,
+    sample_shape: Vec<usize>,
+    per_sample: usize,
+    total: u64,
+    next_index: u64,
+}
+
+impl NpySamples {
+    /// Opens the file and checks its type and shape against the model's single input.
+    pub fn open(path: &Path, signature: &Signature) -> Result<NpySamples, SampleError> {
+        let fail = |message: String| SampleError::Npy {
+            path: path.to_path_buf(),
+            message,
+        };
+        if signature.inputs.len() != 1 {
+            return Err(fail(format!(
+                "the model takes {} inputs; a .npy file holds one array: use .jsonl with an object per line",
+                signature.inputs.len()
+            )));
+        }
+        let file = File::open(path).map_err(|error| SampleError::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let npy = NpyFile::new(BufReader::new(file))
+            .map_err(|e| fail(format!("not a valid .npy file: {e}")))?;
+        if npy.order() == Order::Fortran && npy.shape().len() > 1 {
+            return Err(fail(
+                "Fortran-ordered arrays are not supported: save np.ascontiguousarray(a)".into(),
+            ));
+        }
+        let shape: Vec<u64> = npy.shape().to_vec();
+        let spec = &signature.inputs[0];
+        let expected = signature.sample_shape(0);
+        let (&total, rest) = shape
+            .split_first()
+            .ok_or_else(|| fail("holds a scalar; the first axis must count samples".into()))?;
+        let sample_shape: Vec<usize> = rest
+            .iter()
+            .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+            .collect();
+        let fits = sample_shape.len() == expected.len()
+            && sample_shape
+                .iter()
+                .zip(&expected)
+                .all(|(s, e)| e.is_none_or(|e| e == *s));
+        if !fits {
+            return Err(fail(format!(
+                "shape {shape:?} does not match input '{}': expected [samples,{}]",
+                spec.name,
+                describe_shape(&expected)
+            )));
+        }
+        let per_sample = sample_shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| fail(format!("shape {shape:?} is too large")))?;
+        let found = format!("{:?}", npy.dtype());
+        let wrong_type = |_| {
+            fail(format!(
+                "holds {found} but input '{}' is {}: convert with a.astype(np.{})",
+                spec.name, spec.dtype, spec.dtype
+            ))
+        };
+        let elements = match spec.dtype {
+            DType::F32 => Elements::F32(npy.data().map_err(wrong_type)?),
+            DType::F64 => Elements::F64(npy.data().map_err(wrong_type)?),
+            DType::I64 => Elements::I64(npy.data().map_err(wrong_type)?),
+            DType::I32 => Elements::I32(npy.data().map_err(wrong_type)?),
+            DType::U8 => Elements::U8(npy.data().map_err(wrong_type)?),
+            DType::I8 => Elements::I8(npy.data().map_err(wrong_type)?),
+        };
+        Ok(NpySamples {
+            path: path.to_path_buf(),
+            elements,
+            sample_shape,
+            per_sample,
+            total,
+            next_index: 0,
+        })
+    }
+
+    /// Number of samples the header declares.
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    /// Whether the header declares no sample.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    fn read_sample(&mut self) -> Result<Sample, SampleError> {
+        fn take<T>(r: &mut NpyReader<T, Source>, n: usize) -> std::io::Result<Vec<T>>
+        where
+            T: npyz::Deserialize,
+        {
+            let mut v = Vec::with_capacity(n.min(1 << 20));
+            for _ in 0..n {
+                match r.next() {
+                    Some(x) => v.push(x?),
+                    None => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                }
+            }
+            Ok(v)
+        }
+        let n = self.per_sample;
+        let data = match &mut self.elements {
+            Elements::F32(r) => take(r, n).map(TensorData::F32),
+            Elements::F64(r) => take(r, n).map(TensorData::F64),
+            Elements::I64(r) => take(r, n).map(TensorData::I64),
+            Elements::I32(r) => take(r, n).map(TensorData::I32),
+            Elements::U8(r) => take(r, n).map(TensorData::U8),
+            Elements::I8(r) => take(r, n).map(TensorData::I8),
+        };
+        let index = self.next_index;
+        let data = data.map_err(|e| SampleError::Npy {
+            path: self.path.clone(),
+            message: format!(
+                "truncated or unreadable at sample {index} of {}: {e}",
+                self.total
+            ),
+        })?;
+        let tensor =
+            Tensor::new(self.sample_shape.clone(), data).map_err(|e| SampleError::Npy {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(vec![tensor])
+    }
+}
+
+impl Iterator for NpySamples {
+    type Item = Result<Sample, SampleError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next_index >= self.total {
+            return None;
+        }
+        let sample = self.read_sample();
+        self.next_index = if sample.is_ok() {
+            self.next_index + 1
+        } else {
+            self.total
+        };
+        Some(sample)
+    }
+}
