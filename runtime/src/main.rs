@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use drover_runtime::cmd::infer::{InferArgs, Progress, infer};
-use drover_runtime::cmd::inspect::{InspectArgs, inspect};
+use drover_runtime::cmd::inspect::{self, InspectArgs};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Drover's on-device agent: runs ONNX models with tract.
@@ -71,13 +71,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect(args) => {
-            let report = inspect(&args.model).context("inspect")?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(if report.load.ok {
+            let runs = inspect::run(&args, &mut std::io::stdout().lock())?;
+            Ok(if runs {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -208,3 +208,18 @@ impl InspectReport {
         s
     }
 }
+
+/// Inspects `args.model` and writes the report (human or JSON) to `out`; returns whether the
+/// agent can run the model, which the binaries turn into their exit code.
+pub fn run(args: &InspectArgs, out: &mut dyn std::io::Write) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    let report =
+        inspect(&args.model).with_context(|| format!("inspect {}", args.model.display()))?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &report)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", report.render())?;
+    }
+    Ok(report.load.ok)
+}

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 pub use json_value::{ValueError, tensor_from_json};
 pub use jsonl::JsonlSamples;
-pub use npy::NpySamples;
+pub use npy::{NpySamples, read_npy};
 
 use crate::engine::Signature;
 use crate::tensor::Tensor;

@@ -175,3 +175,42 @@ impl Iterator for NpySamples {
         Some(sample)
     }
 }
+
+/// Reads a whole `.npy` array of any element type Drover carries (reference outputs, statistics).
+pub fn read_npy(path: &Path) -> Result<Tensor, SampleError> {
+    use npyz::TypeChar;
+    let fail = |message: String| SampleError::Npy {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = File::open(path).map_err(|error| SampleError::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let npy = NpyFile::new(BufReader::new(file))
+        .map_err(|e| fail(format!("not a valid .npy file: {e}")))?;
+    if npy.order() == Order::Fortran && npy.shape().len() > 1 {
+        return Err(fail(
+            "Fortran-ordered arrays are not supported: save np.ascontiguousarray(a)".into(),
+        ));
+    }
+    let shape: Vec<usize> = npy
+        .shape()
+        .iter()
+        .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+        .collect();
+    let npyz::DType::Plain(ts) = npy.dtype() else {
+        return Err(fail("structured arrays are not supported".into()));
+    };
+    let read = |e: std::io::Error| fail(format!("truncated or unreadable: {e}"));
+    let data = match (ts.type_char(), ts.size_field()) {
+        (TypeChar::Float, 4) => TensorData::F32(npy.into_vec().map_err(read)?),
+        (TypeChar::Float, 8) => TensorData::F64(npy.into_vec().map_err(read)?),
+        (TypeChar::Int, 8) => TensorData::I64(npy.into_vec().map_err(read)?),
+        (TypeChar::Int, 4) => TensorData::I32(npy.into_vec().map_err(read)?),
+        (TypeChar::Uint, 1) => TensorData::U8(npy.into_vec().map_err(read)?),
+        (TypeChar::Int, 1) => TensorData::I8(npy.into_vec().map_err(read)?),
+        _ => return Err(fail(format!("element type {ts} is not one Drover carries"))),
+    };
+    Tensor::new(shape, data).map_err(|e| fail(e.to_string()))
+}

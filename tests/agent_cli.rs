@@ -1,0 +1,432 @@
+//! The real `drover-agent` binary, driven as a user would: reference models, real files, and
+//! every kind of bad input, which must give a clear error and leave the output untouched.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use drover_runtime::Tensor;
+use drover_runtime::samples::read_npy;
+use drover_tests::manifest::{self, resolve};
+use drover_tests::parity::max_abs_diff;
+use drover_tests::tools::{in_ci, require_tool, workspace_bin};
+
+fn agent() -> Command {
+    Command::new(workspace_bin("drover-agent"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("spawn drover-agent")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn model(name: &str) -> PathBuf {
+    manifest::models_dir().join(name)
+}
+
+fn infer(model_file: &str, input: &Path, output: &Path, batch: usize) -> Output {
+    run(agent()
+        .args(["infer", "--model"])
+        .arg(model(model_file))
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .arg("--batch")
+        .arg(batch.to_string()))
+}
+
+/// Parses an output file into, per output name, the list of per-sample values.
+fn outputs_of(path: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    std::fs::read_to_string(path)
+        .expect("output written")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("each line is JSON");
+            v.get("outputs")
+                .and_then(|o| o.as_object())
+                .cloned()
+                .expect("an outputs object")
+        })
+        .collect()
+}
+
+/// Compares an output file with onnxruntime's reference for one model.
+fn assert_matches_reference(name: &str, output: &Path) {
+    let m = manifest::load()
+        .models
+        .into_iter()
+        .find(|m| m.name == name)
+        .expect("model in manifest");
+    let reference = m.reference.expect("reference");
+    let lines = outputs_of(output);
+    assert_eq!(lines.len(), reference.samples);
+    for out in &reference.outputs {
+        let want = read_npy(&resolve(&out.npy)).expect("reference npy");
+        let got: Vec<f64> = lines.iter().flat_map(|l| flatten(&l[&out.name])).collect();
+        let got = Tensor::new(want.shape().to_vec(), drover_runtime::TensorData::F64(got))
+            .expect("same element count");
+        let want = Tensor::new(
+            want.shape().to_vec(),
+            drover_runtime::TensorData::F64(want.to_f64_vec()),
+        )
+        .expect("f64");
+        let diff = max_abs_diff(&got, &want);
+        assert!(
+            diff <= out.tolerance,
+            "{name}/{}: {diff} > {}",
+            out.name,
+            out.tolerance
+        );
+    }
+}
+
+fn flatten(v: &serde_json::Value) -> Vec<f64> {
+    match v {
+        serde_json::Value::Array(items) => items.iter().flat_map(flatten).collect(),
+        other => vec![other.as_f64().expect("numbers only")],
+    }
+}
+
+#[test]
+fn infer_on_jsonl_matches_onnxruntime_for_every_runnable_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for m in manifest::load().models.into_iter().filter(|m| !m.refused) {
+        let reference = m.reference.as_ref().expect("reference");
+        let out = dir.path().join(format!("{}.jsonl", m.name));
+        let o = infer(&m.file, &resolve(&reference.input_jsonl), &out, 1);
+        assert!(o.status.success(), "{}: {}", m.name, stderr(&o));
+        assert!(
+            stderr(&o).contains("16 samples in"),
+            "summary line: {}",
+            stderr(&o)
+        );
+        assert_matches_reference(&m.name, &out);
+    }
+}
+
+#[test]
+fn infer_on_npy_in_batches_matches_onnxruntime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("mlp.jsonl");
+    let o = infer("mlp.onnx", &resolve("reference/mlp.input.npy"), &out, 5);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("batch 5"));
+    assert_matches_reference("mlp", &out);
+}
+
+#[test]
+fn sklearn_classifier_writes_integer_labels_and_probabilities() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("iris.jsonl");
+    let o = infer(
+        "iris_logreg.onnx",
+        &resolve("reference/iris_logreg.input.jsonl"),
+        &out,
+        16,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = &outputs_of(&out)[0];
+    assert!(first["label"].is_i64(), "label is an integer: {first:?}");
+    assert_eq!(first["probabilities"].as_array().map(Vec::len), Some(3));
+}
+
+/// Runs infer on bad input and checks the error text and that a pre-existing output survives.
+fn assert_refused(model_file: &str, input: &Path, batch: usize, expected: &[&str]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.jsonl");
+    std::fs::write(&out, "previous results\n").expect("seed output");
+    let o = infer(model_file, input, &out, batch);
+    let err = stderr(&o);
+    assert!(
+        !o.status.success(),
+        "{model_file} on {}: expected failure",
+        input.display()
+    );
+    for needle in expected {
+        assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    }
+    assert!(!err.contains("panicked"), "no panic: {err}");
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("output kept"),
+        "previous results\n",
+        "output untouched"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+    assert_eq!(leftovers.len(), 1, "no partial file left behind");
+}
+
+fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).expect("write input");
+    p
+}
+
+#[test]
+fn wrong_shape_names_line_input_and_expected_shape() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = std::fs::read_to_string(resolve("reference/mlp.input.jsonl")).expect("jsonl");
+    let mut lines: Vec<&str> = good.lines().take(2).collect();
+    lines.push("[1.0, 2.0, 3.0]");
+    let input = write(dir.path(), "bad.jsonl", lines.join("\n").as_bytes());
+    assert_refused(
+        "mlp.onnx",
+        &input,
+        1,
+        &["line 3", "input 'features'", "expected shape [64], got [3]"],
+    );
+}
+
+#[test]
+fn non_numeric_and_malformed_json_are_located() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = write(dir.path(), "nan.jsonl", b"[5.1, 3.5, \"x\", 0.2]\n");
+    assert_refused(
+        "iris_logreg.onnx",
+        &input,
+        1,
+        &["line 1", "non-numeric value \"x\" at [2]"],
+    );
+    let input = write(
+        dir.path(),
+        "broken.jsonl",
+        b"[5.1, 3.5, 1.4, 0.2]\n[5.1, 3.5,\n",
+    );
+    assert_refused("iris_logreg.onnx", &input, 1, &["line 2", "not valid JSON"]);
+}
+
+#[test]
+fn integer_inputs_are_range_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let line = r#"{"x_f32":[0,0,0],"x_f64":[0,0,0],"x_i64":[0,0,0],"x_i32":[0,0,0],"x_u8":[0,300,0],"x_i8":[0,0,0]}"#;
+    let input = write(dir.path(), "range.jsonl", line.as_bytes());
+    assert_refused(
+        "dtypes.onnx",
+        &input,
+        1,
+        &["input 'x_u8'", "300 at [1] does not fit uint8"],
+    );
+    let input = write(dir.path(), "missing.jsonl", br#"{"x_f32":[0,0,0]}"#);
+    assert_refused("dtypes.onnx", &input, 1, &["missing input 'x_f64'"]);
+    let input = write(dir.path(), "array.jsonl", b"[0,0,0]");
+    assert_refused("dtypes.onnx", &input, 1, &["the model takes 6 inputs"]);
+}
+
+#[test]
+fn truncated_and_mistyped_npy_files_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes = std::fs::read(resolve("reference/cnn.input.npy")).expect("npy");
+    let input = write(dir.path(), "cut.npy", &bytes[..bytes.len() - 100]);
+    assert_refused("cnn.onnx", &input, 1, &["truncated", "sample 15"]);
+    let input = write(dir.path(), "header.npy", &bytes[..40]);
+    assert_refused("cnn.onnx", &input, 1, &["not a valid .npy file"]);
+    // The iris input as float64: numpy's default type, a common mistake.
+    let input = write(dir.path(), "f64.npy", &npy_f64(&[2, 4], &[0.0; 8]));
+    assert_refused("iris_logreg.onnx", &input, 1, &["float32", "astype"]);
+    let input = write(dir.path(), "shape.npy", &npy_f64(&[2, 3], &[0.0; 6]));
+    assert_refused(
+        "iris_logreg.onnx",
+        &input,
+        1,
+        &["does not match input 'float_input'"],
+    );
+}
+
+/// A minimal version-1.0 `.npy` of little-endian float64 values.
+fn npy_f64(shape: &[usize], values: &[f64]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+    let mut header = format!(
+        "{{'descr': '<f8', 'fortran_order': False, 'shape': ({},), }}",
+        dims.join(", ")
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+#[test]
+fn batch_larger_than_a_fixed_batch_model_allows_is_refused() {
+    assert_refused(
+        "cnn.onnx",
+        &resolve("reference/cnn.input.jsonl"),
+        2,
+        &["--batch 2", "fixed to 1"],
+    );
+}
+
+#[test]
+fn microsoft_op_model_is_refused_naming_every_op_and_the_fix() {
+    assert_refused(
+        "cnn_int8_qop_msft.onnx",
+        &resolve("reference/cnn.input.jsonl"),
+        1,
+        &[
+            "unsupported operators: com.microsoft::QGemm (2)",
+            "standard ops",
+        ],
+    );
+    let o = run(agent()
+        .args(["inspect", "--json", "--model"])
+        .arg(model("mlp_int8_qop_msft.onnx")));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "inspect exits 1 for a model Drover cannot run"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON");
+    assert_eq!(report["unsupported"][0]["op"], "QLinearAdd");
+    assert_eq!(report["unsupported"][0]["count"], 3);
+    assert_eq!(report["load"]["ok"], false);
+}
+
+#[test]
+fn garbage_and_missing_model_files_give_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let garbage = write(
+        dir.path(),
+        "garbage.onnx",
+        b"this is not a protobuf \xff\xfe\x00\x01",
+    );
+    let input = resolve("reference/iris_logreg.input.jsonl");
+    let o = run(agent()
+        .args(["infer", "--model"])
+        .arg(&garbage)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("o.jsonl")));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not an ONNX model"), "{}", stderr(&o));
+    let o = run(agent()
+        .args(["infer", "--model", "/nonexistent/m.onnx", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("o.jsonl")));
+    assert!(
+        stderr(&o).contains("cannot read model /nonexistent/m.onnx"),
+        "{}",
+        stderr(&o)
+    );
+    // A valid protobuf that is a truncated model.
+    let bytes = std::fs::read(model("cnn.onnx")).expect("model");
+    let cut = write(dir.path(), "cut.onnx", &bytes[..bytes.len() / 2]);
+    let o = run(agent()
+        .args(["infer", "--model"])
+        .arg(&cut)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("o.jsonl")));
+    assert!(!o.status.success());
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
+
+#[test]
+fn inspect_reports_io_quantization_ops_and_load_stages() {
+    let o = run(agent()
+        .args(["inspect", "--json", "--model"])
+        .arg(model("cnn_int8_qdq.onnx")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(r["quantization"], "qdq");
+    assert_eq!(r["inputs"][0]["name"], "image");
+    assert_eq!(
+        r["inputs"][0]["shape"],
+        serde_json::json!(["1", "1", "28", "28"])
+    );
+    assert!(r["ops"]["ai.onnx::QuantizeLinear"].as_u64().unwrap_or(0) > 0);
+    assert!(r["parameter_bytes"].as_u64().unwrap_or(0) > 10_000);
+    let stages: Vec<&str> = r["load"]["stages_us"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .filter_map(|s| s[0].as_str())
+        .collect();
+    assert_eq!(
+        stages,
+        ["read", "check", "parse", "type", "optimise", "plan"]
+    );
+    let human = run(agent().args(["inspect", "--model"]).arg(model("mlp.onnx")));
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("features") && text.contains("symbolic axis 'N'"),
+        "{text}"
+    );
+}
+
+#[test]
+fn every_verb_has_help() {
+    for verb in [
+        &["--help"][..],
+        &["infer", "--help"],
+        &["inspect", "--help"],
+    ] {
+        let o = run(agent().args(verb));
+        assert!(o.status.success(), "{verb:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("Usage"),
+            "{verb:?}"
+        );
+    }
+}
+
+/// The cross-built agents (static aarch64 musl, armv7 gnueabihf) run under qemu-user on the
+/// committed models and give onnxruntime's answers. `tests/run` builds them first; run alone,
+/// the test needs `cargo build --target <triple> -p drover-runtime --bin drover-agent`.
+#[test]
+fn cross_built_agents_match_onnxruntime_under_qemu() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let targets = [
+        ("aarch64-unknown-linux-musl", "qemu-aarch64-static", None),
+        (
+            "armv7-unknown-linux-gnueabihf",
+            "qemu-arm-static",
+            Some("/usr/arm-linux-gnueabihf"),
+        ),
+    ];
+    for (triple, qemu, sysroot) in targets {
+        let Some(qemu) = require_tool(qemu, "qemu-user-static") else {
+            return;
+        };
+        let bin = target_dir.join(triple).join("debug").join("drover-agent");
+        if !bin.exists() {
+            assert!(!in_ci(), "{} missing: tests/run builds it", bin.display());
+            eprintln!("SKIPPED: {} not built", bin.display());
+            continue;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["mlp_int8_qop", "iris_logreg"] {
+            let out = dir.path().join(format!("{name}.jsonl"));
+            let mut cmd = Command::new(&qemu);
+            if let Some(s) = sysroot {
+                cmd.args(["-L", s]);
+            }
+            cmd.arg(&bin)
+                .args(["infer", "--model"])
+                .arg(model(&format!("{name}.onnx")));
+            cmd.arg("--input")
+                .arg(resolve(&format!("reference/{name}.input.jsonl")))
+                .arg("--output")
+                .arg(&out);
+            let o = run(&mut cmd);
+            assert!(o.status.success(), "{triple} {name}: {}", stderr(&o));
+            assert_matches_reference(name, &out);
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The reference-model manifest (`models/reference/manifest.json`).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole manifest.
+#[derive(Debug, Deserialize)]
+pub struct Manifest {
+    /// Versions of the tools that made the models and outputs.
+    pub versions: std::collections::BTreeMap<String, String>,
+    /// Every reference model.
+    pub models: Vec<ReferenceModel>,
+}
+
+/// One model with its reference data.
+#[derive(Debug, Deserialize)]
+pub struct ReferenceModel {
+    /// Short name (`cnn`, `mlp_int8_qdq`…).
+    pub name: String,
+    /// File name under `models/`.
+    pub file: String,
+    /// fp32, qdq, qoperator, sklearn or dtypes.
+    pub kind: String,
+    /// `fixed1` or `symbolic`.
+    pub batch: String,
+    /// Whether Drover must refuse the model.
+    pub refused: bool,
+    /// The operators that make it refused.
+    pub unsupported: Vec<ExpectedOp>,
+    /// Inputs and onnxruntime's outputs, for models Drover runs.
+    pub reference: Option<Reference>,
+}
+
+/// An operator a refused model uses.
+#[derive(Debug, Deserialize)]
+pub struct ExpectedOp {
+    /// Operator domain.
+    pub domain: String,
+    /// Operator name.
+    pub op: String,
+    /// Nodes using it.
+    pub count: usize,
+}
+
+/// Reference inputs and outputs.
+#[derive(Debug, Deserialize)]
+pub struct Reference {
+    /// Number of samples.
+    pub samples: usize,
+    /// JSON Lines inputs.
+    pub input_jsonl: String,
+    /// `.npy` inputs (single-input models).
+    pub input_npy: Option<String>,
+    /// onnxruntime's outputs.
+    pub outputs: Vec<ReferenceOutput>,
+}
+
+/// One output as onnxruntime computed it.
+#[derive(Debug, Deserialize)]
+pub struct ReferenceOutput {
+    /// Output name.
+    pub name: String,
+    /// numpy dtype name.
+    pub dtype: String,
+    /// `.npy` of all samples (first axis = samples).
+    pub npy: String,
+    /// Largest absolute difference allowed.
+    pub tolerance: f64,
+}
+
+/// The `models/` directory of this checkout.
+pub fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("models")
+}
+
+/// Loads the manifest; panics with the path if it is missing or malformed (a broken checkout).
+pub fn load() -> Manifest {
+    let path = models_dir().join("reference").join("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+impl ReferenceModel {
+    /// Absolute path of the model file.
+    pub fn path(&self) -> PathBuf {
+        models_dir().join(&self.file)
+    }
+}
+
+/// Absolute path of a manifest-relative file.
+pub fn resolve(relative: &str) -> PathBuf {
+    models_dir().join(relative)
+}
