@@ -15,9 +15,7 @@ fn agent() -> Command {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    cmd.env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("spawn drover-agent")
+    cmd.env("RUST_BACKTRACE", "0").output().expect("spawn drover-agent")
 }
 
 fn stderr(o: &Output) -> String {
@@ -47,41 +45,24 @@ fn outputs_of(path: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).expect("each line is JSON");
-            v.get("outputs")
-                .and_then(|o| o.as_object())
-                .cloned()
-                .expect("an outputs object")
+            v.get("outputs").and_then(|o| o.as_object()).cloned().expect("an outputs object")
         })
         .collect()
 }
 
 /// Compares an output file with onnxruntime's reference for one model.
 fn assert_matches_reference(name: &str, output: &Path) {
-    let m = manifest::load()
-        .models
-        .into_iter()
-        .find(|m| m.name == name)
-        .expect("model in manifest");
+    let m = manifest::load().models.into_iter().find(|m| m.name == name).expect("model in manifest");
     let reference = m.reference.expect("reference");
     let lines = outputs_of(output);
     assert_eq!(lines.len(), reference.samples);
     for out in &reference.outputs {
         let want = read_npy(&resolve(&out.npy)).expect("reference npy");
         let got: Vec<f64> = lines.iter().flat_map(|l| flatten(&l[&out.name])).collect();
-        let got = Tensor::new(want.shape().to_vec(), drover_runtime::TensorData::F64(got))
-            .expect("same element count");
-        let want = Tensor::new(
-            want.shape().to_vec(),
-            drover_runtime::TensorData::F64(want.to_f64_vec()),
-        )
-        .expect("f64");
+        let got = Tensor::new(want.shape().to_vec(), drover_runtime::TensorData::F64(got)).expect("same element count");
+        let want = Tensor::new(want.shape().to_vec(), drover_runtime::TensorData::F64(want.to_f64_vec())).expect("f64");
         let diff = max_abs_diff(&got, &want);
-        assert!(
-            diff <= out.tolerance,
-            "{name}/{}: {diff} > {}",
-            out.name,
-            out.tolerance
-        );
+        assert!(diff <= out.tolerance, "{name}/{}: {diff} > {}", out.name, out.tolerance);
     }
 }
 
@@ -100,11 +81,7 @@ fn infer_on_jsonl_matches_onnxruntime_for_every_runnable_model() {
         let out = dir.path().join(format!("{}.jsonl", m.name));
         let o = infer(&m.file, &resolve(&reference.input_jsonl), &out, 1);
         assert!(o.status.success(), "{}: {}", m.name, stderr(&o));
-        assert!(
-            stderr(&o).contains("16 samples in"),
-            "summary line: {}",
-            stderr(&o)
-        );
+        assert!(stderr(&o).contains("16 samples in"), "summary line: {}", stderr(&o));
         assert_matches_reference(&m.name, &out);
     }
 }
@@ -123,12 +100,7 @@ fn infer_on_npy_in_batches_matches_onnxruntime() {
 fn sklearn_classifier_writes_integer_labels_and_probabilities() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("iris.jsonl");
-    let o = infer(
-        "iris_logreg.onnx",
-        &resolve("reference/iris_logreg.input.jsonl"),
-        &out,
-        16,
-    );
+    let o = infer("iris_logreg.onnx", &resolve("reference/iris_logreg.input.jsonl"), &out, 16);
     assert!(o.status.success(), "{}", stderr(&o));
     let first = &outputs_of(&out)[0];
     assert!(first["label"].is_i64(), "label is an integer: {first:?}");
@@ -142,20 +114,12 @@ fn assert_refused(model_file: &str, input: &Path, batch: usize, expected: &[&str
     std::fs::write(&out, "previous results\n").expect("seed output");
     let o = infer(model_file, input, &out, batch);
     let err = stderr(&o);
-    assert!(
-        !o.status.success(),
-        "{model_file} on {}: expected failure",
-        input.display()
-    );
+    assert!(!o.status.success(), "{model_file} on {}: expected failure", input.display());
     for needle in expected {
         assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
     }
     assert!(!err.contains("panicked"), "no panic: {err}");
-    assert_eq!(
-        std::fs::read_to_string(&out).expect("output kept"),
-        "previous results\n",
-        "output untouched"
-    );
+    assert_eq!(std::fs::read_to_string(&out).expect("output kept"), "previous results\n", "output untouched");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
     assert_eq!(leftovers.len(), 1, "no partial file left behind");
 }
@@ -173,29 +137,15 @@ fn wrong_shape_names_line_input_and_expected_shape() {
     let mut lines: Vec<&str> = good.lines().take(2).collect();
     lines.push("[1.0, 2.0, 3.0]");
     let input = write(dir.path(), "bad.jsonl", lines.join("\n").as_bytes());
-    assert_refused(
-        "mlp.onnx",
-        &input,
-        1,
-        &["line 3", "input 'features'", "expected shape [64], got [3]"],
-    );
+    assert_refused("mlp.onnx", &input, 1, &["line 3", "input 'features'", "expected shape [64], got [3]"]);
 }
 
 #[test]
 fn non_numeric_and_malformed_json_are_located() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = write(dir.path(), "nan.jsonl", b"[5.1, 3.5, \"x\", 0.2]\n");
-    assert_refused(
-        "iris_logreg.onnx",
-        &input,
-        1,
-        &["line 1", "non-numeric value \"x\" at [2]"],
-    );
-    let input = write(
-        dir.path(),
-        "broken.jsonl",
-        b"[5.1, 3.5, 1.4, 0.2]\n[5.1, 3.5,\n",
-    );
+    assert_refused("iris_logreg.onnx", &input, 1, &["line 1", "non-numeric value \"x\" at [2]"]);
+    let input = write(dir.path(), "broken.jsonl", b"[5.1, 3.5, 1.4, 0.2]\n[5.1, 3.5,\n");
     assert_refused("iris_logreg.onnx", &input, 1, &["line 2", "not valid JSON"]);
 }
 
@@ -204,12 +154,7 @@ fn integer_inputs_are_range_checked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let line = r#"{"x_f32":[0,0,0],"x_f64":[0,0,0],"x_i64":[0,0,0],"x_i32":[0,0,0],"x_u8":[0,300,0],"x_i8":[0,0,0]}"#;
     let input = write(dir.path(), "range.jsonl", line.as_bytes());
-    assert_refused(
-        "dtypes.onnx",
-        &input,
-        1,
-        &["input 'x_u8'", "300 at [1] does not fit uint8"],
-    );
+    assert_refused("dtypes.onnx", &input, 1, &["input 'x_u8'", "300 at [1] does not fit uint8"]);
     let input = write(dir.path(), "missing.jsonl", br#"{"x_f32":[0,0,0]}"#);
     assert_refused("dtypes.onnx", &input, 1, &["missing input 'x_f64'"]);
     let input = write(dir.path(), "array.jsonl", b"[0,0,0]");
@@ -228,21 +173,13 @@ fn truncated_and_mistyped_npy_files_are_refused() {
     let input = write(dir.path(), "f64.npy", &npy_f64(&[2, 4], &[0.0; 8]));
     assert_refused("iris_logreg.onnx", &input, 1, &["float32", "astype"]);
     let input = write(dir.path(), "shape.npy", &npy_f64(&[2, 3], &[0.0; 6]));
-    assert_refused(
-        "iris_logreg.onnx",
-        &input,
-        1,
-        &["does not match input 'float_input'"],
-    );
+    assert_refused("iris_logreg.onnx", &input, 1, &["does not match input 'float_input'"]);
 }
 
 /// A minimal version-1.0 `.npy` of little-endian float64 values.
 fn npy_f64(shape: &[usize], values: &[f64]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
-    let mut header = format!(
-        "{{'descr': '<f8', 'fortran_order': False, 'shape': ({},), }}",
-        dims.join(", ")
-    );
+    let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({},), }}", dims.join(", "));
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -258,12 +195,7 @@ fn npy_f64(shape: &[usize], values: &[f64]) -> Vec<u8> {
 
 #[test]
 fn batch_larger_than_a_fixed_batch_model_allows_is_refused() {
-    assert_refused(
-        "cnn.onnx",
-        &resolve("reference/cnn.input.jsonl"),
-        2,
-        &["--batch 2", "fixed to 1"],
-    );
+    assert_refused("cnn.onnx", &resolve("reference/cnn.input.jsonl"), 2, &["--batch 2", "fixed to 1"]);
 }
 
 #[test]
@@ -272,21 +204,11 @@ fn microsoft_op_model_is_refused_naming_every_op_and_the_fix() {
         "cnn_int8_qop_msft.onnx",
         &resolve("reference/cnn.input.jsonl"),
         1,
-        &[
-            "unsupported operators: com.microsoft::QGemm (2)",
-            "standard ops",
-        ],
+        &["unsupported operators: com.microsoft::QGemm (2)", "standard ops"],
     );
-    let o = run(agent()
-        .args(["inspect", "--json", "--model"])
-        .arg(model("mlp_int8_qop_msft.onnx")));
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "inspect exits 1 for a model Drover cannot run"
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON");
+    let o = run(agent().args(["inspect", "--json", "--model"]).arg(model("mlp_int8_qop_msft.onnx")));
+    assert_eq!(o.status.code(), Some(1), "inspect exits 1 for a model Drover cannot run");
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON");
     assert_eq!(report["unsupported"][0]["op"], "QLinearAdd");
     assert_eq!(report["unsupported"][0]["count"], 3);
     assert_eq!(report["load"]["ok"], false);
@@ -295,11 +217,7 @@ fn microsoft_op_model_is_refused_naming_every_op_and_the_fix() {
 #[test]
 fn garbage_and_missing_model_files_give_clear_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let garbage = write(
-        dir.path(),
-        "garbage.onnx",
-        b"this is not a protobuf \xff\xfe\x00\x01",
-    );
+    let garbage = write(dir.path(), "garbage.onnx", b"this is not a protobuf \xff\xfe\x00\x01");
     let input = resolve("reference/iris_logreg.input.jsonl");
     let o = run(agent()
         .args(["infer", "--model"])
@@ -315,11 +233,7 @@ fn garbage_and_missing_model_files_give_clear_errors() {
         .arg(&input)
         .arg("--output")
         .arg(dir.path().join("o.jsonl")));
-    assert!(
-        stderr(&o).contains("cannot read model /nonexistent/m.onnx"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("cannot read model /nonexistent/m.onnx"), "{}", stderr(&o));
     // A valid protobuf that is a truncated model.
     let bytes = std::fs::read(model("cnn.onnx")).expect("model");
     let cut = write(dir.path(), "cut.onnx", &bytes[..bytes.len() / 2]);
@@ -336,50 +250,28 @@ fn garbage_and_missing_model_files_give_clear_errors() {
 
 #[test]
 fn inspect_reports_io_quantization_ops_and_load_stages() {
-    let o = run(agent()
-        .args(["inspect", "--json", "--model"])
-        .arg(model("cnn_int8_qdq.onnx")));
+    let o = run(agent().args(["inspect", "--json", "--model"]).arg(model("cnn_int8_qdq.onnx")));
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(r["quantization"], "qdq");
     assert_eq!(r["inputs"][0]["name"], "image");
-    assert_eq!(
-        r["inputs"][0]["shape"],
-        serde_json::json!(["1", "1", "28", "28"])
-    );
+    assert_eq!(r["inputs"][0]["shape"], serde_json::json!(["1", "1", "28", "28"]));
     assert!(r["ops"]["ai.onnx::QuantizeLinear"].as_u64().unwrap_or(0) > 0);
     assert!(r["parameter_bytes"].as_u64().unwrap_or(0) > 10_000);
-    let stages: Vec<&str> = r["load"]["stages_us"]
-        .as_array()
-        .expect("stages")
-        .iter()
-        .filter_map(|s| s[0].as_str())
-        .collect();
-    assert_eq!(
-        stages,
-        ["read", "check", "parse", "type", "optimise", "plan"]
-    );
+    let stages: Vec<&str> =
+        r["load"]["stages_us"].as_array().expect("stages").iter().filter_map(|s| s[0].as_str()).collect();
+    assert_eq!(stages, ["read", "check", "parse", "type", "optimise", "plan"]);
     let human = run(agent().args(["inspect", "--model"]).arg(model("mlp.onnx")));
     let text = String::from_utf8_lossy(&human.stdout);
-    assert!(
-        text.contains("features") && text.contains("symbolic axis 'N'"),
-        "{text}"
-    );
+    assert!(text.contains("features") && text.contains("symbolic axis 'N'"), "{text}");
 }
 
 #[test]
 fn every_verb_has_help() {
-    for verb in [
-        &["--help"][..],
-        &["infer", "--help"],
-        &["inspect", "--help"],
-    ] {
+    for verb in [&["--help"][..], &["infer", "--help"], &["inspect", "--help"]] {
         let o = run(agent().args(verb));
         assert!(o.status.success(), "{verb:?}");
-        assert!(
-            String::from_utf8_lossy(&o.stdout).contains("Usage"),
-            "{verb:?}"
-        );
+        assert!(String::from_utf8_lossy(&o.stdout).contains("Usage"), "{verb:?}");
     }
 }
 
@@ -389,16 +281,10 @@ fn every_verb_has_help() {
 #[test]
 fn cross_built_agents_match_onnxruntime_under_qemu() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     let targets = [
         ("aarch64-unknown-linux-musl", "qemu-aarch64-static", None),
-        (
-            "armv7-unknown-linux-gnueabihf",
-            "qemu-arm-static",
-            Some("/usr/arm-linux-gnueabihf"),
-        ),
+        ("armv7-unknown-linux-gnueabihf", "qemu-arm-static", Some("/usr/arm-linux-gnueabihf")),
     ];
     for (triple, qemu, sysroot) in targets {
         let Some(qemu) = require_tool(qemu, "qemu-user-static") else {
@@ -417,13 +303,8 @@ fn cross_built_agents_match_onnxruntime_under_qemu() {
             if let Some(s) = sysroot {
                 cmd.args(["-L", s]);
             }
-            cmd.arg(&bin)
-                .args(["infer", "--model"])
-                .arg(model(&format!("{name}.onnx")));
-            cmd.arg("--input")
-                .arg(resolve(&format!("reference/{name}.input.jsonl")))
-                .arg("--output")
-                .arg(&out);
+            cmd.arg(&bin).args(["infer", "--model"]).arg(model(&format!("{name}.onnx")));
+            cmd.arg("--input").arg(resolve(&format!("reference/{name}.input.jsonl"))).arg("--output").arg(&out);
             let o = run(&mut cmd);
             assert!(o.status.success(), "{triple} {name}: {}", stderr(&o));
             assert_matches_reference(name, &out);

@@ -11,35 +11,19 @@ use drover_tests::manifest::{self, ReferenceModel, resolve};
 use drover_tests::parity::check_output;
 
 fn read_all(model: &Model, file: &str) -> Vec<Sample> {
-    let mut samples =
-        SampleFile::open(&resolve(file), model.signature()).unwrap_or_else(|e| panic!("{e}"));
-    samples
-        .next_batch(usize::MAX)
-        .unwrap_or_else(|e| panic!("{e}"))
+    let mut samples = SampleFile::open(&resolve(file), model.signature()).unwrap_or_else(|e| panic!("{e}"));
+    samples.next_batch(usize::MAX).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs `samples` in batches of `batch` and checks every output against onnxruntime's.
 fn check(reference: &ReferenceModel, samples: &[Sample], batch: usize) {
-    let mut model =
-        Model::load(&reference.path()).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
+    let mut model = Model::load(&reference.path()).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
     let mut outputs: Vec<Vec<Tensor>> = Vec::new();
     for chunk in samples.chunks(batch) {
-        outputs.extend(
-            model
-                .run_samples(chunk)
-                .unwrap_or_else(|e| panic!("{}: {e}", reference.name)),
-        );
+        outputs.extend(model.run_samples(chunk).unwrap_or_else(|e| panic!("{}: {e}", reference.name)));
     }
-    let expected = reference
-        .reference
-        .as_ref()
-        .expect("runnable models have reference data");
-    assert_eq!(
-        outputs.len(),
-        expected.samples,
-        "{}: sample count",
-        reference.name
-    );
+    let expected = reference.reference.as_ref().expect("runnable models have reference data");
+    assert_eq!(outputs.len(), expected.samples, "{}: sample count", reference.name);
     for (o, out) in expected.outputs.iter().enumerate() {
         let column: Vec<Tensor> = outputs.iter().map(|s| s[o].clone()).collect();
         let worst = check_output(&reference.name, out, &column);
@@ -51,11 +35,7 @@ fn check(reference: &ReferenceModel, samples: &[Sample], batch: usize) {
 }
 
 fn runnable() -> Vec<ReferenceModel> {
-    let models: Vec<ReferenceModel> = manifest::load()
-        .models
-        .into_iter()
-        .filter(|m| !m.refused)
-        .collect();
+    let models: Vec<ReferenceModel> = manifest::load().models.into_iter().filter(|m| !m.refused).collect();
     assert!(models.len() >= 8, "the manifest lists the reference models");
     models
 }
@@ -63,12 +43,8 @@ fn runnable() -> Vec<ReferenceModel> {
 #[test]
 fn every_reference_model_matches_onnxruntime_one_sample_at_a_time() {
     for reference in runnable() {
-        let model =
-            Model::load(&reference.path()).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
-        let samples = read_all(
-            &model,
-            &reference.reference.as_ref().expect("reference").input_jsonl,
-        );
+        let model = Model::load(&reference.path()).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
+        let samples = read_all(&model, &reference.reference.as_ref().expect("reference").input_jsonl);
         check(&reference, &samples, 1);
     }
 }
@@ -76,25 +52,13 @@ fn every_reference_model_matches_onnxruntime_one_sample_at_a_time() {
 #[test]
 fn npy_inputs_give_the_same_answers_as_jsonl() {
     for reference in runnable() {
-        let Some(npy) = reference
-            .reference
-            .as_ref()
-            .and_then(|r| r.input_npy.clone())
-        else {
+        let Some(npy) = reference.reference.as_ref().and_then(|r| r.input_npy.clone()) else {
             continue;
         };
-        let model =
-            Model::load(&reference.path()).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
+        let model = Model::load(&reference.path()).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
         let from_npy = read_all(&model, &npy);
-        let from_jsonl = read_all(
-            &model,
-            &reference.reference.as_ref().expect("reference").input_jsonl,
-        );
-        assert_eq!(
-            from_npy, from_jsonl,
-            "{}: .npy and .jsonl inputs differ",
-            reference.name
-        );
+        let from_jsonl = read_all(&model, &reference.reference.as_ref().expect("reference").input_jsonl);
+        assert_eq!(from_npy, from_jsonl, "{}: .npy and .jsonl inputs differ", reference.name);
         check(&reference, &from_npy, 1);
     }
 }
@@ -103,48 +67,30 @@ fn npy_inputs_give_the_same_answers_as_jsonl() {
 fn symbolic_batch_models_match_in_batches() {
     let mut checked = 0;
     for reference in runnable().into_iter().filter(|m| m.batch == "symbolic") {
-        let model =
-            Model::load(&reference.path()).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
-        let samples = read_all(
-            &model,
-            &reference.reference.as_ref().expect("reference").input_jsonl,
-        );
+        let model = Model::load(&reference.path()).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
+        let samples = read_all(&model, &reference.reference.as_ref().expect("reference").input_jsonl);
         // A batch that divides the samples, one that leaves a remainder, and all at once.
         for batch in [4, 5, samples.len()] {
             check(&reference, &samples, batch);
         }
         checked += 1;
     }
-    assert!(
-        checked >= 4,
-        "mlp variants, iris and dtypes have a symbolic batch"
-    );
+    assert!(checked >= 4, "mlp variants, iris and dtypes have a symbolic batch");
 }
 
 #[test]
 fn microsoft_op_models_are_refused_with_every_op_named() {
-    let refused: Vec<ReferenceModel> = manifest::load()
-        .models
-        .into_iter()
-        .filter(|m| m.refused)
-        .collect();
+    let refused: Vec<ReferenceModel> = manifest::load().models.into_iter().filter(|m| m.refused).collect();
     assert!(refused.len() >= 2);
     for reference in refused {
         match Model::load(&reference.path()) {
             Err(LoadError::UnsupportedOps(ops)) => {
-                let got: Vec<(String, String, usize)> =
-                    ops.into_iter().map(|o| (o.domain, o.op, o.count)).collect();
-                let want: Vec<(String, String, usize)> = reference
-                    .unsupported
-                    .iter()
-                    .map(|o| (o.domain.clone(), o.op.clone(), o.count))
-                    .collect();
+                let got: Vec<(String, String, usize)> = ops.into_iter().map(|o| (o.domain, o.op, o.count)).collect();
+                let want: Vec<(String, String, usize)> =
+                    reference.unsupported.iter().map(|o| (o.domain.clone(), o.op.clone(), o.count)).collect();
                 assert_eq!(got, want, "{}", reference.name);
             }
-            other => panic!(
-                "{}: expected a refusal naming the ops, got {other:?}",
-                reference.name
-            ),
+            other => panic!("{}: expected a refusal naming the ops, got {other:?}", reference.name),
         }
     }
 }

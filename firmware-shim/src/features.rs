@@ -18,12 +18,7 @@ impl Features {
     /// Features of a slice of samples; all zero for an empty slice.
     pub fn of(samples: &[f32]) -> Features {
         if samples.is_empty() {
-            return Features {
-                mean: 0.0,
-                rms: 0.0,
-                peak_to_peak: 0.0,
-                zero_crossings: 0,
-            };
+            return Features { mean: 0.0, rms: 0.0, peak_to_peak: 0.0, zero_crossings: 0 };
         }
         let n = samples.len() as f32;
         let (mut sum, mut sum_sq) = (0.0f32, 0.0f32);
@@ -48,12 +43,7 @@ impl Features {
             }
             prev_positive = Some(positive);
         }
-        Features {
-            mean,
-            rms: sqrt(sum_sq / n),
-            peak_to_peak: hi - lo,
-            zero_crossings,
-        }
+        Features { mean, rms: sqrt(sum_sq / n), peak_to_peak: hi - lo, zero_crossings }
     }
 }
 
@@ -98,13 +88,7 @@ mod tests {
 
     #[test]
     fn sqrt_matches_known_values() {
-        for (x, r) in [
-            (4.0f32, 2.0f32),
-            (2.0, core::f32::consts::SQRT_2),
-            (0.25, 0.5),
-            (1e6, 1e3),
-            (0.0, 0.0),
-        ] {
+        for (x, r) in [(4.0f32, 2.0f32), (2.0, core::f32::consts::SQRT_2), (0.25, 0.5), (1e6, 1e3), (0.0, 0.0)] {
             assert!((sqrt(x) - r).abs() <= r * 1e-6, "sqrt({x})");
         }
         assert!(sqrt(-1.0).is_nan());

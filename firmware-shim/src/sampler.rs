@@ -27,12 +27,7 @@ pub struct Sampler<S, D, const N: usize> {
 impl<S: Sensor, D: DelayNs, const N: usize> Sampler<S, D, N> {
     /// A sampler reading `sensor` every `period_us` microseconds.
     pub fn new(sensor: S, delay: D, period_us: u32) -> Self {
-        Sampler {
-            sensor,
-            delay,
-            period_us,
-            window: Window::new(),
-        }
+        Sampler { sensor, delay, period_us, window: Window::new() }
     }
 
     /// Takes samples until a window completes and returns its features.
@@ -96,11 +91,7 @@ mod tests {
 
     #[test]
     fn sampler_waits_one_period_between_samples_of_a_window() {
-        let sensor = Replay {
-            values: &[1.0, 3.0],
-            at: 0,
-            fail_at: None,
-        };
+        let sensor = Replay { values: &[1.0, 3.0], at: 0, fail_at: None };
         let mut sampler: Sampler<_, _, 4> = Sampler::new(sensor, Clock::default(), 1000);
         let f = sampler.next_window().expect("no error");
         assert_eq!(f.mean, 2.0);
@@ -111,11 +102,7 @@ mod tests {
 
     #[test]
     fn sensor_error_keeps_the_partial_window() {
-        let sensor = Replay {
-            values: &[1.0, 2.0, 3.0, 4.0],
-            at: 0,
-            fail_at: Some(2),
-        };
+        let sensor = Replay { values: &[1.0, 2.0, 3.0, 4.0], at: 0, fail_at: Some(2) };
         let mut sampler: Sampler<_, _, 4> = Sampler::new(sensor, Clock::default(), 10);
         assert_eq!(sampler.next_window(), Err("nack"));
         let f = sampler.next_window().expect("recovers");

@@ -14,9 +14,7 @@ pub struct Window<const N: usize> {
 impl<const N: usize> Window<N> {
     /// An empty window.
     pub const fn new() -> Self {
-        Window {
-            samples: Vec::new(),
-        }
+        Window { samples: Vec::new() }
     }
 
     /// Adds one sample. Returns the completed window's features when this sample filled it, and

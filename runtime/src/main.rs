@@ -54,9 +54,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Progress::Total(None) => {}
                 Progress::Done(n) => bar.set_position(n),
             })
-            .with_context(|| {
-                format!("infer {} on {}", args.model.display(), args.input.display())
-            })?;
+            .with_context(|| format!("infer {} on {}", args.model.display(), args.input.display()))?;
             bar.finish_and_clear();
             eprintln!(
                 "{} samples in {:.1} ms (load {:.1} ms, inference {:.1} ms, {:.1} µs/sample, batch {}) -> {}",
@@ -72,11 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Inspect(args) => {
             let runs = inspect::run(&args, &mut std::io::stdout().lock())?;
-            Ok(if runs {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(if runs { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }

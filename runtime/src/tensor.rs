@@ -88,11 +88,7 @@ impl Tensor {
         let expected = shape.iter().product::<usize>();
         let actual = dispatch!(&data, v => v.len());
         if expected != actual {
-            return Err(TensorError::ElementCount {
-                shape,
-                expected,
-                actual,
-            });
+            return Err(TensorError::ElementCount { shape, expected, actual });
         }
         Ok(Tensor { shape, data })
     }
@@ -191,10 +187,7 @@ impl Tensor {
     /// [`Tensor::stack`]).
     pub fn unstack(&self, parts: usize) -> Result<Vec<Tensor>, TensorError> {
         if self.shape.first() != Some(&parts) {
-            return Err(TensorError::Split {
-                shape: self.shape.clone(),
-                parts,
-            });
+            return Err(TensorError::Split { shape: self.shape.clone(), parts });
         }
         let inner: Vec<usize> = self.shape[1..].to_vec();
         let step = inner.iter().product::<usize>();
@@ -209,10 +202,7 @@ impl Tensor {
                 TensorData::U8(v) => TensorData::U8(v[range].to_vec()),
                 TensorData::I8(v) => TensorData::I8(v[range].to_vec()),
             };
-            out.push(Tensor {
-                shape: inner.clone(),
-                data,
-            });
+            out.push(Tensor { shape: inner.clone(), data });
         }
         Ok(out)
     }
@@ -221,34 +211,55 @@ impl Tensor {
     pub fn reshape(mut self, shape: Vec<usize>) -> Result<Tensor, TensorError> {
         let expected = shape.iter().product::<usize>();
         if expected != self.len() {
-            return Err(TensorError::ElementCount {
-                shape,
-                expected,
-                actual: self.len(),
-            });
+            return Err(TensorError::ElementCount { shape, expected, actual: self.len() });
         }
         self.shape = shape;
         Ok(self)
     }
 
+    /// Copies samples of equal shape and type into one tract tensor with a leading batch axis:
+    /// one copy per element, straight into tract's aligned buffer.
+    pub(crate) fn batch_to_tract(samples: &[&Tensor]) -> Result<TractTensor, TensorError> {
+        let first = samples.first().ok_or(TensorError::Empty)?;
+        let mut shape = Vec::with_capacity(first.shape.len() + 1);
+        shape.push(samples.len());
+        shape.extend_from_slice(&first.shape);
+        if let [only] = samples {
+            return Ok(dispatch!(&only.data, v => build(&shape, v)));
+        }
+        Ok(Tensor::stack(samples)?.to_tract_shaped(&shape))
+    }
+
     /// Copies into a tract tensor for the engine.
     pub(crate) fn to_tract(&self) -> TractTensor {
-        fn build<T: Datum + Copy>(shape: &[usize], v: &[T]) -> TractTensor {
-            // The element count was checked when this tensor was built, so tract cannot refuse it.
-            TractTensor::from_shape(shape, v)
-                .unwrap_or_else(|_| unreachable!("shape checked at construction"))
+        self.to_tract_shaped(&self.shape)
+    }
+
+    fn to_tract_shaped(&self, shape: &[usize]) -> TractTensor {
+        dispatch!(&self.data, v => build(shape, v))
+    }
+
+    /// Copies a tract output tensor out of the engine, split along its leading axis into `parts`
+    /// tensors without that axis (the inverse of [`Tensor::batch_to_tract`]).
+    pub(crate) fn split_tract(t: &TractTensor, parts: usize) -> Result<Vec<Tensor>, TensorError> {
+        if t.shape().first() != Some(&parts) {
+            return Err(TensorError::Split { shape: t.shape().to_vec(), parts });
         }
-        dispatch!(&self.data, v => build(&self.shape, v))
+        let whole = Tensor::from_tract(t)?;
+        if parts == 1 {
+            let inner = whole.shape[1..].to_vec();
+            return Ok(vec![Tensor { shape: inner, data: whole.data }]);
+        }
+        whole.unstack(parts)
     }
 
     /// Copies a tract output tensor out of the engine.
     pub(crate) fn from_tract(t: &TractTensor) -> Result<Tensor, TensorError> {
         use tract_onnx::prelude::DatumType;
         fn read<T: Datum + Copy>(t: &TractTensor) -> Result<Vec<T>, TensorError> {
-            let view = t
-                .to_plain_array_view::<T>()
-                .map_err(|e| TensorError::UnsupportedType(format!("{e:#}")))?;
-            Ok(view.iter().copied().collect())
+            let unsupported = |e: tract_onnx::prelude::TractError| TensorError::UnsupportedType(format!("{e:#}"));
+            let plain = t.try_as_plain_ram().map_err(unsupported)?;
+            Ok(plain.as_slice::<T>().map_err(unsupported)?.to_vec())
         }
         let data = match t.datum_type() {
             DatumType::F32 => TensorData::F32(read(t)?),
@@ -261,6 +272,11 @@ impl Tensor {
         };
         Tensor::new(t.shape().to_vec(), data)
     }
+}
+
+fn build<T: Datum + Copy>(shape: &[usize], v: &[T]) -> TractTensor {
+    // Every caller passes a shape whose product is v.len() (checked when the tensor was built).
+    TractTensor::from_shape(shape, v).unwrap_or_else(|_| unreachable!("element count checked at construction"))
 }
 
 /// Serialises as a nested JSON array (a scalar for rank 0), floats in their shortest exact form.
@@ -287,10 +303,7 @@ impl<T: Serialize> Serialize for Nested<'_, T> {
                 let step = rest.iter().product::<usize>();
                 let mut seq = serializer.serialize_seq(Some(n))?;
                 for i in 0..n {
-                    seq.serialize_element(&Nested {
-                        shape: rest,
-                        data: &self.data[i * step..(i + 1) * step],
-                    })?;
+                    seq.serialize_element(&Nested { shape: rest, data: &self.data[i * step..(i + 1) * step] })?;
                 }
                 seq.end()
             }
@@ -309,14 +322,7 @@ mod tests {
     #[test]
     fn element_count_is_checked() {
         let err = Tensor::new(vec![2, 3], TensorData::I64(vec![1, 2])).unwrap_err();
-        assert_eq!(
-            err,
-            TensorError::ElementCount {
-                shape: vec![2, 3],
-                expected: 6,
-                actual: 2
-            }
-        );
+        assert_eq!(err, TensorError::ElementCount { shape: vec![2, 3], expected: 6, actual: 2 });
     }
 
     #[test]
@@ -333,17 +339,7 @@ mod tests {
         let a = t(&[2], vec![1.0, 2.0]);
         let b = t(&[3], vec![3.0, 4.0, 5.0]);
         let err = Tensor::stack(&[&a, &a, &b]).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                TensorError::Mismatch {
-                    what: "shapes",
-                    index: 2,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, TensorError::Mismatch { what: "shapes", index: 2, .. }), "{err}");
     }
 
     #[test]
@@ -355,10 +351,7 @@ mod tests {
     #[test]
     fn serialises_nested_with_shortest_floats() {
         let a = t(&[2, 2], vec![0.1, 2.0, -3.5, 1e-7]);
-        assert_eq!(
-            serde_json::to_string(&a).expect("json"),
-            "[[0.1,2.0],[-3.5,1e-7]]"
-        );
+        assert_eq!(serde_json::to_string(&a).expect("json"), "[[0.1,2.0],[-3.5,1e-7]]");
         let s = Tensor::new(vec![], TensorData::I64(vec![7])).expect("scalar");
         assert_eq!(serde_json::to_string(&s).expect("json"), "7");
     }
@@ -368,5 +361,18 @@ mod tests {
         let a = Tensor::new(vec![1, 3], TensorData::I8(vec![-1, 0, 1])).expect("valid");
         let back = Tensor::from_tract(&a.to_tract()).expect("round trip");
         assert_eq!(back, a);
+    }
+
+    #[test]
+    fn batching_into_tract_and_splitting_back_is_identity() {
+        let a = t(&[2], vec![1.0, 2.0]);
+        let b = t(&[2], vec![3.0, 4.0]);
+        for samples in [vec![&a], vec![&a, &b]] {
+            let batched = Tensor::batch_to_tract(&samples).expect("batches");
+            assert_eq!(batched.shape(), &[samples.len(), 2]);
+            let back = Tensor::split_tract(&batched, samples.len()).expect("splits");
+            assert_eq!(back.iter().collect::<Vec<_>>(), samples);
+        }
+        assert!(Tensor::split_tract(&a.to_tract(), 3).is_err());
     }
 }

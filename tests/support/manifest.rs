@@ -71,9 +71,7 @@ pub struct ReferenceOutput {
 
 /// The `models/` directory of this checkout.
 pub fn models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("models")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("models")
 }
 
 /// Loads the manifest; panics with the path if it is missing or malformed (a broken checkout).

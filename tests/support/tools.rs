@@ -14,10 +14,7 @@ pub fn in_ci() -> bool {
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test>-<hash>
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf()
+    exe.parent().and_then(|deps| deps.parent()).expect("test binary lives in target/<profile>/deps").to_path_buf()
 }
 
 /// Path of a workspace binary for the host, built (once per test process) with the same cargo
@@ -29,15 +26,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         let dir = profile_dir();
         let release = dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "--bins",
-            "-p",
-            "drover-runtime",
-            "-p",
-            "drover-tools",
-        ]);
+        cmd.args(["build", "--quiet", "--bins", "-p", "drover-runtime", "-p", "drover-tools"]);
         if release {
             cmd.arg("--release");
         }
@@ -58,10 +47,7 @@ pub fn require_tool(tool: &str, package: &str) -> Option<PathBuf> {
         .map(|d| d.join(tool))
         .find(|p| p.is_file());
     if found.is_none() {
-        assert!(
-            !in_ci(),
-            "{tool} is required in CI: apt-get install {package}"
-        );
+        assert!(!in_ci(), "{tool} is required in CI: apt-get install {package}");
         eprintln!("SKIPPED: {tool} not found (apt-get install {package})");
     }
     found

@@ -7,11 +7,7 @@ use drover_runtime::cmd::inspect::{self, InspectArgs};
 
 /// Drover's operator CLI.
 #[derive(Debug, Parser)]
-#[command(
-    name = "drover",
-    version,
-    about = "Drover operator CLI: models for a fleet of edge boards"
-)]
+#[command(name = "drover", version, about = "Drover operator CLI: models for a fleet of edge boards")]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -31,11 +27,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect(args) => {
             let runs = inspect::run(&args, &mut std::io::stdout().lock())?;
-            Ok(if runs {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(if runs { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
 }

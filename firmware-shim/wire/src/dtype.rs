@@ -25,14 +25,7 @@ pub enum DType {
 
 impl DType {
     /// Every supported type, for exhaustive listings in error messages and tests.
-    pub const ALL: [DType; 6] = [
-        DType::F32,
-        DType::F64,
-        DType::I64,
-        DType::I32,
-        DType::U8,
-        DType::I8,
-    ];
+    pub const ALL: [DType; 6] = [DType::F32, DType::F64, DType::I64, DType::I32, DType::U8, DType::I8];
 
     /// The numpy / ONNX spelling, which is what users see in their own tools.
     pub const fn name(self) -> &'static str {
@@ -86,14 +79,7 @@ mod tests {
 
     #[test]
     fn onnx_codes_round_trip_through_names() {
-        for (code, name) in [
-            (1, "float32"),
-            (2, "uint8"),
-            (3, "int8"),
-            (6, "int32"),
-            (7, "int64"),
-            (11, "float64"),
-        ] {
+        for (code, name) in [(1, "float32"), (2, "uint8"), (3, "int8"), (6, "int32"), (7, "int64"), (11, "float64")] {
             assert_eq!(DType::from_onnx(code).map(DType::name), Some(name));
         }
         // float16, bool and string are not carried.

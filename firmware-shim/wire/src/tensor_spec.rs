@@ -77,17 +77,11 @@ impl TensorSpec {
         for d in shape {
             let dim = match d {
                 DimRef::Fixed(n) => Dim::Fixed(n),
-                DimRef::Symbolic(s) => {
-                    Dim::Symbolic(String::try_from(s).map_err(|_| SpecError::NameTooLong)?)
-                }
+                DimRef::Symbolic(s) => Dim::Symbolic(String::try_from(s).map_err(|_| SpecError::NameTooLong)?),
             };
             dims.push(dim).map_err(|_| SpecError::RankTooHigh)?;
         }
-        Ok(TensorSpec {
-            name,
-            dtype,
-            shape: dims,
-        })
+        Ok(TensorSpec { name, dtype, shape: dims })
     }
 }
 
@@ -122,12 +116,7 @@ mod tests {
         let spec = TensorSpec::new(
             "image",
             DType::F32,
-            [
-                DimRef::Symbolic("N"),
-                DimRef::Fixed(1),
-                DimRef::Fixed(28),
-                DimRef::Fixed(28),
-            ],
+            [DimRef::Symbolic("N"), DimRef::Fixed(1), DimRef::Fixed(28), DimRef::Fixed(28)],
         )
         .expect("fits");
         let mut buf = [0u8; 128];
@@ -138,8 +127,7 @@ mod tests {
 
     #[test]
     fn display_reads_like_numpy() {
-        let spec = TensorSpec::new("x", DType::U8, [DimRef::Symbolic("N"), DimRef::Fixed(3)])
-            .expect("fits");
+        let spec = TensorSpec::new("x", DType::U8, [DimRef::Symbolic("N"), DimRef::Fixed(3)]).expect("fits");
         let mut s: String<32> = String::new();
         core::fmt::write(&mut s, format_args!("{spec}")).expect("fits");
         assert_eq!(s.as_str(), "x: uint8[N,3]");
@@ -149,15 +137,9 @@ mod tests {
     fn oversized_specs_are_refused() {
         let long = [b'a'; MAX_NAME_LEN + 1];
         let long = core::str::from_utf8(&long).expect("ascii");
-        assert_eq!(
-            TensorSpec::new(long, DType::F32, []),
-            Err(SpecError::NameTooLong)
-        );
+        assert_eq!(TensorSpec::new(long, DType::F32, []), Err(SpecError::NameTooLong));
         let dims = [DimRef::Fixed(1); MAX_RANK + 1];
-        assert_eq!(
-            TensorSpec::new("x", DType::F32, dims),
-            Err(SpecError::RankTooHigh)
-        );
+        assert_eq!(TensorSpec::new("x", DType::F32, dims), Err(SpecError::RankTooHigh));
     }
 
     #[test]

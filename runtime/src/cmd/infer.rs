@@ -49,11 +49,7 @@ pub struct InferSummary {
 impl InferSummary {
     /// Engine time per sample in microseconds.
     pub fn us_per_sample(&self) -> f64 {
-        if self.samples == 0 {
-            0.0
-        } else {
-            self.inference.as_secs_f64() * 1e6 / self.samples as f64
-        }
+        if self.samples == 0 { 0.0 } else { self.inference.as_secs_f64() * 1e6 / self.samples as f64 }
     }
 }
 
@@ -99,15 +95,9 @@ pub enum InferError {
 
 /// Runs `args.model` over `args.input`; `progress` is told how many samples are done after each
 /// batch (and the total up front, when known).
-pub fn infer(
-    args: &InferArgs,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<InferSummary, InferError> {
+pub fn infer(args: &InferArgs, progress: &mut dyn FnMut(Progress)) -> Result<InferSummary, InferError> {
     let start = Instant::now();
-    let mut model = Model::load(&args.model).map_err(|error| InferError::Load {
-        path: args.model.clone(),
-        error,
-    })?;
+    let mut model = Model::load(&args.model).map_err(|error| InferError::Load { path: args.model.clone(), error })?;
     let load = start.elapsed();
     check_batch(args.batch, model.signature())?;
     let mut samples = SampleFile::open(&args.input, model.signature())?;
@@ -116,35 +106,23 @@ pub fn infer(
     let mut sink = Sink::create(&args.output)?;
     let mut done = 0u64;
     let mut inference = Duration::ZERO;
-    let write_err = |error| InferError::Write {
-        path: args.output.clone(),
-        error,
-    };
+    let write_err = |error| InferError::Write { path: args.output.clone(), error };
     loop {
         let batch: Vec<Sample> = samples.next_batch(args.batch)?;
         if batch.is_empty() {
             break;
         }
         let t = Instant::now();
-        let outputs = model
-            .run_samples(&batch)
-            .map_err(|error| InferError::Run { index: done, error })?;
+        let outputs = model.run_samples(&batch).map_err(|error| InferError::Run { index: done, error })?;
         inference += t.elapsed();
         for sample_outputs in &outputs {
-            sink.write_line(model.signature(), sample_outputs)
-                .map_err(write_err)?;
+            sink.write_line(model.signature(), sample_outputs).map_err(write_err)?;
         }
         done += batch.len() as u64;
         progress(Progress::Done(done));
     }
     sink.commit().map_err(write_err)?;
-    Ok(InferSummary {
-        samples: done,
-        batch: args.batch,
-        load,
-        inference,
-        wall: start.elapsed(),
-    })
+    Ok(InferSummary { samples: done, batch: args.batch, load, inference, wall: start.elapsed() })
 }
 
 /// Progress reports from [`infer`].
@@ -158,22 +136,14 @@ pub enum Progress {
 
 fn check_batch(batch: usize, signature: &Signature) -> Result<(), InferError> {
     if batch == 0 {
-        return Err(InferError::Batch {
-            requested: 0,
-            reason: "must be at least 1".into(),
-        });
+        return Err(InferError::Batch { requested: 0, reason: "must be at least 1".into() });
     }
     if batch > signature.batch.max_batch() {
         let reason = match &signature.batch {
-            crate::engine::BatchAxis::FixedOne => {
-                "the model's batch axis is fixed to 1".to_string()
-            }
+            crate::engine::BatchAxis::FixedOne => "the model's batch axis is fixed to 1".to_string(),
             _ => "the model's inputs share no symbolic batch axis".to_string(),
         };
-        return Err(InferError::Batch {
-            requested: batch,
-            reason,
-        });
+        return Err(InferError::Batch { requested: batch, reason });
     }
     Ok(())
 }
@@ -205,11 +175,7 @@ impl Serialize for OutputLine<'_> {
 /// The output destination: stdout, or a temporary file renamed over the target on success.
 enum Sink {
     Stdout(BufWriter<std::io::Stdout>),
-    File {
-        tmp: PathBuf,
-        target: PathBuf,
-        out: BufWriter<File>,
-    },
+    File { tmp: PathBuf, target: PathBuf, out: BufWriter<File> },
 }
 
 impl Sink {
@@ -217,20 +183,10 @@ impl Sink {
         if target == Path::new("-") {
             return Ok(Sink::Stdout(BufWriter::new(std::io::stdout())));
         }
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = target.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-        let file = File::create(&tmp).map_err(|error| InferError::Write {
-            path: target.to_path_buf(),
-            error,
-        })?;
-        Ok(Sink::File {
-            tmp,
-            target: target.to_path_buf(),
-            out: BufWriter::new(file),
-        })
+        let file = File::create(&tmp).map_err(|error| InferError::Write { path: target.to_path_buf(), error })?;
+        Ok(Sink::File { tmp, target: target.to_path_buf(), out: BufWriter::new(file) })
     }
 
     fn write_line(&mut self, signature: &Signature, outputs: &[Tensor]) -> std::io::Result<()> {

@@ -8,9 +8,7 @@ use serde::Serialize;
 use tract_onnx::prelude::Framework;
 
 use crate::engine::opcheck::{UnsupportedOp, hint, unsupported_ops};
-use crate::engine::proto::{
-    DeclaredValue, QuantStyle, declared_io, op_histogram, parameter_bytes, quant_style,
-};
+use crate::engine::proto::{DeclaredValue, QuantStyle, declared_io, op_histogram, parameter_bytes, quant_style};
 use crate::engine::{BatchAxis, LoadError, Model, Stage};
 
 /// What to inspect.
@@ -83,20 +81,11 @@ pub enum InspectError {
 
 /// Inspects the model at `path`, loading it through every stage.
 pub fn inspect(path: &Path) -> Result<InspectReport, InspectError> {
-    let unreadable = |error| InspectError::Unreadable {
-        path: path.to_path_buf(),
-        error,
-    };
-    let bytes = std::fs::read(path).map_err(|error| {
-        unreadable(LoadError::Read {
-            path: path.to_path_buf(),
-            error,
-        })
-    })?;
+    let unreadable = |error| InspectError::Unreadable { path: path.to_path_buf(), error };
+    let bytes = std::fs::read(path).map_err(|error| unreadable(LoadError::Read { path: path.to_path_buf(), error }))?;
     let onnx = tract_onnx::onnx();
-    let proto = onnx
-        .proto_model_for_read(&mut &bytes[..])
-        .map_err(|e| unreadable(LoadError::Decode(format!("{e:#}"))))?;
+    let proto =
+        onnx.proto_model_for_read(&mut &bytes[..]).map_err(|e| unreadable(LoadError::Decode(format!("{e:#}"))))?;
     let (inputs, outputs) = declared_io(&proto).map_err(unreadable)?;
     let unsupported = unsupported_ops(&proto, &onnx.op_register);
     let ops = op_histogram(&proto);
@@ -107,33 +96,17 @@ pub fn inspect(path: &Path) -> Result<InspectReport, InspectError> {
             stages_us: model.timings().stages.clone(),
             batch: Some(model.signature().batch.clone()),
         },
-        Err(e) => LoadOutcome {
-            ok: false,
-            error: Some(e.to_string()),
-            stages_us: Vec::new(),
-            batch: None,
-        },
+        Err(e) => LoadOutcome { ok: false, error: Some(e.to_string()), stages_us: Vec::new(), batch: None },
     };
     Ok(InspectReport {
         file: path.to_path_buf(),
         file_bytes: bytes.len() as u64,
-        producer: format!("{} {}", proto.producer_name, proto.producer_version)
-            .trim()
-            .to_string(),
+        producer: format!("{} {}", proto.producer_name, proto.producer_version).trim().to_string(),
         ir_version: proto.ir_version,
         opsets: proto
             .opset_import
             .iter()
-            .map(|o| {
-                (
-                    if o.domain.is_empty() {
-                        "ai.onnx".to_string()
-                    } else {
-                        o.domain.clone()
-                    },
-                    o.version,
-                )
-            })
+            .map(|o| (if o.domain.is_empty() { "ai.onnx".to_string() } else { o.domain.clone() }, o.version))
             .collect(),
         inputs,
         outputs,
@@ -150,18 +123,9 @@ impl InspectReport {
     /// The human-readable report.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "model        {} ({} bytes)",
-            self.file.display(),
-            self.file_bytes
-        );
+        let _ = writeln!(s, "model        {} ({} bytes)", self.file.display(), self.file_bytes);
         let _ = writeln!(s, "producer     {} (IR {})", self.producer, self.ir_version);
-        let opsets: Vec<String> = self
-            .opsets
-            .iter()
-            .map(|(d, v)| format!("{d} {v}"))
-            .collect();
+        let opsets: Vec<String> = self.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect();
         let _ = writeln!(s, "opsets       {}", opsets.join(", "));
         let _ = writeln!(s, "quantization {}", self.quantization.label());
         let _ = writeln!(s, "parameters   {} bytes", self.parameter_bytes);
@@ -183,12 +147,7 @@ impl InspectReport {
         if self.load.ok {
             let _ = writeln!(s, "load         ok");
             for (stage, us) in &self.load.stages_us {
-                let _ = writeln!(
-                    s,
-                    "  {:<16} {:>9.3} ms",
-                    stage.to_string(),
-                    *us as f64 / 1000.0
-                );
+                let _ = writeln!(s, "  {:<16} {:>9.3} ms", stage.to_string(), *us as f64 / 1000.0);
             }
             let total: u64 = self.load.stages_us.iter().map(|(_, us)| us).sum();
             let _ = writeln!(s, "  {:<16} {:>9.3} ms", "total", total as f64 / 1000.0);
@@ -213,8 +172,7 @@ impl InspectReport {
 /// agent can run the model, which the binaries turn into their exit code.
 pub fn run(args: &InspectArgs, out: &mut dyn std::io::Write) -> anyhow::Result<bool> {
     use anyhow::Context;
-    let report =
-        inspect(&args.model).with_context(|| format!("inspect {}", args.model.display()))?;
+    let report = inspect(&args.model).with_context(|| format!("inspect {}", args.model.display()))?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &report)?;
         writeln!(out)?;

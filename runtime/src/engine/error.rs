@@ -25,9 +25,7 @@ pub enum LoadError {
     #[error("unsupported operators: {}\nhint: {}", describe(.0), hint(.0))]
     UnsupportedOps(Vec<UnsupportedOp>),
     /// A graph input or output of a type Drover does not carry.
-    #[error(
-        "{role} '{name}' has element type {dtype}; Drover carries float32, float64, int64, int32, uint8 and int8"
-    )]
+    #[error("{role} '{name}' has element type {dtype}; Drover carries float32, float64, int64, int32, uint8 and int8")]
     UnsupportedType {
         /// "input" or "output".
         role: &'static str,

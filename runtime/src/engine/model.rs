@@ -5,8 +5,8 @@ use std::time::Instant;
 use drover_wire::{DType, DimRef, TensorSpec};
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceModelExt, IntoRunnable, TValue, TVec, TypedFact, TypedModel,
-    TypedSimplePlan, TypedSimpleState,
+    DatumType, Framework, InferenceModelExt, IntoRunnable, TValue, TVec, TypedFact, TypedModel, TypedSimplePlan,
+    TypedSimpleState,
 };
 
 use super::error::{LoadError, RunError};
@@ -27,14 +27,16 @@ pub struct Model {
     plan: Arc<TypedSimplePlan>,
     state: TypedSimpleState,
     timings: LoadTimings,
+    /// Per input: the full shape and the per-sample shape (`None` = any size), computed once.
+    expected: Vec<(ExpectedShape, ExpectedShape)>,
 }
+
+/// A shape to check against: `None` axes accept any size.
+type ExpectedShape = Vec<Option<usize>>;
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model")
-            .field("signature", &self.signature)
-            .field("timings", &self.timings)
-            .finish()
+        f.debug_struct("Model").field("signature", &self.signature).field("timings", &self.timings).finish()
     }
 }
 
@@ -46,10 +48,7 @@ fn stage<T>(
 ) -> Result<T, LoadError> {
     let start = Instant::now();
     let result = contain(f).map_err(|message| LoadError::Panicked { stage, message })?;
-    let value = result.map_err(|e| LoadError::Stage {
-        stage,
-        message: format!("{e:#}"),
-    })?;
+    let value = result.map_err(|e| LoadError::Stage { stage, message: format!("{e:#}") })?;
     timings.record(stage, start.elapsed());
     Ok(value)
 }
@@ -58,10 +57,7 @@ impl Model {
     /// Loads an ONNX file through every stage: read, operator check, parse, type, optimise, plan.
     pub fn load(path: &Path) -> Result<Model, LoadError> {
         let start = Instant::now();
-        let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Read { path: path.to_path_buf(), error })?;
         let proto = decode(&bytes)?;
         let mut timings = LoadTimings::default();
         timings.record(Stage::Read, start.elapsed());
@@ -77,11 +73,7 @@ impl Model {
         Self::from_proto(&proto, None, timings)
     }
 
-    fn from_proto(
-        proto: &ModelProto,
-        dir: Option<&Path>,
-        mut timings: LoadTimings,
-    ) -> Result<Model, LoadError> {
+    fn from_proto(proto: &ModelProto, dir: Option<&Path>, mut timings: LoadTimings) -> Result<Model, LoadError> {
         let onnx = tract_onnx::onnx();
 
         let check_start = Instant::now();
@@ -102,11 +94,7 @@ impl Model {
                     });
                 }
                 None => {
-                    return Err(LoadError::UnsupportedType {
-                        role: "input",
-                        name: d.name,
-                        dtype: d.dtype,
-                    });
+                    return Err(LoadError::UnsupportedType { role: "input", name: d.name, dtype: d.dtype });
                 }
             }
         }
@@ -132,16 +120,11 @@ impl Model {
             Ok((plan, state))
         })?;
         let batch = BatchAxis::of(&inputs);
-        Ok(Model {
-            signature: Signature {
-                inputs,
-                outputs,
-                batch,
-            },
-            plan,
-            state,
-            timings,
-        })
+        let signature = Signature { inputs, outputs, batch };
+        let expected = (0..signature.inputs.len())
+            .map(|i| (signature.inputs[i].shape.iter().map(fixed).collect(), signature.sample_shape(i)))
+            .collect();
+        Ok(Model { signature, plan, state, timings, expected })
     }
 
     /// What the model takes and returns.
@@ -159,23 +142,10 @@ impl Model {
     /// Inputs are checked against the signature first, so a wrong tensor is a clear error rather
     /// than a shape failure deep inside tract.
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
-        self.check_inputs(inputs)?;
+        self.check(inputs.iter().map(|t| (t, false)), inputs.len())?;
         let values: TVec<TValue> = inputs.iter().map(|t| t.to_tract().into()).collect();
-        let outcome = contain(|| self.state.run(values));
-        let outputs = match outcome {
-            Ok(result) => result.map_err(|e| RunError::Engine(format!("{e:#}")))?,
-            Err(message) => {
-                // A panic may leave the state half-updated: start from a fresh one.
-                if let Ok(fresh) = self.plan.spawn() {
-                    self.state = fresh;
-                }
-                return Err(RunError::Panicked(message));
-            }
-        };
-        outputs
-            .iter()
-            .map(|v| Tensor::from_tract(v).map_err(|e| RunError::Engine(e.to_string())))
-            .collect()
+        let outputs = self.eval(values)?;
+        outputs.iter().map(|v| Tensor::from_tract(v).map_err(|e| RunError::Engine(e.to_string()))).collect()
     }
 
     /// Runs samples (each a list of input tensors without the batch axis) as one batch and
@@ -184,50 +154,36 @@ impl Model {
     /// Models with a fixed batch of one, or without a batch axis, run the samples one at a time.
     pub fn run_samples(&mut self, samples: &[Vec<Tensor>]) -> Result<Vec<Vec<Tensor>>, RunError> {
         match self.signature.batch {
-            BatchAxis::Symbolic(_) if samples.len() > 1 => self.run_stacked(samples),
-            BatchAxis::Symbolic(_) | BatchAxis::FixedOne => samples
-                .iter()
-                .map(|s| self.run_stacked(std::slice::from_ref(s)))
-                .map(|r| r.map(first))
-                .collect(),
+            BatchAxis::Symbolic(_) => self.run_batch(samples),
+            BatchAxis::FixedOne => samples.iter().map(|s| self.run_batch(std::slice::from_ref(s)).map(first)).collect(),
             BatchAxis::None => samples.iter().map(|s| self.run(s)).collect(),
         }
     }
 
-    fn run_stacked(&mut self, samples: &[Vec<Tensor>]) -> Result<Vec<Vec<Tensor>>, RunError> {
+    /// One engine call for `samples`: each input's samples are copied once, straight into a
+    /// tract tensor with the batch axis in front, and each output is split back per sample.
+    fn run_batch(&mut self, samples: &[Vec<Tensor>]) -> Result<Vec<Vec<Tensor>>, RunError> {
         let n = samples.len();
         let count = self.signature.inputs.len();
-        let mut batch = Vec::with_capacity(count);
-        for input in 0..count {
-            let column: Vec<&Tensor> = samples
-                .iter()
-                .map(|s| {
-                    s.get(input).ok_or(RunError::InputCount {
-                        expected: count,
-                        actual: s.len(),
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-            let stacked = Tensor::stack(&column).map_err(|e| {
-                RunError::Batch(format!(
-                    "input '{}': {e}",
-                    self.signature.inputs[input].name
-                ))
-            })?;
-            batch.push(stacked);
+        for s in samples {
+            self.check(s.iter().map(|t| (t, true)), s.len())?;
         }
-        let outputs = self.run(&batch)?;
-        let mut per_sample: Vec<Vec<Tensor>> =
-            (0..n).map(|_| Vec::with_capacity(outputs.len())).collect();
-        for (o, out) in outputs.into_iter().enumerate() {
-            let parts = out.unstack(n).map_err(|e| {
+        let mut values: TVec<TValue> = TVec::with_capacity(count);
+        let mut column: Vec<&Tensor> = Vec::with_capacity(n);
+        for input in 0..count {
+            column.clear();
+            column.extend(samples.iter().map(|s| &s[input]));
+            let batched = Tensor::batch_to_tract(&column)
+                .map_err(|e| RunError::Batch(format!("input '{}': {e}", self.signature.inputs[input].name)))?;
+            values.push(batched.into());
+        }
+        let outputs = self.eval(values)?;
+        let mut per_sample: Vec<Vec<Tensor>> = (0..n).map(|_| Vec::with_capacity(outputs.len())).collect();
+        for (o, out) in outputs.iter().enumerate() {
+            let parts = Tensor::split_tract(out, n).map_err(|e| {
                 RunError::Batch(format!(
                     "output '{}' has no batch axis of {n} ({e}); run with a batch of 1",
-                    self.signature
-                        .outputs
-                        .get(o)
-                        .map(|s| s.name.as_str())
-                        .unwrap_or("?")
+                    self.signature.outputs.get(o).map(|s| s.name.as_str()).unwrap_or("?")
                 ))
             })?;
             for (sample, part) in per_sample.iter_mut().zip(parts) {
@@ -237,15 +193,28 @@ impl Model {
         Ok(per_sample)
     }
 
-    fn check_inputs(&self, inputs: &[Tensor]) -> Result<(), RunError> {
-        let specs = &self.signature.inputs;
-        if inputs.len() != specs.len() {
-            return Err(RunError::InputCount {
-                expected: specs.len(),
-                actual: inputs.len(),
-            });
+    /// Evaluates the plan with panics contained; after a panic the state is rebuilt.
+    fn eval(&mut self, values: TVec<TValue>) -> Result<TVec<TValue>, RunError> {
+        match contain(|| self.state.run(values)) {
+            Ok(result) => result.map_err(|e| RunError::Engine(format!("{e:#}"))),
+            Err(message) => {
+                // A panic may leave the state half-updated: start from a fresh one.
+                if let Ok(fresh) = self.plan.spawn() {
+                    self.state = fresh;
+                }
+                Err(RunError::Panicked(message))
+            }
         }
-        for (t, spec) in inputs.iter().zip(specs) {
+    }
+
+    /// Checks tensors against the declared inputs: full tensors, or samples (`true`: the
+    /// tensor lacks the batch axis).
+    fn check<'a>(&self, tensors: impl Iterator<Item = (&'a Tensor, bool)>, count: usize) -> Result<(), RunError> {
+        let specs = &self.signature.inputs;
+        if count != specs.len() {
+            return Err(RunError::InputCount { expected: specs.len(), actual: count });
+        }
+        for ((t, is_sample), (spec, (full, sample))) in tensors.zip(specs.iter().zip(&self.expected)) {
             if t.dtype() != spec.dtype {
                 return Err(RunError::InputType {
                     name: spec.name.to_string(),
@@ -253,16 +222,13 @@ impl Model {
                     actual: t.dtype().to_string(),
                 });
             }
-            let expected: Vec<Option<usize>> = spec.shape.iter().map(fixed).collect();
+            let expected = if is_sample { sample } else { full };
             let fits = t.shape().len() == expected.len()
-                && t.shape()
-                    .iter()
-                    .zip(&expected)
-                    .all(|(have, want)| want.is_none_or(|w| w == *have));
+                && t.shape().iter().zip(expected).all(|(have, want)| want.is_none_or(|w| w == *have));
             if !fits {
                 return Err(RunError::InputShape {
                     name: spec.name.to_string(),
-                    expected: describe_shape(&expected),
+                    expected: describe_shape(expected),
                     actual: t.shape().to_vec(),
                 });
             }
@@ -289,18 +255,12 @@ fn decode(bytes: &[u8]) -> Result<ModelProto, LoadError> {
 }
 
 /// Output specs from tract's typed facts (authoritative: the file may omit output shapes).
-fn output_specs<'a>(
-    typed: &TypedModel,
-    names: impl Iterator<Item = &'a str>,
-) -> Result<Vec<TensorSpec>, LoadError> {
+fn output_specs<'a>(typed: &TypedModel, names: impl Iterator<Item = &'a str>) -> Result<Vec<TensorSpec>, LoadError> {
     let mut specs = Vec::new();
     for (ix, name) in names.enumerate() {
         let fact: TypedFact = typed
             .output_fact(ix)
-            .map_err(|e| LoadError::Stage {
-                stage: Stage::Type,
-                message: format!("output '{name}': {e:#}"),
-            })?
+            .map_err(|e| LoadError::Stage { stage: Stage::Type, message: format!("output '{name}': {e:#}") })?
             .clone();
         let dtype = dtype_of(fact.datum_type).ok_or_else(|| LoadError::UnsupportedType {
             role: "output",
@@ -308,14 +268,10 @@ fn output_specs<'a>(
             dtype: format!("{:?}", fact.datum_type).to_lowercase(),
         })?;
         let dims: Vec<String> = fact.shape.iter().map(|d| d.to_string()).collect();
-        let refs = fact
-            .shape
-            .iter()
-            .zip(&dims)
-            .map(|(d, text)| match d.to_i64() {
-                Ok(n) if n >= 0 => DimRef::Fixed(n as u64),
-                _ => DimRef::Symbolic(text),
-            });
+        let refs = fact.shape.iter().zip(&dims).map(|(d, text)| match d.to_i64() {
+            Ok(n) if n >= 0 => DimRef::Fixed(n as u64),
+            _ => DimRef::Symbolic(text),
+        });
         let spec = TensorSpec::new(name, dtype, refs).map_err(|e| LoadError::Schema {
             role: "output",
             name: name.to_string(),

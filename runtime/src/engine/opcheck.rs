@@ -41,15 +41,10 @@ pub fn unsupported_ops(model: &ModelProto, registry: &OnnxOpRegister) -> Vec<Uns
         let domain = domain_of(node);
         let known = DOMAINS_TRACT_KNOWS.contains(&domain) && registry.0.contains_key(&node.op_type);
         if !known {
-            *missing
-                .entry((domain.to_string(), node.op_type.clone()))
-                .or_insert(0) += 1;
+            *missing.entry((domain.to_string(), node.op_type.clone())).or_insert(0) += 1;
         }
     }
-    missing
-        .into_iter()
-        .map(|((domain, op), count)| UnsupportedOp { domain, op, count })
-        .collect()
+    missing.into_iter().map(|((domain, op), count)| UnsupportedOp { domain, op, count }).collect()
 }
 
 /// The advice that goes with a list of unsupported operators.
@@ -64,10 +59,7 @@ pub fn hint(ops: &[UnsupportedOp]) -> &'static str {
 
 /// Formats the list as `domain::Op (count), …`.
 pub fn describe(ops: &[UnsupportedOp]) -> String {
-    ops.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    ops.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -76,21 +68,11 @@ mod tests {
     use tract_onnx::pb::{GraphProto, NodeProto};
 
     fn node(domain: &str, op: &str) -> NodeProto {
-        NodeProto {
-            domain: domain.into(),
-            op_type: op.into(),
-            ..Default::default()
-        }
+        NodeProto { domain: domain.into(), op_type: op.into(), ..Default::default() }
     }
 
     fn model(nodes: Vec<NodeProto>) -> ModelProto {
-        ModelProto {
-            graph: Some(GraphProto {
-                node: nodes,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        ModelProto { graph: Some(GraphProto { node: nodes, ..Default::default() }), ..Default::default() }
     }
 
     #[test]
@@ -104,10 +86,7 @@ mod tests {
             node("ai.onnx", "Relu"),
         ]);
         let ops = unsupported_ops(&m, &reg);
-        assert_eq!(
-            describe(&ops),
-            "com.microsoft::QGemm (2), com.microsoft::QLinearAdd (1)"
-        );
+        assert_eq!(describe(&ops), "com.microsoft::QGemm (2), com.microsoft::QLinearAdd (1)");
         assert!(hint(&ops).contains("standard ops"));
     }
 
@@ -122,16 +101,9 @@ mod tests {
     fn ops_inside_subgraphs_are_checked() {
         use tract_onnx::pb::AttributeProto;
         let reg = tract_onnx::onnx().op_register;
-        let body = GraphProto {
-            node: vec![node("", "NoSuchOp")],
-            ..Default::default()
-        };
+        let body = GraphProto { node: vec![node("", "NoSuchOp")], ..Default::default() };
         let mut if_node = node("", "If");
-        if_node.attribute.push(AttributeProto {
-            name: "then_branch".into(),
-            g: Some(body),
-            ..Default::default()
-        });
+        if_node.attribute.push(AttributeProto { name: "then_branch".into(), g: Some(body), ..Default::default() });
         let ops = unsupported_ops(&model(vec![if_node]), &reg);
         assert_eq!(describe(&ops), "ai.onnx::NoSuchOp (1)");
     }

@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 
 use drover_wire::{DType, DimRef, TensorSpec};
 use serde::Serialize;
-use tract_onnx::pb::{
-    GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto, tensor_shape_proto, type_proto,
-};
+use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto, tensor_shape_proto, type_proto};
 
 use super::LoadError;
 
@@ -37,20 +35,14 @@ pub fn all_nodes(model: &ModelProto) -> Vec<&NodeProto> {
 
 /// The operator's domain as users write it (`ai.onnx` for the default, empty, domain).
 pub fn domain_of(node: &NodeProto) -> &str {
-    if node.domain.is_empty() {
-        "ai.onnx"
-    } else {
-        &node.domain
-    }
+    if node.domain.is_empty() { "ai.onnx" } else { &node.domain }
 }
 
 /// Count of each `domain::op` in the model, sorted by name.
 pub fn op_histogram(model: &ModelProto) -> BTreeMap<String, usize> {
     let mut hist = BTreeMap::new();
     for node in all_nodes(model) {
-        *hist
-            .entry(format!("{}::{}", domain_of(node), node.op_type))
-            .or_insert(0) += 1;
+        *hist.entry(format!("{}::{}", domain_of(node), node.op_type)).or_insert(0) += 1;
     }
     hist
 }
@@ -85,17 +77,9 @@ impl QuantStyle {
 pub fn quant_style(model: &ModelProto) -> QuantStyle {
     let nodes = all_nodes(model);
     let has = |pred: &dyn Fn(&str) -> bool| nodes.iter().any(|n| pred(&n.op_type));
-    if has(&|op| {
-        op.starts_with("QLinear")
-            || matches!(op, "ConvInteger" | "MatMulInteger" | "QGemm" | "QAttention")
-    }) {
+    if has(&|op| op.starts_with("QLinear") || matches!(op, "ConvInteger" | "MatMulInteger" | "QGemm" | "QAttention")) {
         QuantStyle::Qoperator
-    } else if has(&|op| {
-        matches!(
-            op,
-            "DynamicQuantizeLinear" | "DynamicQuantizeMatMul" | "MatMulIntegerToFloat"
-        )
-    }) {
+    } else if has(&|op| matches!(op, "DynamicQuantizeLinear" | "DynamicQuantizeMatMul" | "MatMulIntegerToFloat")) {
         QuantStyle::Dynamic
     } else if has(&|op| op == "QuantizeLinear") && has(&|op| op == "DequantizeLinear") {
         QuantStyle::Qdq
@@ -112,12 +96,7 @@ pub fn parameter_bytes(model: &ModelProto) -> u64 {
     }
     for node in all_nodes(model) {
         if node.op_type == "Constant" {
-            total += node
-                .attribute
-                .iter()
-                .filter_map(|a| a.t.as_ref())
-                .map(tensor_bytes)
-                .sum::<u64>();
+            total += node.attribute.iter().filter_map(|a| a.t.as_ref()).map(tensor_bytes).sum::<u64>();
         }
     }
     total
@@ -135,10 +114,7 @@ fn tensor_bytes(t: &TensorProto) -> u64 {
         15 => 16,              // complex128
         _ => 0,                // strings and exotic types: no fixed size
     };
-    let count = t
-        .dims
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(u64::try_from(d).ok()?));
+    let count = t.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(u64::try_from(d).ok()?));
     elem.saturating_mul(count.unwrap_or(0))
 }
 
@@ -198,38 +174,21 @@ fn declared(v: &ValueInfoProto) -> DeclaredValue {
         .collect();
     let spec = DType::from_onnx(code).and_then(|dtype| {
         let refs = dims.iter().map(|d| match d {
-            Some(tensor_shape_proto::dimension::Value::DimValue(n)) if *n >= 0 => {
-                DimRef::Fixed(*n as u64)
-            }
-            Some(tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => {
-                DimRef::Symbolic(p)
-            }
+            Some(tensor_shape_proto::dimension::Value::DimValue(n)) if *n >= 0 => DimRef::Fixed(*n as u64),
+            Some(tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => DimRef::Symbolic(p),
             _ => DimRef::Symbolic("?"),
         });
         TensorSpec::new(&v.name, dtype, refs).ok()
     });
-    DeclaredValue {
-        name: v.name.clone(),
-        dtype: onnx_type_name(code).to_string(),
-        shape,
-        spec,
-    }
+    DeclaredValue { name: v.name.clone(), dtype: onnx_type_name(code).to_string(), shape, spec }
 }
 
 /// The graph's real inputs (initializers listed as inputs by old exporters are left out) and
 /// its outputs, as the file declares them.
-pub fn declared_io(
-    model: &ModelProto,
-) -> Result<(Vec<DeclaredValue>, Vec<DeclaredValue>), LoadError> {
+pub fn declared_io(model: &ModelProto) -> Result<(Vec<DeclaredValue>, Vec<DeclaredValue>), LoadError> {
     let graph = model.graph.as_ref().ok_or(LoadError::NoGraph)?;
-    let init: std::collections::HashSet<&str> =
-        graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let inputs = graph
-        .input
-        .iter()
-        .filter(|v| !init.contains(v.name.as_str()))
-        .map(declared)
-        .collect();
+    let init: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs = graph.input.iter().filter(|v| !init.contains(v.name.as_str())).map(declared).collect();
     let outputs = graph.output.iter().map(declared).collect();
     Ok((inputs, outputs))
 }

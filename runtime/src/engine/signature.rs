@@ -31,14 +31,10 @@ impl BatchAxis {
     pub fn of(inputs: &[TensorSpec]) -> BatchAxis {
         let firsts: Vec<Option<&Dim>> = inputs.iter().map(|i| i.shape.first()).collect();
         match firsts.first() {
-            Some(Some(Dim::Symbolic(s)))
-                if s.as_str() != "?" && firsts.iter().all(|d| *d == firsts[0]) =>
-            {
+            Some(Some(Dim::Symbolic(s))) if s.as_str() != "?" && firsts.iter().all(|d| *d == firsts[0]) => {
                 BatchAxis::Symbolic(s.to_string())
             }
-            Some(Some(Dim::Fixed(1))) if firsts.iter().all(|d| *d == Some(&Dim::Fixed(1))) => {
-                BatchAxis::FixedOne
-            }
+            Some(Some(Dim::Fixed(1))) if firsts.iter().all(|d| *d == Some(&Dim::Fixed(1))) => BatchAxis::FixedOne,
             _ => BatchAxis::None,
         }
     }
@@ -85,11 +81,7 @@ pub fn fixed(d: &Dim) -> Option<usize> {
 
 /// Formats an expected per-sample shape for messages, `?` for free axes.
 pub fn describe_shape(shape: &[Option<usize>]) -> String {
-    shape
-        .iter()
-        .map(|d| d.map_or("?".to_string(), |n| n.to_string()))
-        .collect::<Vec<_>>()
-        .join(",")
+    shape.iter().map(|d| d.map_or("?".to_string(), |n| n.to_string())).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]
@@ -108,37 +100,18 @@ mod tests {
             BatchAxis::of(&[spec("a", &[n, DimRef::Fixed(3)]), spec("b", &[n])]),
             BatchAxis::Symbolic("N".into())
         );
-        assert_eq!(
-            BatchAxis::of(&[spec("a", &[DimRef::Fixed(1), DimRef::Fixed(28)])]),
-            BatchAxis::FixedOne
-        );
-        assert_eq!(
-            BatchAxis::of(&[spec("a", &[n]), spec("b", &[DimRef::Symbolic("M")])]),
-            BatchAxis::None
-        );
-        assert_eq!(
-            BatchAxis::of(&[spec("a", &[DimRef::Fixed(4)])]),
-            BatchAxis::None
-        );
+        assert_eq!(BatchAxis::of(&[spec("a", &[DimRef::Fixed(1), DimRef::Fixed(28)])]), BatchAxis::FixedOne);
+        assert_eq!(BatchAxis::of(&[spec("a", &[n]), spec("b", &[DimRef::Symbolic("M")])]), BatchAxis::None);
+        assert_eq!(BatchAxis::of(&[spec("a", &[DimRef::Fixed(4)])]), BatchAxis::None);
         assert_eq!(BatchAxis::of(&[spec("a", &[])]), BatchAxis::None);
         // An unnamed axis is not a batch axis Drover can rely on.
-        assert_eq!(
-            BatchAxis::of(&[spec("a", &[DimRef::Symbolic("?")])]),
-            BatchAxis::None
-        );
+        assert_eq!(BatchAxis::of(&[spec("a", &[DimRef::Symbolic("?")])]), BatchAxis::None);
     }
 
     #[test]
     fn sample_shape_drops_the_batch_axis() {
         let sig = Signature {
-            inputs: vec![spec(
-                "a",
-                &[
-                    DimRef::Symbolic("N"),
-                    DimRef::Symbolic("T"),
-                    DimRef::Fixed(3),
-                ],
-            )],
+            inputs: vec![spec("a", &[DimRef::Symbolic("N"), DimRef::Symbolic("T"), DimRef::Fixed(3)])],
             outputs: vec![],
             batch: BatchAxis::Symbolic("N".into()),
         };

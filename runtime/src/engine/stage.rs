@@ -46,8 +46,7 @@ pub struct LoadTimings {
 
 impl LoadTimings {
     pub(crate) fn record(&mut self, stage: Stage, took: Duration) {
-        self.stages
-            .push((stage, took.as_micros().try_into().unwrap_or(u64::MAX)));
+        self.stages.push((stage, took.as_micros().try_into().unwrap_or(u64::MAX)));
     }
 
     /// Total load time in microseconds.
@@ -57,9 +56,6 @@ impl LoadTimings {
 
     /// Time of one stage, if it ran.
     pub fn of(&self, stage: Stage) -> Option<u64> {
-        self.stages
-            .iter()
-            .find(|(s, _)| *s == stage)
-            .map(|(_, us)| *us)
+        self.stages.iter().find(|(s, _)| *s == stage).map(|(_, us)| *us)
     }
 }

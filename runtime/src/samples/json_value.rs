@@ -51,25 +51,14 @@ fn at(index: &[usize]) -> String {
 }
 
 /// Reads `value` as a tensor of `dtype` whose shape must match `expected` (`None` = any size).
-pub fn tensor_from_json(
-    value: &Value,
-    dtype: DType,
-    expected: &[Option<usize>],
-) -> Result<Tensor, ValueError> {
+pub fn tensor_from_json(value: &Value, dtype: DType, expected: &[Option<usize>]) -> Result<Tensor, ValueError> {
     let shape = shape_of(value);
-    let fits = shape.len() == expected.len()
-        && shape
-            .iter()
-            .zip(expected)
-            .all(|(s, e)| e.is_none_or(|e| e == *s));
+    let fits = shape.len() == expected.len() && shape.iter().zip(expected).all(|(s, e)| e.is_none_or(|e| e == *s));
     if !fits {
         // A ragged array reports its own, more precise, error.
         let mut leaves = Vec::new();
         collect(value, &shape, &mut Vec::new(), &mut leaves)?;
-        return Err(ValueError::Shape {
-            expected: crate::engine::describe_shape(expected),
-            found: shape,
-        });
+        return Err(ValueError::Shape { expected: crate::engine::describe_shape(expected), found: shape });
     }
     let mut leaves = Vec::with_capacity(shape.iter().product());
     collect(value, &shape, &mut Vec::new(), &mut leaves)?;
@@ -81,10 +70,7 @@ pub fn tensor_from_json(
         DType::U8 => TensorData::U8(convert(&leaves, &shape, dtype, to_int::<u8>)?),
         DType::I8 => TensorData::I8(convert(&leaves, &shape, dtype, to_int::<i8>)?),
     };
-    Tensor::new(shape, data).map_err(|_| ValueError::Shape {
-        expected: String::new(),
-        found: Vec::new(),
-    })
+    Tensor::new(shape, data).map_err(|_| ValueError::Shape { expected: String::new(), found: Vec::new() })
 }
 
 /// The shape implied by following the first element at each depth.
@@ -111,11 +97,7 @@ fn collect<'a>(
     match (value, shape.split_first()) {
         (Value::Array(items), Some((&len, rest))) => {
             if items.len() != len {
-                return Err(ValueError::Ragged {
-                    index: index.clone(),
-                    found: items.len(),
-                    expected: len,
-                });
+                return Err(ValueError::Ragged { index: index.clone(), found: items.len(), expected: len });
             }
             for (i, item) in items.iter().enumerate() {
                 index.push(i);
@@ -128,25 +110,16 @@ fn collect<'a>(
             out.push(n);
             Ok(())
         }
-        (Value::Array(items), None) => Err(ValueError::Ragged {
-            index: index.clone(),
-            found: items.len(),
-            expected: 0,
-        }),
-        (other, _) => Err(ValueError::NotANumber {
-            index: index.clone(),
-            found: short(other),
-        }),
+        (Value::Array(items), None) => {
+            Err(ValueError::Ragged { index: index.clone(), found: items.len(), expected: 0 })
+        }
+        (other, _) => Err(ValueError::NotANumber { index: index.clone(), found: short(other) }),
     }
 }
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 24 {
-        format!("{}…", &s[..s.floor_char_boundary(24)])
-    } else {
-        s
-    }
+    if s.len() > 24 { format!("{}…", &s[..s.floor_char_boundary(24)]) } else { s }
 }
 
 fn convert<T>(
@@ -159,11 +132,7 @@ fn convert<T>(
         .iter()
         .enumerate()
         .map(|(flat, n)| {
-            f(n).ok_or_else(|| ValueError::OutOfRange {
-                index: unflatten(flat, shape),
-                found: n.to_string(),
-                dtype,
-            })
+            f(n).ok_or_else(|| ValueError::OutOfRange { index: unflatten(flat, shape), found: n.to_string(), dtype })
         })
         .collect()
 }
@@ -194,11 +163,7 @@ fn to_int<T: TryFrom<i64> + TryFrom<u64>>(n: &Number) -> Option<T> {
     }
     // Integral floats such as `3.0` (what numpy's tolist() gives for float arrays) are accepted.
     let f = n.as_f64()?;
-    if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 {
-        T::try_from(f as i64).ok()
-    } else {
-        None
-    }
+    if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 { T::try_from(f as i64).ok() } else { None }
 }
 
 #[cfg(test)]
@@ -208,23 +173,14 @@ mod tests {
 
     #[test]
     fn nested_array_becomes_a_row_major_tensor() {
-        let t = tensor_from_json(
-            &json!([[1, 2, 3], [4, 5, 6]]),
-            DType::F32,
-            &[Some(2), Some(3)],
-        )
-        .expect("valid");
+        let t = tensor_from_json(&json!([[1, 2, 3], [4, 5, 6]]), DType::F32, &[Some(2), Some(3)]).expect("valid");
         assert_eq!(t.shape(), &[2, 3]);
-        assert_eq!(
-            t.data(),
-            &TensorData::F32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
-        );
+        assert_eq!(t.data(), &TensorData::F32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
     }
 
     #[test]
     fn free_axes_accept_any_size() {
-        let t =
-            tensor_from_json(&json!([[1], [2], [3]]), DType::I64, &[None, Some(1)]).expect("valid");
+        let t = tensor_from_json(&json!([[1], [2], [3]]), DType::I64, &[None, Some(1)]).expect("valid");
         assert_eq!(t.shape(), &[3, 1]);
     }
 
@@ -238,24 +194,15 @@ mod tests {
 
     #[test]
     fn ragged_arrays_are_located() {
-        let err =
-            tensor_from_json(&json!([[1, 2], [3]]), DType::F32, &[Some(2), Some(2)]).unwrap_err();
-        assert_eq!(
-            err,
-            ValueError::Ragged {
-                index: vec![1],
-                found: 1,
-                expected: 2
-            }
-        );
+        let err = tensor_from_json(&json!([[1, 2], [3]]), DType::F32, &[Some(2), Some(2)]).unwrap_err();
+        assert_eq!(err, ValueError::Ragged { index: vec![1], found: 1, expected: 2 });
     }
 
     #[test]
     fn non_numbers_are_located() {
         let err = tensor_from_json(&json!([1, "x", 3]), DType::F32, &[Some(3)]).unwrap_err();
         assert_eq!(err.to_string(), "non-numeric value \"x\" at [1]");
-        let err =
-            tensor_from_json(&json!([[1, null]]), DType::I32, &[Some(1), Some(2)]).unwrap_err();
+        let err = tensor_from_json(&json!([[1, null]]), DType::I32, &[Some(1), Some(2)]).unwrap_err();
         assert_eq!(err.to_string(), "non-numeric value null at [0, 1]");
     }
 

@@ -21,15 +21,10 @@ pub struct JsonlSamples {
 impl JsonlSamples {
     /// Opens the file; counts its non-blank lines first so progress can be shown.
     pub fn open(path: &Path, signature: &Signature) -> Result<JsonlSamples, SampleError> {
-        let io = |error| SampleError::Io {
-            path: path.to_path_buf(),
-            error,
-        };
+        let io = |error| SampleError::Io { path: path.to_path_buf(), error };
         let len_hint = count_lines(File::open(path).map_err(io)?).ok();
         let file = File::open(path).map_err(io)?;
-        let shapes = (0..signature.inputs.len())
-            .map(|i| signature.sample_shape(i))
-            .collect();
+        let shapes = (0..signature.inputs.len()).map(|i| signature.sample_shape(i)).collect();
         Ok(JsonlSamples {
             path: path.to_path_buf(),
             lines: BufReader::new(file).lines(),
@@ -48,43 +43,26 @@ impl JsonlSamples {
     fn parse(&self, text: &str) -> Result<Sample, SampleError> {
         let at = Location::Line(self.line_no);
         let path = || self.path.clone();
-        let value: Value = serde_json::from_str(text).map_err(|e| SampleError::Json {
-            path: path(),
-            at,
-            message: e.to_string(),
-        })?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| SampleError::Json { path: path(), at, message: e.to_string() })?;
         let inputs = &self.signature.inputs;
-        let names = || {
-            inputs
-                .iter()
-                .map(|i| format!("'{}'", i.name))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let names = || inputs.iter().map(|i| format!("'{}'", i.name)).collect::<Vec<_>>().join(", ");
         let convert = |index: usize, v: &Value| {
-            tensor_from_json(v, inputs[index].dtype, &self.shapes[index]).map_err(|error| {
-                SampleError::Value {
-                    path: path(),
-                    at,
-                    input: inputs[index].name.to_string(),
-                    error,
-                }
+            tensor_from_json(v, inputs[index].dtype, &self.shapes[index]).map_err(|error| SampleError::Value {
+                path: path(),
+                at,
+                input: inputs[index].name.to_string(),
+                error,
             })
         };
         match value {
             Value::Object(mut map) => {
                 let mut sample = Vec::with_capacity(inputs.len());
                 for (index, spec) in inputs.iter().enumerate() {
-                    let v = map.shift_remove(spec.name.as_str()).ok_or_else(|| {
-                        SampleError::Inputs {
-                            path: path(),
-                            at,
-                            message: format!(
-                                "missing input '{}'; the model takes {}",
-                                spec.name,
-                                names()
-                            ),
-                        }
+                    let v = map.shift_remove(spec.name.as_str()).ok_or_else(|| SampleError::Inputs {
+                        path: path(),
+                        at,
+                        message: format!("missing input '{}'; the model takes {}", spec.name, names()),
                     })?;
                     sample.push(convert(index, &v)?);
                 }
@@ -129,10 +107,7 @@ impl Iterator for JsonlSamples {
             let line = match line {
                 Ok(l) => l,
                 Err(error) => {
-                    return Some(Err(SampleError::Io {
-                        path: self.path.clone(),
-                        error,
-                    }));
+                    return Some(Err(SampleError::Io { path: self.path.clone(), error }));
                 }
             };
             if line.trim().is_empty() {

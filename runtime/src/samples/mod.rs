@@ -91,9 +91,7 @@ pub enum SampleError {
         message: String,
     },
     /// A file type Drover does not read.
-    #[error(
-        "{path}: unknown input format; use .jsonl (one sample per line) or .npy (first axis = samples)"
-    )]
+    #[error("{path}: unknown input format; use .jsonl (one sample per line) or .npy (first axis = samples)")]
     Format {
         /// The input file.
         path: PathBuf,
@@ -111,19 +109,10 @@ pub enum SampleFile {
 impl SampleFile {
     /// Opens `path` for the model described by `signature`, choosing the reader by extension.
     pub fn open(path: &Path, signature: &Signature) -> Result<SampleFile, SampleError> {
-        match path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            Some("jsonl" | "ndjson" | "json") => {
-                Ok(SampleFile::Jsonl(JsonlSamples::open(path, signature)?))
-            }
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("jsonl" | "ndjson" | "json") => Ok(SampleFile::Jsonl(JsonlSamples::open(path, signature)?)),
             Some("npy") => Ok(SampleFile::Npy(NpySamples::open(path, signature)?)),
-            _ => Err(SampleError::Format {
-                path: path.to_path_buf(),
-            }),
+            _ => Err(SampleError::Format { path: path.to_path_buf() }),
         }
     }
 

@@ -37,42 +37,26 @@ pub struct NpySamples {
 impl NpySamples {
     /// Opens the file and checks its type and shape against the model's single input.
     pub fn open(path: &Path, signature: &Signature) -> Result<NpySamples, SampleError> {
-        let fail = |message: String| SampleError::Npy {
-            path: path.to_path_buf(),
-            message,
-        };
+        let fail = |message: String| SampleError::Npy { path: path.to_path_buf(), message };
         if signature.inputs.len() != 1 {
             return Err(fail(format!(
                 "the model takes {} inputs; a .npy file holds one array: use .jsonl with an object per line",
                 signature.inputs.len()
             )));
         }
-        let file = File::open(path).map_err(|error| SampleError::Io {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        let npy = NpyFile::new(BufReader::new(file))
-            .map_err(|e| fail(format!("not a valid .npy file: {e}")))?;
+        let file = File::open(path).map_err(|error| SampleError::Io { path: path.to_path_buf(), error })?;
+        let npy = NpyFile::new(BufReader::new(file)).map_err(|e| fail(format!("not a valid .npy file: {e}")))?;
         if npy.order() == Order::Fortran && npy.shape().len() > 1 {
-            return Err(fail(
-                "Fortran-ordered arrays are not supported: save np.ascontiguousarray(a)".into(),
-            ));
+            return Err(fail("Fortran-ordered arrays are not supported: save np.ascontiguousarray(a)".into()));
         }
         let shape: Vec<u64> = npy.shape().to_vec();
         let spec = &signature.inputs[0];
         let expected = signature.sample_shape(0);
-        let (&total, rest) = shape
-            .split_first()
-            .ok_or_else(|| fail("holds a scalar; the first axis must count samples".into()))?;
-        let sample_shape: Vec<usize> = rest
-            .iter()
-            .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
-            .collect();
+        let (&total, rest) =
+            shape.split_first().ok_or_else(|| fail("holds a scalar; the first axis must count samples".into()))?;
+        let sample_shape: Vec<usize> = rest.iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
         let fits = sample_shape.len() == expected.len()
-            && sample_shape
-                .iter()
-                .zip(&expected)
-                .all(|(s, e)| e.is_none_or(|e| e == *s));
+            && sample_shape.iter().zip(&expected).all(|(s, e)| e.is_none_or(|e| e == *s));
         if !fits {
             return Err(fail(format!(
                 "shape {shape:?} does not match input '{}': expected [samples,{}]",
@@ -99,14 +83,7 @@ impl NpySamples {
             DType::U8 => Elements::U8(npy.data().map_err(wrong_type)?),
             DType::I8 => Elements::I8(npy.data().map_err(wrong_type)?),
         };
-        Ok(NpySamples {
-            path: path.to_path_buf(),
-            elements,
-            sample_shape,
-            per_sample,
-            total,
-            next_index: 0,
-        })
+        Ok(NpySamples { path: path.to_path_buf(), elements, sample_shape, per_sample, total, next_index: 0 })
     }
 
     /// Number of samples the header declares.
@@ -145,16 +122,10 @@ impl NpySamples {
         let index = self.next_index;
         let data = data.map_err(|e| SampleError::Npy {
             path: self.path.clone(),
-            message: format!(
-                "truncated or unreadable at sample {index} of {}: {e}",
-                self.total
-            ),
+            message: format!("truncated or unreadable at sample {index} of {}: {e}", self.total),
         })?;
-        let tensor =
-            Tensor::new(self.sample_shape.clone(), data).map_err(|e| SampleError::Npy {
-                path: self.path.clone(),
-                message: e.to_string(),
-            })?;
+        let tensor = Tensor::new(self.sample_shape.clone(), data)
+            .map_err(|e| SampleError::Npy { path: self.path.clone(), message: e.to_string() })?;
         Ok(vec![tensor])
     }
 }
@@ -167,11 +138,7 @@ impl Iterator for NpySamples {
             return None;
         }
         let sample = self.read_sample();
-        self.next_index = if sample.is_ok() {
-            self.next_index + 1
-        } else {
-            self.total
-        };
+        self.next_index = if sample.is_ok() { self.next_index + 1 } else { self.total };
         Some(sample)
     }
 }
@@ -179,26 +146,13 @@ impl Iterator for NpySamples {
 /// Reads a whole `.npy` array of any element type Drover carries (reference outputs, statistics).
 pub fn read_npy(path: &Path) -> Result<Tensor, SampleError> {
     use npyz::TypeChar;
-    let fail = |message: String| SampleError::Npy {
-        path: path.to_path_buf(),
-        message,
-    };
-    let file = File::open(path).map_err(|error| SampleError::Io {
-        path: path.to_path_buf(),
-        error,
-    })?;
-    let npy = NpyFile::new(BufReader::new(file))
-        .map_err(|e| fail(format!("not a valid .npy file: {e}")))?;
+    let fail = |message: String| SampleError::Npy { path: path.to_path_buf(), message };
+    let file = File::open(path).map_err(|error| SampleError::Io { path: path.to_path_buf(), error })?;
+    let npy = NpyFile::new(BufReader::new(file)).map_err(|e| fail(format!("not a valid .npy file: {e}")))?;
     if npy.order() == Order::Fortran && npy.shape().len() > 1 {
-        return Err(fail(
-            "Fortran-ordered arrays are not supported: save np.ascontiguousarray(a)".into(),
-        ));
+        return Err(fail("Fortran-ordered arrays are not supported: save np.ascontiguousarray(a)".into()));
     }
-    let shape: Vec<usize> = npy
-        .shape()
-        .iter()
-        .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
-        .collect();
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
     let npyz::DType::Plain(ts) = npy.dtype() else {
         return Err(fail("structured arrays are not supported".into()));
     };
