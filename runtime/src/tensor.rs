@@ -93,6 +93,11 @@ impl Tensor {
         Ok(Tensor { shape, data })
     }
 
+    /// An empty float tensor, a placeholder whose buffers later calls fill.
+    pub fn empty() -> Tensor {
+        Tensor { shape: vec![0], data: TensorData::F32(Vec::new()) }
+    }
+
     /// Shape, outermost axis first.
     pub fn shape(&self) -> &[usize] {
         &self.shape
@@ -253,6 +258,60 @@ impl Tensor {
         whole.unstack(parts)
     }
 
+    /// Overwrites this tensor with a tract output, dropping its leading axis when `drop_leading`
+    /// is set (a one-sample batch). Reuses this tensor's buffers, so a caller that keeps its
+    /// output tensors between calls allocates nothing once they have grown.
+    pub(crate) fn assign_from_tract(&mut self, t: &TractTensor, drop_leading: bool) -> Result<(), TensorError> {
+        use tract_onnx::prelude::DatumType;
+        let shape = t.shape();
+        let inner = if drop_leading {
+            match shape.split_first() {
+                Some((1, rest)) => rest,
+                _ => return Err(TensorError::Split { shape: shape.to_vec(), parts: 1 }),
+            }
+        } else {
+            shape
+        };
+        fn fill<T: Datum + Copy>(dst: &mut Vec<T>, t: &TractTensor) -> Result<(), TensorError> {
+            let unsupported = |e: tract_onnx::prelude::TractError| TensorError::UnsupportedType(format!("{e:#}"));
+            let plain = t.try_as_plain_ram().map_err(unsupported)?;
+            dst.clear();
+            dst.extend_from_slice(plain.as_slice::<T>().map_err(unsupported)?);
+            Ok(())
+        }
+        macro_rules! assign {
+            ($variant:ident) => {{
+                if !matches!(self.data, TensorData::$variant(_)) {
+                    self.data = TensorData::$variant(Vec::new());
+                }
+                if let TensorData::$variant(v) = &mut self.data {
+                    fill(v, t)?;
+                }
+            }};
+        }
+        match t.datum_type() {
+            DatumType::F32 => assign!(F32),
+            DatumType::F64 => assign!(F64),
+            DatumType::I64 => assign!(I64),
+            DatumType::I32 => assign!(I32),
+            DatumType::U8 => assign!(U8),
+            DatumType::I8 => assign!(I8),
+            other => return Err(TensorError::UnsupportedType(format!("{other:?}"))),
+        }
+        self.shape.clear();
+        self.shape.extend_from_slice(inner);
+        Ok(())
+    }
+
+    /// Copies into a tract tensor with a leading axis of 1 (a one-sample batch), without
+    /// allocating for the shape.
+    pub(crate) fn to_tract_one(&self) -> TractTensor {
+        let mut shape: tract_onnx::prelude::TVec<usize> = tract_onnx::prelude::TVec::new();
+        shape.push(1);
+        shape.extend_from_slice(&self.shape);
+        self.to_tract_shaped(&shape)
+    }
+
     /// Copies a tract output tensor out of the engine.
     pub(crate) fn from_tract(t: &TractTensor) -> Result<Tensor, TensorError> {
         use tract_onnx::prelude::DatumType;
@@ -374,5 +433,17 @@ mod tests {
             assert_eq!(back.iter().collect::<Vec<_>>(), samples);
         }
         assert!(Tensor::split_tract(&a.to_tract(), 3).is_err());
+    }
+
+    #[test]
+    fn assigning_a_one_sample_batch_reuses_buffers_and_drops_the_axis() {
+        let a = t(&[3], vec![1.0, 2.0, 3.0]);
+        let mut out = Tensor::new(vec![], TensorData::I8(vec![0])).expect("placeholder");
+        out.assign_from_tract(&a.to_tract_one(), true).expect("assigns");
+        assert_eq!(out, a);
+        let b = t(&[3], vec![4.0, 5.0, 6.0]);
+        out.assign_from_tract(&b.to_tract_one(), true).expect("assigns");
+        assert_eq!(out, b);
+        assert!(out.assign_from_tract(&Tensor::stack(&[&a, &b]).expect("stack").to_tract(), true).is_err());
     }
 }

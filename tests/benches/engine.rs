@@ -32,9 +32,9 @@ fn main() {
         "Drover engine benchmark: {} timed calls per side after {WARMUP} warm-up, interleaved in {ROUNDS} rounds",
         ROUNDS * PER_ROUND
     );
-    println!(
-        "ratio = Drover median / bare tract median (goal <= 1.02); ORT = onnxruntime 1 thread, from models/bench_ort.py"
-    );
+    println!("drover = Model::run_one, what `infer` calls per sample: input checks, copies in and out");
+    println!("tract  = bare tract per call: tensors built from the same data, state.run, outputs copied out");
+    println!("ratio  = drover median / tract median (goal <= 1.02); ORT = onnxruntime, 1 thread, models/bench_ort.py");
     println!();
     println!(
         "{:<14} {:>17} {:>17} {:>7} {:>17} {:>9} {:>9} {:>9}",
@@ -130,17 +130,19 @@ fn time_both(m: &ReferenceModel) -> (Stats, Stats) {
         outputs.iter().map(copy_out).sum::<usize>()
     };
 
-    let one = std::slice::from_ref(&sample);
+    let mut outputs = Vec::new();
     let mut drover_us = Vec::with_capacity(ROUNDS * PER_ROUND);
     let mut tract_us = Vec::with_capacity(ROUNDS * PER_ROUND);
     for _ in 0..WARMUP {
-        black_box(model.run_samples(one).expect("drover runs"));
+        model.run_one(&sample, &mut outputs).expect("drover runs");
+        black_box(&outputs);
         black_box(bare());
     }
     for _ in 0..ROUNDS {
         for _ in 0..PER_ROUND {
             let t = Instant::now();
-            black_box(model.run_samples(one).expect("drover runs"));
+            model.run_one(&sample, &mut outputs).expect("drover runs");
+            black_box(&outputs);
             drover_us.push(micros(t.elapsed()));
         }
         for _ in 0..PER_ROUND {

@@ -106,17 +106,26 @@ pub fn infer(args: &InferArgs, progress: &mut dyn FnMut(Progress)) -> Result<Inf
     let mut sink = Sink::create(&args.output)?;
     let mut done = 0u64;
     let mut inference = Duration::ZERO;
+    // Output tensors kept across samples so the one-sample path reuses their buffers.
+    let mut reused = Vec::new();
     let write_err = |error| InferError::Write { path: args.output.clone(), error };
     loop {
         let batch: Vec<Sample> = samples.next_batch(args.batch)?;
         if batch.is_empty() {
             break;
         }
-        let t = Instant::now();
-        let outputs = model.run_samples(&batch).map_err(|error| InferError::Run { index: done, error })?;
-        inference += t.elapsed();
-        for sample_outputs in &outputs {
-            sink.write_line(model.signature(), sample_outputs).map_err(write_err)?;
+        if let [sample] = batch.as_slice() {
+            let t = Instant::now();
+            model.run_one(sample, &mut reused).map_err(|error| InferError::Run { index: done, error })?;
+            inference += t.elapsed();
+            sink.write_line(model.signature(), &reused).map_err(write_err)?;
+        } else {
+            let t = Instant::now();
+            let outputs = model.run_samples(&batch).map_err(|error| InferError::Run { index: done, error })?;
+            inference += t.elapsed();
+            for sample_outputs in &outputs {
+                sink.write_line(model.signature(), sample_outputs).map_err(write_err)?;
+            }
         }
         done += batch.len() as u64;
         progress(Progress::Done(done));

@@ -16,3 +16,37 @@ pub use error::{LoadError, RunError};
 pub use model::Model;
 pub use signature::{BatchAxis, Signature, describe_shape};
 pub use stage::{LoadTimings, Stage};
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn model_bytes(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(name);
+        std::fs::read(path).expect("committed reference model")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A corrupted model file (a flipped byte anywhere) loads or fails with an error; the
+        /// process survives either way.
+        #[test]
+        fn corrupted_model_loads_or_errors(which in 0usize..2, at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let mut bytes = model_bytes(["iris_logreg.onnx", "dtypes.onnx"][which]);
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+            let _ = Model::from_bytes(&bytes);
+        }
+
+        /// Protobuf has no end marker: a cut at a field boundary can still decode (bundles carry
+        /// a size and hash for that). What must hold is that no cut brings the process down.
+        #[test]
+        fn truncated_model_loads_or_errors(cut in any::<prop::sample::Index>()) {
+            let bytes = model_bytes("iris_logreg.onnx");
+            let cut = cut.index(bytes.len());
+            let _ = Model::from_bytes(&bytes[..cut]);
+        }
+    }
+}

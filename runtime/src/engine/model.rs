@@ -160,6 +160,30 @@ impl Model {
         }
     }
 
+    /// Runs one sample (input tensors without the batch axis) and writes its outputs into
+    /// `outputs`, reusing the tensors already there: the per-sample hot path, which allocates
+    /// nothing beyond what tract itself needs once `outputs` has grown.
+    pub fn run_one(&mut self, sample: &[Tensor], outputs: &mut Vec<Tensor>) -> Result<(), RunError> {
+        let strip = self.signature.batch.strips_leading_axis();
+        self.check(sample.iter().map(|t| (t, strip)), sample.len())?;
+        let values: TVec<TValue> =
+            sample.iter().map(|t| if strip { t.to_tract_one() } else { t.to_tract() }.into()).collect();
+        let results = self.eval(values)?;
+        outputs.truncate(results.len());
+        while outputs.len() < results.len() {
+            outputs.push(Tensor::empty());
+        }
+        for (o, (out, result)) in outputs.iter_mut().zip(&results).enumerate() {
+            out.assign_from_tract(result, strip).map_err(|e| {
+                RunError::Batch(format!(
+                    "output '{}': {e}",
+                    self.signature.outputs.get(o).map(|s| s.name.as_str()).unwrap_or("?")
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
     /// One engine call for `samples`: each input's samples are copied once, straight into a
     /// tract tensor with the batch axis in front, and each output is split back per sample.
     fn run_batch(&mut self, samples: &[Vec<Tensor>]) -> Result<Vec<Vec<Tensor>>, RunError> {
@@ -248,8 +272,12 @@ fn decode(bytes: &[u8]) -> Result<ModelProto, LoadError> {
     let proto = contain(|| onnx.proto_model_for_read(&mut reader))
         .map_err(LoadError::Decode)?
         .map_err(|e| LoadError::Decode(format!("{e:#}")))?;
-    if proto.graph.is_none() {
-        return Err(LoadError::NoGraph);
+    let Some(graph) = &proto.graph else { return Err(LoadError::NoGraph) };
+    if proto.opset_import.is_empty() {
+        return Err(LoadError::Decode("the file declares no operator set (truncated, or not an ONNX model)".into()));
+    }
+    if graph.output.is_empty() {
+        return Err(LoadError::Decode("the graph declares no outputs (truncated, or not an ONNX model)".into()));
     }
     Ok(proto)
 }

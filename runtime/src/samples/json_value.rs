@@ -226,3 +226,67 @@ mod tests {
         assert_eq!(t.data(), &TensorData::F32(vec![v]));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Arbitrary JSON of the kinds a user's file may hold, nested a few levels.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "[a-z]{0,4}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| prop::collection::vec(inner, 0..6).prop_map(Value::Array))
+    }
+
+    fn any_dtype() -> impl Strategy<Value = DType> {
+        prop::sample::select(DType::ALL.to_vec())
+    }
+
+    proptest! {
+        #[test]
+        fn any_json_gives_a_tensor_or_an_error_never_a_panic(
+            v in any_json(),
+            dtype in any_dtype(),
+            expected in prop::collection::vec(prop::option::of(0usize..5), 0..4),
+        ) {
+            if let Ok(t) = tensor_from_json(&v, dtype, &expected) {
+                prop_assert_eq!(t.dtype(), dtype);
+                prop_assert_eq!(t.shape().len(), expected.len());
+            }
+        }
+
+        #[test]
+        fn tensors_round_trip_through_json(
+            shape in prop::collection::vec(0usize..4, 0..4),
+            seed in any::<u64>(),
+            dtype in any_dtype(),
+        ) {
+            let n: usize = shape.iter().product();
+            // Values spread over each type's whole range, from a simple deterministic generator.
+            let mut x = seed | 1;
+            let mut next = || { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x };
+            let data = match dtype {
+                DType::F32 => TensorData::F32((0..n).map(|_| f32::from_bits(next() as u32 & 0x7f7f_ffff) * if next() % 2 == 0 { 1.0 } else { -1.0 }).collect()),
+                DType::F64 => TensorData::F64((0..n).map(|_| (next() as i64) as f64 / 7.0).collect()),
+                DType::I64 => TensorData::I64((0..n).map(|_| next() as i64).collect()),
+                DType::I32 => TensorData::I32((0..n).map(|_| next() as i32).collect()),
+                DType::U8 => TensorData::U8((0..n).map(|_| next() as u8).collect()),
+                DType::I8 => TensorData::I8((0..n).map(|_| next() as i8).collect()),
+            };
+            let t = Tensor::new(shape.clone(), data).expect("valid");
+            let json: Value = serde_json::from_str(&serde_json::to_string(&t).expect("serialises")).expect("parses");
+            let expected: Vec<Option<usize>> = shape.iter().map(|&d| Some(d)).collect();
+            let back = tensor_from_json(&json, dtype, &expected);
+            // An axis of size 0 hides the inner axes from JSON; only non-empty tensors must round trip.
+            if n > 0 || shape.len() <= 1 {
+                prop_assert_eq!(back.expect("round trips"), t);
+            }
+        }
+    }
+}

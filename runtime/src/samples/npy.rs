@@ -168,3 +168,62 @@ pub fn read_npy(path: &Path) -> Result<Tensor, SampleError> {
     };
     Tensor::new(shape, data).map_err(|e| fail(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{BatchAxis, Signature};
+    use drover_wire::{DimRef, TensorSpec};
+    use proptest::prelude::*;
+
+    fn iris_signature() -> Signature {
+        let spec = TensorSpec::new("float_input", DType::F32, [DimRef::Symbolic("N"), DimRef::Fixed(4)]).expect("fits");
+        Signature { inputs: vec![spec], outputs: vec![], batch: BatchAxis::Symbolic("N".into()) }
+    }
+
+    fn reference_npy() -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/reference/iris_logreg.input.npy");
+        std::fs::read(path).expect("committed reference input")
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<Vec<Sample>, SampleError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.npy");
+        std::fs::write(&path, bytes).expect("write");
+        NpySamples::open(&path, &iris_signature())?.collect()
+    }
+
+    #[test]
+    fn reference_file_reads_sixteen_samples_of_four() {
+        let samples = read_all(&reference_npy()).expect("valid file");
+        assert_eq!(samples.len(), 16);
+        assert!(samples.iter().all(|s| s[0].shape() == [4]));
+        let whole = {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let p = dir.path().join("x.npy");
+            std::fs::write(&p, reference_npy()).expect("write");
+            read_npy(&p).expect("reads")
+        };
+        assert_eq!(whole.shape(), &[16, 4]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn truncated_file_is_an_error_never_a_panic(cut in 0usize..384) {
+            let bytes = reference_npy();
+            prop_assume!(cut < bytes.len());
+            prop_assert!(read_all(&bytes[..cut]).is_err());
+        }
+
+        #[test]
+        fn corrupted_header_is_an_error_or_a_valid_read(at in 0usize..128, byte in any::<u8>()) {
+            let mut bytes = reference_npy();
+            bytes[at] = byte;
+            if let Ok(samples) = read_all(&bytes) {
+                prop_assert!(samples.iter().all(|s| s[0].shape() == [4]));
+            }
+        }
+    }
+}
