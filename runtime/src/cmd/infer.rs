@@ -101,6 +101,7 @@ pub fn infer(args: &InferArgs, progress: &mut dyn FnMut(Progress)) -> Result<Inf
     let load = start.elapsed();
     check_batch(args.batch, model.signature())?;
     let mut samples = SampleFile::open(&args.input, model.signature())?;
+    log::debug!("{}: {:?} samples, batch {}", args.input.display(), samples.len_hint(), args.batch);
     progress(Progress::Total(samples.len_hint()));
 
     let mut sink = Sink::create(&args.output)?;

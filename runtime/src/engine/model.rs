@@ -49,6 +49,7 @@ fn stage<T>(
     let start = Instant::now();
     let result = contain(f).map_err(|message| LoadError::Panicked { stage, message })?;
     let value = result.map_err(|e| LoadError::Stage { stage, message: format!("{e:#}") })?;
+    log::debug!("{stage} done in {:?}", start.elapsed());
     timings.record(stage, start.elapsed());
     Ok(value)
 }
@@ -79,6 +80,7 @@ impl Model {
         let check_start = Instant::now();
         let missing = unsupported_ops(proto, &onnx.op_register);
         if !missing.is_empty() {
+            log::warn!("model refused: {} unsupported operator kind(s)", missing.len());
             return Err(LoadError::UnsupportedOps(missing));
         }
         let (declared_inputs, declared_outputs) = declared_io(proto)?;
@@ -124,6 +126,13 @@ impl Model {
         let expected = (0..signature.inputs.len())
             .map(|i| (signature.inputs[i].shape.iter().map(fixed).collect(), signature.sample_shape(i)))
             .collect();
+        log::info!(
+            "model ready in {:.1} ms: inputs [{}], outputs [{}], batch {:?}",
+            timings.total_us() as f64 / 1000.0,
+            signature.inputs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+            signature.outputs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+            signature.batch
+        );
         Ok(Model { signature, plan, state, timings, expected })
     }
 
@@ -222,6 +231,7 @@ impl Model {
         match contain(|| self.state.run(values)) {
             Ok(result) => result.map_err(|e| RunError::Engine(format!("{e:#}"))),
             Err(message) => {
+                log::error!("tract panicked during inference (contained, state rebuilt): {message}");
                 // A panic may leave the state half-updated: start from a fresh one.
                 if let Ok(fresh) = self.plan.spawn() {
                     self.state = fresh;
