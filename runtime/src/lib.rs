@@ -10,3 +10,5 @@ pub mod tensor;
 
 pub use engine::{LoadError, Model, RunError, Signature};
 pub use tensor::{Tensor, TensorData};
+pub mod bundle;
+pub mod trust;

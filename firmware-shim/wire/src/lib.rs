@@ -1,20 +1,26 @@
 //! Wire types shared by every Drover component.
 //!
 //! The agent, the operator CLI, the fleet server and the firmware shim exchange the same values
-//! (tensor schemas today; frames, manifests and telemetry as they arrive). Defining them once,
-//! in a `no_std` crate with bounded (heapless) storage, means a microcontroller and a Raspberry Pi
-//! encode and decode exactly the same bytes, and that no component can drift from another.
+//! (tensor schemas, bundle manifests, signed trust documents; frames and telemetry as they
+//! arrive). Defining them once, in a `no_std` crate with bounded (heapless) storage, means a
+//! microcontroller and a Raspberry Pi encode and decode exactly the same bytes, and that no
+//! component can drift from another.
 //!
-//! Encoding is postcard (compact, stable, allocation-free); every type also derives serde so the
-//! tools can print it as JSON.
+//! Encoding is postcard (compact, canonical, allocation-free); every type also derives serde so
+//! the tools can print it as JSON.
 #![no_std]
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "std")]
 extern crate std;
 
+mod arch;
 mod dtype;
+pub mod manifest;
 mod tensor_spec;
+pub mod trust;
 
+pub use arch::Arch;
 pub use dtype::DType;
+pub use manifest::{AgentVersion, FileEntry, FileRole, Manifest, ManifestError, RuntimeSettings};
 pub use tensor_spec::{Dim, DimRef, MAX_NAME_LEN, MAX_RANK, SpecError, TensorSpec};
