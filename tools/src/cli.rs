@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use drover_runtime::cmd::inspect::{self, InspectArgs};
+
+use crate::cmd;
 
 /// Drover's operator CLI.
 #[derive(Debug, Parser)]
@@ -17,17 +18,33 @@ pub struct Cli {
 /// The verbs that exist today.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show an ONNX model's inputs, outputs, operators and quantization, and whether the agent
-    /// can run it (exit 1 when it cannot).
-    Inspect(InspectArgs),
+    /// Show what a bundle or an ONNX model holds (exit 1 for a model the agent cannot run).
+    Inspect(cmd::inspect::InspectArgs),
+    /// Make an Ed25519 key pair (root, release or operator).
+    Keygen(cmd::keygen::KeygenArgs),
+    /// Start, rotate or revoke within the fleet's root of trust.
+    #[command(subcommand)]
+    Root(cmd::root::RootCommand),
+    /// Let a release key sign bundles of some models.
+    Delegate(cmd::delegate::DelegateArgs),
+    /// Package an ONNX model into a bundle (signed when --key is given).
+    Bundle(cmd::bundle::BundleArgs),
+    /// Sign a bundle with a release key.
+    Sign(cmd::sign::SignArgs),
+    /// Check a bundle as a device would: container, signatures, model load, self-test.
+    Verify(cmd::verify::VerifyArgs),
 }
 
-/// Runs a parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Inspect(args) => {
-            let runs = inspect::run(&args, &mut std::io::stdout().lock())?;
-            Ok(if runs { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-        }
-    }
+/// Runs a parsed command line at time `now` (Unix seconds: the clock is read by the binary).
+pub fn run(cli: Cli, now: u64) -> anyhow::Result<ExitCode> {
+    let ok = match cli.command {
+        Command::Inspect(args) => cmd::inspect::run(&args)?,
+        Command::Keygen(args) => cmd::keygen::run(&args).map(|_| true)?,
+        Command::Root(c) => cmd::root::run(&c, now).map(|_| true)?,
+        Command::Delegate(args) => cmd::delegate::run(&args, now).map(|_| true)?,
+        Command::Bundle(args) => cmd::bundle::run(&args, now).map(|_| true)?,
+        Command::Sign(args) => cmd::sign::run(&args).map(|_| true)?,
+        Command::Verify(args) => cmd::verify::run(&args, now)?,
+    };
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -1,6 +1,8 @@
 //! The operator side of Drover as a library: what the `drover` CLI does, callable from tests,
 //! the demo and the fleet server.
-//!
-//! Today it inspects models; bundles, pushes, rollouts and the fleet server build on it.
 
+pub mod bundle_build;
 pub mod cli;
+pub mod cmd;
+pub mod keys;
+pub mod trust_docs;

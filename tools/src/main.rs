@@ -7,7 +7,8 @@ use drover_tools::cli::{Cli, run};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match run(Cli::parse()) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    match run(Cli::parse(), now) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

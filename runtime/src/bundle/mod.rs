@@ -6,5 +6,6 @@
 //! trusts a length or a path the signature does not cover.
 
 mod container;
+pub mod selftest;
 
 pub use container::{ContainerError, Limits, MAGIC, read_header, read_payload, write_bundle};

@@ -1,0 +1,362 @@
+//! The bundle workflow with the real `drover` binary, as an operator runs it: keys, root,
+//! delegation, bundle with self-test vectors from a real model, verify, inspect, and the
+//! refusals a device would give.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use drover_tests::manifest::{models_dir, resolve};
+use drover_tests::tools::workspace_bin;
+
+fn drover(dir: &Path, args: &[&str]) -> Output {
+    Command::new(workspace_bin("drover"))
+        .current_dir(dir)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("spawn drover")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = drover(dir, args);
+    assert!(
+        o.status.success(),
+        "drover {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let o = drover(dir, args);
+    assert!(!o.status.success(), "drover {args:?} should fail");
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A fleet's trust set-up in a temporary directory: root and release keys, root v1, a
+/// delegation of `iris` to the release key.
+fn fleet() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    ok(d, &["keygen", "--role", "root", "--out", "keys"]);
+    ok(d, &["keygen", "--role", "release", "--out", "keys"]);
+    ok(d, &["root", "init", "--key", "keys/root.key", "--out", "root.json"]);
+    ok(
+        d,
+        &[
+            "delegate",
+            "--root",
+            "root.json",
+            "--root-key",
+            "keys/root.key",
+            "--release",
+            "keys/release.pub",
+            "--models",
+            "iris",
+            "--out",
+            "release.delegation.json",
+        ],
+    );
+    dir
+}
+
+fn model(name: &str) -> String {
+    models_dir().join(name).to_string_lossy().into_owned()
+}
+
+fn iris_selftest() -> String {
+    resolve("reference/iris_logreg.input.jsonl").to_string_lossy().into_owned()
+}
+
+fn signed_iris(d: &Path, version: &str, out: &str) {
+    ok(
+        d,
+        &[
+            "bundle",
+            &model("iris_logreg.onnx"),
+            "--name",
+            "iris",
+            "--version",
+            version,
+            "--selftest",
+            &iris_selftest(),
+            "--key",
+            "keys/release.key",
+            "--delegation",
+            "release.delegation.json",
+            "--out",
+            out,
+        ],
+    );
+}
+
+#[test]
+fn secret_keys_are_private_and_never_overwritten() {
+    let dir = fleet();
+    let d = dir.path();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.join("keys/root.key")).expect("key").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let err = fails(d, &["keygen", "--role", "root", "--out", "keys"]);
+    assert!(err.contains("exists"), "{err}");
+}
+
+#[test]
+fn signed_bundle_verifies_and_runs_its_self_test() {
+    let dir = fleet();
+    let d = dir.path();
+    signed_iris(d, "1", "iris-v1.drv");
+    let out = ok(d, &["verify", "iris-v1.drv", "--root", "root.json", "--arch", "aarch64"]);
+    assert!(out.contains("self-test: 8 case(s) match"), "{out}");
+    assert!(out.contains("root v1"), "{out}");
+
+    let report: serde_json::Value = serde_json::from_str(&ok(d, &["inspect", "iris-v1.drv", "--json"])).expect("JSON");
+    assert_eq!(report["name"], "iris");
+    assert_eq!(report["version"], 1);
+    assert_eq!(report["signed"], true);
+    assert_eq!(report["files"][0]["name"], "model.onnx");
+    assert_eq!(report["files"][1]["role"], "SelfTest");
+    assert_eq!(report["inputs"][0], "float_input: float32[N,4]");
+    let human = ok(d, &["inspect", "iris-v1.drv"]);
+    assert!(human.contains("signed by    release key"), "{human}");
+}
+
+#[test]
+fn device_refusals_are_reported_by_verify() {
+    let dir = fleet();
+    let d = dir.path();
+    signed_iris(d, "3", "iris.drv");
+    // Anti-rollback: the device already ran version 3.
+    let out = fails(d, &["verify", "iris.drv", "--root", "root.json", "--installed", "3"]);
+    assert!(out.contains("version 3 of 'iris' is not newer than 3"), "{out}");
+    // A board the bundle does not target.
+    ok(
+        d,
+        &[
+            "bundle",
+            &model("iris_logreg.onnx"),
+            "--name",
+            "iris",
+            "--version",
+            "4",
+            "--targets",
+            "armv7",
+            "--key",
+            "keys/release.key",
+            "--delegation",
+            "release.delegation.json",
+            "--out",
+            "armv7.drv",
+        ],
+    );
+    let out = fails(d, &["verify", "armv7.drv", "--root", "root.json", "--arch", "aarch64"]);
+    assert!(out.contains("targets armv7 but this device is aarch64"), "{out}");
+    // A newer agent needed.
+    ok(
+        d,
+        &[
+            "bundle",
+            &model("iris_logreg.onnx"),
+            "--name",
+            "iris",
+            "--version",
+            "5",
+            "--min-agent",
+            "9.0.0",
+            "--key",
+            "keys/release.key",
+            "--delegation",
+            "release.delegation.json",
+            "--out",
+            "new-agent.drv",
+        ],
+    );
+    let out = fails(d, &["verify", "new-agent.drv", "--root", "root.json"]);
+    assert!(out.contains("needs agent 9.0.0"), "{out}");
+}
+
+#[test]
+fn tampered_payload_is_refused_with_the_file_named() {
+    let dir = fleet();
+    let d = dir.path();
+    signed_iris(d, "1", "iris.drv");
+    let mut bytes = std::fs::read(d.join("iris.drv")).expect("bundle");
+    let n = bytes.len();
+    bytes[n - 10] ^= 0x01; // inside the self-test file, the last one
+    std::fs::write(d.join("tampered.drv"), &bytes).expect("write");
+    let out = fails(d, &["verify", "tampered.drv", "--root", "root.json"]);
+    assert!(out.contains("file 'selftest.jsonl' does not match the manifest's SHA-256"), "{out}");
+    bytes.truncate(n - 100);
+    std::fs::write(d.join("truncated.drv"), &bytes).expect("write");
+    let out = fails(d, &["verify", "truncated.drv", "--root", "root.json"]);
+    assert!(out.contains("truncated"), "{out}");
+}
+
+#[test]
+fn unsigned_bundles_are_refused_until_signed() {
+    let dir = fleet();
+    let d = dir.path();
+    let out = ok(d, &["bundle", &model("iris_logreg.onnx"), "--name", "iris", "--version", "1", "--out", "u.drv"]);
+    assert!(out.contains("UNSIGNED"), "{out}");
+    let out = fails(d, &["verify", "u.drv", "--root", "root.json"]);
+    assert!(out.contains("not signed"), "{out}");
+    ok(d, &["sign", "u.drv", "--key", "keys/release.key", "--delegation", "release.delegation.json"]);
+    ok(d, &["verify", "u.drv", "--root", "root.json"]);
+}
+
+#[test]
+fn a_key_outside_its_delegation_or_revoked_is_refused() {
+    let dir = fleet();
+    let d = dir.path();
+    // The release key is delegated for "iris" only.
+    ok(
+        d,
+        &[
+            "bundle",
+            &model("mlp.onnx"),
+            "--name",
+            "mlp",
+            "--version",
+            "1",
+            "--key",
+            "keys/release.key",
+            "--delegation",
+            "release.delegation.json",
+            "--out",
+            "mlp.drv",
+        ],
+    );
+    let out = fails(d, &["verify", "mlp.drv", "--root", "root.json"]);
+    assert!(out.contains("is not delegated to sign model 'mlp'"), "{out}");
+
+    // The root revokes the release key; a bundle carrying the new root is refused by a device
+    // that still has root v1.
+    ok(
+        d,
+        &[
+            "root",
+            "revoke",
+            "--current",
+            "root.json",
+            "--key",
+            "keys/root.key",
+            "--release",
+            "keys/release.pub",
+            "--out",
+            "root-v2.json",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "bundle",
+            &model("iris_logreg.onnx"),
+            "--name",
+            "iris",
+            "--version",
+            "2",
+            "--with-root",
+            "root-v2.json",
+            "--key",
+            "keys/release.key",
+            "--delegation",
+            "release.delegation.json",
+            "--out",
+            "revoked.drv",
+        ],
+    );
+    let out = fails(d, &["verify", "revoked.drv", "--root", "root.json"]);
+    assert!(out.contains("is revoked"), "{out}");
+}
+
+#[test]
+fn root_rotation_carries_devices_to_the_new_root() {
+    let dir = fleet();
+    let d = dir.path();
+    ok(d, &["keygen", "--role", "root", "--out", "keys", "--name", "root2"]);
+    ok(
+        d,
+        &[
+            "root",
+            "rotate",
+            "--current",
+            "root.json",
+            "--key",
+            "keys/root.key",
+            "--new-key",
+            "keys/root2.key",
+            "--out",
+            "root-v2.json",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "delegate",
+            "--root",
+            "root-v2.json",
+            "--root-key",
+            "keys/root2.key",
+            "--release",
+            "keys/release.pub",
+            "--models",
+            "iris",
+            "--out",
+            "d2.json",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "bundle",
+            &model("iris_logreg.onnx"),
+            "--name",
+            "iris",
+            "--version",
+            "2",
+            "--with-root",
+            "root-v2.json",
+            "--key",
+            "keys/release.key",
+            "--delegation",
+            "d2.json",
+            "--out",
+            "rotated.drv",
+        ],
+    );
+    // A device provisioned with root v1 follows the chain.
+    let out = ok(d, &["verify", "rotated.drv", "--root", "root.json"]);
+    assert!(out.contains("root v2"), "{out}");
+    // The old root key cannot delegate any more once the rotation is known.
+    let out = fails(
+        d,
+        &[
+            "root",
+            "rotate",
+            "--current",
+            "root-v2.json",
+            "--key",
+            "keys/root.key",
+            "--new-key",
+            "keys/root.key",
+            "--out",
+            "evil.json",
+        ],
+    );
+    assert!(out.contains("not the current root key"), "{out}");
+}
+
+#[test]
+fn a_model_the_agent_cannot_run_is_never_bundled() {
+    let dir = fleet();
+    let out = fails(
+        dir.path(),
+        &["bundle", &model("cnn_int8_qop_msft.onnx"), "--name", "cnn", "--version", "1", "--out", "x.drv"],
+    );
+    assert!(out.contains("unsupported operators: com.microsoft::QGemm (2)"), "{out}");
+    assert!(!PathBuf::from(dir.path()).join("x.drv").exists());
+}
