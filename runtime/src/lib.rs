@@ -6,6 +6,7 @@
 pub mod cmd;
 pub mod engine;
 pub mod samples;
+pub mod store;
 pub mod tensor;
 
 pub use engine::{LoadError, Model, RunError, Signature};

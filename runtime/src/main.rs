@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use drover_runtime::cmd::infer::{InferArgs, Progress, infer};
 use drover_runtime::cmd::inspect::{self, InspectArgs};
+use drover_runtime::cmd::slots;
+use drover_runtime::store::FailPoint;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Drover's on-device agent: runs ONNX models with tract.
@@ -24,6 +26,16 @@ enum Command {
     /// Show a model's inputs, outputs, operators, quantization and load cost; exits 1 if
     /// Drover cannot run it.
     Inspect(InspectArgs),
+    /// Provision the fleet's root of trust (or advance it to the next version).
+    Trust(slots::TrustArgs),
+    /// Verify a bundle, install it into the inactive slot, self-test it and switch to it.
+    Install(slots::InstallArgs),
+    /// The start-up check: boot counter, file verification, health check, commit or rollback.
+    Boot(slots::SlotArgs),
+    /// Switch back to the previous model.
+    Rollback(slots::SlotArgs),
+    /// Show the slots, the active model, the trust root and the anti-rollback floors.
+    Status(slots::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +50,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    // Crash tests arm a fail point through the environment; nothing else reads it.
+    let failpoint = FailPoint(std::env::var("DROVER_FAILPOINT").ok());
     match cli.command {
         Command::Infer(args) => {
             let bar = if std::io::stderr().is_terminal() {
@@ -72,5 +87,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runs = inspect::run(&args, &mut std::io::stdout().lock())?;
             Ok(if runs { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Command::Trust(args) => slots::trust(&args, failpoint).map(|_| ExitCode::SUCCESS),
+        Command::Install(args) => slots::install(&args, now, failpoint).map(|_| ExitCode::SUCCESS),
+        Command::Boot(args) => slots::boot(&args, failpoint).map(|_| ExitCode::SUCCESS),
+        Command::Rollback(args) => slots::rollback(&args, failpoint).map(|_| ExitCode::SUCCESS),
+        Command::Status(args) => slots::status(&args).map(|_| ExitCode::SUCCESS),
     }
 }

@@ -171,7 +171,8 @@ mod tests {
         let sample = vec![Tensor::new(vec![4], TensorData::F32(features.to_vec())).expect("valid")];
         let mut outputs = Vec::new();
         model.run_one(&sample, &mut outputs).expect("runs");
-        let c = SelfTestCase { signature: model.signature(), inputs: &sample, outputs: &outputs, atol: 1e-4, rtol: 1e-4 };
+        let c =
+            SelfTestCase { signature: model.signature(), inputs: &sample, outputs: &outputs, atol: 1e-4, rtol: 1e-4 };
         serde_json::to_string(&c).expect("json")
     }
 

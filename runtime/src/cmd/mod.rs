@@ -5,3 +5,4 @@
 
 pub mod infer;
 pub mod inspect;
+pub mod slots;
