@@ -23,4 +23,4 @@ pub mod trust;
 pub use arch::Arch;
 pub use dtype::DType;
 pub use manifest::{AgentVersion, FileEntry, FileRole, Manifest, ManifestError, RuntimeSettings};
-pub use tensor_spec::{Dim, DimRef, MAX_NAME_LEN, MAX_RANK, SpecError, TensorSpec};
+pub use tensor_spec::{Dim, DimRef, MAX_NAME_LEN, MAX_RANK, MAX_SYMBOL_LEN, SpecError, TensorSpec};

@@ -270,6 +270,12 @@ mod tests {
     }
 
     #[test]
+    fn manifest_stays_small_enough_to_pass_by_value() {
+        // Bounded storage makes the worst case the every-day size; keep it in check.
+        assert!(core::mem::size_of::<Manifest>() <= 16 * 1024, "{}", core::mem::size_of::<Manifest>());
+    }
+
+    #[test]
     fn agent_versions_parse_and_order() {
         let v = AgentVersion::parse("1.2.3-rc1").unwrap();
         assert_eq!(v, AgentVersion { major: 1, minor: 2, patch: 3 });

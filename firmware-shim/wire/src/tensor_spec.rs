@@ -12,13 +12,16 @@ pub const MAX_NAME_LEN: usize = 64;
 /// Highest tensor rank carried on the wire (NCHW images plus a margin).
 pub const MAX_RANK: usize = 8;
 
+/// Longest symbolic axis name (`N`, `batch_size`, `sequence_length`…).
+pub const MAX_SYMBOL_LEN: usize = 32;
+
 /// One axis of a tensor schema.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Dim {
     /// A size fixed by the model.
     Fixed(u64),
     /// A size chosen at run time (ONNX `dim_param`, e.g. the batch axis `N`).
-    Symbolic(String<MAX_NAME_LEN>),
+    Symbolic(String<MAX_SYMBOL_LEN>),
 }
 
 impl fmt::Display for Dim {

@@ -62,7 +62,7 @@ pub struct StoreState {
     /// The slot the agent serves from.
     pub active: Option<SlotId>,
     /// The verified manifest of each slot's complete content (None: empty or being written).
-    pub slots: [Option<Manifest>; 2],
+    pub slots: [Option<Box<Manifest>>; 2],
     /// The active slot has not passed its health check since it was switched to.
     pub pending: bool,
     /// Starts of the active slot while pending.
@@ -107,11 +107,11 @@ pub enum RollbackError {
 impl StoreState {
     /// Manifest of a slot.
     pub fn slot(&self, id: SlotId) -> Option<&Manifest> {
-        self.slots[id.index()].as_ref()
+        self.slots[id.index()].as_deref()
     }
 
     fn set_slot(&mut self, id: SlotId, m: Option<Manifest>) {
-        self.slots[id.index()] = m;
+        self.slots[id.index()] = m.map(Box::new);
     }
 
     /// The slot an install writes to: never the active one.
