@@ -1,0 +1,390 @@
+//! The device's model store through the real binaries: installs into A/B slots, the tamper
+//! matrix (each refusal leaves the active model and the anti-rollback floor unchanged), SIGKILL
+//! at every step of an install, the boot counter, and corrupted slots at start-up.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use drover_runtime::store::failpoint::INSTALL_POINTS;
+use drover_tests::manifest::{models_dir, resolve};
+use drover_tests::tools::workspace_bin;
+
+fn run(bin: &str, dir: &Path, args: &[&str]) -> Output {
+    Command::new(workspace_bin(bin)).current_dir(dir).args(args).env("RUST_BACKTRACE", "0").output().expect("spawn")
+}
+
+fn ok(bin: &str, dir: &Path, args: &[&str]) -> String {
+    let o = run(bin, dir, args);
+    assert!(
+        o.status.success(),
+        "{bin} {args:?}:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn fails(bin: &str, dir: &Path, args: &[&str]) -> String {
+    let o = run(bin, dir, args);
+    assert!(!o.status.success(), "{bin} {args:?} should fail");
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn model(name: &str) -> String {
+    models_dir().join(name).to_string_lossy().into_owned()
+}
+
+/// Keys, root, delegation, and signed iris bundles v1..v3 (with self-tests) in a temp dir.
+fn fleet() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    ok("drover", d, &["keygen", "--role", "root", "--out", "keys"]);
+    ok("drover", d, &["keygen", "--role", "release", "--out", "keys"]);
+    ok("drover", d, &["root", "init", "--key", "keys/root.key", "--out", "root.json"]);
+    ok(
+        "drover",
+        d,
+        &[
+            "delegate",
+            "--root",
+            "root.json",
+            "--root-key",
+            "keys/root.key",
+            "--release",
+            "keys/release.pub",
+            "--models",
+            "iris",
+            "--out",
+            "del.json",
+        ],
+    );
+    let selftest = resolve("reference/iris_logreg.input.jsonl").to_string_lossy().into_owned();
+    for v in ["1", "2", "3"] {
+        ok(
+            "drover",
+            d,
+            &[
+                "bundle",
+                &model("iris_logreg.onnx"),
+                "--name",
+                "iris",
+                "--version",
+                v,
+                "--selftest",
+                &selftest,
+                "--key",
+                "keys/release.key",
+                "--delegation",
+                "del.json",
+                "--out",
+                &format!("v{v}.drv"),
+            ],
+        );
+    }
+    dir
+}
+
+/// A provisioned device data dir with `versions` installed in order.
+fn device(fleet: &Path, name: &str, versions: &[&str]) -> String {
+    let data = fleet.join(name).to_string_lossy().into_owned();
+    ok("drover-agent", fleet, &["trust", "--root", "root.json", "--data-dir", &data]);
+    for v in versions {
+        ok("drover-agent", fleet, &["install", &format!("v{v}.drv"), "--data-dir", &data]);
+    }
+    data
+}
+
+fn status(d: &Path, data: &str) -> serde_json::Value {
+    serde_json::from_str(&ok("drover-agent", d, &["status", "--json", "--data-dir", data])).expect("status JSON")
+}
+
+fn active_version(s: &serde_json::Value) -> u64 {
+    let slot = s["active"].as_str().expect("an active slot");
+    s["slots"][slot]["version"].as_u64().expect("a version")
+}
+
+#[test]
+fn installs_alternate_slots_and_rollback_returns_to_the_previous_model() {
+    let dir = fleet();
+    let d = dir.path();
+    let data = device(d, "dev", &["1"]);
+    let s = status(d, &data);
+    assert_eq!((s["active"].as_str(), active_version(&s), s["pending"].as_bool()), (Some("a"), 1, Some(false)));
+    let out = ok("drover-agent", d, &["install", "v2.drv", "--data-dir", &data]);
+    assert!(out.contains("installed iris v2 in slot B (8 self-test case(s) passed)"), "{out}");
+    let s = status(d, &data);
+    assert_eq!((s["active"].as_str(), s["previous"].as_str(), active_version(&s)), (Some("b"), Some("a"), 2));
+    let out = ok("drover-agent", d, &["rollback", "--data-dir", &data]);
+    assert!(out.contains("rolled back to iris v1 in slot A"), "{out}");
+    let s = status(d, &data);
+    assert_eq!((active_version(&s), s["highest"]["iris"].as_u64()), (1, Some(2)));
+    // The floor holds after a rollback: v2 cannot be installed again, v3 can.
+    let out = fails("drover-agent", d, &["install", "v2.drv", "--data-dir", &data]);
+    assert!(out.contains("not newer than 2"), "{out}");
+    ok("drover-agent", d, &["install", "v3.drv", "--data-dir", &data]);
+    assert_eq!(active_version(&status(d, &data)), 3);
+}
+
+/// Writes a variant of `src` made by `f` and returns its name.
+fn variant(d: &Path, src: &str, name: &str, f: impl FnOnce(&mut Vec<u8>)) -> String {
+    let mut bytes = std::fs::read(d.join(src)).expect("bundle");
+    f(&mut bytes);
+    std::fs::write(d.join(name), bytes).expect("write");
+    name.to_string()
+}
+
+/// Re-labels the manifest of a signed bundle without re-signing it (keeping its payload).
+fn edit_manifest(d: &Path, src: &str, name: &str) -> String {
+    use drover_runtime::bundle::{Limits, read_header, write_bundle};
+    let bytes = std::fs::read(d.join(src)).expect("bundle");
+    let mut r = bytes.as_slice();
+    let mut header = read_header(&mut r, &Limits::default()).expect("header");
+    header.manifest.label = heapless::String::try_from("evil").expect("fits");
+    let mut out = Vec::new();
+    write_bundle(&mut out, &header, &[r]).expect("write");
+    std::fs::write(d.join(name), out).expect("write");
+    name.to_string()
+}
+
+/// Offset of the payload: magic (8) + length (4) + header.
+fn payload_offset(bytes: &[u8]) -> usize {
+    12 + u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize
+}
+
+#[test]
+fn tamper_matrix_refusals_leave_the_device_unchanged() {
+    let dir = fleet();
+    let d = dir.path();
+    let data = device(d, "dev", &["2"]);
+    let before = status(d, &data);
+    let selftest = resolve("reference/iris_logreg.input.jsonl").to_string_lossy().into_owned();
+    let make = |args: &[&str], out: &str| {
+        let iris = model("iris_logreg.onnx");
+        let mut all = vec!["bundle", &iris as &str, "--name", "iris", "--selftest", &selftest];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--out", out]);
+        ok("drover", d, &all);
+        out.to_string()
+    };
+    let signed = ["--key", "keys/release.key", "--delegation", "del.json"];
+
+    ok("drover", d, &["keygen", "--role", "release", "--out", "keys", "--name", "rogue"]);
+    ok("drover", d, &["keygen", "--role", "root", "--out", "keys", "--name", "rogue-root"]);
+    ok("drover", d, &["root", "init", "--key", "keys/rogue-root.key", "--out", "rogue-root.json"]);
+    ok(
+        "drover",
+        d,
+        &[
+            "delegate",
+            "--root",
+            "rogue-root.json",
+            "--root-key",
+            "keys/rogue-root.key",
+            "--release",
+            "keys/rogue.pub",
+            "--models",
+            "iris",
+            "--out",
+            "rogue-del.json",
+        ],
+    );
+    ok(
+        "drover",
+        d,
+        &[
+            "delegate",
+            "--root",
+            "root.json",
+            "--root-key",
+            "keys/root.key",
+            "--release",
+            "keys/release.pub",
+            "--models",
+            "other",
+            "--out",
+            "other-del.json",
+        ],
+    );
+    ok(
+        "drover",
+        d,
+        &[
+            "root",
+            "revoke",
+            "--current",
+            "root.json",
+            "--key",
+            "keys/root.key",
+            "--release",
+            "keys/release.pub",
+            "--out",
+            "root-v2.json",
+        ],
+    );
+
+    let v3 = std::fs::read(d.join("v3.drv")).expect("v3");
+    // Another signed bundle's payload (a different model) to splice under v3's header.
+    ok("drover", d, &["bundle", &model("mlp.onnx"), "--name", "iris", "--version", "9", "--out", "mlp.drv"]);
+    let other = std::fs::read(d.join("mlp.drv")).expect("mlp");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            make(&["--version", "9", "--key", "keys/rogue.key", "--delegation", "rogue-del.json"], "rogue.drv"),
+            "delegation is not signed by the trusted root",
+        ),
+        (
+            make(&["--version", "9", "--key", "keys/release.key", "--delegation", "other-del.json"], "other.drv"),
+            "not delegated to sign model 'iris'",
+        ),
+        (
+            make(
+                &[
+                    "--version",
+                    "9",
+                    "--with-root",
+                    "root-v2.json",
+                    "--key",
+                    "keys/release.key",
+                    "--delegation",
+                    "del.json",
+                ],
+                "revoked.drv",
+            ),
+            "is revoked",
+        ),
+        (make(&["--version", "9"], "unsigned.drv"), "delegation is not signed by the trusted root"),
+        ("v1.drv".into(), "version 1 of 'iris' is not newer than 2"),
+        ("v2.drv".into(), "version 2 of 'iris' is not newer than 2"),
+        (make(&[&["--version", "9", "--targets", "armv7"][..], &signed[..]].concat(), "armv7.drv"), "targets armv7"),
+        (
+            make(&[&["--version", "9", "--min-agent", "99.0.0"][..], &signed[..]].concat(), "future.drv"),
+            "needs agent 99.0.0",
+        ),
+        (
+            variant(d, "v3.drv", "flipped.drv", |b| {
+                let n = b.len();
+                b[n - 5] ^= 0x20
+            }),
+            "does not match the manifest's SHA-256",
+        ),
+        (variant(d, "v3.drv", "cut.drv", |b| b.truncate(b.len() - 50)), "truncated"),
+        (
+            variant(d, "v3.drv", "endless.drv", |b| b.extend(std::iter::repeat_n(0u8, 4 << 20))),
+            "unexpected data after the last file",
+        ),
+        (
+            variant(d, "v3.drv", "mixed.drv", |b| {
+                let p = payload_offset(&v3);
+                b.truncate(p);
+                b.extend_from_slice(&other[payload_offset(&other)..])
+            }),
+            "does not match the manifest's SHA-256",
+        ),
+        (edit_manifest(d, "v3.drv", "edited.drv"), "bad manifest signature"),
+        (variant(d, "v3.drv", "magic.drv", |b| b[0] = b'X'), "not a Drover bundle"),
+        (variant(d, "v3.drv", "huge-header.drv", |b| b[11] = 0x7f), "exceeds the limit"),
+    ];
+    // Expiry: a bundle valid for one second, installed after it lapsed.
+    let expired = make(&[&["--version", "9", "--expires", "1s"][..], &signed[..]].concat(), "expired.drv");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let mut all = cases;
+    all.push((expired, "bundle expired"));
+    assert!(all.len() >= 16);
+    for (bundle, reason) in &all {
+        let out = fails("drover-agent", d, &["install", bundle, "--data-dir", &data]);
+        assert!(out.contains(reason), "{bundle}: expected '{reason}' in:\n{out}");
+        let after = status(d, &data);
+        assert_eq!(after, before, "{bundle}: the device state changed");
+        assert!(!PathBuf::from(&data).join("staging").exists(), "{bundle}: staging left behind");
+    }
+    // And the device still serves its verified model.
+    let out = ok("drover-agent", d, &["boot", "--data-dir", &data]);
+    assert!(out.contains("serving iris v2 from slot A"), "{out}");
+}
+
+/// Starts an install with a fail point armed, waits for the agent to reach it, kills it.
+fn kill_at(d: &Path, data: &str, bundle: &str, point: &str, verb: &[&str]) {
+    let mut args: Vec<&str> = verb.to_vec();
+    if !bundle.is_empty() {
+        args.push(bundle);
+    }
+    args.extend_from_slice(&["--data-dir", data]);
+    let mut child = Command::new(workspace_bin("drover-agent"))
+        .current_dir(d)
+        .args(&args)
+        .env("DROVER_FAILPOINT", point)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut reached = false;
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("stderr line");
+        if line == format!("drover-failpoint: {point}") {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "the agent never reached fail point {point}");
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+}
+
+#[test]
+fn sigkill_at_every_install_step_leaves_a_verified_model_serving() {
+    let dir = fleet();
+    let d = dir.path();
+    for (i, point) in INSTALL_POINTS.iter().enumerate() {
+        let data = device(d, &format!("dev-{i}"), &["1"]);
+        kill_at(d, &data, "v2.drv", point, &["install"]);
+        // Restart: the start-up check must find a verified, loadable model.
+        let out = ok("drover-agent", d, &["boot", "--data-dir", &data]);
+        let s = status(d, &data);
+        let version = active_version(&s);
+        let switched = INSTALL_POINTS.iter().position(|p| *p == "switched").expect("point") <= i;
+        assert_eq!(version, if switched { 2 } else { 1 }, "after a kill at {point}: {out}");
+        assert_eq!(s["pending"], false, "after boot at {point} the serving slot is committed");
+        assert!(out.contains(&format!("serving iris v{version}")), "{point}: {out}");
+        assert!(!Path::new(&data).join("staging").exists(), "{point}: staging discarded");
+        // The device can always take the next update.
+        ok("drover-agent", d, &["install", "v3.drv", "--data-dir", &data]);
+        assert_eq!(active_version(&status(d, &data)), 3, "{point}");
+    }
+}
+
+#[test]
+fn a_model_that_keeps_crashing_before_its_health_check_is_rolled_back() {
+    let dir = fleet();
+    let d = dir.path();
+    let data = device(d, "dev", &["1"]);
+    // The install switches to v2 and dies before committing.
+    kill_at(d, &data, "v2.drv", "switched", &["install"]);
+    // Every start dies during the health check: three attempts…
+    for _ in 0..3 {
+        kill_at(d, &data, "", "boot-health", &["boot"]);
+    }
+    // …then the boot counter gives up on v2.
+    let out = ok("drover-agent", d, &["boot", "--data-dir", &data]);
+    assert!(out.contains("rolled back from slot B"), "{out}");
+    assert!(out.contains("serving iris v1 from slot A"), "{out}");
+    let s = status(d, &data);
+    assert_eq!((active_version(&s), s["highest"]["iris"].as_u64()), (1, Some(2)));
+}
+
+#[test]
+fn a_corrupted_active_slot_is_never_served() {
+    let dir = fleet();
+    let d = dir.path();
+    let data = device(d, "dev", &["1", "2"]);
+    let model = Path::new(&data).join("slots/b/model.onnx");
+    let mut bytes = std::fs::read(&model).expect("model");
+    bytes[100] ^= 0xff;
+    std::fs::write(&model, bytes).expect("corrupt");
+    let out = ok("drover-agent", d, &["boot", "--data-dir", &data]);
+    assert!(out.contains("serving iris v1 from slot A"), "{out}");
+    // Corrupted state: the agent stops with a clear message instead of guessing.
+    std::fs::write(Path::new(&data).join("state.json"), "{ not json").expect("corrupt state");
+    let out = fails("drover-agent", d, &["boot", "--data-dir", &data]);
+    assert!(out.contains("state.json is corrupted"), "{out}");
+}
