@@ -388,3 +388,79 @@ fn a_corrupted_active_slot_is_never_served() {
     let out = fails("drover-agent", d, &["boot", "--data-dir", &data]);
     assert!(out.contains("state.json is corrupted"), "{out}");
 }
+
+#[test]
+fn signed_operator_commands_are_bound_to_their_target_and_never_replayed() {
+    let dir = fleet();
+    let d = dir.path();
+    ok("drover", d, &["keygen", "--role", "operator", "--out", "keys"]);
+    ok(
+        "drover",
+        d,
+        &[
+            "delegate",
+            "--root",
+            "root.json",
+            "--root-key",
+            "keys/root.key",
+            "--operator",
+            "keys/operator.pub",
+            "--targets",
+            "pi-*,lab",
+            "--out",
+            "op.json",
+        ],
+    );
+    let data = device(d, "dev", &["1", "2"]);
+    let signer = ["--key", "keys/operator.key", "--delegation", "op.json"];
+    let sign = |args: &[&str]| ok("drover", d, &[&["command"][..], args, &signer[..]].concat());
+
+    sign(&["rollback", "--device", "pi-1", "--out", "rollback.json"]);
+    let apply = |cmd: &str, extra: &[&str]| {
+        let mut args = vec!["command", cmd, "--data-dir", &data, "--device", "pi-1", "--group", "lab"];
+        args.extend_from_slice(extra);
+        run("drover-agent", d, &args)
+    };
+    let o = apply("rollback.json", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(active_version(&status(d, &data)), 1);
+    // The same command again: a replay.
+    let o = apply("rollback.json", &[]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("replayed command"), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // For another device, or a group this device is not in.
+    sign(&["rollback", "--device", "pi-2", "--out", "other.json"]);
+    let o = apply("other.json", &[]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not for this device"));
+    // Outside the operator's delegation.
+    sign(&["rollback", "--group", "prod", "--out", "prod.json"]);
+    let o = apply("prod.json", &[]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("may not command 'prod'"));
+
+    // A group install command with its bundle; a mismatching bundle is refused.
+    sign(&["install", "--name", "iris", "--version", "3", "--group", "lab", "--out", "install.json"]);
+    let o = apply("install.json", &["--bundle", "v2.drv"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("authorises iris v3, the bundle is iris v2"));
+    sign(&["install", "--name", "iris", "--version", "3", "--group", "lab", "--out", "install2.json"]);
+    let o = apply("install2.json", &["--bundle", "v3.drv"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(active_version(&status(d, &data)), 3);
+    // A release key is not an operator key.
+    let out = fails(
+        "drover",
+        d,
+        &[
+            "command",
+            "rollback",
+            "--device",
+            "pi-1",
+            "--key",
+            "keys/release.key",
+            "--delegation",
+            "op.json",
+            "--out",
+            "x.json",
+        ],
+    );
+    assert!(out.contains("this is a release key; an operator key is needed"), "{out}");
+}

@@ -16,11 +16,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 #[command(name = "drover-agent", version, about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Verb,
 }
 
 #[derive(Subcommand)]
-enum Command {
+enum Verb {
     /// Run a model over a file of samples (.jsonl or .npy) and write one JSON line per sample.
     Infer(InferArgs),
     /// Show a model's inputs, outputs, operators, quantization and load cost; exits 1 if
@@ -36,6 +36,8 @@ enum Command {
     Rollback(slots::SlotArgs),
     /// Show the slots, the active model, the trust root and the anti-rollback floors.
     Status(slots::StatusArgs),
+    /// Verify and apply a signed operator command (rollback, install).
+    Command(slots::CommandArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,7 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Crash tests arm a fail point through the environment; nothing else reads it.
     let failpoint = FailPoint(std::env::var("DROVER_FAILPOINT").ok());
     match cli.command {
-        Command::Infer(args) => {
+        Verb::Infer(args) => {
             let bar = if std::io::stderr().is_terminal() {
                 ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
             } else {
@@ -83,14 +85,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inspect(args) => {
+        Verb::Inspect(args) => {
             let runs = inspect::run(&args, &mut std::io::stdout().lock())?;
             Ok(if runs { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Trust(args) => slots::trust(&args, failpoint).map(|_| ExitCode::SUCCESS),
-        Command::Install(args) => slots::install(&args, now, failpoint).map(|_| ExitCode::SUCCESS),
-        Command::Boot(args) => slots::boot(&args, failpoint).map(|_| ExitCode::SUCCESS),
-        Command::Rollback(args) => slots::rollback(&args, failpoint).map(|_| ExitCode::SUCCESS),
-        Command::Status(args) => slots::status(&args).map(|_| ExitCode::SUCCESS),
+        Verb::Trust(args) => slots::trust(&args, failpoint).map(|_| ExitCode::SUCCESS),
+        Verb::Install(args) => slots::install(&args, now, failpoint).map(|_| ExitCode::SUCCESS),
+        Verb::Boot(args) => slots::boot(&args, failpoint).map(|_| ExitCode::SUCCESS),
+        Verb::Rollback(args) => slots::rollback(&args, failpoint).map(|_| ExitCode::SUCCESS),
+        Verb::Status(args) => slots::status(&args).map(|_| ExitCode::SUCCESS),
+        Verb::Command(args) => slots::command(&args, now, failpoint).map(|_| ExitCode::SUCCESS),
     }
 }

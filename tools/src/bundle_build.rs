@@ -232,7 +232,13 @@ pub fn build(spec: &BundleSpec) -> Result<Bundle, BuildError> {
     };
     manifest.validate().map_err(|e| BuildError::Invalid(format!("manifest: {e}")))?;
     let unsigned = Signature { r: [0; 32], s: [0; 32] };
-    let delegation = Delegation { key: PublicKey([0; 32]), names: HVec::new(), issued_at: 0, expires_at: 0 };
+    let delegation = Delegation {
+        key: PublicKey([0; 32]),
+        role: drover_wire::trust::DelegatedRole::Release,
+        names: HVec::new(),
+        issued_at: 0,
+        expires_at: 0,
+    };
     let header = BundleHeader {
         manifest,
         manifest_sig: unsigned,

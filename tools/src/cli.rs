@@ -12,12 +12,12 @@ use crate::cmd;
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Verb,
 }
 
 /// The verbs that exist today.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub enum Verb {
     /// Show what a bundle or an ONNX model holds (exit 1 for a model the agent cannot run).
     Inspect(cmd::inspect::InspectArgs),
     /// Make an Ed25519 key pair (root, release or operator).
@@ -33,18 +33,23 @@ pub enum Command {
     Sign(cmd::sign::SignArgs),
     /// Check a bundle as a device would: container, signatures, model load, self-test.
     Verify(cmd::verify::VerifyArgs),
+    /// Sign an order (rollback, install) for a device or a group.
+    Command(cmd::command::CommandArgs),
 }
 
-/// Runs a parsed command line at time `now` (Unix seconds: the clock is read by the binary).
-pub fn run(cli: Cli, now: u64) -> anyhow::Result<ExitCode> {
+/// Runs a parsed command line at time `now_ms` (Unix milliseconds: the clock is read by the
+/// binary).
+pub fn run(cli: Cli, now_ms: u64) -> anyhow::Result<ExitCode> {
+    let now = now_ms / 1000;
     let ok = match cli.command {
-        Command::Inspect(args) => cmd::inspect::run(&args)?,
-        Command::Keygen(args) => cmd::keygen::run(&args).map(|_| true)?,
-        Command::Root(c) => cmd::root::run(&c, now).map(|_| true)?,
-        Command::Delegate(args) => cmd::delegate::run(&args, now).map(|_| true)?,
-        Command::Bundle(args) => cmd::bundle::run(&args, now).map(|_| true)?,
-        Command::Sign(args) => cmd::sign::run(&args).map(|_| true)?,
-        Command::Verify(args) => cmd::verify::run(&args, now)?,
+        Verb::Inspect(args) => cmd::inspect::run(&args)?,
+        Verb::Keygen(args) => cmd::keygen::run(&args).map(|_| true)?,
+        Verb::Root(c) => cmd::root::run(&c, now).map(|_| true)?,
+        Verb::Delegate(args) => cmd::delegate::run(&args, now).map(|_| true)?,
+        Verb::Bundle(args) => cmd::bundle::run(&args, now).map(|_| true)?,
+        Verb::Sign(args) => cmd::sign::run(&args).map(|_| true)?,
+        Verb::Verify(args) => cmd::verify::run(&args, now)?,
+        Verb::Command(args) => cmd::command::run(&args, now_ms).map(|_| true)?,
     };
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

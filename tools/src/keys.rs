@@ -23,6 +23,16 @@ pub enum Role {
     Operator,
 }
 
+impl Role {
+    fn article(self) -> &'static str {
+        match self {
+            Role::Root => "a root",
+            Role::Release => "a release",
+            Role::Operator => "an operator",
+        }
+    }
+}
+
 /// Why a key file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -128,7 +138,7 @@ pub fn read_secret(path: &Path, role: Role) -> Result<SecretKey, KeyError> {
     if f.role != role {
         return Err(KeyError::Format {
             path: path.into(),
-            reason: format!("a {:?} key, expected a {role:?} key", f.role),
+            reason: format!("this is {} key; {} key is needed", f.role.article(), role.article()),
         });
     }
     Ok(SecretKey::from_bytes(&decode32(path, &f.secret)?))
@@ -148,7 +158,7 @@ pub fn read_public(path: &Path, role: Role) -> Result<PublicKey, KeyError> {
     if f.role != role {
         return Err(KeyError::Format {
             path: path.into(),
-            reason: format!("a {:?} key, expected a {role:?} key", f.role),
+            reason: format!("this is {} key; {} key is needed", f.role.article(), role.article()),
         });
     }
     Ok(PublicKey(decode32(path, &f.public)?))
@@ -181,7 +191,7 @@ mod tests {
         assert!(matches!(write_pair(dir.path(), "k", Role::Release, &generate().unwrap()), Err(KeyError::Io { .. })));
         assert_eq!(read_secret(&secret, Role::Release).unwrap().public(), key.public());
         let err = read_secret(&secret, Role::Root).unwrap_err();
-        assert!(err.to_string().contains("expected a Root key"), "{err}");
+        assert!(err.to_string().contains("this is a release key; a root key is needed"), "{err}");
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use drover_runtime::trust::{SecretKey, key_id, sign_document, verify_document};
 use drover_wire::manifest::MAX_NAME;
 use drover_wire::trust::{
-    CONTEXT_DELEGATION, CONTEXT_ROOT, Delegation, KeyId, MAX_PATTERNS, MAX_REVOKED, PublicKey, RootDocument,
-    SignedDelegation, SignedRoot,
+    CONTEXT_DELEGATION, CONTEXT_ROOT, DelegatedRole, Delegation, KeyId, MAX_PATTERNS, MAX_REVOKED, PublicKey,
+    RootDocument, SignedDelegation, SignedRoot,
 };
 use heapless::{String as HString, Vec as HVec};
 
@@ -102,10 +102,12 @@ pub fn root_next(
     })
 }
 
-/// Lets `release` sign bundles of the models matching `names` (exact, or a prefix ending in `*`).
+/// Lets `release` sign bundles of the models matching `names` (exact, or a prefix ending in `*`),
+/// or, for an operator key, commands to the devices and groups matching them.
 pub fn delegate(
     root: &SignedRoot,
     root_key: &SecretKey,
+    role: DelegatedRole,
     release: PublicKey,
     names: &[String],
     issued_at: u64,
@@ -127,7 +129,7 @@ pub fn delegate(
     if patterns.is_empty() {
         return Err(DocError::Refused("a delegation names at least one model".into()));
     }
-    let delegation = Delegation { key: release, names: patterns, issued_at, expires_at };
+    let delegation = Delegation { key: release, role, names: patterns, issued_at, expires_at };
     let sig = sign_document(root_key, CONTEXT_DELEGATION, &delegation);
     Ok(SignedDelegation { delegation, root_version: root.doc.version, sig })
 }

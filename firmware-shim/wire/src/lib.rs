@@ -15,6 +15,7 @@
 extern crate std;
 
 mod arch;
+pub mod command;
 mod dtype;
 pub mod manifest;
 mod tensor_spec;

@@ -86,12 +86,26 @@ pub struct SignedRoot {
     pub by_self: Signature,
 }
 
-/// The root's permission for a release key to sign bundles of some models, for a while.
+/// What a delegated key may do: a release key signs bundles, an operator key signs commands.
+/// A key delegated for one can never act as the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DelegatedRole {
+    /// Signs bundles of the models named in the delegation.
+    Release,
+    /// Signs commands to the devices or groups named in the delegation.
+    Operator,
+}
+
+/// The root's permission for a key to sign bundles of some models (release) or commands to some
+/// devices and groups (operator), for a while.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Delegation {
-    /// The release key.
+    /// The delegated key.
     pub key: PublicKey,
-    /// Model names it may sign: exact names, or a prefix ending in `*`.
+    /// What it may sign.
+    pub role: DelegatedRole,
+    /// Model names (release) or device/group names (operator) it covers: exact names, or a
+    /// prefix ending in `*`.
     pub names: Vec<String<MAX_NAME>, MAX_PATTERNS>,
     /// Unix seconds.
     pub issued_at: u64,
@@ -100,7 +114,7 @@ pub struct Delegation {
 }
 
 impl Delegation {
-    /// Whether this delegation covers the model `name`.
+    /// Whether this delegation covers `name` (a model, or a device or group).
     pub fn covers(&self, name: &str) -> bool {
         self.names.iter().any(|p| match p.strip_suffix('*') {
             Some(prefix) => name.starts_with(prefix),
@@ -143,7 +157,8 @@ mod tests {
         let mut names = Vec::new();
         let _ = names.push(String::try_from("iris").unwrap());
         let _ = names.push(String::try_from("vision-*").unwrap());
-        let d = Delegation { key: PublicKey([0; 32]), names, issued_at: 0, expires_at: 1 };
+        let d =
+            Delegation { key: PublicKey([0; 32]), role: DelegatedRole::Release, names, issued_at: 0, expires_at: 1 };
         assert!(d.covers("iris"));
         assert!(d.covers("vision-cnn"));
         assert!(!d.covers("iris2"));

@@ -226,7 +226,13 @@ mod tests {
             settings: RuntimeSettings::default(),
         };
         let sig = Signature { r: [0; 32], s: [0; 32] };
-        let delegation = Delegation { key: PublicKey([0; 32]), names: HVec::new(), issued_at: 0, expires_at: 0 };
+        let delegation = Delegation {
+            key: PublicKey([0; 32]),
+            role: drover_wire::trust::DelegatedRole::Release,
+            names: HVec::new(),
+            issued_at: 0,
+            expires_at: 0,
+        };
         BundleHeader {
             manifest,
             manifest_sig: sig,

@@ -169,3 +169,46 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Arguments of `drover-agent command`.
+#[derive(Debug, clap::Args)]
+pub struct CommandArgs {
+    /// A signed command (from `drover command`).
+    pub command: PathBuf,
+    /// The data directory.
+    #[command(flatten)]
+    pub dir: DataDir,
+    /// This device's id.
+    #[arg(long)]
+    pub device: String,
+    /// Groups this device belongs to.
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+    /// The bundle an install command authorises.
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+}
+
+/// Verifies and applies a signed operator command.
+pub fn command(args: &CommandArgs, now: u64, failpoint: FailPoint) -> anyhow::Result<()> {
+    use crate::store::CommandOutcome;
+    let text = std::fs::read_to_string(&args.command).with_context(|| format!("read {}", args.command.display()))?;
+    let signed: drover_wire::command::SignedCommand =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a signed command", args.command.display()))?;
+    let mut store = args.dir.open(failpoint)?;
+    let mut file = match &args.bundle {
+        Some(p) => {
+            Some(std::io::BufReader::new(std::fs::File::open(p).with_context(|| format!("open {}", p.display()))?))
+        }
+        None => None,
+    };
+    let bundle = file.as_mut().map(|f| f as &mut dyn std::io::Read);
+    let outcome = store
+        .apply_command(&signed, &args.device, &args.groups, &device_facts(now), bundle)
+        .with_context(|| format!("command {}", args.command.display()))?;
+    match outcome {
+        CommandOutcome::RolledBack(slot) => println!("rolled back to slot {slot}"),
+        CommandOutcome::Installed(r) => println!("installed {} v{} in slot {}", r.name, r.version, r.slot),
+    }
+    Ok(())
+}

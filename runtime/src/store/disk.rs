@@ -11,7 +11,10 @@ use super::state::{BootDecision, RollbackError, SlotId, StoreState};
 use crate::bundle::selftest::{SelfTestError, run_selftest};
 use crate::bundle::{ContainerError, Limits, read_header, read_payload};
 use crate::engine::{LoadError, Model};
-use crate::trust::{DeviceFacts, Refusal, TrustState, verify_document, verify_header};
+use crate::trust::{
+    CommandFacts, CommandRefusal, DeviceFacts, Refusal, TrustState, verify_command, verify_document, verify_header,
+};
+use drover_wire::command::{Operation, SignedCommand};
 
 /// Where the store lives and how it behaves.
 #[derive(Debug, Clone)]
@@ -87,6 +90,12 @@ pub enum InstallError {
     /// The model does not pass its self-test here.
     #[error("the new model fails its self-test: {0}")]
     SelfTest(#[from] SelfTestError),
+    /// The operator command was refused.
+    #[error("command refused: {0}")]
+    Command(CommandRefusal),
+    /// The bundle does not match the install command.
+    #[error("{0}")]
+    CommandBundle(String),
     /// The store itself failed (disk full, permissions…).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -239,8 +248,18 @@ impl Store {
     /// switch, commit. `device` gives the architecture, agent version and time; the
     /// anti-rollback floor comes from the store.
     pub fn install(&mut self, bundle: &mut impl Read, device: &DeviceFacts) -> Result<InstallReport, InstallError> {
-        let trust = self.trust.clone().ok_or_else(|| StoreError::NoTrust(self.cfg.data_dir.join(TRUST)))?;
         let header = read_header(bundle, &self.cfg.limits)?;
+        self.install_from(&mut HeaderThen { header: Some(header), rest: bundle }, device)
+    }
+
+    fn install_from<R: Read>(
+        &mut self,
+        src: &mut HeaderThen<R>,
+        device: &DeviceFacts,
+    ) -> Result<InstallReport, InstallError> {
+        let trust = self.trust.clone().ok_or_else(|| StoreError::NoTrust(self.cfg.data_dir.join(TRUST)))?;
+        let header = src.header.take().ok_or_else(|| InstallError::CommandBundle("header already consumed".into()))?;
+        let bundle = &mut src.rest;
         let name = header.manifest.name.to_string();
         let facts = DeviceFacts { highest_installed: self.state.highest_installed(&name), ..device.clone() };
         let verified = verify_header(&header, &trust, &facts)?;
@@ -361,6 +380,38 @@ impl Store {
         }
     }
 
+    /// Applies a signed operator command: verified against the trust root, this device's id and
+    /// groups, and the replay floor, which is persisted before anything is done. An install
+    /// command names the bundle it authorises; `bundle` must be that bundle.
+    pub fn apply_command(
+        &mut self,
+        signed: &SignedCommand,
+        device: &str,
+        groups: &[String],
+        facts: &DeviceFacts,
+        bundle: Option<&mut dyn Read>,
+    ) -> Result<CommandOutcome, InstallError> {
+        let trust = self.trust.clone().ok_or_else(|| StoreError::NoTrust(self.cfg.data_dir.join(TRUST)))?;
+        let command_facts = CommandFacts { device, groups, now: facts.now, last_sequence: self.state.last_command };
+        let command = verify_command(signed, &trust, &command_facts).map_err(InstallError::Command)?;
+        self.persist(self.state.consume_command(command.sequence))?;
+        match &command.op {
+            Operation::Rollback => Ok(CommandOutcome::RolledBack(self.rollback()?)),
+            Operation::Install { name, version } => {
+                let mut bundle = bundle.ok_or(InstallError::CommandBundle("the command needs its bundle".into()))?;
+                let header = read_header(&mut bundle, &self.cfg.limits)?;
+                if header.manifest.name != *name || header.manifest.version != *version {
+                    return Err(InstallError::CommandBundle(format!(
+                        "the command authorises {name} v{version}, the bundle is {} v{}",
+                        header.manifest.name, header.manifest.version
+                    )));
+                }
+                let mut rest = HeaderThen { header: Some(header), rest: bundle };
+                Ok(CommandOutcome::Installed(self.install_from(&mut rest, facts)?))
+            }
+        }
+    }
+
     /// Switches back to the previous model on the operator's order.
     pub fn rollback(&mut self) -> Result<SlotId, StoreError> {
         let next = self.state.rollback()?;
@@ -375,6 +426,21 @@ impl Store {
         let file = self.state.slot(slot)?.model_file()?;
         Some(self.slot_dir(slot).join(file.name.as_str()))
     }
+}
+
+/// A bundle whose header was already read, and the reader positioned at its payload.
+struct HeaderThen<R> {
+    header: Option<drover_wire::trust::BundleHeader>,
+    rest: R,
+}
+
+/// What an applied command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandOutcome {
+    /// Rolled back to this slot.
+    RolledBack(SlotId),
+    /// Installed.
+    Installed(InstallReport),
 }
 
 /// Checks every file of a slot against the manifest's size and SHA-256.

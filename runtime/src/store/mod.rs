@@ -9,6 +9,6 @@ mod disk;
 pub mod failpoint;
 mod state;
 
-pub use disk::{BootOutcome, InstallError, InstallReport, Store, StoreConfig, StoreError};
+pub use disk::{BootOutcome, CommandOutcome, InstallError, InstallReport, Store, StoreConfig, StoreError};
 pub use failpoint::FailPoint;
 pub use state::{BootDecision, RollbackError, SlotId, StoreState};

@@ -71,6 +71,9 @@ pub struct StoreState {
     pub previous: Option<SlotId>,
     /// Highest version ever installed, per model name (anti-rollback; never decreases).
     pub highest: BTreeMap<String, u64>,
+    /// Highest operator command sequence applied (replay floor; never decreases).
+    #[serde(default)]
+    pub last_command: u64,
     /// Incremented by every persisted change, for diagnostics.
     pub generation: u64,
 }
@@ -192,6 +195,13 @@ impl StoreState {
         s.pending = false;
         s.boot_attempts = 0;
         Ok(s)
+    }
+
+    /// Records an accepted operator command so it can never be applied again.
+    pub fn consume_command(&self, sequence: u64) -> StoreState {
+        let mut s = self.next();
+        s.last_command = s.last_command.max(sequence);
+        s
     }
 
     fn next(&self) -> StoreState {

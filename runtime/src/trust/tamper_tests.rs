@@ -3,8 +3,8 @@
 
 use drover_wire::manifest::{AgentVersion, FileEntry, FileRole, MANIFEST_FORMAT, Manifest, RuntimeSettings};
 use drover_wire::trust::{
-    BundleHeader, CONTEXT_DELEGATION, CONTEXT_MANIFEST, CONTEXT_ROOT, Delegation, RootDocument, SignedDelegation,
-    SignedRoot,
+    BundleHeader, CONTEXT_DELEGATION, CONTEXT_MANIFEST, CONTEXT_ROOT, DelegatedRole, Delegation, RootDocument,
+    SignedDelegation, SignedRoot,
 };
 use drover_wire::{Arch, ManifestError};
 use heapless::{String as HString, Vec as HVec};
@@ -77,7 +77,8 @@ fn delegate(
     for name in names {
         n.push(HString::try_from(*name).unwrap()).unwrap();
     }
-    let delegation = Delegation { key: release.public(), names: n, issued_at: NOW - 100, expires_at };
+    let delegation =
+        Delegation { key: release.public(), role: DelegatedRole::Release, names: n, issued_at: NOW - 100, expires_at };
     let sig = sign_document(root, CONTEXT_DELEGATION, &delegation);
     SignedDelegation { delegation, root_version, sig }
 }
@@ -145,6 +146,17 @@ fn widened_delegation_is_refused() {
     let mut h = header(&f, manifest(5));
     h.delegation.delegation.names[0] = HString::try_from("*").unwrap();
     assert!(matches!(refusal(&h, &trust(&f), &device(0)), Refusal::DelegationSignature { .. }));
+}
+
+#[test]
+fn operator_key_cannot_sign_bundles() {
+    let f = fleet();
+    let mut h = header(&f, manifest(5));
+    let mut d = h.delegation.delegation.clone();
+    d.role = DelegatedRole::Operator;
+    h.delegation =
+        SignedDelegation { sig: sign_document(&f.root, CONTEXT_DELEGATION, &d), delegation: d, root_version: 1 };
+    assert!(matches!(refusal(&h, &trust(&f), &device(0)), Refusal::WrongRole { .. }));
 }
 
 #[test]

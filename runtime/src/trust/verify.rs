@@ -3,7 +3,7 @@ use std::fmt;
 use drover_wire::Arch;
 use drover_wire::manifest::{AgentVersion, Manifest, ManifestError};
 use drover_wire::trust::{
-    BundleHeader, CONTEXT_DELEGATION, CONTEXT_MANIFEST, CONTEXT_ROOT, KeyId, RootDocument, SignedRoot,
+    BundleHeader, CONTEXT_DELEGATION, CONTEXT_MANIFEST, CONTEXT_ROOT, DelegatedRole, KeyId, RootDocument, SignedRoot,
 };
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +79,14 @@ pub enum Refusal {
     KeyRevoked {
         /// The key id (hex).
         key: String,
+    },
+    /// The key is delegated for another role (an operator key signing a bundle, or the reverse).
+    #[error("key {key} is not delegated as a {expected} key")]
+    WrongRole {
+        /// The key id (hex).
+        key: String,
+        /// The role required.
+        expected: &'static str,
     },
     /// The release key may not sign this model.
     #[error("release key {key} is not delegated to sign model '{name}'")]
@@ -179,6 +187,9 @@ pub fn verify_header(header: &BundleHeader, trust: &TrustState, device: &DeviceF
     }
     if now >= delegation.expires_at {
         return Err(Refusal::DelegationExpired { key, expires_at: delegation.expires_at, now });
+    }
+    if delegation.role != DelegatedRole::Release {
+        return Err(Refusal::WrongRole { key, expected: "release" });
     }
 
     let manifest = &header.manifest;

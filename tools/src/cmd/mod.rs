@@ -1,6 +1,7 @@
 //! One module per `drover` verb: its arguments and what it does.
 
 pub mod bundle;
+pub mod command;
 pub mod delegate;
 pub mod inspect;
 pub mod keygen;

@@ -1,0 +1,89 @@
+//! `drover command`: a signed order to a device or group (rollback, install), written to a file
+//! for the transport (MQTT push arrives with the next issue) or for `drover-agent command`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use drover_runtime::trust::sign_document;
+use drover_wire::command::{CONTEXT_COMMAND, Command, Operation, SignedCommand, Target};
+
+use crate::keys::{Role, id_of, read_secret};
+use crate::trust_docs::{load_delegation, save};
+
+/// What the command orders.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Order {
+    /// Switch back to the previous model.
+    Rollback,
+    /// Install this version of this model.
+    Install {
+        /// Model name.
+        #[arg(long)]
+        name: String,
+        /// Version.
+        #[arg(long)]
+        version: u64,
+    },
+}
+
+/// Arguments of `drover command`.
+#[derive(Debug, clap::Args)]
+pub struct CommandArgs {
+    /// The order.
+    #[command(subcommand)]
+    pub order: Order,
+    /// One device.
+    #[arg(long, global = true, conflicts_with = "group")]
+    pub device: Option<String>,
+    /// A group of devices.
+    #[arg(long, global = true)]
+    pub group: Option<String>,
+    /// The operator secret key.
+    #[arg(long, global = true)]
+    pub key: Option<PathBuf>,
+    /// The operator key's delegation.
+    #[arg(long, global = true)]
+    pub delegation: Option<PathBuf>,
+    /// How long the command stays valid.
+    #[arg(long, global = true, default_value = "15m", value_parser = super::parse_duration)]
+    pub expires: std::time::Duration,
+    /// Where to write the signed command.
+    #[arg(long, global = true)]
+    pub out: Option<PathBuf>,
+}
+
+fn name(s: &str) -> anyhow::Result<heapless::String<{ drover_wire::manifest::MAX_NAME }>> {
+    anyhow::ensure!(drover_wire::manifest::is_valid_name(s), "'{s}' is not a valid device, group or model name");
+    heapless::String::try_from(s).map_err(|_| anyhow::anyhow!("'{s}' is too long"))
+}
+
+/// Signs the command; `now_ms` (Unix milliseconds) is its sequence.
+pub fn run(args: &CommandArgs, now_ms: u64) -> anyhow::Result<()> {
+    let target = match (&args.device, &args.group) {
+        (Some(d), None) => Target::Device(name(d)?),
+        (None, Some(g)) => Target::Group(name(g)?),
+        _ => anyhow::bail!("give --device ID or --group NAME"),
+    };
+    let (Some(key), Some(delegation), Some(out)) = (&args.key, &args.delegation, &args.out) else {
+        anyhow::bail!("drover command needs --key, --delegation and --out");
+    };
+    let key = read_secret(key, Role::Operator)?;
+    let delegation = load_delegation(delegation)?;
+    anyhow::ensure!(delegation.delegation.key == key.public(), "the delegation is for another key");
+    let op = match &args.order {
+        Order::Rollback => Operation::Rollback,
+        Order::Install { name: n, version } => Operation::Install { name: name(n)?, version: *version },
+    };
+    let now = now_ms / 1000;
+    let command = Command { target, sequence: now_ms, issued_at: now, expires_at: now + args.expires.as_secs(), op };
+    let sig = sign_document(&key, CONTEXT_COMMAND, &command);
+    save(out, &SignedCommand { command, delegation, sig }).context("write the command")?;
+    println!(
+        "signed {:?} for {} with operator key {} -> {}",
+        args.order,
+        args.device.as_deref().or(args.group.as_deref()).unwrap_or("?"),
+        id_of(&key.public()),
+        out.display()
+    );
+    Ok(())
+}
