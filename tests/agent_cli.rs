@@ -315,13 +315,13 @@ fn cross_built_agents_match_onnxruntime_under_qemu() {
 #[test]
 fn operator_cli_inspects_models_like_the_agent() {
     let drover = workspace_bin("drover");
-    let ok = run(Command::new(&drover).args(["inspect", "--json", "--model"]).arg(model("iris_logreg.onnx")));
+    let ok = run(Command::new(&drover).args(["inspect", "--json"]).arg(model("iris_logreg.onnx")));
     assert!(ok.status.success(), "{}", stderr(&ok));
     let r: serde_json::Value = serde_json::from_slice(&ok.stdout).expect("JSON");
     assert_eq!(r["outputs"][0]["name"], "label");
     assert_eq!(r["outputs"][0]["dtype"], "int64");
     assert_eq!(r["load"]["batch"]["kind"], "symbolic");
-    let refused = run(Command::new(&drover).args(["inspect", "--model"]).arg(model("cnn_int8_qop_msft.onnx")));
+    let refused = run(Command::new(&drover).arg("inspect").arg(model("cnn_int8_qop_msft.onnx")));
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stdout).contains("com.microsoft::QGemm (2)"));
     let help = run(Command::new(&drover).arg("--help"));
