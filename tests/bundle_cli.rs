@@ -360,3 +360,82 @@ fn a_model_the_agent_cannot_run_is_never_bundled() {
     assert!(out.contains("unsupported operators: com.microsoft::QGemm (2)"), "{out}");
     assert!(!PathBuf::from(dir.path()).join("x.drv").exists());
 }
+
+fn mlflow_dir(name: &str) -> PathBuf {
+    models_dir().join("mlflow").join(name)
+}
+
+/// Copies an MLflow model directory so a test can alter it.
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    for entry in std::fs::read_dir(src).expect("read dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).expect("copy");
+    }
+}
+
+#[test]
+fn mlflow_onnx_model_directory_becomes_a_verified_bundle() {
+    let dir = fleet();
+    let d = dir.path();
+    let mlflow = mlflow_dir("iris_logreg").to_string_lossy().into_owned();
+    ok(
+        d,
+        &[
+            "bundle",
+            "--mlflow",
+            &mlflow,
+            "--name",
+            "iris",
+            "--version",
+            "1",
+            "--selftest",
+            &iris_selftest(),
+            "--key",
+            "keys/release.key",
+            "--delegation",
+            "release.delegation.json",
+            "--out",
+            "mlflow.drv",
+        ],
+    );
+    let out = ok(d, &["verify", "mlflow.drv", "--root", "root.json"]);
+    assert!(out.contains("self-test: 8 case(s) match"), "{out}");
+}
+
+#[test]
+fn mlflow_pickle_models_are_refused_without_being_opened() {
+    let dir = fleet();
+    let d = dir.path();
+    // Only the MLmodel file: the refusal is decided from it alone, the pickle is never read.
+    let only_meta = d.join("pickle-meta");
+    std::fs::create_dir_all(&only_meta).expect("mkdir");
+    std::fs::copy(mlflow_dir("iris_sklearn_pickle").join("MLmodel"), only_meta.join("MLmodel")).expect("copy");
+    let out = fails(d, &["bundle", "--mlflow", "pickle-meta", "--name", "iris", "--version", "1", "--out", "p.drv"]);
+    assert!(out.contains("Python pickle") && out.contains("skl2onnx"), "{out}");
+    let full = mlflow_dir("iris_sklearn_pickle").to_string_lossy().into_owned();
+    let out = fails(d, &["bundle", "--mlflow", &full, "--name", "iris", "--version", "1", "--out", "p.drv"]);
+    assert!(out.contains("model.pkl"), "{out}");
+    assert!(!d.join("p.drv").exists());
+}
+
+#[test]
+fn mlflow_directories_that_lie_are_refused() {
+    let dir = fleet();
+    let d = dir.path();
+    // The signature describes iris, the ONNX file is the MLP.
+    let swapped = d.join("swapped");
+    copy_dir(&mlflow_dir("iris_logreg"), &swapped);
+    std::fs::copy(models_dir().join("mlp.onnx"), swapped.join("model.onnx")).expect("swap");
+    let out = fails(d, &["bundle", "--mlflow", "swapped", "--name", "iris", "--version", "1", "--out", "s.drv"]);
+    assert!(out.contains("signature does not match") && out.contains("float_input"), "{out}");
+    // The flavor points outside the directory.
+    let escape = d.join("escape");
+    copy_dir(&mlflow_dir("iris_logreg"), &escape);
+    let meta = std::fs::read_to_string(escape.join("MLmodel"))
+        .expect("MLmodel")
+        .replace("data: model.onnx", "data: ../../etc/passwd");
+    std::fs::write(escape.join("MLmodel"), meta).expect("write");
+    let out = fails(d, &["bundle", "--mlflow", "escape", "--name", "iris", "--version", "1", "--out", "e.drv"]);
+    assert!(out.contains("is not a file name inside the model directory"), "{out}");
+}

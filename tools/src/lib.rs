@@ -5,4 +5,5 @@ pub mod bundle_build;
 pub mod cli;
 pub mod cmd;
 pub mod keys;
+pub mod mlflow;
 pub mod trust_docs;

@@ -12,8 +12,12 @@ use crate::bundle_build::{BundleSpec, build};
 /// Arguments of `drover bundle`.
 #[derive(Debug, clap::Args)]
 pub struct BundleArgs {
-    /// The ONNX model.
-    pub model: PathBuf,
+    /// The ONNX model (or give --mlflow).
+    #[arg(required_unless_present = "mlflow", conflicts_with = "mlflow")]
+    pub model: Option<PathBuf>,
+    /// An MLflow model directory (MLmodel with the onnx flavor) instead of an ONNX file.
+    #[arg(long)]
+    pub mlflow: Option<PathBuf>,
     /// Model name (what delegations, slots and anti-rollback are keyed by).
     #[arg(long)]
     pub name: String,
@@ -58,8 +62,16 @@ pub fn parse_arch(s: &str) -> Result<Arch, String> {
 pub fn run(args: &BundleArgs, now: u64) -> anyhow::Result<()> {
     let min_agent = AgentVersion::parse(&args.min_agent)
         .with_context(|| format!("--min-agent '{}' is not MAJOR.MINOR.PATCH", args.min_agent))?;
+    let (model, mlflow) = match (&args.model, &args.mlflow) {
+        (Some(m), None) => (m.clone(), None),
+        (None, Some(dir)) => {
+            let imported = crate::mlflow::read(dir)?;
+            (imported.onnx.clone(), Some(imported))
+        }
+        _ => anyhow::bail!("give an ONNX model or --mlflow DIR"),
+    };
     let spec = BundleSpec {
-        model: args.model.clone(),
+        model: model.clone(),
         name: args.name.clone(),
         version: args.version,
         label: args.label.clone().unwrap_or_else(|| args.version.to_string()),
@@ -71,7 +83,10 @@ pub fn run(args: &BundleArgs, now: u64) -> anyhow::Result<()> {
         selftest_count: args.selftest_count,
         settings: RuntimeSettings { telemetry_period_s: args.telemetry_period, drift_psi_milli: None },
     };
-    let mut bundle = build(&spec).with_context(|| format!("bundle {}", args.model.display()))?;
+    let mut bundle = build(&spec).with_context(|| format!("bundle {}", model.display()))?;
+    if let Some(imported) = &mlflow {
+        imported.check(&bundle.header.manifest.inputs, &bundle.header.manifest.outputs)?;
+    }
     let signed = match args.signer.load()? {
         Some(signer) => {
             bundle.sign(&signer)?;
