@@ -464,3 +464,65 @@ fn signed_operator_commands_are_bound_to_their_target_and_never_replayed() {
     );
     assert!(out.contains("this is a release key; an operator key is needed"), "{out}");
 }
+
+/// A small tmpfs mounted for one test and unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` at `dir`; `None` (skip) when not root outside CI.
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let status =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status();
+        match status {
+            Ok(s) if s.success() => Some(SmallDisk(dir.to_path_buf())),
+            _ => {
+                assert!(!drover_tests::tools::in_ci(), "mounting a tmpfs needs root: CI runs as root");
+                eprintln!("SKIPPED: cannot mount a tmpfs (not root)");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn disk_full_while_staging_is_a_clear_error_and_the_active_model_stays() {
+    let dir = fleet();
+    let d = dir.path();
+    let Some(disk) = SmallDisk::mount(&d.join("small"), "160k") else { return };
+    let data = disk.0.join("dev").to_string_lossy().into_owned();
+    ok("drover-agent", d, &["trust", "--root", "root.json", "--data-dir", &data]);
+    ok("drover-agent", d, &["install", "v1.drv", "--data-dir", &data]);
+    let before = status(d, &data);
+    // A 340 KB model under the delegated name: more than the disk has left.
+    ok(
+        "drover",
+        d,
+        &[
+            "bundle",
+            &model("mlp.onnx"),
+            "--name",
+            "iris",
+            "--version",
+            "2",
+            "--key",
+            "keys/release.key",
+            "--delegation",
+            "del.json",
+            "--out",
+            "big.drv",
+        ],
+    );
+    let out = fails("drover-agent", d, &["install", "big.drv", "--data-dir", &data]);
+    assert!(out.contains("No space left on device"), "{out}");
+    assert_eq!(status(d, &data), before, "state unchanged");
+    assert!(!Path::new(&data).join("staging").exists(), "partial staging removed");
+    let out = ok("drover-agent", d, &["boot", "--data-dir", &data]);
+    assert!(out.contains("serving iris v1 from slot A"), "{out}");
+}
