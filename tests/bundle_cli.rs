@@ -439,3 +439,50 @@ fn mlflow_directories_that_lie_are_refused() {
     let out = fails(d, &["bundle", "--mlflow", "escape", "--name", "iris", "--version", "1", "--out", "e.drv"]);
     assert!(out.contains("is not a file name inside the model directory"), "{out}");
 }
+
+#[test]
+fn reference_statistics_travel_in_the_bundle() {
+    let dir = fleet();
+    let d = dir.path();
+    ok(
+        d,
+        &[
+            "bundle",
+            &model("iris_logreg.onnx"),
+            "--name",
+            "iris",
+            "--version",
+            "1",
+            "--reference",
+            &iris_selftest(),
+            "--reference-bins",
+            "4",
+            "--key",
+            "keys/release.key",
+            "--delegation",
+            "release.delegation.json",
+            "--out",
+            "r.drv",
+        ],
+    );
+    ok(d, &["verify", "r.drv", "--root", "root.json"]);
+    let r: serde_json::Value = serde_json::from_str(&ok(d, &["inspect", "r.drv", "--json"])).expect("JSON");
+    let reference = &r["reference"];
+    assert_eq!(reference["samples"], 16);
+    assert_eq!(reference["layout"], "elements");
+    assert_eq!(reference["features"].as_array().map(Vec::len), Some(4));
+    assert_eq!(
+        reference["features"][0]["counts"].as_array().map(|c| c.iter().filter_map(|x| x.as_u64()).sum::<u64>()),
+        Some(16)
+    );
+    assert_eq!(r["files"][1]["role"], "ReferenceStats");
+    // Images are profiled per channel.
+    let cnn = resolve("reference/cnn.input.npy").to_string_lossy().into_owned();
+    ok(d, &["bundle", &model("cnn.onnx"), "--name", "cnn", "--version", "1", "--reference", &cnn, "--out", "cnn.drv"]);
+    let r: serde_json::Value = serde_json::from_str(&ok(d, &["inspect", "cnn.drv", "--json"])).expect("JSON");
+    assert_eq!(r["reference"]["layout"], "channels");
+    assert_eq!(r["reference"]["features"][0]["count"], 16 * 28 * 28);
+    assert_eq!(r["reference"]["outputs"][0]["kind"], "argmax");
+    let human = ok(d, &["inspect", "cnn.drv"]);
+    assert!(human.contains("reference    16 samples of 'image', 1 feature(s) (Channels)"), "{human}");
+}

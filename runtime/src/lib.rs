@@ -5,6 +5,7 @@
 
 pub mod cmd;
 pub mod engine;
+pub mod reference;
 pub mod samples;
 pub mod store;
 pub mod tensor;

@@ -40,6 +40,10 @@ pub struct BundleSpec {
     pub selftest_from: Option<PathBuf>,
     /// How many samples to take from that file.
     pub selftest_count: usize,
+    /// Reference data (training or validation samples) to profile for drift detection.
+    pub reference_from: Option<PathBuf>,
+    /// Histogram bins per feature in the reference profile.
+    pub reference_bins: usize,
     /// Runtime settings for the agent.
     pub settings: RuntimeSettings,
 }
@@ -65,6 +69,9 @@ pub enum BuildError {
         /// Why.
         error: drover_runtime::LoadError,
     },
+    /// Reference data could not be read or profiled.
+    #[error("reference statistics: {0}")]
+    Reference(String),
     /// Self-test samples could not be read or run.
     #[error("self-test vectors: {0}")]
     SelfTest(String),
@@ -200,6 +207,16 @@ pub fn build(spec: &BundleSpec) -> Result<Bundle, BuildError> {
         let text = selftest_vectors(&mut model, samples_path, spec.selftest_count)?;
         entries.push(entry(FileRole::SelfTest, "selftest.jsonl", text.as_bytes())?).map_err(too_many)?;
         files.push(text.into_bytes());
+    }
+
+    if let Some(data_path) = &spec.reference_from {
+        let fail = |e: &dyn std::fmt::Display| BuildError::Reference(format!("{}: {e}", data_path.display()));
+        let mut data = SampleFile::open(data_path, model.signature()).map_err(|e| fail(&e))?;
+        let stats =
+            drover_runtime::reference::profile(&mut model, &mut data, spec.reference_bins).map_err(|e| fail(&e))?;
+        let text = serde_json::to_vec_pretty(&stats).map_err(|e| fail(&e))?;
+        entries.push(entry(FileRole::ReferenceStats, "reference.json", &text)?).map_err(too_many)?;
+        files.push(text);
     }
 
     let specs = |list: &[TensorSpec]| -> Result<HVec<TensorSpec, { drover_wire::manifest::MAX_IO }>, BuildError> {

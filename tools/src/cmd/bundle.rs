@@ -42,6 +42,13 @@ pub struct BundleArgs {
     /// How many samples to take for the self-test.
     #[arg(long, default_value_t = 8)]
     pub selftest_count: usize,
+    /// Reference data (.jsonl or .npy: training or validation samples) whose statistics, through
+    /// the engine, become the drift baseline shipped in the bundle.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Histogram bins per feature in the reference statistics.
+    #[arg(long, default_value_t = 10)]
+    pub reference_bins: usize,
     /// Telemetry period the agent should use, in seconds.
     #[arg(long)]
     pub telemetry_period: Option<u32>,
@@ -81,6 +88,8 @@ pub fn run(args: &BundleArgs, now: u64) -> anyhow::Result<()> {
         min_agent,
         selftest_from: args.selftest.clone(),
         selftest_count: args.selftest_count,
+        reference_from: args.reference.clone(),
+        reference_bins: args.reference_bins,
         settings: RuntimeSettings { telemetry_period_s: args.telemetry_period, drift_psi_milli: None },
     };
     let mut bundle = build(&spec).with_context(|| format!("bundle {}", model.display()))?;

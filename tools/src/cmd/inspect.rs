@@ -40,6 +40,7 @@ struct BundleReport {
     delegation_root_version: Option<u64>,
     root_chain: Vec<u64>,
     telemetry_period_s: Option<u32>,
+    reference: Option<drover_runtime::reference::ReferenceStats>,
 }
 
 #[derive(Serialize)]
@@ -94,6 +95,11 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<bool> {
         delegation_root_version: signed.then_some(h.delegation.root_version),
         root_chain: h.roots.iter().map(|r| r.doc.version).collect(),
         telemetry_period_s: m.settings.telemetry_period_s,
+        reference: bundle
+            .file(drover_wire::FileRole::ReferenceStats)
+            .map(serde_json::from_slice)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("reference.json: {e}"))?,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -124,6 +130,32 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<bool> {
     }
     if !report.root_chain.is_empty() {
         println!("root chain   v{}", report.root_chain.iter().map(u64::to_string).collect::<Vec<_>>().join(", v"));
+    }
+    if let Some(r) = &report.reference {
+        println!(
+            "reference    {} samples of '{}', {} feature(s) ({:?})",
+            r.samples,
+            r.input,
+            r.features.len(),
+            r.layout
+        );
+        for (i, f) in r.features.iter().enumerate().take(8) {
+            println!(
+                "  feature {i:<3} mean {:>10.4} std {:>10.4} range [{:.4}, {:.4}] {} bins",
+                f.mean,
+                f.std,
+                f.min,
+                f.max,
+                f.counts.len()
+            );
+        }
+        if r.features.len() > 8 {
+            println!("  … {} more", r.features.len() - 8);
+        }
+        for o in &r.outputs {
+            let classes: Vec<String> = o.classes.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+            println!("  output {} ({}) classes {{{}}}", o.name, o.kind, classes.join(", "));
+        }
     }
     if let Some(p) = report.telemetry_period_s {
         println!("settings     telemetry every {p} s");
