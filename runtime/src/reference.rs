@@ -225,7 +225,7 @@ mod tests {
         let s = feature_stats(v, 4);
         assert_eq!(s.count, 100);
         assert_eq!(s.mean, 49.5);
-        assert!((s.std - 28.866_070_047_722_118).abs() < 1e-12);
+        assert!((s.std - 28.866_070_047_722_12).abs() < 1e-12);
         assert_eq!((s.min, s.max), (0.0, 99.0));
         assert_eq!(s.edges, vec![0.0, 25.0, 50.0, 75.0, 99.0]);
         assert_eq!(s.counts, vec![25, 25, 25, 25]);
