@@ -457,6 +457,10 @@ fn reference_statistics_travel_in_the_bundle() {
             &iris_selftest(),
             "--reference-bins",
             "4",
+            "--drift-psi",
+            "0.25",
+            "--telemetry-period",
+            "30",
             "--key",
             "keys/release.key",
             "--delegation",
@@ -476,6 +480,7 @@ fn reference_statistics_travel_in_the_bundle() {
         Some(16)
     );
     assert_eq!(r["files"][1]["role"], "ReferenceStats");
+    assert_eq!((r["drift_psi"].as_f64(), r["telemetry_period_s"].as_u64()), (Some(0.25), Some(30)));
     // Images are profiled per channel.
     let cnn = resolve("reference/cnn.input.npy").to_string_lossy().into_owned();
     ok(d, &["bundle", &model("cnn.onnx"), "--name", "cnn", "--version", "1", "--reference", &cnn, "--out", "cnn.drv"]);

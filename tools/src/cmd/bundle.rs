@@ -52,6 +52,9 @@ pub struct BundleArgs {
     /// Telemetry period the agent should use, in seconds.
     #[arg(long)]
     pub telemetry_period: Option<u32>,
+    /// Data-drift alert threshold (population stability index, e.g. 0.2).
+    #[arg(long)]
+    pub drift_psi: Option<f64>,
     /// Sign with a release key (else write an unsigned bundle for `drover sign`).
     #[command(flatten)]
     pub signer: SignerArgs,
@@ -90,7 +93,14 @@ pub fn run(args: &BundleArgs, now: u64) -> anyhow::Result<()> {
         selftest_count: args.selftest_count,
         reference_from: args.reference.clone(),
         reference_bins: args.reference_bins,
-        settings: RuntimeSettings { telemetry_period_s: args.telemetry_period, drift_psi_milli: None },
+        settings: RuntimeSettings {
+            telemetry_period_s: args.telemetry_period,
+            drift_psi_milli: match args.drift_psi {
+                Some(psi) if psi.is_finite() && psi > 0.0 && psi < 100.0 => Some((psi * 1000.0).round() as u32),
+                Some(psi) => anyhow::bail!("--drift-psi {psi}: give a positive number such as 0.2"),
+                None => None,
+            },
+        },
     };
     let mut bundle = build(&spec).with_context(|| format!("bundle {}", model.display()))?;
     if let Some(imported) = &mlflow {

@@ -40,6 +40,7 @@ struct BundleReport {
     delegation_root_version: Option<u64>,
     root_chain: Vec<u64>,
     telemetry_period_s: Option<u32>,
+    drift_psi: Option<f64>,
     reference: Option<drover_runtime::reference::ReferenceStats>,
 }
 
@@ -95,6 +96,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<bool> {
         delegation_root_version: signed.then_some(h.delegation.root_version),
         root_chain: h.roots.iter().map(|r| r.doc.version).collect(),
         telemetry_period_s: m.settings.telemetry_period_s,
+        drift_psi: m.settings.drift_psi_milli.map(|m| f64::from(m) / 1000.0),
         reference: bundle
             .file(drover_wire::FileRole::ReferenceStats)
             .map(serde_json::from_slice)
@@ -159,6 +161,9 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<bool> {
     }
     if let Some(p) = report.telemetry_period_s {
         println!("settings     telemetry every {p} s");
+    }
+    if let Some(psi) = report.drift_psi {
+        println!("settings     drift alert at PSI {psi}");
     }
     Ok(true)
 }
