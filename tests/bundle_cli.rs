@@ -3,66 +3,20 @@
 //! refusals a device would give.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use drover_tests::cli::{self, model};
 use drover_tests::manifest::{models_dir, resolve};
-use drover_tests::tools::workspace_bin;
-
-fn drover(dir: &Path, args: &[&str]) -> Output {
-    Command::new(workspace_bin("drover"))
-        .current_dir(dir)
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("spawn drover")
-}
 
 fn ok(dir: &Path, args: &[&str]) -> String {
-    let o = drover(dir, args);
-    assert!(
-        o.status.success(),
-        "drover {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    cli::ok("drover", dir, args)
 }
 
 fn fails(dir: &Path, args: &[&str]) -> String {
-    let o = drover(dir, args);
-    assert!(!o.status.success(), "drover {args:?} should fail");
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    cli::fails("drover", dir, args)
 }
 
-/// A fleet's trust set-up in a temporary directory: root and release keys, root v1, a
-/// delegation of `iris` to the release key.
 fn fleet() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    ok(d, &["keygen", "--role", "root", "--out", "keys"]);
-    ok(d, &["keygen", "--role", "release", "--out", "keys"]);
-    ok(d, &["root", "init", "--key", "keys/root.key", "--out", "root.json"]);
-    ok(
-        d,
-        &[
-            "delegate",
-            "--root",
-            "root.json",
-            "--root-key",
-            "keys/root.key",
-            "--release",
-            "keys/release.pub",
-            "--models",
-            "iris",
-            "--out",
-            "release.delegation.json",
-        ],
-    );
-    dir
-}
-
-fn model(name: &str) -> String {
-    models_dir().join(name).to_string_lossy().into_owned()
+    cli::trust_setup()
 }
 
 fn iris_selftest() -> String {

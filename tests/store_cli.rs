@@ -4,61 +4,18 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use drover_runtime::store::failpoint::INSTALL_POINTS;
-use drover_tests::manifest::{models_dir, resolve};
+use drover_tests::cli;
+use drover_tests::cli::{fails, model, ok, run};
+use drover_tests::manifest::resolve;
 use drover_tests::tools::workspace_bin;
-
-fn run(bin: &str, dir: &Path, args: &[&str]) -> Output {
-    Command::new(workspace_bin(bin)).current_dir(dir).args(args).env("RUST_BACKTRACE", "0").output().expect("spawn")
-}
-
-fn ok(bin: &str, dir: &Path, args: &[&str]) -> String {
-    let o = run(bin, dir, args);
-    assert!(
-        o.status.success(),
-        "{bin} {args:?}:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn fails(bin: &str, dir: &Path, args: &[&str]) -> String {
-    let o = run(bin, dir, args);
-    assert!(!o.status.success(), "{bin} {args:?} should fail");
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn model(name: &str) -> String {
-    models_dir().join(name).to_string_lossy().into_owned()
-}
 
 /// Keys, root, delegation, and signed iris bundles v1..v3 (with self-tests) in a temp dir.
 fn fleet() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = cli::trust_setup();
     let d = dir.path();
-    ok("drover", d, &["keygen", "--role", "root", "--out", "keys"]);
-    ok("drover", d, &["keygen", "--role", "release", "--out", "keys"]);
-    ok("drover", d, &["root", "init", "--key", "keys/root.key", "--out", "root.json"]);
-    ok(
-        "drover",
-        d,
-        &[
-            "delegate",
-            "--root",
-            "root.json",
-            "--root-key",
-            "keys/root.key",
-            "--release",
-            "keys/release.pub",
-            "--models",
-            "iris",
-            "--out",
-            "del.json",
-        ],
-    );
     let selftest = resolve("reference/iris_logreg.input.jsonl").to_string_lossy().into_owned();
     for v in ["1", "2", "3"] {
         ok(
@@ -76,7 +33,7 @@ fn fleet() -> tempfile::TempDir {
                 "--key",
                 "keys/release.key",
                 "--delegation",
-                "del.json",
+                "release.delegation.json",
                 "--out",
                 &format!("v{v}.drv"),
             ],
@@ -167,7 +124,7 @@ fn tamper_matrix_refusals_leave_the_device_unchanged() {
         ok("drover", d, &all);
         out.to_string()
     };
-    let signed = ["--key", "keys/release.key", "--delegation", "del.json"];
+    let signed = ["--key", "keys/release.key", "--delegation", "release.delegation.json"];
 
     ok("drover", d, &["keygen", "--role", "release", "--out", "keys", "--name", "rogue"]);
     ok("drover", d, &["keygen", "--role", "root", "--out", "keys", "--name", "rogue-root"]);
@@ -246,7 +203,7 @@ fn tamper_matrix_refusals_leave_the_device_unchanged() {
                     "--key",
                     "keys/release.key",
                     "--delegation",
-                    "del.json",
+                    "release.delegation.json",
                 ],
                 "revoked.drv",
             ),
@@ -514,7 +471,7 @@ fn disk_full_while_staging_is_a_clear_error_and_the_active_model_stays() {
             "--key",
             "keys/release.key",
             "--delegation",
-            "del.json",
+            "release.delegation.json",
             "--out",
             "big.drv",
         ],

@@ -2,6 +2,7 @@
 //! `models/make_models.py`, comparison against onnxruntime's outputs, and locating the real
 //! binaries and tools the tests drive.
 
+pub mod cli;
 pub mod manifest;
 pub mod parity;
 pub mod tools;

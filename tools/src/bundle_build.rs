@@ -10,9 +10,7 @@ use drover_runtime::bundle::{ContainerError, Limits, read_header, read_payload, 
 use drover_runtime::samples::SampleFile;
 use drover_runtime::trust::{SecretKey, sign_document};
 use drover_wire::manifest::{AgentVersion, FileEntry, FileRole, MANIFEST_FORMAT, Manifest, RuntimeSettings};
-use drover_wire::trust::{
-    BundleHeader, CONTEXT_MANIFEST, Delegation, PublicKey, Signature, SignedDelegation, SignedRoot,
-};
+use drover_wire::trust::{BundleHeader, CONTEXT_MANIFEST, SignedDelegation, SignedRoot};
 use drover_wire::{Arch, TensorSpec};
 use heapless::{String as HString, Vec as HVec};
 use sha2::{Digest, Sha256};
@@ -108,7 +106,7 @@ pub struct Bundle {
 impl Bundle {
     /// Whether a release key has signed it.
     pub fn is_signed(&self) -> bool {
-        self.header.delegation.delegation.key != PublicKey([0; 32])
+        self.header.is_signed()
     }
 
     /// The content of the file with `role`.
@@ -248,20 +246,7 @@ pub fn build(spec: &BundleSpec) -> Result<Bundle, BuildError> {
         settings: spec.settings,
     };
     manifest.validate().map_err(|e| BuildError::Invalid(format!("manifest: {e}")))?;
-    let unsigned = Signature { r: [0; 32], s: [0; 32] };
-    let delegation = Delegation {
-        key: PublicKey([0; 32]),
-        role: drover_wire::trust::DelegatedRole::Release,
-        names: HVec::new(),
-        issued_at: 0,
-        expires_at: 0,
-    };
-    let header = BundleHeader {
-        manifest,
-        manifest_sig: unsigned,
-        delegation: SignedDelegation { delegation, root_version: 0, sig: unsigned },
-        roots: HVec::new(),
-    };
+    let header = BundleHeader::unsigned(manifest);
     Ok(Bundle { header, files })
 }
 

@@ -148,6 +148,32 @@ pub struct BundleHeader {
     pub roots: Vec<SignedRoot, MAX_ROOT_CHAIN>,
 }
 
+impl BundleHeader {
+    /// A header with no signature yet (all-zero key and signatures), as `drover bundle` writes
+    /// before `drover sign`. Devices refuse it: the zero delegation is not signed by any root.
+    pub fn unsigned(manifest: Manifest) -> BundleHeader {
+        let zero = Signature { r: [0; 32], s: [0; 32] };
+        let delegation = Delegation {
+            key: PublicKey([0; 32]),
+            role: DelegatedRole::Release,
+            names: Vec::new(),
+            issued_at: 0,
+            expires_at: 0,
+        };
+        BundleHeader {
+            manifest,
+            manifest_sig: zero,
+            delegation: SignedDelegation { delegation, root_version: 0, sig: zero },
+            roots: Vec::new(),
+        }
+    }
+
+    /// Whether a release key has signed it (see [`BundleHeader::unsigned`]).
+    pub fn is_signed(&self) -> bool {
+        self.delegation.delegation.key != PublicKey([0; 32])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -192,7 +192,6 @@ mod tests {
     use super::*;
     use drover_wire::Arch;
     use drover_wire::manifest::{AgentVersion, FileRole, MANIFEST_FORMAT, RuntimeSettings};
-    use drover_wire::trust::{Delegation, PublicKey, Signature, SignedDelegation};
     use heapless::{String as HString, Vec as HVec};
     use proptest::prelude::*;
     use std::cell::RefCell;
@@ -225,20 +224,7 @@ mod tests {
             files: entries,
             settings: RuntimeSettings::default(),
         };
-        let sig = Signature { r: [0; 32], s: [0; 32] };
-        let delegation = Delegation {
-            key: PublicKey([0; 32]),
-            role: drover_wire::trust::DelegatedRole::Release,
-            names: HVec::new(),
-            issued_at: 0,
-            expires_at: 0,
-        };
-        BundleHeader {
-            manifest,
-            manifest_sig: sig,
-            delegation: SignedDelegation { delegation, root_version: 1, sig },
-            roots: HVec::new(),
-        }
+        BundleHeader::unsigned(manifest)
     }
 
     const MODEL: &[u8] = b"pretend this is an onnx model";

@@ -1,0 +1,51 @@
+//! Running the real binaries from tests, and the trust set-up most end-to-end tests start from.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::manifest::models_dir;
+use crate::tools::workspace_bin;
+
+/// Runs a workspace binary (`drover`, `drover-agent`) in `dir`.
+pub fn run(bin: &str, dir: &Path, args: &[&str]) -> Output {
+    Command::new(workspace_bin(bin)).current_dir(dir).args(args).env("RUST_BACKTRACE", "0").output().expect("spawn")
+}
+
+/// Runs and asserts success; returns stdout.
+pub fn ok(bin: &str, dir: &Path, args: &[&str]) -> String {
+    let o = run(bin, dir, args);
+    assert!(
+        o.status.success(),
+        "{bin} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs and asserts failure; returns stdout and stderr together.
+pub fn fails(bin: &str, dir: &Path, args: &[&str]) -> String {
+    let o = run(bin, dir, args);
+    assert!(!o.status.success(), "{bin} {args:?} should fail");
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Absolute path of a reference model, as a string argument.
+pub fn model(name: &str) -> String {
+    models_dir().join(name).to_string_lossy().into_owned()
+}
+
+/// A fleet's trust set-up in a fresh temporary directory: `keys/root.*` and `keys/release.*`,
+/// `root.json` (v1), and `release.delegation.json` letting the release key sign `iris`.
+pub fn trust_setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    ok("drover", d, &["keygen", "--role", "root", "--out", "keys"]);
+    ok("drover", d, &["keygen", "--role", "release", "--out", "keys"]);
+    ok("drover", d, &["root", "init", "--key", "keys/root.key", "--out", "root.json"]);
+    let delegate = "delegate --root root.json --root-key keys/root.key --release keys/release.pub --models iris";
+    let mut args: Vec<&str> = delegate.split(' ').collect();
+    args.extend_from_slice(&["--out", "release.delegation.json"]);
+    ok("drover", d, &args);
+    dir
+}
