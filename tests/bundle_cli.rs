@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use drover_tests::cli::{self, model};
+use drover_tests::cli::{self, model, signed_bundle};
 use drover_tests::manifest::{models_dir, resolve};
 
 fn ok(dir: &Path, args: &[&str]) -> String {
@@ -24,25 +24,7 @@ fn iris_selftest() -> String {
 }
 
 fn signed_iris(d: &Path, version: &str, out: &str) {
-    ok(
-        d,
-        &[
-            "bundle",
-            &model("iris_logreg.onnx"),
-            "--name",
-            "iris",
-            "--version",
-            version,
-            "--selftest",
-            &iris_selftest(),
-            "--key",
-            "keys/release.key",
-            "--delegation",
-            "release.delegation.json",
-            "--out",
-            out,
-        ],
-    );
+    signed_bundle(d, &model("iris_logreg.onnx"), "iris", version, &["--selftest", &iris_selftest()], out);
 }
 
 #[test]
@@ -88,47 +70,11 @@ fn device_refusals_are_reported_by_verify() {
     let out = fails(d, &["verify", "iris.drv", "--root", "root.json", "--installed", "3"]);
     assert!(out.contains("version 3 of 'iris' is not newer than 3"), "{out}");
     // A board the bundle does not target.
-    ok(
-        d,
-        &[
-            "bundle",
-            &model("iris_logreg.onnx"),
-            "--name",
-            "iris",
-            "--version",
-            "4",
-            "--targets",
-            "armv7",
-            "--key",
-            "keys/release.key",
-            "--delegation",
-            "release.delegation.json",
-            "--out",
-            "armv7.drv",
-        ],
-    );
+    signed_bundle(d, &model("iris_logreg.onnx"), "iris", "4", &["--targets", "armv7"], "armv7.drv");
     let out = fails(d, &["verify", "armv7.drv", "--root", "root.json", "--arch", "aarch64"]);
     assert!(out.contains("targets armv7 but this device is aarch64"), "{out}");
     // A newer agent needed.
-    ok(
-        d,
-        &[
-            "bundle",
-            &model("iris_logreg.onnx"),
-            "--name",
-            "iris",
-            "--version",
-            "5",
-            "--min-agent",
-            "9.0.0",
-            "--key",
-            "keys/release.key",
-            "--delegation",
-            "release.delegation.json",
-            "--out",
-            "new-agent.drv",
-        ],
-    );
+    signed_bundle(d, &model("iris_logreg.onnx"), "iris", "5", &["--min-agent", "9.0.0"], "new-agent.drv");
     let out = fails(d, &["verify", "new-agent.drv", "--root", "root.json"]);
     assert!(out.contains("needs agent 9.0.0"), "{out}");
 }
@@ -167,23 +113,7 @@ fn a_key_outside_its_delegation_or_revoked_is_refused() {
     let dir = fleet();
     let d = dir.path();
     // The release key is delegated for "iris" only.
-    ok(
-        d,
-        &[
-            "bundle",
-            &model("mlp.onnx"),
-            "--name",
-            "mlp",
-            "--version",
-            "1",
-            "--key",
-            "keys/release.key",
-            "--delegation",
-            "release.delegation.json",
-            "--out",
-            "mlp.drv",
-        ],
-    );
+    signed_bundle(d, &model("mlp.onnx"), "mlp", "1", &[], "mlp.drv");
     let out = fails(d, &["verify", "mlp.drv", "--root", "root.json"]);
     assert!(out.contains("is not delegated to sign model 'mlp'"), "{out}");
 
@@ -204,25 +134,7 @@ fn a_key_outside_its_delegation_or_revoked_is_refused() {
             "root-v2.json",
         ],
     );
-    ok(
-        d,
-        &[
-            "bundle",
-            &model("iris_logreg.onnx"),
-            "--name",
-            "iris",
-            "--version",
-            "2",
-            "--with-root",
-            "root-v2.json",
-            "--key",
-            "keys/release.key",
-            "--delegation",
-            "release.delegation.json",
-            "--out",
-            "revoked.drv",
-        ],
-    );
+    signed_bundle(d, &model("iris_logreg.onnx"), "iris", "2", &["--with-root", "root-v2.json"], "revoked.drv");
     let out = fails(d, &["verify", "revoked.drv", "--root", "root.json"]);
     assert!(out.contains("is revoked"), "{out}");
 }
@@ -333,26 +245,9 @@ fn mlflow_onnx_model_directory_becomes_a_verified_bundle() {
     let dir = fleet();
     let d = dir.path();
     let mlflow = mlflow_dir("iris_logreg").to_string_lossy().into_owned();
-    ok(
-        d,
-        &[
-            "bundle",
-            "--mlflow",
-            &mlflow,
-            "--name",
-            "iris",
-            "--version",
-            "1",
-            "--selftest",
-            &iris_selftest(),
-            "--key",
-            "keys/release.key",
-            "--delegation",
-            "release.delegation.json",
-            "--out",
-            "mlflow.drv",
-        ],
-    );
+    let args = ["bundle", "--mlflow", &mlflow, "--name", "iris", "--version", "1", "--selftest", &iris_selftest()];
+    let signer = ["--key", "keys/release.key", "--delegation", "release.delegation.json", "--out", "mlflow.drv"];
+    ok(d, &[&args[..], &signer[..]].concat());
     let out = ok(d, &["verify", "mlflow.drv", "--root", "root.json"]);
     assert!(out.contains("self-test: 8 case(s) match"), "{out}");
 }
@@ -398,30 +293,13 @@ fn mlflow_directories_that_lie_are_refused() {
 fn reference_statistics_travel_in_the_bundle() {
     let dir = fleet();
     let d = dir.path();
-    ok(
+    signed_bundle(
         d,
-        &[
-            "bundle",
-            &model("iris_logreg.onnx"),
-            "--name",
-            "iris",
-            "--version",
-            "1",
-            "--reference",
-            &iris_selftest(),
-            "--reference-bins",
-            "4",
-            "--drift-psi",
-            "0.25",
-            "--telemetry-period",
-            "30",
-            "--key",
-            "keys/release.key",
-            "--delegation",
-            "release.delegation.json",
-            "--out",
-            "r.drv",
-        ],
+        &model("iris_logreg.onnx"),
+        "iris",
+        "1",
+        &["--reference", &iris_selftest(), "--reference-bins", "4", "--drift-psi", "0.25", "--telemetry-period", "30"],
+        "r.drv",
     );
     ok(d, &["verify", "r.drv", "--root", "root.json"]);
     let r: serde_json::Value = serde_json::from_str(&ok(d, &["inspect", "r.drv", "--json"])).expect("JSON");

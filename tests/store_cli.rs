@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use drover_runtime::store::failpoint::INSTALL_POINTS;
 use drover_tests::cli;
-use drover_tests::cli::{fails, model, ok, run};
+use drover_tests::cli::{fails, model, ok, run, signed_bundle};
 use drover_tests::manifest::resolve;
 use drover_tests::tools::workspace_bin;
 
@@ -18,26 +18,7 @@ fn fleet() -> tempfile::TempDir {
     let d = dir.path();
     let selftest = resolve("reference/iris_logreg.input.jsonl").to_string_lossy().into_owned();
     for v in ["1", "2", "3"] {
-        ok(
-            "drover",
-            d,
-            &[
-                "bundle",
-                &model("iris_logreg.onnx"),
-                "--name",
-                "iris",
-                "--version",
-                v,
-                "--selftest",
-                &selftest,
-                "--key",
-                "keys/release.key",
-                "--delegation",
-                "release.delegation.json",
-                "--out",
-                &format!("v{v}.drv"),
-            ],
-        );
+        signed_bundle(d, &model("iris_logreg.onnx"), "iris", v, &["--selftest", &selftest], &format!("v{v}.drv"));
     }
     dir
 }
@@ -458,24 +439,7 @@ fn disk_full_while_staging_is_a_clear_error_and_the_active_model_stays() {
     ok("drover-agent", d, &["install", "v1.drv", "--data-dir", &data]);
     let before = status(d, &data);
     // A 340 KB model under the delegated name: more than the disk has left.
-    ok(
-        "drover",
-        d,
-        &[
-            "bundle",
-            &model("mlp.onnx"),
-            "--name",
-            "iris",
-            "--version",
-            "2",
-            "--key",
-            "keys/release.key",
-            "--delegation",
-            "release.delegation.json",
-            "--out",
-            "big.drv",
-        ],
-    );
+    signed_bundle(d, &model("mlp.onnx"), "iris", "2", &[], "big.drv");
     let out = fails("drover-agent", d, &["install", "big.drv", "--data-dir", &data]);
     assert!(out.contains("No space left on device"), "{out}");
     assert_eq!(status(d, &data), before, "state unchanged");

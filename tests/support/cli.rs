@@ -49,3 +49,12 @@ pub fn trust_setup() -> tempfile::TempDir {
     ok("drover", d, &args);
     dir
 }
+
+/// Runs `drover bundle MODEL --name NAME --version VERSION EXTRA… --out OUT` in `dir`, signed
+/// with the release key and delegation of [`trust_setup`]; returns stdout.
+pub fn signed_bundle(dir: &Path, model: &str, name: &str, version: &str, extra: &[&str], out: &str) -> String {
+    let mut args = vec!["bundle", model, "--name", name, "--version", version];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--key", "keys/release.key", "--delegation", "release.delegation.json", "--out", out]);
+    ok("drover", dir, &args)
+}
