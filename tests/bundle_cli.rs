@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use drover_tests::cli::{self, model, signed_bundle};
+use drover_tests::cli::{self, model, revoke_release, signed_bundle};
 use drover_tests::manifest::{models_dir, resolve};
 
 fn ok(dir: &Path, args: &[&str]) -> String {
@@ -119,21 +119,7 @@ fn a_key_outside_its_delegation_or_revoked_is_refused() {
 
     // The root revokes the release key; a bundle carrying the new root is refused by a device
     // that still has root v1.
-    ok(
-        d,
-        &[
-            "root",
-            "revoke",
-            "--current",
-            "root.json",
-            "--key",
-            "keys/root.key",
-            "--release",
-            "keys/release.pub",
-            "--out",
-            "root-v2.json",
-        ],
-    );
+    revoke_release(d, "root-v2.json");
     signed_bundle(d, &model("iris_logreg.onnx"), "iris", "2", &["--with-root", "root-v2.json"], "revoked.drv");
     let out = fails(d, &["verify", "revoked.drv", "--root", "root.json"]);
     assert!(out.contains("is revoked"), "{out}");

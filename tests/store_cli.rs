@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use drover_runtime::store::failpoint::INSTALL_POINTS;
 use drover_tests::cli;
-use drover_tests::cli::{fails, model, ok, run, signed_bundle};
+use drover_tests::cli::{delegate, fails, model, ok, revoke_release, run, signed_bundle};
 use drover_tests::manifest::resolve;
 use drover_tests::tools::workspace_bin;
 
@@ -127,39 +127,8 @@ fn tamper_matrix_refusals_leave_the_device_unchanged() {
             "rogue-del.json",
         ],
     );
-    ok(
-        "drover",
-        d,
-        &[
-            "delegate",
-            "--root",
-            "root.json",
-            "--root-key",
-            "keys/root.key",
-            "--release",
-            "keys/release.pub",
-            "--models",
-            "other",
-            "--out",
-            "other-del.json",
-        ],
-    );
-    ok(
-        "drover",
-        d,
-        &[
-            "root",
-            "revoke",
-            "--current",
-            "root.json",
-            "--key",
-            "keys/root.key",
-            "--release",
-            "keys/release.pub",
-            "--out",
-            "root-v2.json",
-        ],
-    );
+    delegate(d, "--release", "keys/release.pub", "other", "other-del.json");
+    revoke_release(d, "root-v2.json");
 
     let v3 = std::fs::read(d.join("v3.drv")).expect("v3");
     // Another signed bundle's payload (a different model) to splice under v3's header.
@@ -332,23 +301,7 @@ fn signed_operator_commands_are_bound_to_their_target_and_never_replayed() {
     let dir = fleet();
     let d = dir.path();
     ok("drover", d, &["keygen", "--role", "operator", "--out", "keys"]);
-    ok(
-        "drover",
-        d,
-        &[
-            "delegate",
-            "--root",
-            "root.json",
-            "--root-key",
-            "keys/root.key",
-            "--operator",
-            "keys/operator.pub",
-            "--targets",
-            "pi-*,lab",
-            "--out",
-            "op.json",
-        ],
-    );
+    delegate(d, "--operator", "keys/operator.pub", "pi-*,lab", "op.json");
     let data = device(d, "dev", &["1", "2"]);
     let signer = ["--key", "keys/operator.key", "--delegation", "op.json"];
     let sign = |args: &[&str]| ok("drover", d, &[&["command"][..], args, &signer[..]].concat());

@@ -43,10 +43,7 @@ pub fn trust_setup() -> tempfile::TempDir {
     ok("drover", d, &["keygen", "--role", "root", "--out", "keys"]);
     ok("drover", d, &["keygen", "--role", "release", "--out", "keys"]);
     ok("drover", d, &["root", "init", "--key", "keys/root.key", "--out", "root.json"]);
-    let delegate = "delegate --root root.json --root-key keys/root.key --release keys/release.pub --models iris";
-    let mut args: Vec<&str> = delegate.split(' ').collect();
-    args.extend_from_slice(&["--out", "release.delegation.json"]);
-    ok("drover", d, &args);
+    delegate(d, "--release", "keys/release.pub", "iris", "release.delegation.json");
     dir
 }
 
@@ -57,4 +54,17 @@ pub fn signed_bundle(dir: &Path, model: &str, name: &str, version: &str, extra: 
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--key", "keys/release.key", "--delegation", "release.delegation.json", "--out", out]);
     ok("drover", dir, &args)
+}
+
+/// `drover delegate` from the root of [`trust_setup`]: lets the key in `public` (`--release` or
+/// `--operator` per `flag`) sign for `names`, writing the delegation to `out`.
+pub fn delegate(dir: &Path, flag: &str, public: &str, names: &str, out: &str) -> String {
+    let base = ["delegate", "--root", "root.json", "--root-key", "keys/root.key"];
+    ok("drover", dir, &[&base[..], &[flag, public, "--models", names, "--out", out]].concat())
+}
+
+/// `drover root revoke` of the release key of [`trust_setup`], writing root v2 to `out`.
+pub fn revoke_release(dir: &Path, out: &str) -> String {
+    let base = ["root", "revoke", "--current", "root.json", "--key", "keys/root.key"];
+    ok("drover", dir, &[&base[..], &["--release", "keys/release.pub", "--out", out]].concat())
 }
