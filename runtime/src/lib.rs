@@ -3,12 +3,15 @@
 //! Everything the `drover-agent` binary does is here, callable from tests, the fleet simulator
 //! and the demo, with no global state: each caller owns its models, files and clocks.
 
+pub mod agent;
 pub mod cmd;
 pub mod engine;
+pub mod link;
 pub mod reference;
 pub mod samples;
 pub mod store;
 pub mod tensor;
+pub mod transfer;
 
 pub use engine::{LoadError, Model, RunError, Signature};
 pub use tensor::{Tensor, TensorData};

@@ -38,6 +38,45 @@ enum Verb {
     Status(slots::StatusArgs),
     /// Verify and apply a signed operator command (rollback, install).
     Command(slots::CommandArgs),
+    /// Run as a service: keep the model store, report presence, take bundles and commands
+    /// over MQTT (stops on SIGTERM or Ctrl-C).
+    Run(RunArgs),
+}
+
+/// Arguments of `drover-agent run`.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The agent's configuration (TOML).
+    #[arg(long, default_value = "/etc/drover/agent.toml")]
+    config: std::path::PathBuf,
+}
+
+fn run_agent(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let cfg = drover_runtime::agent::AgentConfig::load(&args.config)
+        .with_context(|| format!("configuration {}", args.config.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the runtime")?;
+    rt.block_on(async {
+        let clock = std::sync::Arc::new(drover_runtime::agent::SystemClock::default());
+        drover_runtime::agent::run(cfg, clock, stop_signal()).await
+    })
+    .with_context(|| format!("agent with {}", args.config.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM (systemd's stop) or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -95,5 +134,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Verb::Rollback(args) => slots::rollback(&args, failpoint).map(|_| ExitCode::SUCCESS),
         Verb::Status(args) => slots::status(&args).map(|_| ExitCode::SUCCESS),
         Verb::Command(args) => slots::command(&args, now, failpoint).map(|_| ExitCode::SUCCESS),
+        Verb::Run(args) => run_agent(&args),
     }
 }

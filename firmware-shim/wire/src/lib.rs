@@ -1,10 +1,10 @@
 //! Wire types shared by every Drover component.
 //!
 //! The agent, the operator CLI, the fleet server and the firmware shim exchange the same values
-//! (tensor schemas, bundle manifests, signed trust documents; frames and telemetry as they
-//! arrive). Defining them once, in a `no_std` crate with bounded (heapless) storage, means a
-//! microcontroller and a Raspberry Pi encode and decode exactly the same bytes, and that no
-//! component can drift from another.
+//! (tensor schemas, bundle manifests, signed trust documents, the MQTT topic tree and its
+//! messages; frames and telemetry as they arrive). Defining them once, in a `no_std` crate with
+//! bounded (heapless) storage, means a microcontroller and a Raspberry Pi encode and decode
+//! exactly the same bytes, and that no component can drift from another.
 //!
 //! Encoding is postcard (compact, canonical, allocation-free); every type also derives serde so
 //! the tools can print it as JSON.
@@ -18,7 +18,9 @@ mod arch;
 pub mod command;
 mod dtype;
 pub mod manifest;
+pub mod message;
 mod tensor_spec;
+pub mod topic;
 pub mod trust;
 
 pub use arch::Arch;

@@ -1,0 +1,327 @@
+//! The messages of Drover's MQTT protocol: presence, bundle announcements, chunks and chunk
+//! requests, and the progress a device reports.
+//!
+//! They are bounded (heapless) so a microcontroller-class gateway can decode them, and they are
+//! the only definition: the agent, the `drover` CLI and the fleet server all encode these types.
+
+use core::fmt;
+
+use heapless::{String, Vec};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::Arch;
+use crate::manifest::{AgentVersion, MAX_NAME};
+
+/// Most groups a device belongs to.
+pub const MAX_GROUPS: usize = 8;
+/// Most ranges of missing chunks in one request; a device with more gaps asks again later.
+pub const MAX_WANT_RANGES: usize = 32;
+/// Longest failure reason a device reports.
+pub const MAX_REASON: usize = 240;
+
+/// A SHA-256 digest. It is raw bytes in postcard and a hex string in JSON, so a human reading
+/// `mosquitto_sub` output can compare it with `sha256sum`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The first 8 bytes in hex: the transfer's short id in topics and logs.
+    pub fn short(&self) -> String<16> {
+        let mut s = String::new();
+        for b in &self.0[..8] {
+            let _ = fmt::Write::write_fmt(&mut s, format_args!("{b:02x}"));
+        }
+        s
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            let mut hex = String::<64>::new();
+            let _ = fmt::Write::write_fmt(&mut hex, format_args!("{self}"));
+            s.serialize_str(&hex)
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+        if !d.is_human_readable() {
+            return <[u8; 32]>::deserialize(d).map(Digest);
+        }
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = Digest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("64 hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Digest, E> {
+                let b = v.as_bytes();
+                if b.len() != 64 {
+                    return Err(E::custom("a SHA-256 digest is 64 hex digits"));
+                }
+                let mut out = [0u8; 32];
+                for (i, pair) in b.chunks(2).enumerate() {
+                    let hi = (pair[0] as char).to_digit(16);
+                    let lo = (pair[1] as char).to_digit(16);
+                    match (hi, lo) {
+                        (Some(h), Some(l)) => out[i] = (h * 16 + l) as u8,
+                        _ => return Err(E::custom("a SHA-256 digest is 64 hex digits")),
+                    }
+                }
+                Ok(Digest(out))
+            }
+        }
+        d.deserialize_str(Hex)
+    }
+}
+
+/// A model slot on a device, as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    /// Slot A.
+    A,
+    /// Slot B.
+    B,
+}
+
+/// A model and its version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ModelRef {
+    /// Model name.
+    pub name: String<MAX_NAME>,
+    /// Version.
+    pub version: u64,
+}
+
+/// Presence: a device publishes it retained when it connects and when its model changes, and the
+/// broker publishes the "offline" copy (its Last Will) when the device vanishes, so the fleet
+/// always knows who is online and what it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Whether the device is connected.
+    pub online: bool,
+    /// The agent's version.
+    pub agent: AgentVersion,
+    /// The device's architecture (bundles are built per architecture).
+    pub arch: Arch,
+    /// The groups the device belongs to (group pushes and commands reach it).
+    pub groups: Vec<String<MAX_NAME>, MAX_GROUPS>,
+    /// The model it serves, if any.
+    pub model: Option<ModelRef>,
+    /// The slot it serves from.
+    pub slot: Option<Slot>,
+    /// Seconds since the agent started.
+    pub uptime_s: u64,
+    /// Unix seconds when this status was made.
+    pub at: u64,
+}
+
+/// The announcement of a bundle to a device, a group or the fleet (retained): enough for a
+/// device to decide whether it wants it and to fetch it in chunks. It is not itself trusted:
+/// the bundle's own signatures are checked before anything is installed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Announce {
+    /// SHA-256 of the whole bundle file; it names the transfer.
+    pub transfer: Digest,
+    /// Model name (from the manifest).
+    pub name: String<MAX_NAME>,
+    /// Model version (from the manifest).
+    pub version: u64,
+    /// Bundle size in bytes.
+    pub size: u64,
+    /// Bytes per chunk (the last one may be shorter).
+    pub chunk_size: u32,
+    /// Unix seconds; a device ignores an announcement older than the newest it has acted on.
+    pub issued_at: u64,
+}
+
+impl Announce {
+    /// How many chunks the bundle is sent in.
+    pub fn chunk_count(&self) -> u64 {
+        if self.chunk_size == 0 { 0 } else { self.size.div_ceil(u64::from(self.chunk_size)) }
+    }
+
+    /// Byte length of chunk `index`.
+    pub fn chunk_len(&self, index: u32) -> u64 {
+        let start = u64::from(index) * u64::from(self.chunk_size);
+        self.size.saturating_sub(start).min(u64::from(self.chunk_size))
+    }
+}
+
+/// A half-open range of chunk indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkRange {
+    /// First index.
+    pub start: u32,
+    /// One past the last index.
+    pub end: u32,
+}
+
+/// A device's request for the chunks it is missing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Want {
+    /// The transfer.
+    pub transfer: Digest,
+    /// Missing chunks, ascending.
+    pub ranges: Vec<ChunkRange, MAX_WANT_RANGES>,
+}
+
+/// One piece of a bundle. The hash catches corruption in transit chunk by chunk, so only the bad
+/// chunk is fetched again; the bundle digest and signatures are checked on the whole.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Chunk<'a> {
+    /// The transfer.
+    pub transfer: Digest,
+    /// Chunk index.
+    pub index: u32,
+    /// SHA-256 of `data`.
+    pub sha256: Digest,
+    /// The bytes.
+    #[serde(borrow)]
+    pub data: &'a [u8],
+}
+
+/// Which operation a progress report is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Op {
+    /// A pushed bundle.
+    Bundle {
+        /// The transfer (bundle digest).
+        transfer: Digest,
+        /// Model name.
+        name: String<MAX_NAME>,
+        /// Model version.
+        version: u64,
+    },
+    /// A signed command.
+    Command {
+        /// The command's sequence number.
+        sequence: u64,
+    },
+}
+
+/// Where an operation stands on a device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    /// Chunks arriving.
+    Downloading {
+        /// Chunks held.
+        have: u32,
+        /// Chunks in all.
+        total: u32,
+    },
+    /// Every chunk is in: checking the bundle's digest and signatures, writing the inactive
+    /// slot, self-testing, switching.
+    Installing,
+    /// Installed and serving from `slot`.
+    Installed {
+        /// The slot.
+        slot: Slot,
+    },
+    /// The device already serves this version.
+    Current,
+    /// Rolled back to the model in `slot`.
+    RolledBack {
+        /// The slot.
+        slot: Slot,
+    },
+    /// The operation failed; the device serves what it served before.
+    Failed {
+        /// Why, for the operator.
+        reason: String<MAX_REASON>,
+    },
+}
+
+impl Phase {
+    /// A failure with `reason`, cut at a character boundary to fit.
+    pub fn failed(reason: &str) -> Phase {
+        let mut end = reason.len().min(MAX_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        Phase::Failed { reason: String::try_from(&reason[..end]).unwrap_or_default() }
+    }
+
+    /// Whether the operation is over (nothing more will be reported for it).
+    pub fn is_final(&self) -> bool {
+        matches!(self, Phase::Installed { .. } | Phase::Current | Phase::RolledBack { .. } | Phase::Failed { .. })
+    }
+
+    /// Whether the operation is over and succeeded.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Phase::Installed { .. } | Phase::Current | Phase::RolledBack { .. })
+    }
+}
+
+/// A device's report on its latest operation (retained, so a tool that connects late sees it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Progress {
+    /// The operation.
+    pub op: Op,
+    /// Where it stands.
+    pub phase: Phase,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_arithmetic_covers_the_bundle_exactly() {
+        let a = Announce {
+            transfer: Digest([0; 32]),
+            name: String::try_from("m").unwrap(),
+            version: 1,
+            size: 10_000,
+            chunk_size: 4096,
+            issued_at: 0,
+        };
+        assert_eq!(a.chunk_count(), 3);
+        assert_eq!((a.chunk_len(0), a.chunk_len(1), a.chunk_len(2), a.chunk_len(3)), (4096, 4096, 1808, 0));
+        let zero = Announce { chunk_size: 0, ..a.clone() };
+        assert_eq!(zero.chunk_count(), 0);
+        let exact = Announce { size: 8192, ..a };
+        assert_eq!(exact.chunk_count(), 2);
+    }
+
+    #[test]
+    fn failure_reasons_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(200);
+        match Phase::failed(&long) {
+            Phase::Failed { reason } => {
+                assert!(reason.len() <= MAX_REASON);
+                assert!(reason.chars().all(|c| c == 'é'));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn chunks_round_trip_through_postcard_without_copying_the_data() {
+        let data = [7u8; 100];
+        let c = Chunk { transfer: Digest([1; 32]), index: 9, sha256: Digest([2; 32]), data: &data };
+        let mut buf = [0u8; 256];
+        let bytes = postcard::to_slice(&c, &mut buf).unwrap();
+        let back: Chunk<'_> = postcard::from_bytes(bytes).unwrap();
+        assert_eq!(back, c);
+    }
+}
