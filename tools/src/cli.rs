@@ -35,6 +35,17 @@ pub enum Verb {
     Verify(cmd::verify::VerifyArgs),
     /// Sign an order (rollback, install) for a device or a group.
     Command(cmd::command::CommandArgs),
+    /// Push a signed bundle to devices over MQTT and follow each one to the end (exit 1 if any
+    /// device did not install it).
+    Push(cmd::push::PushArgs),
+    /// Send a signed rollback command over MQTT and wait for the devices' reports.
+    Rollback(cmd::rollback::RollbackArgs),
+    /// Run the embedded MQTT broker.
+    Broker(cmd::broker::BrokerCmdArgs),
+    /// Print a Drover MQTT payload as JSON.
+    Decode(cmd::decode::DecodeArgs),
+    /// Print every Drover message on the broker as JSON lines.
+    Watch(cmd::decode::WatchArgs),
 }
 
 /// Runs a parsed command line at time `now_ms` (Unix milliseconds: the clock is read by the
@@ -50,6 +61,11 @@ pub fn run(cli: Cli, now_ms: u64) -> anyhow::Result<ExitCode> {
         Verb::Sign(args) => cmd::sign::run(&args).map(|_| true)?,
         Verb::Verify(args) => cmd::verify::run(&args, now)?,
         Verb::Command(args) => cmd::command::run(&args, now_ms).map(|_| true)?,
+        Verb::Push(args) => cmd::push::run(&args, now_ms)?,
+        Verb::Rollback(args) => cmd::rollback::run(&args, now_ms)?,
+        Verb::Broker(args) => cmd::broker::run(&args).map(|_| true)?,
+        Verb::Decode(args) => cmd::decode::run(&args).map(|_| true)?,
+        Verb::Watch(args) => cmd::decode::watch(&args).map(|_| true)?,
     };
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

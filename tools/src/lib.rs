@@ -1,9 +1,11 @@
 //! The operator side of Drover as a library: what the `drover` CLI does, callable from tests,
 //! the demo and the fleet server.
 
+pub mod broker;
 pub mod bundle_build;
 pub mod cli;
 pub mod cmd;
 pub mod keys;
 pub mod mlflow;
+pub mod push;
 pub mod trust_docs;

@@ -209,6 +209,8 @@ pub enum Op {
         name: String<MAX_NAME>,
         /// Model version.
         version: u64,
+        /// The announcement's `issued_at`: tells this push's reports from an earlier push's.
+        issued_at: u64,
     },
     /// A signed command.
     Command {

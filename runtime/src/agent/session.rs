@@ -478,7 +478,7 @@ impl Session {
 }
 
 fn bundle_op(a: &Announce) -> Op {
-    Op::Bundle { transfer: a.transfer, name: a.name.clone(), version: a.version }
+    Op::Bundle { transfer: a.transfer, name: a.name.clone(), version: a.version, issued_at: a.issued_at }
 }
 
 #[cfg(test)]

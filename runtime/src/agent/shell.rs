@@ -11,12 +11,12 @@ use drover_wire::Arch;
 use drover_wire::command::SignedCommand;
 use drover_wire::manifest::AgentVersion;
 use drover_wire::message::{Announce, ModelRef, Phase, Slot};
-use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS, SubscribeFilter};
+use rumqttc::{AsyncClient, LastWill, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
 
 use super::config::AgentConfig;
 use super::session::{Action, Identity, Input, Ledger, Now, Serving, Session, SessionLimits};
-use crate::link::backoff::{Backoff, Jitter};
+use crate::link::pump::{Link, pump};
 use crate::link::codec;
 use crate::store::{CommandOutcome, SlotId, Store, StoreConfig};
 use crate::transfer::{Patience, Spool};
@@ -100,11 +100,6 @@ fn save_ledger(path: &Path, ledger: &Ledger) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-enum Link {
-    Up,
-    Down(String),
-    Message(String, Vec<u8>),
-}
 
 /// The agent: the store, the spool, the session and the connection.
 struct Agent {
@@ -172,40 +167,12 @@ pub async fn run(
     options.set_last_will(LastWill::new(session.status_topic(), will, QoS::AtLeastOnce, true));
     let (client, eventloop) = AsyncClient::new(options, 256);
     let (tx, rx) = mpsc::channel(1024);
-    let seed = me.device.as_str().bytes().fold(now.ms ^ 0x9E37_79B9_7F4A_7C15, |h, b| h.rotate_left(5) ^ u64::from(b));
-    let pump = tokio::spawn(pump(eventloop, tx, seed));
+    let pump = tokio::spawn(pump(eventloop, tx, crate::link::pump::seed(me.device.as_str(), now.ms)));
 
     let mut agent = Agent { cfg, me, clock, store: Some(store), spool, session, client };
     let result = agent.serve(rx, shutdown).await;
     pump.abort();
     result
-}
-
-/// Polls the connection and forwards what happens; on errors waits with backoff and jitter
-/// (rumqttc reconnects on the next poll).
-async fn pump(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Link>, seed: u64) {
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    let mut jitter = Jitter::new(seed);
-    loop {
-        let link = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == rumqttc::ConnectReturnCode::Success => {
-                backoff.reset();
-                Link::Up
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => Link::Message(p.topic, p.payload.to_vec()),
-            Ok(_) => continue,
-            Err(e) => {
-                if tx.send(Link::Down(e.to_string())).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(backoff.next_delay(jitter.next_u64())).await;
-                continue;
-            }
-        };
-        if tx.send(link).await.is_err() {
-            return;
-        }
-    }
 }
 
 impl Agent {
@@ -322,7 +289,15 @@ impl Agent {
                 }
             }
             Action::Install(a) => return Some(self.install(a).await),
-            Action::ApplyCommand(cmd) => return Some(self.apply(cmd).await),
+            Action::ApplyCommand(cmd) => {
+                // QoS 1 may deliver a command twice, and the operator's tool sends it again after
+                // a reconnect: the one just applied is not refused a second time, just skipped.
+                if self.store.as_ref().is_some_and(|s| s.state().last_command == cmd.command.sequence) {
+                    log::debug!("{}: command {} already applied", self.me.device, cmd.command.sequence);
+                    return None;
+                }
+                return Some(self.apply(cmd).await);
+            }
             Action::DiscardTransfer => {
                 self.spool = None;
                 if let Err(e) = crate::transfer::spool::discard(&self.transfer_dir()) {

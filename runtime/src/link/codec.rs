@@ -72,7 +72,7 @@ mod tests {
 
     fn progress() -> Progress {
         Progress {
-            op: Op::Bundle { transfer: Digest([0xab; 32]), name: "iris".try_into().unwrap(), version: 3 },
+            op: Op::Bundle { transfer: Digest([0xab; 32]), name: "iris".try_into().unwrap(), version: 3, issued_at: 9 },
             phase: Phase::Downloading { have: 3, total: 9 },
             at: 1_700_000_000,
         }

@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod codec;
 pub mod connect;
+pub mod pump;
 
 pub use backoff::Backoff;
 pub use codec::{DecodeError, PayloadFormat, decode, encode};

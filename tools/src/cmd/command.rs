@@ -52,12 +52,32 @@ pub struct CommandArgs {
     pub out: Option<PathBuf>,
 }
 
-fn name(s: &str) -> anyhow::Result<heapless::String<{ drover_wire::manifest::MAX_NAME }>> {
+/// A checked device, group or model name.
+pub fn name(s: &str) -> anyhow::Result<heapless::String<{ drover_wire::manifest::MAX_NAME }>> {
     anyhow::ensure!(drover_wire::manifest::is_valid_name(s), "'{s}' is not a valid device, group or model name");
     heapless::String::try_from(s).map_err(|_| anyhow::anyhow!("'{s}' is too long"))
 }
 
-/// Signs the command; `now_ms` (Unix milliseconds) is its sequence.
+/// Signs `op` for `target` with the operator key in `key` and its `delegation`; the sequence is
+/// `now_ms` (Unix milliseconds), so later commands always supersede earlier ones.
+pub fn sign(
+    target: Target,
+    op: Operation,
+    key: &std::path::Path,
+    delegation: &std::path::Path,
+    expires: std::time::Duration,
+    now_ms: u64,
+) -> anyhow::Result<(SignedCommand, String)> {
+    let key = read_secret(key, Role::Operator)?;
+    let delegation = load_delegation(delegation)?;
+    anyhow::ensure!(delegation.delegation.key == key.public(), "the delegation is for another key");
+    let now = now_ms / 1000;
+    let command = Command { target, sequence: now_ms, issued_at: now, expires_at: now + expires.as_secs(), op };
+    let sig = sign_document(&key, CONTEXT_COMMAND, &command);
+    Ok((SignedCommand { command, delegation, sig }, id_of(&key.public())))
+}
+
+/// Signs the command and writes it to `--out`.
 pub fn run(args: &CommandArgs, now_ms: u64) -> anyhow::Result<()> {
     let target = match (&args.device, &args.group) {
         (Some(d), None) => Target::Device(name(d)?),
@@ -67,22 +87,17 @@ pub fn run(args: &CommandArgs, now_ms: u64) -> anyhow::Result<()> {
     let (Some(key), Some(delegation), Some(out)) = (&args.key, &args.delegation, &args.out) else {
         anyhow::bail!("drover command needs --key, --delegation and --out");
     };
-    let key = read_secret(key, Role::Operator)?;
-    let delegation = load_delegation(delegation)?;
-    anyhow::ensure!(delegation.delegation.key == key.public(), "the delegation is for another key");
     let op = match &args.order {
         Order::Rollback => Operation::Rollback,
         Order::Install { name: n, version } => Operation::Install { name: name(n)?, version: *version },
     };
-    let now = now_ms / 1000;
-    let command = Command { target, sequence: now_ms, issued_at: now, expires_at: now + args.expires.as_secs(), op };
-    let sig = sign_document(&key, CONTEXT_COMMAND, &command);
-    save(out, &SignedCommand { command, delegation, sig }).context("write the command")?;
+    let (signed, key_id) = sign(target, op, key, delegation, args.expires, now_ms)?;
+    save(out, &signed).context("write the command")?;
     println!(
         "signed {:?} for {} with operator key {} -> {}",
         args.order,
         args.device.as_deref().or(args.group.as_deref()).unwrap_or("?"),
-        id_of(&key.public()),
+        key_id,
         out.display()
     );
     Ok(())

@@ -1,10 +1,15 @@
 //! One module per `drover` verb: its arguments and what it does.
 
+pub mod broker;
+pub mod broker_args;
 pub mod bundle;
 pub mod command;
+pub mod decode;
 pub mod delegate;
 pub mod inspect;
 pub mod keygen;
+pub mod push;
+pub mod rollback;
 pub mod root;
 pub mod sign;
 pub mod verify;

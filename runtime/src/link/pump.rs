@@ -1,0 +1,52 @@
+//! The connection pump: polls rumqttc's event loop in its own task and forwards what matters,
+//! so the protocol task can publish (and wait on a full queue) without starving the connection.
+//! On errors it waits with backoff and jitter before rumqttc reconnects on the next poll.
+
+use std::time::Duration;
+
+use rumqttc::{ConnectReturnCode, Event, EventLoop, Packet};
+use tokio::sync::mpsc;
+
+use super::backoff::{Backoff, Jitter};
+
+/// What happened on the connection.
+#[derive(Debug)]
+pub enum Link {
+    /// Connected (the broker accepted the CONNECT).
+    Up,
+    /// The connection failed or dropped; the pump retries after a delay.
+    Down(String),
+    /// A message: topic and payload.
+    Message(String, Vec<u8>),
+}
+
+/// Runs until the receiver of `tx` is dropped. `seed` spreads the jitter of agents apart.
+pub async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<Link>, seed: u64) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut jitter = Jitter::new(seed);
+    loop {
+        let link = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
+                backoff.reset();
+                Link::Up
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => Link::Message(p.topic, p.payload.to_vec()),
+            Ok(_) => continue,
+            Err(e) => {
+                if tx.send(Link::Down(e.to_string())).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff.next_delay(jitter.next_u64())).await;
+                continue;
+            }
+        };
+        if tx.send(link).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A jitter seed from a client id and the time, different for every agent in a process.
+pub fn seed(client_id: &str, now_ms: u64) -> u64 {
+    client_id.bytes().fold(now_ms ^ 0x9E37_79B9_7F4A_7C15, |h, b| h.rotate_left(5) ^ u64::from(b))
+}

@@ -1,0 +1,224 @@
+//! One operator operation over MQTT, pure: a bundle push (announce, serve the chunks devices
+//! ask for, follow their progress) or a signed command (publish, follow the reports). The
+//! shell (`run.rs`) owns the connection and the clock and feeds this.
+
+use std::collections::BTreeSet;
+
+use drover_runtime::link::codec::{self, PayloadFormat};
+use drover_wire::command::SignedCommand;
+use drover_wire::message::{Announce, Chunk, Digest, Op, Progress, Status, Want};
+use drover_wire::topic::{self, DeviceLeaf, GroupLeaf, Name, Parsed};
+use sha2::{Digest as _, Sha256};
+
+use super::tracker::{End, Tracker};
+
+/// What is being done.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// Push a bundle.
+    Bundle {
+        /// Its announcement.
+        announce: Announce,
+    },
+    /// Send a signed command.
+    Command(SignedCommand),
+}
+
+/// What happened.
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// Connected (again).
+    Connected,
+    /// A message.
+    Message {
+        /// Topic.
+        topic: &'a str,
+        /// Payload.
+        payload: &'a [u8],
+    },
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Subscribe (QoS 1).
+    Subscribe(Vec<String>),
+    /// Publish (QoS 1).
+    Publish {
+        /// Topic.
+        topic: String,
+        /// Payload.
+        payload: Vec<u8>,
+        /// Retained.
+        retain: bool,
+    },
+    /// A device's view changed (redraw it).
+    Changed(Name),
+}
+
+/// A push or a command in flight.
+#[derive(Debug)]
+pub struct Campaign {
+    work: Work,
+    tracker: Tracker,
+    format: PayloadFormat,
+    queue: BTreeSet<u32>,
+    sent: u64,
+}
+
+impl Campaign {
+    /// Starts `work` for the tracker's audience; payloads in `format`.
+    pub fn new(work: Work, tracker: Tracker, format: PayloadFormat) -> Campaign {
+        Campaign { work, tracker, format, queue: BTreeSet::new(), sent: 0 }
+    }
+
+    /// What is being done.
+    pub fn work(&self) -> &Work {
+        &self.work
+    }
+
+    /// The devices and where they stand.
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// Chunks sent so far (re-sends included).
+    pub fn chunks_sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Whether a report is about this operation: the same transfer and announcement (not an
+    /// earlier push of the same bundle), or the same command.
+    pub fn is_ours(&self, op: &Op) -> bool {
+        Campaign::matches(&self.work, op)
+    }
+
+    /// Feeds one input.
+    pub fn handle(&mut self, input: Input<'_>, now_ms: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::Connected => {
+                self.tracker.on_connected(now_ms);
+                let mut subs = vec![
+                    topic::every_device(DeviceLeaf::Status).to_string(),
+                    topic::every_device(DeviceLeaf::Progress).to_string(),
+                ];
+                if matches!(self.work, Work::Bundle { .. }) {
+                    subs.push(topic::every_device(DeviceLeaf::Want).to_string());
+                }
+                out.push(Action::Subscribe(subs));
+                // Published again on every connect: a restarted broker has lost the retained
+                // announcement; devices ignore a command they already applied.
+                let (leaf, payload, retain) = match &self.work {
+                    Work::Bundle { announce } => (GroupLeaf::Bundle, codec::encode(self.format, announce), true),
+                    Work::Command(c) => (GroupLeaf::Cmd, codec::encode(self.format, c), false),
+                };
+                for t in self.tracker.audience().topics(leaf) {
+                    out.push(Action::Publish { topic: t, payload: payload.clone(), retain });
+                }
+            }
+            Input::Message { topic, payload } => self.on_message(topic, payload, now_ms, &mut out),
+        }
+        out
+    }
+
+    fn on_message(&mut self, topic_str: &str, payload: &[u8], now_ms: u64, out: &mut Vec<Action>) {
+        let Some(Parsed::Device(device, leaf)) = topic::parse(topic_str) else { return };
+        match leaf {
+            DeviceLeaf::Status => match codec::decode::<Status>(payload) {
+                Ok(s) => {
+                    if self.tracker.on_status(device.clone(), &s) {
+                        out.push(Action::Changed(device));
+                    }
+                }
+                Err(codec::DecodeError::Empty) => {}
+                Err(e) => log::warn!("{topic_str}: {e}"),
+            },
+            DeviceLeaf::Progress => match codec::decode::<Progress>(payload) {
+                Ok(p) => {
+                    let work = &self.work;
+                    let ours = |op: &Op| Campaign::matches(work, op);
+                    if self.tracker.on_progress(&device, &p.op, p.phase, ours, now_ms) {
+                        out.push(Action::Changed(device));
+                    }
+                }
+                Err(codec::DecodeError::Empty) => {}
+                Err(e) => log::warn!("{topic_str}: {e}"),
+            },
+            DeviceLeaf::Want => match (codec::decode::<Want>(payload), &self.work) {
+                (Ok(w), Work::Bundle { announce }) if w.transfer == announce.transfer => {
+                    let count = u32::try_from(announce.chunk_count()).unwrap_or(u32::MAX);
+                    for r in &w.ranges {
+                        self.queue.extend(r.start.min(count)..r.end.min(count));
+                    }
+                }
+                (Ok(_), _) => {}
+                (Err(e), _) => log::warn!("{topic_str}: {e}"),
+            },
+            _ => {}
+        }
+    }
+
+    fn matches(work: &Work, op: &Op) -> bool {
+        match (work, op) {
+            (Work::Bundle { announce: a }, Op::Bundle { transfer, issued_at, .. }) => {
+                *transfer == a.transfer && *issued_at == a.issued_at
+            }
+            (Work::Command(c), Op::Command { sequence }) => *sequence == c.command.sequence,
+            _ => false,
+        }
+    }
+
+    /// The next chunk some device asked for (lowest index first), once: a chunk asked for by
+    /// twenty devices is published once and reaches them all.
+    pub fn next_chunk(&mut self) -> Option<u32> {
+        let next = self.queue.pop_first()?;
+        self.sent += 1;
+        Some(next)
+    }
+
+    /// Whether the operation is over, and how.
+    pub fn end(&self, now_ms: u64) -> Option<End> {
+        self.tracker.end(now_ms)
+    }
+
+    /// What to publish at the end: the retained announcement is cleared, so a device that
+    /// comes back later does not start a transfer nobody serves.
+    pub fn closing(&self) -> Vec<Action> {
+        match &self.work {
+            Work::Bundle { .. } => self
+                .tracker
+                .audience()
+                .topics(GroupLeaf::Bundle)
+                .into_iter()
+                .map(|topic| Action::Publish { topic, payload: Vec::new(), retain: true })
+                .collect(),
+            Work::Command(_) => Vec::new(),
+        }
+    }
+}
+
+/// The announcement of `bundle` (the whole `.drv` file) for model `name` v`version`.
+pub fn announce(bundle: &[u8], name: &str, version: u64, chunk_size: u32, issued_at: u64) -> anyhow::Result<Announce> {
+    Ok(Announce {
+        transfer: Digest(Sha256::digest(bundle).into()),
+        name: name.try_into().map_err(|_| anyhow::anyhow!("model name '{name}' is too long"))?,
+        version,
+        size: bundle.len() as u64,
+        chunk_size,
+        issued_at,
+    })
+}
+
+/// The payload of chunk `index` of `bundle` (always postcard: chunks are bytes).
+pub fn chunk_payload(a: &Announce, bundle: &[u8], index: u32) -> Vec<u8> {
+    let start = (u64::from(index) * u64::from(a.chunk_size)) as usize;
+    let end = (start + a.chunk_len(index) as usize).min(bundle.len());
+    let data = &bundle[start.min(end)..end];
+    let chunk = Chunk { transfer: a.transfer, index, sha256: Digest(Sha256::digest(data).into()), data };
+    codec::encode(PayloadFormat::Postcard, &chunk)
+}
+
+#[cfg(test)]
+#[path = "campaign_tests.rs"]
+mod tests;

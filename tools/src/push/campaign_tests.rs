@@ -1,0 +1,151 @@
+use super::*;
+use crate::push::Audience;
+use drover_runtime::agent::session::{self, Identity, Ledger, Now, Serving, Session, SessionLimits};
+use drover_runtime::transfer::Patience;
+use drover_wire::message::{ChunkRange, Phase, Slot};
+use drover_wire::Arch;
+
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn bundle() -> Vec<u8> {
+    (0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+}
+
+fn push(group: &str, bundle: &[u8]) -> Campaign {
+    let a = announce(bundle, "iris", 2, 1024, 1_800_000_000).unwrap();
+    Campaign::new(Work::Bundle { announce: a }, Tracker::new(Audience::Group(name(group)), 0, 500, 60_000), PayloadFormat::Json)
+}
+
+fn want(c: &Campaign, ranges: &[(u32, u32)]) -> Vec<u8> {
+    let Work::Bundle { announce } = &c.work else { panic!() };
+    let w = Want {
+        transfer: announce.transfer,
+        ranges: ranges.iter().map(|&(start, end)| ChunkRange { start, end }).collect(),
+    };
+    codec::encode(PayloadFormat::Postcard, &w)
+}
+
+#[test]
+fn connecting_subscribes_to_the_fleet_and_announces_retained() {
+    let mut c = push("lab", &bundle());
+    let actions = c.handle(Input::Connected, 0);
+    assert_eq!(
+        actions[0],
+        Action::Subscribe(vec![
+            "drover/v1/dev/+/status".into(),
+            "drover/v1/dev/+/progress".into(),
+            "drover/v1/dev/+/want".into()
+        ])
+    );
+    let Action::Publish { topic, payload, retain } = &actions[1] else { panic!("{actions:?}") };
+    assert_eq!((topic.as_str(), *retain), ("drover/v1/grp/lab/bundle", true));
+    let a: Announce = codec::decode(payload).unwrap();
+    assert_eq!(a.chunk_count(), 20);
+    assert_eq!(c.closing(), vec![Action::Publish { topic: topic.clone(), payload: vec![], retain: true }]);
+}
+
+#[test]
+fn overlapping_requests_send_each_chunk_once() {
+    let mut c = push("lab", &bundle());
+    c.handle(Input::Connected, 0);
+    for (dev, ranges) in [("pi-1", vec![(0, 20)]), ("pi-2", vec![(0, 20)]), ("pi-3", vec![(5, 7), (18, 99)])] {
+        c.handle(Input::Message { topic: &format!("drover/v1/dev/{dev}/want"), payload: &want(&c, &ranges) }, 10);
+    }
+    let sent: Vec<u32> = std::iter::from_fn(|| c.next_chunk()).collect();
+    assert_eq!(sent, (0..20).collect::<Vec<_>>(), "once each, in order, clamped to the bundle");
+    // A request for another transfer, or a garbled one, sends nothing.
+    let other = Want { transfer: Digest([0; 32]), ranges: [ChunkRange { start: 0, end: 3 }].into_iter().collect() };
+    c.handle(Input::Message { topic: "drover/v1/dev/pi-1/want", payload: &codec::encode(PayloadFormat::Json, &other) }, 20);
+    c.handle(Input::Message { topic: "drover/v1/dev/pi-1/want", payload: b"\xd1\xff\xff" }, 20);
+    assert_eq!(c.next_chunk(), None);
+}
+
+/// Both ends of the protocol, wired together without a network: a sender and three devices of
+/// the group, where the "broker" loses every fifth chunk on its way and corrupts one.
+#[test]
+fn a_push_reaches_every_device_of_the_group_through_losses_and_corruption() {
+    let data = bundle();
+    let mut c = push("lab", &data);
+    let limits = SessionLimits { patience: Patience { stall_ms: 1000 }, ..SessionLimits::default() };
+    let mut devices: Vec<Session> = ["pi-1", "pi-2", "pi-3"]
+        .iter()
+        .map(|d| {
+            let me = Identity {
+                device: name(d),
+                groups: vec![name("lab")],
+                agent: drover_wire::AgentVersion { major: 0, minor: 1, patch: 0 },
+                arch: Arch::X86_64,
+            };
+            Session::new(me, PayloadFormat::Postcard, limits, Serving::default(), Ledger::default(), None, Now { ms: 0, unix: 0 })
+        })
+        .collect();
+
+    // Messages in flight: (topic, payload); the "broker" routes by subscription.
+    let mut to_sender: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut to_devices: Vec<(String, Vec<u8>)> = Vec::new();
+    let route = |actions: Vec<session::Action>, to_sender: &mut Vec<(String, Vec<u8>)>| {
+        let mut install = None;
+        for a in actions {
+            match a {
+                session::Action::Publish { topic, payload, .. } => to_sender.push((topic, payload)),
+                session::Action::Install(a) => install = Some(a),
+                _ => {}
+            }
+        }
+        install
+    };
+    for d in &mut devices {
+        route(d.handle(session::Input::Connected, Now { ms: 0, unix: 0 }), &mut to_sender);
+    }
+    for a in c.handle(Input::Connected, 0) {
+        if let Action::Publish { topic, payload, .. } = a {
+            to_devices.push((topic, payload));
+        }
+    }
+    let mut sent = 0u32;
+    let mut installed = [false; 3];
+    for step in 0..200u64 {
+        let now = step * 100;
+        for (topic, payload) in to_sender.drain(..) {
+            c.handle(Input::Message { topic: &topic, payload: &payload }, now);
+        }
+        let Work::Bundle { announce } = &c.work else { panic!() };
+        let announce = announce.clone();
+        while let Some(i) = c.next_chunk() {
+            sent += 1;
+            let mut p = chunk_payload(&announce, &data, i);
+            if sent % 5 == 0 {
+                continue; // lost
+            }
+            if sent == 3 {
+                let last = p.len() - 1;
+                p[last] ^= 0x55; // corrupted
+            }
+            to_devices.push((topic::chunks(&announce.transfer).to_string(), p));
+        }
+        let inbox: Vec<_> = to_devices.drain(..).collect();
+        for (k, d) in devices.iter_mut().enumerate() {
+            let t = Now { ms: now, unix: now / 1000 };
+            for (topic, payload) in &inbox {
+                if let Some(a) = route(d.handle(session::Input::Message { topic, payload }, t), &mut to_sender) {
+                    assert_eq!(a, announce);
+                    installed[k] = true;
+                    let serving = Serving::default();
+                    route(d.handle(session::Input::Installed { phase: Phase::Installed { slot: Slot::A }, serving }, t), &mut to_sender);
+                }
+            }
+            route(d.handle(session::Input::Tick, t), &mut to_sender);
+        }
+        if c.end(now) == Some(End::AllFinished) {
+            assert!(installed.iter().all(|i| *i));
+            assert!(c.tracker().all_succeeded());
+            assert_eq!(c.tracker().devices().len(), 3);
+            // 20 chunks multicast to 3 devices, plus the lost and corrupted ones again.
+            assert!(sent < 20 * 3, "chunks are shared between devices: {sent} sent");
+            return;
+        }
+    }
+    panic!("the push did not finish: {:?}", c.tracker().devices());
+}

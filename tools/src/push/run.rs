@@ -1,0 +1,131 @@
+//! The I/O shell of an operation: one MQTT connection (rumqttc), the clock, and the bundle's
+//! bytes, around a pure [`Campaign`].
+
+use std::time::{Duration, Instant};
+
+use drover_runtime::link::pump::{Link, pump, seed};
+use drover_runtime::link::BrokerSettings;
+use drover_wire::topic::Name;
+use rumqttc::{AsyncClient, QoS, SubscribeFilter};
+use tokio::sync::mpsc;
+
+use super::campaign::{Action, Campaign, Input, Work};
+use super::tracker::{DeviceView, End};
+
+/// How an operation ended, for the report.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// How it ended.
+    pub end: End,
+    /// The last connection error, if the broker was ever unreachable.
+    pub last_error: Option<String>,
+    /// Whether the broker was ever reached.
+    pub connected: bool,
+    /// Chunks published (re-sends included).
+    pub chunks_sent: u64,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// Runs `campaign` to its end. `bundle` holds the bundle's bytes for a push; `on_change` is
+/// called whenever a device's view changes (progress bars, log lines).
+pub async fn execute(
+    campaign: &mut Campaign,
+    bundle: &[u8],
+    broker: &BrokerSettings,
+    mut on_change: impl FnMut(&Name, &DeviceView),
+) -> anyhow::Result<Outcome> {
+    let start = Instant::now();
+    let ms = |t: Instant| t.duration_since(start).as_millis() as u64;
+    let client_id = format!("drover-cli-{}-{}", std::process::id(), seed("cli", start.elapsed().as_nanos() as u64) % 1_000_000);
+    let options = broker.mqtt_options(&client_id, true)?;
+    let (client, eventloop) = AsyncClient::new(options, 64);
+    let (tx, mut rx) = mpsc::channel(1024);
+    let pumping = tokio::spawn(pump(eventloop, tx, seed(&client_id, 0)));
+    let announce = match campaign.work() {
+        Work::Bundle { announce } => Some(announce.clone()),
+        Work::Command(_) => None,
+    };
+
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut online = false;
+    let mut connected = false;
+    let mut last_error = None;
+    let end = loop {
+        let now = ms(Instant::now());
+        if let Some(end) = campaign.end(now) {
+            break end;
+        }
+        let actions = tokio::select! {
+            link = rx.recv() => match link {
+                Some(Link::Up) => {
+                    online = true;
+                    connected = true;
+                    campaign.handle(Input::Connected, now)
+                }
+                Some(Link::Down(e)) => {
+                    if online {
+                        log::warn!("connection to {} lost: {e}", broker.address());
+                    }
+                    online = false;
+                    last_error = Some(e);
+                    Vec::new()
+                }
+                Some(Link::Message(topic, payload)) => campaign.handle(Input::Message { topic: &topic, payload: &payload }, now),
+                None => anyhow::bail!("the connection task ended"),
+            },
+            _ = tick.tick() => Vec::new(),
+        };
+        for a in actions {
+            perform(&client, a, campaign, &mut on_change).await;
+        }
+        // Serve requested chunks a few at a time, so progress reports keep flowing meanwhile.
+        if let (true, Some(a)) = (online, &announce) {
+            let topic = drover_wire::topic::chunks(&a.transfer).to_string();
+            for _ in 0..8 {
+                let Some(i) = campaign.next_chunk() else { break };
+                let payload = super::campaign::chunk_payload(a, bundle, i);
+                if client.publish(topic.as_str(), QoS::AtLeastOnce, false, payload).await.is_err() {
+                    break;
+                }
+            }
+        }
+    };
+    if online {
+        for a in campaign.closing() {
+            perform(&client, a, campaign, &mut on_change).await;
+        }
+        let _ = client.disconnect().await;
+        let deadline = tokio::time::sleep(Duration::from_secs(3));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => break,
+                link = rx.recv() => if matches!(link, None | Some(Link::Down(_))) { break },
+            }
+        }
+    }
+    pumping.abort();
+    Ok(Outcome { end, last_error, connected, chunks_sent: campaign.chunks_sent(), elapsed: start.elapsed() })
+}
+
+async fn perform(client: &AsyncClient, action: Action, campaign: &Campaign, on_change: &mut impl FnMut(&Name, &DeviceView)) {
+    match action {
+        Action::Subscribe(filters) => {
+            let filters: Vec<_> = filters.into_iter().map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce)).collect();
+            if let Err(e) = client.subscribe_many(filters).await {
+                log::warn!("subscribe: {e}");
+            }
+        }
+        Action::Publish { topic, payload, retain } => {
+            if let Err(e) = client.publish(topic.as_str(), QoS::AtLeastOnce, retain, payload).await {
+                log::warn!("publish to {topic}: {e}");
+            }
+        }
+        Action::Changed(device) => {
+            if let Some(view) = campaign.tracker().devices().get(&device) {
+                on_change(&device, view);
+            }
+        }
+    }
+}
