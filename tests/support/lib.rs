@@ -1,8 +1,13 @@
 //! Shared parts of Drover's end-to-end tests: the reference-model manifest written by
 //! `models/make_models.py`, comparison against onnxruntime's outputs, and locating the real
-//! binaries and tools the tests drive.
+//! binaries and tools the tests drive, brokers (embedded and Mosquitto), in-process fleets of
+//! agents, and models of any size.
 
+pub mod broker;
 pub mod cli;
+pub mod fleet;
 pub mod manifest;
+pub mod observer;
+pub mod onnx_gen;
 pub mod parity;
 pub mod tools;

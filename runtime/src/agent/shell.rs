@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 
 use super::config::AgentConfig;
 use super::session::{Action, Identity, Input, Ledger, Now, Serving, Session, SessionLimits};
-use crate::link::pump::{Link, pump};
 use crate::link::codec;
+use crate::link::pump::{Link, pump};
 use crate::store::{CommandOutcome, SlotId, Store, StoreConfig};
 use crate::transfer::{Patience, Spool};
 
@@ -99,7 +99,6 @@ fn save_ledger(path: &Path, ledger: &Ledger) -> std::io::Result<()> {
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, path)
 }
-
 
 /// The agent: the store, the spool, the session and the connection.
 struct Agent {

@@ -37,15 +37,17 @@ pub fn to_json(topic_str: &str, payload: &[u8]) -> anyhow::Result<Value> {
         Parsed::Device(_, DeviceLeaf::Status) => j(codec::decode::<Status>(payload)),
         Parsed::Device(_, DeviceLeaf::Progress) => j(codec::decode::<Progress>(payload)),
         Parsed::Device(_, DeviceLeaf::Want) => j(codec::decode::<Want>(payload)),
-        Parsed::Device(_, DeviceLeaf::Bundle) | Parsed::Group(_, GroupLeaf::Bundle) | Parsed::Fleet(GroupLeaf::Bundle) => {
-            j(codec::decode::<Announce>(payload))
-        }
+        Parsed::Device(_, DeviceLeaf::Bundle)
+        | Parsed::Group(_, GroupLeaf::Bundle)
+        | Parsed::Fleet(GroupLeaf::Bundle) => j(codec::decode::<Announce>(payload)),
         Parsed::Device(_, DeviceLeaf::Cmd) | Parsed::Group(_, GroupLeaf::Cmd) | Parsed::Fleet(GroupLeaf::Cmd) => {
             j(codec::decode::<SignedCommand>(payload))
         }
         Parsed::Chunk(_) => {
             let c: Chunk<'_> = codec::decode(payload)?;
-            Ok(json!({"transfer": c.transfer.to_string(), "index": c.index, "sha256": c.sha256.to_string(), "bytes": c.data.len()}))
+            Ok(
+                json!({"transfer": c.transfer.to_string(), "index": c.index, "sha256": c.sha256.to_string(), "bytes": c.data.len()}),
+            )
         }
         Parsed::Device(_, leaf @ (DeviceLeaf::Telemetry | DeviceLeaf::Events)) => {
             anyhow::bail!("no message type is defined for '{}' yet", leaf.as_str())

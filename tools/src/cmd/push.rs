@@ -14,8 +14,8 @@ use drover_wire::topic::Name;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::broker_args::BrokerArgs;
-use crate::push::{Audience, Campaign, DeviceView, End, Tracker, Work};
 use crate::push::run::{Outcome, execute};
+use crate::push::{Audience, Campaign, DeviceView, End, Tracker, Work};
 
 /// Who an operation is for (exactly one of the three).
 #[derive(Debug, Clone, clap::Args)]
@@ -60,6 +60,9 @@ pub struct PushArgs {
     /// Bytes per chunk; with its header it must fit the broker's and the devices' packet limit.
     #[arg(long, default_value_t = 32 * 1024)]
     pub chunk_size: u32,
+    /// Send chunks at most this fast, bytes per second (e.g. for a cellular uplink).
+    #[arg(long)]
+    pub max_rate: Option<u64>,
     /// The broker.
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -96,7 +99,7 @@ pub fn run(args: &PushArgs, now_ms: u64) -> anyhow::Result<bool> {
     );
     let tracker = Tracker::new(audience, 0, SETTLE.as_millis() as u64, args.timeout.as_millis() as u64);
     let mut campaign = Campaign::new(Work::Bundle { announce }, tracker, args.broker.payload);
-    let outcome = drive(&mut campaign, &bytes, &settings)?;
+    let outcome = drive(&mut campaign, &bytes, args.max_rate, &settings)?;
     Ok(report(&campaign, &outcome, &settings.address()))
 }
 
@@ -104,11 +107,12 @@ pub fn run(args: &PushArgs, now_ms: u64) -> anyhow::Result<bool> {
 pub fn drive(
     campaign: &mut Campaign,
     bundle: &[u8],
+    max_rate: Option<u64>,
     settings: &drover_runtime::link::BrokerSettings,
 ) -> anyhow::Result<Outcome> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the runtime")?;
     let mut display = Display::new();
-    rt.block_on(execute(campaign, bundle, settings, |d, v| display.update(d, v)))
+    rt.block_on(execute(campaign, bundle, max_rate, settings, |d, v| display.update(d, v)))
 }
 
 /// Prints the final table; true when every device succeeded.
@@ -175,15 +179,24 @@ struct Display {
 
 impl Display {
     fn new() -> Display {
-        let multi = std::io::stderr().is_terminal().then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        let multi =
+            std::io::stderr().is_terminal().then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         Display { multi, bars: BTreeMap::new(), last: BTreeMap::new() }
     }
 
     fn update(&mut self, device: &Name, view: &DeviceView) {
         let text = match &view.phase {
-            Some(Phase::Downloading { .. }) | Some(Phase::Installing) => view.phase.as_ref().map(phase_text).unwrap_or_default(),
+            Some(Phase::Downloading { .. }) | Some(Phase::Installing) => {
+                view.phase.as_ref().map(phase_text).unwrap_or_default()
+            }
             Some(_) => result_text(view),
-            None => if view.online == Some(true) { "online, waiting".into() } else { "offline, waiting".into() },
+            None => {
+                if view.online == Some(true) {
+                    "online, waiting".into()
+                } else {
+                    "offline, waiting".into()
+                }
+            }
         };
         let Some(multi) = &self.multi else {
             // One line per phase, not per chunk.

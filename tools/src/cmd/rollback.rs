@@ -51,6 +51,6 @@ pub fn run(args: &RollbackArgs, now_ms: u64) -> anyhow::Result<bool> {
     eprintln!("rollback for {} signed by operator key {key_id}, via {}", audience.describe(), settings.address());
     let tracker = Tracker::new(audience, 0, SETTLE.as_millis() as u64, args.timeout.as_millis() as u64);
     let mut campaign = Campaign::new(Work::Command(signed), tracker, args.broker.payload);
-    let outcome = drive(&mut campaign, &[], &settings)?;
+    let outcome = drive(&mut campaign, &[], None, &settings)?;
     Ok(report(&campaign, &outcome, &settings.address()))
 }

@@ -169,6 +169,11 @@ impl Campaign {
         }
     }
 
+    /// Whether some device waits for a chunk.
+    pub fn has_chunks(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
     /// The next chunk some device asked for (lowest index first), once: a chunk asked for by
     /// twenty devices is published once and reaches them all.
     pub fn next_chunk(&mut self) -> Option<u32> {

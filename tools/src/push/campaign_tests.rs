@@ -2,8 +2,8 @@ use super::*;
 use crate::push::Audience;
 use drover_runtime::agent::session::{self, Identity, Ledger, Now, Serving, Session, SessionLimits};
 use drover_runtime::transfer::Patience;
-use drover_wire::message::{ChunkRange, Phase, Slot};
 use drover_wire::Arch;
+use drover_wire::message::{ChunkRange, Phase, Slot};
 
 fn name(s: &str) -> Name {
     Name::new(s).unwrap()
@@ -15,7 +15,11 @@ fn bundle() -> Vec<u8> {
 
 fn push(group: &str, bundle: &[u8]) -> Campaign {
     let a = announce(bundle, "iris", 2, 1024, 1_800_000_000).unwrap();
-    Campaign::new(Work::Bundle { announce: a }, Tracker::new(Audience::Group(name(group)), 0, 500, 60_000), PayloadFormat::Json)
+    Campaign::new(
+        Work::Bundle { announce: a },
+        Tracker::new(Audience::Group(name(group)), 0, 500, 60_000),
+        PayloadFormat::Json,
+    )
 }
 
 fn want(c: &Campaign, ranges: &[(u32, u32)]) -> Vec<u8> {
@@ -57,7 +61,10 @@ fn overlapping_requests_send_each_chunk_once() {
     assert_eq!(sent, (0..20).collect::<Vec<_>>(), "once each, in order, clamped to the bundle");
     // A request for another transfer, or a garbled one, sends nothing.
     let other = Want { transfer: Digest([0; 32]), ranges: [ChunkRange { start: 0, end: 3 }].into_iter().collect() };
-    c.handle(Input::Message { topic: "drover/v1/dev/pi-1/want", payload: &codec::encode(PayloadFormat::Json, &other) }, 20);
+    c.handle(
+        Input::Message { topic: "drover/v1/dev/pi-1/want", payload: &codec::encode(PayloadFormat::Json, &other) },
+        20,
+    );
     c.handle(Input::Message { topic: "drover/v1/dev/pi-1/want", payload: b"\xd1\xff\xff" }, 20);
     assert_eq!(c.next_chunk(), None);
 }
@@ -78,7 +85,15 @@ fn a_push_reaches_every_device_of_the_group_through_losses_and_corruption() {
                 agent: drover_wire::AgentVersion { major: 0, minor: 1, patch: 0 },
                 arch: Arch::X86_64,
             };
-            Session::new(me, PayloadFormat::Postcard, limits, Serving::default(), Ledger::default(), None, Now { ms: 0, unix: 0 })
+            Session::new(
+                me,
+                PayloadFormat::Postcard,
+                limits,
+                Serving::default(),
+                Ledger::default(),
+                None,
+                Now { ms: 0, unix: 0 },
+            )
         })
         .collect();
 
@@ -133,7 +148,10 @@ fn a_push_reaches_every_device_of_the_group_through_losses_and_corruption() {
                     assert_eq!(a, announce);
                     installed[k] = true;
                     let serving = Serving::default();
-                    route(d.handle(session::Input::Installed { phase: Phase::Installed { slot: Slot::A }, serving }, t), &mut to_sender);
+                    route(
+                        d.handle(session::Input::Installed { phase: Phase::Installed { slot: Slot::A }, serving }, t),
+                        &mut to_sender,
+                    );
                 }
             }
             route(d.handle(session::Input::Tick, t), &mut to_sender);

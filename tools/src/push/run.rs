@@ -3,13 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use drover_runtime::link::pump::{Link, pump, seed};
 use drover_runtime::link::BrokerSettings;
+use drover_runtime::link::pump::{Link, pump, seed};
 use drover_wire::topic::Name;
 use rumqttc::{AsyncClient, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
 
 use super::campaign::{Action, Campaign, Input, Work};
+use super::rate::RateLimit;
 use super::tracker::{DeviceView, End};
 
 /// How an operation ended, for the report.
@@ -27,17 +28,20 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-/// Runs `campaign` to its end. `bundle` holds the bundle's bytes for a push; `on_change` is
-/// called whenever a device's view changes (progress bars, log lines).
+/// Runs `campaign` to its end. `bundle` holds the bundle's bytes for a push, sent at most at
+/// `max_rate` bytes per second; `on_change` is called whenever a device's view changes
+/// (progress bars, log lines).
 pub async fn execute(
     campaign: &mut Campaign,
     bundle: &[u8],
+    max_rate: Option<u64>,
     broker: &BrokerSettings,
     mut on_change: impl FnMut(&Name, &DeviceView),
 ) -> anyhow::Result<Outcome> {
     let start = Instant::now();
     let ms = |t: Instant| t.duration_since(start).as_millis() as u64;
-    let client_id = format!("drover-cli-{}-{}", std::process::id(), seed("cli", start.elapsed().as_nanos() as u64) % 1_000_000);
+    let client_id =
+        format!("drover-cli-{}-{}", std::process::id(), seed("cli", start.elapsed().as_nanos() as u64) % 1_000_000);
     let options = broker.mqtt_options(&client_id, true)?;
     let (client, eventloop) = AsyncClient::new(options, 64);
     let (tx, mut rx) = mpsc::channel(1024);
@@ -47,7 +51,11 @@ pub async fn execute(
         Work::Command(_) => None,
     };
 
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut rate = match (max_rate, &announce) {
+        (Some(r), Some(a)) => Some(RateLimit::new(r, u64::from(a.chunk_size), 0)),
+        _ => None,
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(if rate.is_some() { 10 } else { 100 }));
     let mut online = false;
     let mut connected = false;
     let mut last_error = None;
@@ -56,8 +64,14 @@ pub async fn execute(
         if let Some(end) = campaign.end(now) {
             break end;
         }
-        let actions = tokio::select! {
-            link = rx.recv() => match link {
+        let link = tokio::select! {
+            link = rx.recv() => Some(link),
+            _ = tick.tick() => None,
+        };
+        let now = ms(Instant::now());
+        let actions = match link {
+            None => Vec::new(),
+            Some(link) => match link {
                 Some(Link::Up) => {
                     online = true;
                     connected = true;
@@ -71,10 +85,11 @@ pub async fn execute(
                     last_error = Some(e);
                     Vec::new()
                 }
-                Some(Link::Message(topic, payload)) => campaign.handle(Input::Message { topic: &topic, payload: &payload }, now),
+                Some(Link::Message(topic, payload)) => {
+                    campaign.handle(Input::Message { topic: &topic, payload: &payload }, now)
+                }
                 None => anyhow::bail!("the connection task ended"),
             },
-            _ = tick.tick() => Vec::new(),
         };
         for a in actions {
             perform(&client, a, campaign, &mut on_change).await;
@@ -83,6 +98,14 @@ pub async fn execute(
         if let (true, Some(a)) = (online, &announce) {
             let topic = drover_wire::topic::chunks(&a.transfer).to_string();
             for _ in 0..8 {
+                if !campaign.has_chunks() {
+                    break;
+                }
+                if let Some(r) = &mut rate {
+                    if !r.take(u64::from(a.chunk_size), ms(Instant::now())) {
+                        break;
+                    }
+                }
                 let Some(i) = campaign.next_chunk() else { break };
                 let payload = super::campaign::chunk_payload(a, bundle, i);
                 if client.publish(topic.as_str(), QoS::AtLeastOnce, false, payload).await.is_err() {
@@ -109,7 +132,12 @@ pub async fn execute(
     Ok(Outcome { end, last_error, connected, chunks_sent: campaign.chunks_sent(), elapsed: start.elapsed() })
 }
 
-async fn perform(client: &AsyncClient, action: Action, campaign: &Campaign, on_change: &mut impl FnMut(&Name, &DeviceView)) {
+async fn perform(
+    client: &AsyncClient,
+    action: Action,
+    campaign: &Campaign,
+    on_change: &mut impl FnMut(&Name, &DeviceView),
+) {
     match action {
         Action::Subscribe(filters) => {
             let filters: Vec<_> = filters.into_iter().map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce)).collect();

@@ -123,7 +123,14 @@ impl Tracker {
     }
 
     /// A device's progress on the operation `matches` accepts; true if something changed.
-    pub fn on_progress(&mut self, device: &Name, op: &Op, phase: Phase, matches: impl Fn(&Op) -> bool, now_ms: u64) -> bool {
+    pub fn on_progress(
+        &mut self,
+        device: &Name,
+        op: &Op,
+        phase: Phase,
+        matches: impl Fn(&Op) -> bool,
+        now_ms: u64,
+    ) -> bool {
         if !matches(op) {
             return false;
         }
@@ -160,8 +167,8 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_wire::message::{Digest, Slot};
     use drover_wire::Arch;
+    use drover_wire::message::{Digest, Slot};
 
     fn name(s: &str) -> Name {
         Name::new(s).unwrap()
