@@ -220,6 +220,9 @@ pub enum Op {
 }
 
 /// Where an operation stands on a device.
+// The failure reason is inline (no_std, no allocation); a Phase is built a few times per
+// operation, so the size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Phase {
     /// Chunks arriving.

@@ -153,7 +153,7 @@ pub enum Action {
     /// Every chunk is in: check the bundle's digest, install it, answer with [`Input::Installed`].
     Install(Announce),
     /// Verify and apply a signed command, answer with [`Input::CommandApplied`].
-    ApplyCommand(SignedCommand),
+    ApplyCommand(Box<SignedCommand>),
     /// Drop the transfer on disk.
     DiscardTransfer,
     /// Persist the ledger.
@@ -349,7 +349,7 @@ impl Session {
             },
             Parsed::Device(_, DeviceLeaf::Cmd) | Parsed::Group(_, GroupLeaf::Cmd) | Parsed::Fleet(GroupLeaf::Cmd) => {
                 match codec::decode::<SignedCommand>(payload) {
-                    Ok(c) => out.push(Action::ApplyCommand(c)),
+                    Ok(c) => out.push(Action::ApplyCommand(Box::new(c))),
                     Err(codec::DecodeError::Empty) => {}
                     Err(e) => log::warn!("{topic_str}: {e}"),
                 }
@@ -440,8 +440,9 @@ impl Session {
                     self.report(bundle_op(&a), Phase::Downloading { have, total }, now, out);
                 }
             }
-            Verdict::Corrupt(want) => {
+            Verdict::Corrupt => {
                 log::warn!("chunk {} of {} is corrupted: asking for it again", c.index, c.transfer.short());
+                let want = r.want_one(c.index);
                 self.publish_want(&want, out);
             }
             Verdict::Duplicate | Verdict::Foreign => {}

@@ -303,7 +303,7 @@ fn commands_are_handed_to_the_store_and_their_outcome_reported() {
         sig: drover_wire::trust::Signature { r: [0; 32], s: [0; 32] },
     };
     let actions = s.handle(msg("drover/v1/grp/lab/cmd", &codec::encode(PayloadFormat::Postcard, &cmd)), T0);
-    assert_eq!(actions, vec![Action::ApplyCommand(cmd)]);
+    assert_eq!(actions, vec![Action::ApplyCommand(Box::new(cmd))]);
     let done = s.handle(
         Input::CommandApplied { sequence: 77, phase: Phase::RolledBack { slot: Slot::A }, serving: Serving::default() },
         T0,

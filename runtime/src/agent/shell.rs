@@ -295,7 +295,7 @@ impl Agent {
                     log::debug!("{}: command {} already applied", self.me.device, cmd.command.sequence);
                     return None;
                 }
-                return Some(self.apply(cmd).await);
+                return Some(self.apply(*cmd).await);
             }
             Action::DiscardTransfer => {
                 self.spool = None;

@@ -13,8 +13,8 @@ pub enum Verdict {
     New,
     /// Held already (another device asked for it too): ignore.
     Duplicate,
-    /// Damaged in transit (hash, length or index wrong): ask for it again.
-    Corrupt(Want),
+    /// Damaged in transit (hash or length wrong): ask for it again ([`Receiver::want_one`]).
+    Corrupt,
     /// Of another transfer.
     Foreign,
 }
@@ -84,6 +84,11 @@ impl Receiver {
         Want { transfer: self.announce.transfer, ranges: ranges.iter().copied().collect() }
     }
 
+    /// A request for chunk `index` alone (after it arrived damaged).
+    pub fn want_one(&self, index: u32) -> Want {
+        self.want(&[ChunkRange { start: index, end: index.saturating_add(1) }])
+    }
+
     /// A request for everything missing (on connect, or on resume); `None` when complete.
     pub fn request(&mut self, now_ms: u64) -> Option<Want> {
         let missing = self.have.missing();
@@ -110,7 +115,7 @@ impl Receiver {
         let intact = chunk.data.len() as u64 == self.announce.chunk_len(index)
             && Digest(Sha256::digest(chunk.data).into()) == chunk.sha256;
         if !intact {
-            return Verdict::Corrupt(self.want(&[ChunkRange { start: index, end: index + 1 }]));
+            return Verdict::Corrupt;
         }
         self.have.insert(index);
         self.last_activity = now_ms;
@@ -182,12 +187,10 @@ mod tests {
         let mut flipped = good.data.to_vec();
         flipped[5] ^= 1;
         let bad = Chunk { data: &flipped, ..good.clone() };
-        match r.on_chunk(&bad, 1) {
-            Verdict::Corrupt(w) => assert_eq!(w.ranges.as_slice(), &[ChunkRange { start: 2, end: 3 }]),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(r.on_chunk(&bad, 1), Verdict::Corrupt);
+        assert_eq!(r.want_one(2).ranges.as_slice(), &[ChunkRange { start: 2, end: 3 }]);
         let short = Chunk { data: &good.data[..100], ..good.clone() };
-        assert!(matches!(r.on_chunk(&short, 1), Verdict::Corrupt(_)));
+        assert_eq!(r.on_chunk(&short, 1), Verdict::Corrupt);
         assert!(!r.have().contains(2));
         assert_eq!(r.on_chunk(&good, 2), Verdict::New);
     }

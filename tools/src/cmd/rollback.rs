@@ -50,7 +50,7 @@ pub fn run(args: &RollbackArgs, now_ms: u64) -> anyhow::Result<bool> {
     let settings = args.broker.settings()?;
     eprintln!("rollback for {} signed by operator key {key_id}, via {}", audience.describe(), settings.address());
     let tracker = Tracker::new(audience, 0, SETTLE.as_millis() as u64, args.timeout.as_millis() as u64);
-    let mut campaign = Campaign::new(Work::Command(signed), tracker, args.broker.payload);
+    let mut campaign = Campaign::new(Work::Command(Box::new(signed)), tracker, args.broker.payload);
     let outcome = drive(&mut campaign, &[], None, &settings)?;
     Ok(report(&campaign, &outcome, &settings.address()))
 }

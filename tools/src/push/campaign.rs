@@ -21,7 +21,7 @@ pub enum Work {
         announce: Announce,
     },
     /// Send a signed command.
-    Command(SignedCommand),
+    Command(Box<SignedCommand>),
 }
 
 /// What happened.

@@ -131,7 +131,7 @@ fn a_push_reaches_every_device_of_the_group_through_losses_and_corruption() {
         while let Some(i) = c.next_chunk() {
             sent += 1;
             let mut p = chunk_payload(&announce, &data, i);
-            if sent % 5 == 0 {
+            if sent.is_multiple_of(5) {
                 continue; // lost
             }
             if sent == 3 {
@@ -140,7 +140,7 @@ fn a_push_reaches_every_device_of_the_group_through_losses_and_corruption() {
             }
             to_devices.push((topic::chunks(&announce.transfer).to_string(), p));
         }
-        let inbox: Vec<_> = to_devices.drain(..).collect();
+        let inbox = std::mem::take(&mut to_devices);
         for (k, d) in devices.iter_mut().enumerate() {
             let t = Now { ms: now, unix: now / 1000 };
             for (topic, payload) in &inbox {

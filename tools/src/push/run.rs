@@ -101,10 +101,10 @@ pub async fn execute(
                 if !campaign.has_chunks() {
                     break;
                 }
-                if let Some(r) = &mut rate {
-                    if !r.take(u64::from(a.chunk_size), ms(Instant::now())) {
-                        break;
-                    }
+                if let Some(r) = &mut rate
+                    && !r.take(u64::from(a.chunk_size), ms(Instant::now()))
+                {
+                    break;
                 }
                 let Some(i) = campaign.next_chunk() else { break };
                 let payload = super::campaign::chunk_payload(a, bundle, i);
