@@ -394,3 +394,50 @@ fn embedded_broker_tls_and_passwords() {
 fn mosquitto_tls_client_certificates_and_passwords() {
     tls_and_passwords(Kind::Mosquitto);
 }
+
+/// The `drover-agent run` binary as a board runs it: config file, presence, a push, a clean
+/// stop on SIGTERM that leaves "offline" retained; a bad config is refused with its reason.
+#[test]
+fn agent_binary_runs_as_a_service() {
+    let Some(broker) = Broker::start(Kind::Embedded, Options::default()) else { return };
+    let rel = Release::new();
+    let bundle = rel.bundle(64 * 1024, 1);
+    let d = rel.dir.path();
+    ok("drover-agent", d, &["trust", "--root", "root.json", "--data-dir", "board"]);
+    let config = format!(
+        "device = \"board-1\"\ngroups = [\"lab\"]\ndata_dir = \"{}\"\npayload = \"json\"\n[broker]\nport = {}\n",
+        d.join("board").display(),
+        broker.port
+    );
+    std::fs::write(d.join("agent.toml"), config).expect("config");
+    let obs = Observer::connect(broker.port, "drover/v1/dev/board-1/status");
+    let mut agent = Command::new(workspace_bin("drover-agent"))
+        .current_dir(d)
+        .args(["run", "--config", "agent.toml"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the agent");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !obs.messages().iter().any(|(_, p)| codec::decode::<Status>(p).is_ok_and(|s| s.online)) {
+        assert!(Instant::now() < deadline, "the agent never came online");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (success, out) = finish(push(&rel, &bundle, &broker, &["--device", "board-1"]));
+    assert!(success, "{out}");
+    let status = ok("drover-agent", d, &["status", "--data-dir", "board", "--json"]);
+    assert!(status.contains("\"version\": 1"), "{status}");
+
+    let term = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status().expect("kill");
+    assert!(term.success());
+    let exit = agent.wait().expect("agent exit");
+    assert!(exit.success(), "SIGTERM is a clean stop: {exit:?}");
+    let last = obs.messages().last().cloned().expect("a status");
+    let s: Status = codec::decode(&last.1).expect("status");
+    assert!(!s.online, "the last word is offline");
+    assert_eq!(s.model.expect("model").version, 1);
+    assert!(last.1.starts_with(b"{"), "payload = \"json\" publishes JSON");
+
+    std::fs::write(d.join("bad.toml"), "device = \"board/1\"\ndata_dir = \"x\"\n").expect("bad config");
+    let out = drover_tests::cli::fails("drover-agent", d, &["run", "--config", "bad.toml"]);
+    assert!(out.contains("device 'board/1'"), "{out}");
+}

@@ -270,7 +270,6 @@ impl Session {
             topic::device(d, DeviceLeaf::Bundle).to_string(),
             topic::device(d, DeviceLeaf::Cmd).to_string(),
             topic::fleet(GroupLeaf::Bundle).to_string(),
-            topic::fleet(GroupLeaf::Cmd).to_string(),
         ];
         for g in &self.me.groups {
             t.push(topic::group(g, GroupLeaf::Bundle).to_string());

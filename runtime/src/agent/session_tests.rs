@@ -85,7 +85,6 @@ fn connecting_subscribes_everything_addressed_to_the_device_and_announces_presen
         "drover/v1/grp/lab/bundle",
         "drover/v1/grp/lab/cmd",
         "drover/v1/fleet/bundle",
-        "drover/v1/fleet/cmd",
     ] {
         assert!(topics.contains(&t.to_string()), "{t} in {topics:?}");
     }

@@ -1,0 +1,262 @@
+//! Transfer benchmark: pushing a 0.5 MB bundle to 20 agents against the broker's raw fan-out of
+//! the same bytes, in the same run, on the embedded broker (rumqttd, in process) and Mosquitto.
+//!
+//! raw    = one publisher sends the bundle's bytes as QoS 1 messages of one chunk each to a topic
+//!          20 plain MQTT subscribers listen on; time until every subscriber has every message.
+//! drover = `drover push` to 20 real agents (in process, each its own data dir): announcement,
+//!          chunk requests, hash-checked chunks written to disk; time until all 20 hold the whole
+//!          bundle (phase Installing), and until all 20 installed it (signature checks, slot
+//!          write, model load, self-test).
+//!
+//! `cargo bench -p drover-tests --bench transfer`. Prints one table; medians of 3 rounds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use drover_runtime::link::{BrokerSettings, PayloadFormat};
+use drover_tests::broker::{Broker, Kind, Options, free_port};
+use drover_tests::fleet::Fleet;
+use drover_tests::onnx_gen::{write_matmul_model, write_samples};
+use drover_tools::push::run::execute;
+use drover_tools::push::{Audience, Campaign, Tracker, Work};
+use drover_wire::message::Phase;
+use drover_wire::topic::Name;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+const DEVICES: usize = 20;
+const CHUNK: u32 = 32 * 1024;
+const ROUNDS: u64 = 3;
+
+fn drover(args: &[&str]) {
+    let cli = drover_tools::cli::Cli::parse_from(std::iter::once("drover").chain(args.iter().copied()));
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    drover_tools::cli::run(cli, now).unwrap_or_else(|e| panic!("drover {args:?}: {e:#}"));
+}
+
+/// Keys, root, delegation, and one bundle per round (a new version each time).
+fn release(dir: &Path) -> Vec<std::path::PathBuf> {
+    let d = |s: &str| dir.join(s).to_string_lossy().into_owned();
+    drover(&["keygen", "--role", "root", "--out", &d("keys")]);
+    drover(&["keygen", "--role", "release", "--out", &d("keys")]);
+    drover(&["root", "init", "--key", &d("keys/root.key"), "--out", &d("root.json")]);
+    let (root, root_key, rel_pub, deleg) = (d("root.json"), d("keys/root.key"), d("keys/release.pub"), d("rel.json"));
+    drover(&[
+        "delegate",
+        "--root",
+        &root,
+        "--root-key",
+        &root_key,
+        "--release",
+        &rel_pub,
+        "--models",
+        "big",
+        "--out",
+        &deleg,
+    ]);
+    write_samples(&dir.join("samples.jsonl"), 4);
+    (1..=ROUNDS)
+        .map(|v| {
+            let model = dir.join(format!("big-{v}.onnx"));
+            write_matmul_model(&model, 500 * 1024 + v as usize * 256);
+            let out = dir.join(format!("big-v{v}.drv"));
+            let (m, o, s, k) = (
+                model.to_string_lossy().into_owned(),
+                out.to_string_lossy().into_owned(),
+                d("samples.jsonl"),
+                d("keys/release.key"),
+            );
+            let v = v.to_string();
+            drover(&[
+                "bundle",
+                &m,
+                "--name",
+                "big",
+                "--version",
+                &v,
+                "--selftest",
+                &s,
+                "--key",
+                &k,
+                "--delegation",
+                &deleg,
+                "--out",
+                &o,
+            ]);
+            out
+        })
+        .collect()
+}
+
+/// The raw fan-out: `size` bytes as QoS 1 messages of `CHUNK` bytes, one publisher, 20 subscribers.
+async fn raw_fanout(port: u16, size: usize, round: u64) -> Duration {
+    let messages = size.div_ceil(CHUNK as usize);
+    let topic = format!("bench/raw/{round}");
+    let opts = |id: String| {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        o.set_inflight(32);
+        o
+    };
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Instant>(DEVICES);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(DEVICES);
+    let mut subs = Vec::new();
+    for i in 0..DEVICES {
+        let (client, mut el) = AsyncClient::new(opts(format!("raw-sub-{round}-{i}")), 64);
+        let (topic, done, ready) = (topic.clone(), done_tx.clone(), ready_tx.clone());
+        subs.push(tokio::spawn(async move {
+            let mut got = 0;
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client.subscribe(topic.as_str(), QoS::AtLeastOnce).await;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready.send(()).await;
+                    }
+                    Ok(Event::Incoming(Packet::Publish(_))) => {
+                        got += 1;
+                        if got == messages {
+                            let _ = done.send(Instant::now()).await;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("subscriber: {e}"),
+                }
+            }
+        }));
+    }
+    for _ in 0..DEVICES {
+        ready_rx.recv().await.expect("subscriber ready");
+    }
+    let (publisher, mut el) = AsyncClient::new(opts(format!("raw-pub-{round}")), 64);
+    let pumping = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let payload = vec![0xa5u8; CHUNK as usize];
+    let start = Instant::now();
+    for _ in 0..messages {
+        publisher.publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone()).await.expect("publish");
+    }
+    let mut last = start;
+    for _ in 0..DEVICES {
+        last = last.max(done_rx.recv().await.expect("subscriber done"));
+    }
+    pumping.abort();
+    for s in subs {
+        s.abort();
+    }
+    last - start
+}
+
+/// A push to the fleet: (all downloaded, all installed).
+async fn push(bundle: &[u8], version: u64, port: u16) -> (Duration, Duration) {
+    let devices: BTreeSet<Name> = (0..DEVICES).map(|i| Name::new(&format!("dev-{i:02}")).expect("name")).collect();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let announce = drover_tools::push::campaign::announce(bundle, "big", version, CHUNK, now).expect("announce");
+    let tracker = Tracker::new(Audience::Devices(devices), 0, 0, 120_000);
+    let mut campaign = Campaign::new(Work::Bundle { announce }, tracker, PayloadFormat::Postcard);
+    let start = Instant::now();
+    let mut downloaded: BTreeMap<Name, Duration> = BTreeMap::new();
+    let mut installed: BTreeMap<Name, Duration> = BTreeMap::new();
+    let settings = BrokerSettings { port, ..BrokerSettings::default() };
+    let outcome = execute(&mut campaign, bundle, None, &settings, |d, v| {
+        let t = start.elapsed();
+        match &v.phase {
+            Some(Phase::Installing) => {
+                downloaded.entry(d.clone()).or_insert(t);
+            }
+            Some(Phase::Installed { .. }) => {
+                downloaded.entry(d.clone()).or_insert(t);
+                installed.entry(d.clone()).or_insert(t);
+            }
+            Some(Phase::Failed { reason }) => panic!("{d}: {reason}"),
+            _ => {}
+        }
+    })
+    .await
+    .expect("push");
+    assert!(campaign.tracker().all_succeeded(), "push v{version}: {:?}", outcome.end);
+    let max = |m: &BTreeMap<Name, Duration>| m.values().max().copied().unwrap_or_default();
+    (max(&downloaded), max(&installed))
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bundles = release(dir.path());
+    let size = std::fs::metadata(&bundles[0]).expect("bundle").len() as usize;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    println!(
+        "Transfer benchmark: a {size}-byte bundle in {CHUNK}-byte chunks to {DEVICES} agents; medians of {ROUNDS} rounds"
+    );
+    println!("raw    = the broker fanning the same bytes out to {DEVICES} plain subscribers (QoS 1, one publisher)");
+    println!(
+        "drover = drover push: announce, requests, hash-checked chunks on disk; 'installed' adds verify + slot + self-test"
+    );
+    println!();
+    println!(
+        "{:<22} {:>10} {:>12} {:>14} {:>8} {:>14}",
+        "broker", "raw ms", "drover ms", "drover MB/s*", "ratio", "installed ms"
+    );
+    for kind in [Kind::Embedded, Kind::Mosquitto] {
+        let (port, _guard): (u16, Option<Broker>) = match kind {
+            Kind::Embedded => {
+                let port = free_port();
+                let cfg = drover_tools::broker::BrokerConfig {
+                    listen: Some(([127, 0, 0, 1], port).into()),
+                    ..Default::default()
+                };
+                std::thread::spawn(move || drover_tools::broker::run(&cfg));
+                std::thread::sleep(Duration::from_millis(300));
+                (port, None)
+            }
+            Kind::Mosquitto => match Broker::start(Kind::Mosquitto, Options::default()) {
+                Some(b) => (b.port, Some(b)),
+                None => continue,
+            },
+        };
+        let fleet_dir = tempfile::tempdir().expect("tmp");
+        let settings = BrokerSettings { port, ..BrokerSettings::default() };
+        let mut fleet =
+            Fleet::new(fleet_dir.path(), "dev", DEVICES, &["bench"], &dir.path().join("root.json"), &settings);
+        fleet.start_all();
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut raw = Vec::new();
+        let mut down = Vec::new();
+        let mut inst = Vec::new();
+        for (round, bundle) in bundles.iter().enumerate() {
+            let bytes = Arc::new(std::fs::read(bundle).expect("bundle"));
+            raw.push(rt.block_on(raw_fanout(port, size, round as u64)));
+            let (d, i) = rt.block_on(push(&bytes, round as u64 + 1, port));
+            down.push(d);
+            inst.push(i);
+        }
+        let (raw, down, inst) = (median(raw), median(down), median(inst));
+        let rate = (size * DEVICES) as f64 / down.as_secs_f64() / 1e6;
+        let name = match kind {
+            Kind::Embedded => "embedded (rumqttd)",
+            Kind::Mosquitto => "Mosquitto (Debian)",
+        };
+        println!(
+            "{:<22} {:>10.1} {:>12.1} {:>14.1} {:>8.2} {:>14.1}",
+            name,
+            raw.as_secs_f64() * 1e3,
+            down.as_secs_f64() * 1e3,
+            rate,
+            down.as_secs_f64() / raw.as_secs_f64(),
+            inst.as_secs_f64() * 1e3
+        );
+        drop(fleet);
+    }
+    println!();
+    println!(
+        "* MB/s delivered: bundle size x {DEVICES} devices / drover ms. ratio = drover / raw (1.0 = as fast as the bare broker)"
+    );
+}
