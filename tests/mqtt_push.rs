@@ -441,3 +441,37 @@ fn agent_binary_runs_as_a_service() {
     let out = drover_tests::cli::fails("drover-agent", d, &["run", "--config", "bad.toml"]);
     assert!(out.contains("device 'board/1'"), "{out}");
 }
+
+/// A command sent while a device is offline reaches it when it comes back (persistent session).
+fn command_reaches_an_offline_device(kind: Kind) {
+    let Some(broker) = Broker::start(kind, Options::default()) else { return };
+    let rel = Release::new();
+    let fleet_dir = tempfile::tempdir().expect("tmp");
+    let mut fleet = Fleet::new(fleet_dir.path(), "pi", 1, &["lab"], &rel.path("root.json"), &settings(&broker));
+    fleet.start_all();
+    for v in [1, 2] {
+        let (success, out) = finish(push(&rel, &rel.bundle(64 * 1024, v), &broker, &["--group", "lab"]));
+        assert!(success, "{out}");
+    }
+    fleet.stop(0);
+    let addr = broker.address();
+    let args =
+        ["rollback", "--group", "lab", "--key", "keys/operator.key", "--delegation", "op.json", "--broker", &addr];
+    let child = drover(rel.dir.path(), &[&args[..], &["--timeout", "60s"]].concat());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(fleet.serving(0), Some(("big".into(), 2)));
+    fleet.start(0);
+    let (success, out) = finish(child);
+    assert!(success, "{out}");
+    assert_eq!(fleet.serving(0), Some(("big".into(), 1)));
+}
+
+#[test]
+fn embedded_broker_command_reaches_an_offline_device() {
+    command_reaches_an_offline_device(Kind::Embedded);
+}
+
+#[test]
+fn mosquitto_command_reaches_an_offline_device() {
+    command_reaches_an_offline_device(Kind::Mosquitto);
+}

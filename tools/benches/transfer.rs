@@ -8,7 +8,7 @@
 //!          bundle (phase Installing), and until all 20 installed it (signature checks, slot
 //!          write, model load, self-test).
 //!
-//! `cargo bench -p drover-tests --bench transfer`. Prints one table; medians of 3 rounds.
+//! `cargo bench -p drover-tools --bench transfer`. Prints one table; medians of 3 rounds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
