@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::config::AgentConfig;
 use super::session::{Action, Identity, Input, Ledger, Now, Serving, Session, SessionLimits};
 use crate::link::codec;
-use crate::link::pump::{Link, pump};
+use crate::link::pump::{Link, pump, wait_closed};
 use crate::store::{CommandOutcome, SlotId, Store, StoreConfig};
 use crate::transfer::{Patience, Spool};
 
@@ -222,14 +222,7 @@ impl Agent {
             let payload = codec::encode(self.cfg.payload, &self.session.status(false, self.clock.now()));
             self.publish(self.session.status_topic(), payload, true);
             let _ = self.client.try_disconnect();
-            let deadline = tokio::time::sleep(Duration::from_secs(2));
-            tokio::pin!(deadline);
-            loop {
-                tokio::select! {
-                    () = &mut deadline => break,
-                    link = rx.recv() => if matches!(link, None | Some(Link::Down(_))) { break },
-                }
-            }
+            wait_closed(&mut rx, Duration::from_secs(2)).await;
         }
         if let Some(spool) = &mut self.spool {
             let _ = spool.sync();

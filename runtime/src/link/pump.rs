@@ -22,6 +22,10 @@ pub enum Link {
 
 /// Runs until the receiver of `tx` is dropped. `seed` spreads the jitter of agents apart.
 pub async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<Link>, seed: u64) {
+    // Small messages (chunk requests, progress) must not wait for Nagle's algorithm.
+    let mut network = eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut jitter = Jitter::new(seed);
     loop {
@@ -49,4 +53,17 @@ pub async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<Link>, seed: u64) {
 /// A jitter seed from a client id and the time, different for every agent in a process.
 pub fn seed(client_id: &str, now_ms: u64) -> u64 {
     client_id.bytes().fold(now_ms ^ 0x9E37_79B9_7F4A_7C15, |h, b| h.rotate_left(5) ^ u64::from(b))
+}
+
+/// After a disconnect request: waits (at most `limit`) until the pump reports the connection
+/// closed, so the last publishes (an "offline" status, a cleared announcement) leave first.
+pub async fn wait_closed(rx: &mut mpsc::Receiver<Link>, limit: Duration) {
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return,
+            link = rx.recv() => if matches!(link, None | Some(Link::Down(_))) { return },
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use drover_runtime::link::BrokerSettings;
-use drover_runtime::link::pump::{Link, pump, seed};
+use drover_runtime::link::pump::{Link, pump, seed, wait_closed};
 use drover_wire::topic::Name;
 use rumqttc::{AsyncClient, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
@@ -64,9 +64,22 @@ pub async fn execute(
         if let Some(end) = campaign.end(now) {
             break end;
         }
-        let link = tokio::select! {
-            link = rx.recv() => Some(link),
-            _ = tick.tick() => None,
+        // With chunks to send (and no rate to wait for), go straight back to sending; otherwise
+        // wait for the connection or the next tick.
+        let sending = online && campaign.has_chunks() && rate.is_none();
+        let link = if sending {
+            // Let the connection task run between batches.
+            tokio::task::yield_now().await;
+            match rx.try_recv() {
+                Ok(l) => Some(Some(l)),
+                Err(mpsc::error::TryRecvError::Empty) => None,
+                Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+            }
+        } else {
+            tokio::select! {
+                link = rx.recv() => Some(link),
+                _ = tick.tick() => None,
+            }
         };
         let now = ms(Instant::now());
         let actions = match link {
@@ -119,14 +132,7 @@ pub async fn execute(
             perform(&client, a, campaign, &mut on_change).await;
         }
         let _ = client.disconnect().await;
-        let deadline = tokio::time::sleep(Duration::from_secs(3));
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                () = &mut deadline => break,
-                link = rx.recv() => if matches!(link, None | Some(Link::Down(_))) { break },
-            }
-        }
+        wait_closed(&mut rx, Duration::from_secs(3)).await;
     }
     pumping.abort();
     Ok(Outcome { end, last_error, connected, chunks_sent: campaign.chunks_sent(), elapsed: start.elapsed() })
