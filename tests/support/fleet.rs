@@ -21,10 +21,13 @@ pub struct Member {
     task: Option<tokio::task::JoinHandle<Result<(), drover_runtime::agent::AgentError>>>,
 }
 
-/// Agents sharing one runtime.
+/// Agents sharing one single-threaded runtime, driven by a thread of its own (the agent needs
+/// no more; a multi-threaded runtime would also change tokio's features for the whole test
+/// build and force the agent to be compiled twice).
 #[derive(Debug)]
 pub struct Fleet {
-    rt: tokio::runtime::Runtime,
+    rt: tokio::runtime::Handle,
+    driver: Option<(oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
     /// The agents, in order of their names.
     pub members: Vec<Member>,
 }
@@ -60,8 +63,15 @@ impl Fleet {
                 Member { cfg, stop: None, task: None }
             })
             .collect();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        Fleet { rt, members }
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async {
+                let _ = stopped.await;
+            })
+        });
+        Fleet { rt, driver: Some((stop, thread)), members }
     }
 
     /// Starts agent `i`.
@@ -141,6 +151,10 @@ impl Drop for Fleet {
             if let Some(task) = m.task.take() {
                 let _ = self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
             }
+        }
+        if let Some((stop, thread)) = self.driver.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
         }
     }
 }

@@ -3,11 +3,15 @@
 //! binaries and tools the tests drive, brokers (embedded and Mosquitto), in-process fleets of
 //! agents, and models of any size.
 
+#[cfg(feature = "mqtt")]
 pub mod broker;
 pub mod cli;
+#[cfg(feature = "mqtt")]
 pub mod fleet;
 pub mod manifest;
+#[cfg(feature = "mqtt")]
 pub mod observer;
+#[cfg(feature = "mqtt")]
 pub mod onnx_gen;
 pub mod parity;
 pub mod tools;

@@ -188,7 +188,7 @@ fn main() {
     release(dir.path());
     let sets: Vec<Vec<std::path::PathBuf>> =
         SIZES.iter().enumerate().map(|(i, w)| bundles(dir.path(), *w, 1 + i as u64 * ROUNDS)).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     println!("Transfer benchmark: bundles in {CHUNK}-byte chunks to {DEVICES} agents; medians of {ROUNDS} rounds");
     println!("raw       = the broker fanning the same bytes out to {DEVICES} plain subscribers (QoS 1, one publisher)");
     println!("announced = drover push: connect, announce, until all {DEVICES} agents reported it");

@@ -93,11 +93,8 @@ fn load_ledger(path: &Path) -> Ledger {
     }
 }
 
-fn save_ledger(path: &Path, ledger: &Ledger) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(ledger).unwrap_or_default())?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
+fn save_ledger(path: &Path, ledger: &Ledger) -> Result<(), crate::store::StoreError> {
+    crate::store::atomic_write(path, &serde_json::to_vec_pretty(ledger).unwrap_or_default())
 }
 
 /// The agent: the store, the spool, the session and the connection.
@@ -299,7 +296,7 @@ impl Agent {
             Action::SaveLedger(ledger) => {
                 let path = self.cfg.data_dir.join(LEDGER);
                 if let Err(e) = save_ledger(&path, &ledger) {
-                    log::warn!("{}: {}: {e}", self.me.device, path.display());
+                    log::warn!("{}: {e}", self.me.device);
                 }
             }
         }

@@ -144,7 +144,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new content:
 /// temporary file, fsync, rename, fsync of the directory.
-fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;

@@ -9,6 +9,7 @@ mod disk;
 pub mod failpoint;
 mod state;
 
+pub(crate) use disk::atomic_write;
 pub use disk::{BootOutcome, CommandOutcome, InstallError, InstallReport, Store, StoreConfig, StoreError};
 pub use failpoint::FailPoint;
 pub use state::{BootDecision, RollbackError, SlotId, StoreState};

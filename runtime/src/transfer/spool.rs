@@ -34,6 +34,9 @@ pub enum SpoolError {
         /// The error.
         error: io::Error,
     },
+    /// Persisting the announcement failed.
+    #[error("{0}")]
+    Store(String),
     /// The assembled bundle is not the announced one.
     #[error("the assembled bundle's SHA-256 is {got}, the announcement said {want}")]
     Digest {
@@ -64,12 +67,7 @@ impl Spool {
         discard(dir)?;
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let a = serde_json::to_vec(announce).unwrap_or_default();
-        let path = dir.join(ANNOUNCE);
-        let tmp = path.with_extension("tmp");
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(&a).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+        crate::store::atomic_write(&dir.join(ANNOUNCE), &a).map_err(|e| SpoolError::Store(e.to_string()))?;
         Self::open_files(dir, announce.clone())
     }
 
