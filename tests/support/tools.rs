@@ -26,7 +26,9 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         let dir = profile_dir();
         let release = dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--bins", "-p", "drover-runtime", "-p", "drover-tools"]);
+        // `--workspace --bins --tests` resolves features exactly as `cargo test --workspace`
+        // does, so after the test build this is a no-op instead of a second build of the agent.
+        cmd.args(["build", "--quiet", "--workspace", "--bins", "--tests"]);
         if release {
             cmd.arg("--release");
         }
