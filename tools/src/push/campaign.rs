@@ -87,12 +87,6 @@ impl Campaign {
         self.sent
     }
 
-    /// Whether a report is about this operation: the same transfer and announcement (not an
-    /// earlier push of the same bundle), or the same command.
-    pub fn is_ours(&self, op: &Op) -> bool {
-        Campaign::matches(&self.work, op)
-    }
-
     /// Feeds one input.
     pub fn handle(&mut self, input: Input<'_>, now_ms: u64) -> Vec<Action> {
         let mut out = Vec::new();
@@ -159,6 +153,8 @@ impl Campaign {
         }
     }
 
+    /// Whether a report is about this operation: the same transfer and announcement (not an
+    /// earlier push of the same bundle), or the same command.
     fn matches(work: &Work, op: &Op) -> bool {
         match (work, op) {
             (Work::Bundle { announce: a }, Op::Bundle { transfer, issued_at, .. }) => {

@@ -67,42 +67,40 @@ pub async fn execute(
         // With chunks to send (and no rate to wait for), go straight back to sending; otherwise
         // wait for the connection or the next tick.
         let sending = online && campaign.has_chunks() && rate.is_none();
-        let link = if sending {
+        let wake = if sending {
             // Let the connection task run between batches.
             tokio::task::yield_now().await;
             match rx.try_recv() {
-                Ok(l) => Some(Some(l)),
-                Err(mpsc::error::TryRecvError::Empty) => None,
-                Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+                Ok(l) => Wake::Link(l),
+                Err(mpsc::error::TryRecvError::Empty) => Wake::Idle,
+                Err(mpsc::error::TryRecvError::Disconnected) => Wake::Closed,
             }
         } else {
             tokio::select! {
-                link = rx.recv() => Some(link),
-                _ = tick.tick() => None,
+                link = rx.recv() => link.map_or(Wake::Closed, Wake::Link),
+                _ = tick.tick() => Wake::Idle,
             }
         };
         let now = ms(Instant::now());
-        let actions = match link {
-            None => Vec::new(),
-            Some(link) => match link {
-                Some(Link::Up) => {
-                    online = true;
-                    connected = true;
-                    campaign.handle(Input::Connected, now)
+        let actions = match wake {
+            Wake::Idle => Vec::new(),
+            Wake::Closed => anyhow::bail!("the connection task ended"),
+            Wake::Link(Link::Up) => {
+                online = true;
+                connected = true;
+                campaign.handle(Input::Connected, now)
+            }
+            Wake::Link(Link::Down(e)) => {
+                if online {
+                    log::warn!("connection to {} lost: {e}", broker.address());
                 }
-                Some(Link::Down(e)) => {
-                    if online {
-                        log::warn!("connection to {} lost: {e}", broker.address());
-                    }
-                    online = false;
-                    last_error = Some(e);
-                    Vec::new()
-                }
-                Some(Link::Message(topic, payload)) => {
-                    campaign.handle(Input::Message { topic: &topic, payload: &payload }, now)
-                }
-                None => anyhow::bail!("the connection task ended"),
-            },
+                online = false;
+                last_error = Some(e);
+                Vec::new()
+            }
+            Wake::Link(Link::Message(topic, payload)) => {
+                campaign.handle(Input::Message { topic: &topic, payload: &payload }, now)
+            }
         };
         for a in actions {
             perform(&client, a, campaign, &mut on_change).await;
@@ -136,6 +134,16 @@ pub async fn execute(
     }
     pumping.abort();
     Ok(Outcome { end, last_error, connected, chunks_sent: campaign.chunks_sent(), elapsed: start.elapsed() })
+}
+
+/// Why the loop woke up.
+enum Wake {
+    /// Something happened on the connection.
+    Link(Link),
+    /// The connection task is gone.
+    Closed,
+    /// Time passed (or there are chunks to send).
+    Idle,
 }
 
 async fn perform(
