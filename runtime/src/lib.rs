@@ -7,9 +7,12 @@ pub mod agent;
 pub mod cmd;
 pub mod engine;
 pub mod link;
+pub mod outbox;
 pub mod reference;
 pub mod samples;
+pub mod serve;
 pub mod store;
+pub mod telemetry;
 pub mod tensor;
 pub mod transfer;
 

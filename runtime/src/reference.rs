@@ -14,6 +14,9 @@ use crate::engine::{Model, RunError};
 use crate::samples::{Sample, SampleError, SampleFile};
 use crate::tensor::{Tensor, TensorData};
 
+/// Most histogram bins per feature: what the agent's bounded drift monitor holds.
+pub const MAX_BINS: usize = drover_wire::drift::MAX_BINS;
+
 /// Most values kept per feature for the quantiles (a stride subsamples beyond it).
 const MAX_VALUES_PER_FEATURE: usize = 200_000;
 
@@ -69,6 +72,10 @@ pub struct ReferenceStats {
     pub input: String,
     /// How its elements map to features.
     pub layout: FeatureLayout,
+    /// Feature names (column names of tabular data), when the bundle author gave them; alerts
+    /// name features by them instead of `input[i]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<String>>,
     /// One entry per feature.
     pub features: Vec<FeatureStats>,
     /// Class distributions of the classifier outputs.
@@ -97,7 +104,7 @@ pub enum ReferenceError {
 /// Runs every sample of `data` through `model` and profiles inputs and outputs, with `bins`
 /// histogram bins per feature.
 pub fn profile(model: &mut Model, data: &mut SampleFile, bins: usize) -> Result<ReferenceStats, ReferenceError> {
-    let bins = bins.max(1);
+    let bins = bins.clamp(1, MAX_BINS);
     let signature = model.signature().clone();
     let mut values: Vec<Vec<f64>> = Vec::new();
     let mut layout = FeatureLayout::Elements;
@@ -143,7 +150,14 @@ pub fn profile(model: &mut Model, data: &mut SampleFile, bins: usize) -> Result<
             kind.map(|k| OutputStats { name: spec.name.to_string(), kind: k.to_string(), classes })
         })
         .collect();
-    Ok(ReferenceStats { samples: n, input: signature.inputs[0].name.to_string(), layout, features, outputs })
+    Ok(ReferenceStats {
+        samples: n,
+        input: signature.inputs[0].name.to_string(),
+        layout,
+        names: None,
+        features,
+        outputs,
+    })
 }
 
 /// Appends the sample's values to each feature's list (subsampled past the cap).
@@ -171,7 +185,7 @@ fn collect(input: &Tensor, layout: FeatureLayout, values: &mut [Vec<f64>]) {
 
 /// The class a classifier output names: an integer scalar is a label; a float vector's
 /// largest score is the class.
-fn class_of(t: &Tensor) -> Option<(&'static str, i64)> {
+pub(crate) fn class_of(t: &Tensor) -> Option<(&'static str, i64)> {
     match (t.data(), t.shape()) {
         (TensorData::I64(v), []) => Some(("label", v[0])),
         (TensorData::I32(v), []) => Some(("label", i64::from(v[0]))),

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drover_runtime::agent::config::TransferSettings;
-use drover_runtime::agent::{AgentConfig, SystemClock};
+use drover_runtime::agent::{AgentConfig, Clock, SystemClock};
 use drover_runtime::link::{BrokerSettings, PayloadFormat};
+use drover_runtime::serve::Inference;
 use drover_runtime::store::{Store, StoreConfig, StoreState};
 use tokio::sync::oneshot;
 
@@ -18,6 +19,7 @@ pub struct Member {
     /// Its configuration.
     pub cfg: AgentConfig,
     stop: Option<oneshot::Sender<()>>,
+    inference: Option<Inference>,
     task: Option<tokio::task::JoinHandle<Result<(), drover_runtime::agent::AgentError>>>,
 }
 
@@ -59,8 +61,12 @@ impl Fleet {
                     broker: broker.clone(),
                     transfer: TransferSettings { stall_s: 0.7, give_up_s: 120, ..TransferSettings::default() },
                     status_every_s: 60,
+                    telemetry: Default::default(),
+                    drift: Default::default(),
+                    quality: Default::default(),
+                    inference: Default::default(),
                 };
-                Member { cfg, stop: None, task: None }
+                Member { cfg, stop: None, inference: None, task: None }
             })
             .collect();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -79,13 +85,21 @@ impl Fleet {
         let m = &mut self.members[i];
         let (tx, rx) = oneshot::channel::<()>();
         let cfg = m.cfg.clone();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
+        let inference = Inference::new(cfg.serve_settings(None), clock.clone());
+        m.inference = Some(inference.clone());
         m.task = Some(self.rt.spawn(async move {
-            drover_runtime::agent::run(cfg, Arc::new(SystemClock::default()), async {
+            drover_runtime::agent::run_with(cfg, clock, inference, async {
                 let _ = rx.await;
             })
             .await
         }));
         m.stop = Some(tx);
+    }
+
+    /// The inference service of running agent `i` (requests and labels go there).
+    pub fn inference(&self, i: usize) -> Inference {
+        self.members[i].inference.clone().expect("the agent was started")
     }
 
     /// Starts every agent.

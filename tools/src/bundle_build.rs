@@ -42,6 +42,8 @@ pub struct BundleSpec {
     pub reference_from: Option<PathBuf>,
     /// Histogram bins per feature in the reference profile.
     pub reference_bins: usize,
+    /// Names of the reference's features (tabular columns), so alerts name them.
+    pub feature_names: Option<Vec<String>>,
     /// Runtime settings for the agent.
     pub settings: RuntimeSettings,
 }
@@ -210,8 +212,19 @@ pub fn build(spec: &BundleSpec) -> Result<Bundle, BuildError> {
     if let Some(data_path) = &spec.reference_from {
         let fail = |e: &dyn std::fmt::Display| BuildError::Reference(format!("{}: {e}", data_path.display()));
         let mut data = SampleFile::open(data_path, model.signature()).map_err(|e| fail(&e))?;
-        let stats =
+        let mut stats =
             drover_runtime::reference::profile(&mut model, &mut data, spec.reference_bins).map_err(|e| fail(&e))?;
+        if let Some(names) = &spec.feature_names {
+            if names.len() != stats.features.len() {
+                return Err(BuildError::Reference(format!(
+                    "{} feature names for {} features of '{}'",
+                    names.len(),
+                    stats.features.len(),
+                    stats.input
+                )));
+            }
+            stats.names = Some(names.clone());
+        }
         let text = serde_json::to_vec_pretty(&stats).map_err(|e| fail(&e))?;
         entries.push(entry(FileRole::ReferenceStats, "reference.json", &text)?).map_err(too_many)?;
         files.push(text);

@@ -46,6 +46,11 @@ pub enum Verb {
     Decode(cmd::decode::DecodeArgs),
     /// Print every Drover message on the broker as JSON lines.
     Watch(cmd::decode::WatchArgs),
+    /// Show the fleet's alerts (drift, degradation, retrain) and run a hook for each (exit 1 if
+    /// a hook failed).
+    Alerts(cmd::alerts::AlertsArgs),
+    /// Send the true labels of earlier predictions to a device.
+    Feedback(cmd::feedback::FeedbackArgs),
 }
 
 /// Runs a parsed command line at time `now_ms` (Unix milliseconds: the clock is read by the
@@ -66,6 +71,12 @@ pub fn run(cli: Cli, now_ms: u64) -> anyhow::Result<ExitCode> {
         Verb::Broker(args) => cmd::broker::run(&args).map(|_| true)?,
         Verb::Decode(args) => cmd::decode::run(&args).map(|_| true)?,
         Verb::Watch(args) => cmd::decode::watch(&args).map(|_| true)?,
+        Verb::Alerts(args) => cmd::alerts::run(&args)?,
+        Verb::Feedback(args) => {
+            let n = cmd::feedback::run(&args)?;
+            eprintln!("sent {n} labels to {}", args.device);
+            true
+        }
     };
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -7,5 +7,6 @@ pub mod cli;
 pub mod cmd;
 pub mod keys;
 pub mod mlflow;
+pub mod publish;
 pub mod push;
 pub mod trust_docs;

@@ -2,7 +2,7 @@
 //!
 //! The agent, the operator CLI, the fleet server and the firmware shim exchange the same values
 //! (tensor schemas, bundle manifests, signed trust documents, the MQTT topic tree and its
-//! messages; frames and telemetry as they arrive). Defining them once, in a `no_std` crate with
+//! messages, telemetry, drift windows and events; frames as they arrive). Defining them once, in a `no_std` crate with
 //! bounded (heapless) storage, means a microcontroller and a Raspberry Pi encode and decode
 //! exactly the same bytes, and that no component can drift from another.
 //!
@@ -14,11 +14,15 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub use drover_drift as drift;
+
 mod arch;
 pub mod command;
 mod dtype;
+pub mod event;
 pub mod manifest;
 pub mod message;
+pub mod telemetry;
 mod tensor_spec;
 pub mod topic;
 pub mod trust;

@@ -67,14 +67,19 @@ pub enum DeviceLeaf {
     Cmd,
     /// A bundle announced to this device alone, retained ([`crate::message::Announce`]).
     Bundle,
-    /// Periodic telemetry (reserved for the telemetry work).
+    /// Periodic telemetry, through the device's outbox ([`crate::telemetry::Telemetry`]).
     Telemetry,
-    /// Events and alerts (reserved for the drift work).
+    /// Alerts and other events, through the outbox ([`crate::event::Event`]).
     Events,
+    /// Closed drift windows with their mergeable sketches, through the outbox
+    /// ([`crate::telemetry::DriftWindow`]).
+    Drift,
+    /// Ground-truth labels for earlier predictions, to the device ([`crate::event::Feedback`]).
+    Feedback,
 }
 
 impl DeviceLeaf {
-    const ALL: [DeviceLeaf; 7] = [
+    const ALL: [DeviceLeaf; 9] = [
         DeviceLeaf::Status,
         DeviceLeaf::Progress,
         DeviceLeaf::Want,
@@ -82,6 +87,8 @@ impl DeviceLeaf {
         DeviceLeaf::Bundle,
         DeviceLeaf::Telemetry,
         DeviceLeaf::Events,
+        DeviceLeaf::Drift,
+        DeviceLeaf::Feedback,
     ];
 
     /// The topic level.
@@ -94,6 +101,8 @@ impl DeviceLeaf {
             DeviceLeaf::Bundle => "bundle",
             DeviceLeaf::Telemetry => "telemetry",
             DeviceLeaf::Events => "events",
+            DeviceLeaf::Drift => "drift",
+            DeviceLeaf::Feedback => "feedback",
         }
     }
 }

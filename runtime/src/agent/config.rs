@@ -31,6 +31,146 @@ pub struct AgentConfig {
     /// How often presence is refreshed, seconds.
     #[serde(default = "default_status_every")]
     pub status_every_s: u64,
+    /// Telemetry and the outbox.
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+    /// Data and prediction drift.
+    #[serde(default)]
+    pub drift: DriftSettings,
+    /// Prediction quality from labels (concept drift).
+    #[serde(default)]
+    pub quality: QualitySettings,
+    /// The inference queue.
+    #[serde(default)]
+    pub inference: InferenceSettings,
+}
+
+/// The `[telemetry]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Seconds between two reports; unset, the bundle's setting or 60.
+    pub period_s: Option<u32>,
+    /// Disk the outbox may use, MiB (reports beyond it drop the oldest, counted).
+    #[serde(default = "default_outbox_mib")]
+    pub outbox_mib: u64,
+}
+
+fn default_outbox_mib() -> u64 {
+    16
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings { period_s: None, outbox_mib: default_outbox_mib() }
+    }
+}
+
+/// The `[drift]` table. Unset thresholds come from the bundle (PSI) or the drift crate's
+/// defaults, which were chosen for a false-alarm rate stated in `drover_drift`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftSettings {
+    /// A window closes after this many samples…
+    #[serde(default = "default_window_samples")]
+    pub window_samples: u32,
+    /// …or after this many seconds, whichever comes first.
+    #[serde(default = "default_window_s")]
+    pub window_s: u64,
+    /// Fewer samples than this and a window is reported but not judged.
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u32,
+    /// Population stability index at or above which a feature drifted.
+    pub psi: Option<f64>,
+    /// Jensen–Shannon distance at or above which a feature drifted.
+    pub js: Option<f64>,
+    /// Kolmogorov–Smirnov p-value below which a feature drifted.
+    pub ks_p: Option<f64>,
+    /// Chi-squared p-value below which a categorical feature drifted.
+    pub chi2_p: Option<f64>,
+    /// Variance-test p-value (against the reference's standard deviation) below which a numeric
+    /// feature drifted.
+    pub variance_p: Option<f64>,
+    /// Consecutive drifted windows that raise a `retrain` event.
+    #[serde(default = "default_sustain")]
+    pub sustain: u8,
+}
+
+fn default_window_samples() -> u32 {
+    500
+}
+fn default_window_s() -> u64 {
+    300
+}
+fn default_min_samples() -> u32 {
+    100
+}
+fn default_sustain() -> u8 {
+    3
+}
+
+impl Default for DriftSettings {
+    fn default() -> Self {
+        DriftSettings {
+            window_samples: default_window_samples(),
+            window_s: default_window_s(),
+            min_samples: default_min_samples(),
+            psi: None,
+            js: None,
+            ks_p: None,
+            chi2_p: None,
+            variance_p: None,
+            sustain: default_sustain(),
+        }
+    }
+}
+
+/// The `[quality]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QualitySettings {
+    /// Predictions remembered for their labels.
+    #[serde(default = "default_memory")]
+    pub memory: usize,
+    /// Rolling accuracy under which a `degraded` alert is raised.
+    pub min_accuracy: Option<f64>,
+    /// Rolling macro F1 under which a `degraded` alert is raised.
+    pub min_f1: Option<f64>,
+    /// Labels needed before the floors are checked.
+    #[serde(default = "default_min_labels")]
+    pub min_labels: u32,
+}
+
+fn default_memory() -> usize {
+    10_000
+}
+fn default_min_labels() -> u32 {
+    50
+}
+
+impl Default for QualitySettings {
+    fn default() -> Self {
+        QualitySettings { memory: default_memory(), min_accuracy: None, min_f1: None, min_labels: default_min_labels() }
+    }
+}
+
+/// The `[inference]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceSettings {
+    /// Requests that may wait for the engine; more are refused as busy.
+    #[serde(default = "default_queue")]
+    pub queue: u32,
+}
+
+fn default_queue() -> u32 {
+    64
+}
+
+impl Default for InferenceSettings {
+    fn default() -> Self {
+        InferenceSettings { queue: default_queue() }
+    }
 }
 
 fn default_status_every() -> u64 {
@@ -109,6 +249,12 @@ impl AgentConfig {
         if !(cfg.transfer.stall_s.is_finite() && cfg.transfer.stall_s > 0.0) {
             return Err(ConfigError::Range("transfer.stall_s must be above 0".into()));
         }
+        if cfg.drift.window_samples == 0 || cfg.drift.window_s == 0 || cfg.drift.sustain == 0 {
+            return Err(ConfigError::Range("drift.window_samples, window_s and sustain must be above 0".into()));
+        }
+        if cfg.telemetry.period_s == Some(0) || cfg.inference.queue == 0 {
+            return Err(ConfigError::Range("telemetry.period_s and inference.queue must be above 0".into()));
+        }
         if cfg.broker.max_packet < 4096 {
             return Err(ConfigError::Range("broker.max_packet must be at least 4096 bytes".into()));
         }
@@ -120,6 +266,36 @@ impl AgentConfig {
         let text =
             std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
         Self::parse(&text)
+    }
+
+    /// The inference service's settings, with the bundle's PSI threshold (thousandths) where the
+    /// config leaves it unset.
+    pub fn serve_settings(&self, bundle_psi_milli: Option<u32>) -> crate::serve::ServeSettings {
+        let d = &self.drift;
+        let defaults = drover_wire::drift::Thresholds::default();
+        let bundle_psi = bundle_psi_milli.map(|m| f64::from(m) / 1000.0);
+        crate::serve::ServeSettings {
+            queue: self.inference.queue,
+            window: drover_wire::drift::WindowPolicy {
+                samples: d.window_samples,
+                millis: d.window_s.saturating_mul(1000),
+                min_samples: d.min_samples,
+            },
+            thresholds: drover_wire::drift::Thresholds {
+                psi: d.psi.or(bundle_psi).unwrap_or(defaults.psi),
+                js: d.js.unwrap_or(defaults.js),
+                ks_p: d.ks_p.unwrap_or(defaults.ks_p),
+                chi2_p: d.chi2_p.unwrap_or(defaults.chi2_p),
+                variance_p: d.variance_p.unwrap_or(defaults.variance_p),
+            },
+            sustain: d.sustain,
+            memory: self.quality.memory,
+            floors: crate::serve::Floors {
+                accuracy: self.quality.min_accuracy,
+                f1: self.quality.min_f1,
+                min_labels: self.quality.min_labels,
+            },
+        }
     }
 
     /// The device id and groups as checked topic levels.
@@ -165,6 +341,17 @@ max_packet = 262144
 [transfer]
 stall_s = 0.5
 give_up_s = 60
+[telemetry]
+period_s = 10
+outbox_mib = 4
+[drift]
+window_samples = 200
+psi = 0.25
+sustain = 2
+[quality]
+min_accuracy = 0.9
+[inference]
+queue = 8
 "#,
         )
         .unwrap();
@@ -172,6 +359,13 @@ give_up_s = 60
         assert_eq!(c.payload, PayloadFormat::Json);
         assert_eq!(c.transfer.stall_s, 0.5);
         assert_eq!(c.names().unwrap().1.len(), 2);
+        let s = c.serve_settings(Some(100));
+        assert_eq!((s.queue, s.window.samples, s.window.millis, s.sustain), (8, 200, 300_000, 2));
+        assert_eq!(s.thresholds.psi, 0.25, "the config's threshold wins over the bundle's");
+        assert_eq!(s.floors.accuracy, Some(0.9));
+        let plain = AgentConfig::parse("device = \"pi\"\ndata_dir = \"/d\"").unwrap();
+        assert_eq!(plain.serve_settings(Some(150)).thresholds.psi, 0.15, "then the bundle's");
+        assert_eq!(plain.serve_settings(None).thresholds, drover_wire::drift::Thresholds::default());
     }
 
     #[test]
@@ -182,6 +376,9 @@ give_up_s = 60
             ("device = \"pi\"\ndata_dir = \"/d\"\nbrokr = 1", "unknown field"),
             ("device = \"pi\"", "data_dir"),
             ("device = \"pi\"\ndata_dir = \"/d\"\n[transfer]\nstall_s = 0", "stall_s"),
+            ("device = \"pi\"\ndata_dir = \"/d\"\n[drift]\nsustain = 0", "sustain"),
+            ("device = \"pi\"\ndata_dir = \"/d\"\n[telemetry]\nperiod_s = 0", "period_s"),
+            ("device = \"pi\"\ndata_dir = \"/d\"\n[drift]\npsy = 0.1", "unknown field"),
         ] {
             let e = AgentConfig::parse(text).unwrap_err().to_string();
             assert!(e.contains(expect), "{e} / {expect}");

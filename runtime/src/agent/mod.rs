@@ -8,4 +8,4 @@ pub mod shell;
 
 pub use config::{AgentConfig, ConfigError};
 pub use session::{Identity, Ledger, Now, Serving, Session};
-pub use shell::{AgentError, Clock, SystemClock, run};
+pub use shell::{AgentError, Clock, SystemClock, run, run_with};

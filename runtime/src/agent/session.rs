@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use drover_wire::Arch;
 use drover_wire::command::SignedCommand;
+use drover_wire::event::Feedback;
 use drover_wire::manifest::AgentVersion;
 use drover_wire::message::{Announce, Chunk, Digest, ModelRef, Op, Phase, Progress, Slot, Status, Want};
 use drover_wire::topic::{self, DeviceLeaf, GroupLeaf, Name, Parsed};
@@ -158,6 +159,8 @@ pub enum Action {
     DiscardTransfer,
     /// Persist the ledger.
     SaveLedger(Ledger),
+    /// Ground-truth labels for earlier predictions: hand them to the inference service.
+    Feedback(Box<Feedback>),
 }
 
 /// The agent's protocol state.
@@ -269,6 +272,7 @@ impl Session {
         let mut t = vec![
             topic::device(d, DeviceLeaf::Bundle).to_string(),
             topic::device(d, DeviceLeaf::Cmd).to_string(),
+            topic::device(d, DeviceLeaf::Feedback).to_string(),
             topic::fleet(GroupLeaf::Bundle).to_string(),
         ];
         for g in &self.me.groups {
@@ -353,6 +357,11 @@ impl Session {
                     Err(e) => log::warn!("{topic_str}: {e}"),
                 }
             }
+            Parsed::Device(_, DeviceLeaf::Feedback) => match codec::decode::<Feedback>(payload) {
+                Ok(f) => out.push(Action::Feedback(Box::new(f))),
+                Err(codec::DecodeError::Empty) => {}
+                Err(e) => log::warn!("{topic_str}: {e}"),
+            },
             _ => log::debug!("ignoring a message on {topic_str}"),
         }
     }

@@ -9,8 +9,12 @@ use std::time::{Duration, Instant};
 
 use drover_wire::Arch;
 use drover_wire::command::SignedCommand;
+use drover_wire::event::{Event, EventKind};
 use drover_wire::manifest::AgentVersion;
+use drover_wire::manifest::FileRole;
 use drover_wire::message::{Announce, ModelRef, Phase, Slot};
+use drover_wire::telemetry::Telemetry;
+use drover_wire::topic::{self, DeviceLeaf};
 use rumqttc::{AsyncClient, LastWill, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
 
@@ -18,7 +22,11 @@ use super::config::AgentConfig;
 use super::session::{Action, Identity, Input, Ledger, Now, Serving, Session, SessionLimits};
 use crate::link::codec;
 use crate::link::pump::{Link, pump, wait_closed};
+use crate::outbox::{Outbox, Quota, Stream, Tag};
+use crate::reference::ReferenceStats;
+use crate::serve::Inference;
 use crate::store::{CommandOutcome, SlotId, Store, StoreConfig};
+use crate::telemetry::{SystemProbe, alerts};
 use crate::transfer::{Patience, Spool};
 
 /// The time source of an agent: the real clock on a board, a shared or virtual one in the
@@ -26,6 +34,12 @@ use crate::transfer::{Patience, Spool};
 pub trait Clock: Send + Sync {
     /// Now.
     fn now(&self) -> Now;
+
+    /// Unix milliseconds, for reports and drift windows (whole seconds unless the clock knows
+    /// better).
+    fn unix_ms(&self) -> u64 {
+        self.now().unix.saturating_mul(1000)
+    }
 }
 
 /// The system clock (monotonic ms from the agent's start, Unix seconds from the wall clock).
@@ -42,6 +56,10 @@ impl Clock for SystemClock {
     fn now(&self) -> Now {
         let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         Now { ms: self.0.elapsed().as_millis() as u64, unix }
+    }
+
+    fn unix_ms(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
     }
 }
 
@@ -60,6 +78,9 @@ pub enum AgentError {
     /// The transfer directory could not be read.
     #[error(transparent)]
     Spool(#[from] crate::transfer::SpoolError),
+    /// The outbox could not be opened.
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::JournalError),
     /// A blocking task failed.
     #[error("internal: {0}")]
     Join(String),
@@ -67,6 +88,9 @@ pub enum AgentError {
 
 const LEDGER: &str = "link.json";
 const TRANSFER: &str = "transfer";
+const OUTBOX: &str = "outbox";
+/// Telemetry period when neither the config nor the bundle sets one.
+const DEFAULT_PERIOD_S: u32 = 60;
 const TICK: Duration = Duration::from_millis(250);
 
 /// What the store serves, as the session reports it.
@@ -106,6 +130,12 @@ struct Agent {
     spool: Option<Spool>,
     session: Session,
     client: AsyncClient,
+    inference: Inference,
+    outbox: Outbox,
+    probe: SystemProbe,
+    /// Telemetry period from the bundle (the config's wins).
+    bundle_period_s: Option<u32>,
+    next_telemetry_ms: u64,
 }
 
 /// Runs one agent until `shutdown` resolves: boots the store (boot counter, verification,
@@ -113,6 +143,18 @@ struct Agent {
 pub async fn run(
     cfg: AgentConfig,
     clock: Arc<dyn Clock>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let inference = Inference::new(cfg.serve_settings(None), clock.clone());
+    run_with(cfg, clock, inference, shutdown).await
+}
+
+/// [`run`] with an inference service the caller keeps a handle to (the local API, sensor
+/// sources, the simulator and the tests send it requests and labels).
+pub async fn run_with(
+    cfg: AgentConfig,
+    clock: Arc<dyn Clock>,
+    inference: Inference,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let (device, groups) = cfg.names()?;
@@ -133,6 +175,8 @@ pub async fn run(
         Err(e) => log::error!("{}: {e}; waiting for a new bundle", me.device),
     }
     let ledger = load_ledger(&cfg.data_dir.join(LEDGER));
+    let quota = Quota::new(cfg.telemetry.outbox_mib.saturating_mul(1024 * 1024));
+    let outbox = Outbox::open(&cfg.data_dir.join(OUTBOX), quota)?;
     let resumed = Spool::resume(&cfg.data_dir.join(TRANSFER))?;
     let now = clock.now();
     let limits = SessionLimits {
@@ -165,7 +209,24 @@ pub async fn run(
     let (tx, rx) = mpsc::channel(1024);
     let pump = tokio::spawn(pump(eventloop, tx, crate::link::pump::seed(me.device.as_str(), now.ms)));
 
-    let mut agent = Agent { cfg, me, clock, store: Some(store), spool, session, client };
+    let probe = SystemProbe::new("/", &cfg.data_dir);
+    let mut agent = Agent {
+        cfg,
+        me,
+        clock,
+        store: Some(store),
+        spool,
+        session,
+        client,
+        inference,
+        outbox,
+        probe,
+        bundle_period_s: None,
+        next_telemetry_ms: 0,
+    };
+    agent.reload().await;
+    agent.probe.sample(); // the first CPU reading, so the first period reports usage
+    agent.next_telemetry_ms = now.ms + agent.period_ms();
     let result = agent.serve(rx, shutdown).await;
     pump.abort();
     result
@@ -187,10 +248,17 @@ impl Agent {
             tokio::select! {
                 () = &mut shutdown => break,
                 link = rx.recv() => match link {
-                    Some(Link::Up) => {
+                    Some(Link::Up { session_present, dropped_fresh }) => {
                         online = true;
                         log::info!("{}: connected to {}", self.me.device, self.cfg.broker.address());
+                        self.outbox.delivery().up(session_present, dropped_fresh);
                         self.feed(Input::Connected).await;
+                    }
+                    Some(Link::Sent(pkid)) => self.outbox.delivery().packet_id(pkid),
+                    Some(Link::Acked(pkid)) => {
+                        if let Err(e) = self.outbox.acked(pkid) {
+                            log::warn!("{}: outbox: {e}", self.me.device);
+                        }
                     }
                     Some(Link::Down(e)) => {
                         if online {
@@ -199,6 +267,7 @@ impl Agent {
                             log::debug!("{}: cannot reach {}: {e}", self.me.device, self.cfg.broker.address());
                         }
                         online = false;
+                        self.outbox.delivery().down();
                         self.feed(Input::Disconnected).await;
                     }
                     Some(Link::Message(topic, payload)) => {
@@ -206,13 +275,17 @@ impl Agent {
                     }
                     None => break,
                 },
-                _ = tick.tick() => self.feed(Input::Tick).await,
+                _ = tick.tick() => {
+                    self.feed(Input::Tick).await;
+                    self.report();
+                }
                 _ = status.tick() => if online {
                     let now = self.clock.now();
                     let payload = codec::encode(self.cfg.payload, &self.session.status(true, now));
                     self.publish(self.session.status_topic(), payload, true);
                 },
             }
+            self.flush();
         }
         // A clean stop: say so (the Last Will is only for vanishing), then disconnect.
         if online {
@@ -227,11 +300,151 @@ impl Agent {
         Ok(())
     }
 
-    fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
+    fn publish(&mut self, topic: String, payload: Vec<u8>, retain: bool) {
         // try_publish: while the broker is away the queue fills; a dropped report is repeated on
         // reconnect (presence, wants and retained outcomes are all re-sent then).
-        if let Err(e) = self.client.try_publish(topic.as_str(), QoS::AtLeastOnce, retain, payload) {
-            log::debug!("{}: not sent to {topic}: {e}", self.me.device);
+        match self.client.try_publish(topic.as_str(), QoS::AtLeastOnce, retain, payload) {
+            Ok(()) => self.outbox.delivery().handed(Tag::Other, self.clock.now().ms),
+            Err(e) => log::debug!("{}: not sent to {topic}: {e}", self.me.device),
+        }
+    }
+
+    /// Hands the outbox's next records to the client, as far as the link and window allow.
+    fn flush(&mut self) {
+        let now = self.clock.now().ms;
+        while let Some(r) = self.outbox.delivery().ready() {
+            let leaf = match r.stream {
+                Stream::Telemetry => DeviceLeaf::Telemetry,
+                Stream::Drift => DeviceLeaf::Drift,
+                Stream::Events => DeviceLeaf::Events,
+            };
+            let (seq, payload) = (r.seq, r.payload.clone());
+            let topic = topic::device(&self.me.device, leaf).to_string();
+            if self.client.try_publish(topic, QoS::AtLeastOnce, false, payload).is_err() {
+                break; // the request queue is full; the record stays queued
+            }
+            self.outbox.delivery().handed(Tag::Record(seq), now);
+        }
+    }
+
+    /// Journals a report in the outbox (it is sent by [`Agent::flush`]).
+    fn queue(&mut self, stream: Stream, make: impl FnOnce(u64) -> Vec<u8>) {
+        match self.outbox.append(stream, make) {
+            Ok(0) => {}
+            Ok(dropped) => {
+                // Said once per drop, through the outbox itself (it has room now).
+                let (format, at_ms, model) = (self.cfg.payload, self.clock.unix_ms(), self.inference.model());
+                let _ = self.outbox.append(Stream::Events, |seq| {
+                    codec::encode(format, &Event { seq, at_ms, model, kind: EventKind::Dropped { count: dropped } })
+                });
+            }
+            Err(e) => log::warn!("{}: outbox: {e}; report lost", self.me.device),
+        }
+    }
+
+    fn period_ms(&self) -> u64 {
+        let s = self.cfg.telemetry.period_s.or(self.bundle_period_s).unwrap_or(DEFAULT_PERIOD_S);
+        u64::from(s.max(1)) * 1000
+    }
+
+    /// Drift windows, alerts and (when due) the period's telemetry into the outbox.
+    fn report(&mut self) {
+        let now = self.clock.now();
+        let unix_ms = self.clock.unix_ms();
+        let format = self.cfg.payload;
+        self.inference.poll(unix_ms);
+        let (windows, events) = self.inference.take_reports();
+        let model = self.inference.model();
+        for w in windows {
+            let alerts = alerts::window_events(&w);
+            self.queue(Stream::Drift, |seq| codec::encode(format, &alerts::window_message(&w, seq)));
+            for kind in alerts {
+                log::warn!("{}: {} alert: {kind:?}", self.me.device, kind.name());
+                let model = Some(w.model.clone());
+                self.queue(Stream::Events, |seq| codec::encode(format, &Event { seq, at_ms: unix_ms, model, kind }));
+            }
+        }
+        for kind in events {
+            log::warn!("{}: {} alert: {kind:?}", self.me.device, kind.name());
+            let model = model.clone();
+            self.queue(Stream::Events, |seq| codec::encode(format, &Event { seq, at_ms: unix_ms, model, kind }));
+        }
+        if now.ms >= self.next_telemetry_ms {
+            self.next_telemetry_ms = now.ms + self.period_ms();
+            let (period, quality) = self.inference.take_period(unix_ms);
+            let system = self.probe.sample();
+            let serving = self.session.serving().clone();
+            let queue_capacity = self.inference.queue_capacity();
+            // The report counts itself as queued: it is, once journaled.
+            let mut outbox = self.outbox.stats();
+            outbox.queued += 1;
+            self.queue(Stream::Telemetry, |seq| {
+                let t = Telemetry {
+                    seq,
+                    start_ms: period.start_ms,
+                    end_ms: unix_ms,
+                    model: serving.model,
+                    slot: serving.slot,
+                    inferences: period.inferences,
+                    errors: period.errors,
+                    latency: period.latency,
+                    queue_max: period.queue_max,
+                    queue_capacity,
+                    system,
+                    uptime_s: now.ms / 1000,
+                    outbox,
+                    quality,
+                };
+                codec::encode(format, &t)
+            });
+        }
+        self.outbox.delivery().tick(now.ms);
+    }
+
+    /// Serves what the store serves: loads the active slot's model (and its reference statistics)
+    /// into the inference service when it changed.
+    async fn reload(&mut self) {
+        let Some(store) = &self.store else { return };
+        let state = store.state();
+        let active = state.active.and_then(|a| state.slot(a).map(|m| (a, m.clone())));
+        let Some((slot_id, manifest)) = active else {
+            self.inference.unload();
+            return;
+        };
+        let model_ref = ModelRef { name: manifest.name.clone(), version: manifest.version };
+        if self.inference.model().as_ref() == Some(&model_ref) {
+            return;
+        }
+        let dir = store.slot_dir(slot_id);
+        let model_path = manifest.model_file().map(|f| dir.join(f.name.as_str()));
+        let reference_path =
+            manifest.files.iter().find(|f| f.role == FileRole::ReferenceStats).map(|f| dir.join(f.name.as_str()));
+        self.bundle_period_s = manifest.settings.telemetry_period_s;
+        let thresholds = self.cfg.serve_settings(manifest.settings.drift_psi_milli).thresholds;
+        let device = self.me.device.clone();
+        let inference = self.inference.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let model = crate::engine::Model::load(&model_path?)
+                .inspect_err(|e| log::error!("{device}: the active model does not load: {e}"))
+                .ok()?;
+            let reference = reference_path.and_then(|p| {
+                let bytes = std::fs::read(&p).ok()?;
+                serde_json::from_slice::<ReferenceStats>(&bytes)
+                    .inspect_err(|e| log::warn!("{device}: {}: {e}; no drift monitoring", p.display()))
+                    .ok()
+            });
+            let observer = reference.and_then(|r| inference.observer(&model, &model_ref, &r, thresholds));
+            Some((model, model_ref, observer))
+        })
+        .await
+        .ok()
+        .flatten();
+        match loaded {
+            Some((model, model_ref, observer)) => {
+                log::info!("{}: serving {} v{}", self.me.device, model_ref.name, model_ref.version);
+                self.inference.serve(model, model_ref, observer);
+            }
+            None => self.inference.unload(),
         }
     }
 
@@ -277,7 +490,11 @@ impl Agent {
                     return Some(Feedback::SpoolFailed(e.to_string()));
                 }
             }
-            Action::Install(a) => return Some(self.install(a).await),
+            Action::Install(a) => {
+                let feedback = self.install(a).await;
+                self.reload().await;
+                return Some(feedback);
+            }
             Action::ApplyCommand(cmd) => {
                 // QoS 1 may deliver a command twice, and the operator's tool sends it again after
                 // a reconnect: the one just applied is not refused a second time, just skipped.
@@ -285,12 +502,20 @@ impl Agent {
                     log::debug!("{}: command {} already applied", self.me.device, cmd.command.sequence);
                     return None;
                 }
-                return Some(self.apply(*cmd).await);
+                let feedback = self.apply(*cmd).await;
+                self.reload().await;
+                return Some(feedback);
             }
             Action::DiscardTransfer => {
                 self.spool = None;
                 if let Err(e) = crate::transfer::spool::discard(&self.transfer_dir()) {
                     log::warn!("{}: {e}", self.me.device);
+                }
+            }
+            Action::Feedback(f) => {
+                let known = f.labels.iter().filter(|l| self.inference.label(&l.request, l.label)).count();
+                if known < f.labels.len() {
+                    log::debug!("{}: {} labels for unknown predictions", self.me.device, f.labels.len() - known);
                 }
             }
             Action::SaveLedger(ledger) => {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rumqttc::{ConnectReturnCode, Event, EventLoop, Packet};
+use rumqttc::{ConnectReturnCode, Event, EventLoop, Outgoing, Packet, QoS, Request};
 use tokio::sync::mpsc;
 
 use super::backoff::{Backoff, Jitter};
@@ -13,7 +13,17 @@ use super::backoff::{Backoff, Jitter};
 #[derive(Debug)]
 pub enum Link {
     /// Connected (the broker accepted the CONNECT).
-    Up,
+    Up {
+        /// The broker kept the session: rumqttc resends what was in flight.
+        session_present: bool,
+        /// Without a session, how many QoS 1 publishes rumqttc had taken from the request queue
+        /// but not yet numbered when the connection dropped, and has now discarded.
+        dropped_fresh: usize,
+    },
+    /// A QoS 1 publish was given its packet id and written (or rewritten after a reconnect).
+    Sent(u16),
+    /// The broker acknowledged a QoS 1 publish.
+    Acked(u16),
     /// The connection failed or dropped; the pump retries after a delay.
     Down(String),
     /// A message: topic and payload.
@@ -29,12 +39,17 @@ pub async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<Link>, seed: u64) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut jitter = Jitter::new(seed);
     loop {
+        // Counted before the poll that reconnects: rumqttc clears these when the session is gone.
+        let fresh = if eventloop.network.is_none() { fresh_publishes(&eventloop) } else { 0 };
         let link = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
                 backoff.reset();
-                Link::Up
+                let session_present = ack.session_present;
+                Link::Up { session_present, dropped_fresh: if session_present { 0 } else { fresh } }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => Link::Message(p.topic, p.payload.to_vec()),
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => Link::Sent(pkid),
+            Ok(Event::Incoming(Packet::PubAck(ack))) => Link::Acked(ack.pkid),
             Ok(_) => continue,
             Err(e) => {
                 if tx.send(Link::Down(e.to_string())).await.is_err() {
@@ -48,6 +63,15 @@ pub async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<Link>, seed: u64) {
             return;
         }
     }
+}
+
+/// QoS 1 publishes waiting in rumqttc's pending list that were never numbered.
+fn fresh_publishes(eventloop: &EventLoop) -> usize {
+    eventloop
+        .pending
+        .iter()
+        .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0 && p.qos != QoS::AtMostOnce))
+        .count()
 }
 
 /// A jitter seed from a client id and the time, different for every agent in a process.

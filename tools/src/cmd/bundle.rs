@@ -47,8 +47,12 @@ pub struct BundleArgs {
     #[arg(long)]
     pub reference: Option<PathBuf>,
     /// Histogram bins per feature in the reference statistics.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = bins)]
     pub reference_bins: usize,
+    /// Names of the reference's features, comma-separated (tabular columns, in input order):
+    /// drift alerts name features by them.
+    #[arg(long, value_delimiter = ',', requires = "reference")]
+    pub feature_names: Option<Vec<String>>,
     /// Telemetry period the agent should use, in seconds.
     #[arg(long)]
     pub telemetry_period: Option<u32>,
@@ -93,6 +97,7 @@ pub fn run(args: &BundleArgs, now: u64) -> anyhow::Result<()> {
         selftest_count: args.selftest_count,
         reference_from: args.reference.clone(),
         reference_bins: args.reference_bins,
+        feature_names: args.feature_names.clone(),
         settings: RuntimeSettings {
             telemetry_period_s: args.telemetry_period,
             drift_psi_milli: match args.drift_psi {
@@ -126,4 +131,13 @@ pub fn run(args: &BundleArgs, now: u64) -> anyhow::Result<()> {
         m.payload_size()
     );
     Ok(())
+}
+
+/// Reference bins: 1 to what the agent's drift monitor holds.
+fn bins(s: &str) -> Result<usize, String> {
+    let max = drover_runtime::reference::MAX_BINS;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("a whole number from 1 to {max}")),
+    }
 }

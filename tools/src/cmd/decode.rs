@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use drover_runtime::link::codec::{self, DecodeError};
 use drover_wire::command::SignedCommand;
+use drover_wire::event::{Event, Feedback};
 use drover_wire::message::{Announce, Chunk, Progress, Status, Want};
+use drover_wire::telemetry::{DriftWindow, Telemetry};
 use drover_wire::topic::{self, DeviceLeaf, GroupLeaf, Parsed};
 use serde_json::{Value, json};
 
@@ -49,9 +51,10 @@ pub fn to_json(topic_str: &str, payload: &[u8]) -> anyhow::Result<Value> {
                 json!({"transfer": c.transfer.to_string(), "index": c.index, "sha256": c.sha256.to_string(), "bytes": c.data.len()}),
             )
         }
-        Parsed::Device(_, leaf @ (DeviceLeaf::Telemetry | DeviceLeaf::Events)) => {
-            anyhow::bail!("no message type is defined for '{}' yet", leaf.as_str())
-        }
+        Parsed::Device(_, DeviceLeaf::Telemetry) => j(codec::decode::<Telemetry>(payload)),
+        Parsed::Device(_, DeviceLeaf::Drift) => j(codec::decode::<DriftWindow>(payload)),
+        Parsed::Device(_, DeviceLeaf::Events) => j(codec::decode::<Event>(payload)),
+        Parsed::Device(_, DeviceLeaf::Feedback) => j(codec::decode::<Feedback>(payload)),
     }
 }
 

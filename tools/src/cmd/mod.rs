@@ -1,11 +1,13 @@
 //! One module per `drover` verb: its arguments and what it does.
 
+pub mod alerts;
 pub mod broker;
 pub mod broker_args;
 pub mod bundle;
 pub mod command;
 pub mod decode;
 pub mod delegate;
+pub mod feedback;
 pub mod inspect;
 pub mod keygen;
 pub mod push;

@@ -83,9 +83,9 @@ pub async fn execute(
         };
         let now = ms(Instant::now());
         let actions = match wake {
-            Wake::Idle => Vec::new(),
+            Wake::Idle | Wake::Link(Link::Sent(_) | Link::Acked(_)) => Vec::new(),
             Wake::Closed => anyhow::bail!("the connection task ended"),
-            Wake::Link(Link::Up) => {
+            Wake::Link(Link::Up { .. }) => {
                 online = true;
                 connected = true;
                 campaign.handle(Input::Connected, now)

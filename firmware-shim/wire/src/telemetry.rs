@@ -1,0 +1,162 @@
+//! What a device reports about itself every period (`dev/{id}/telemetry`) and at the close of
+//! every drift window (`dev/{id}/drift`).
+//!
+//! Both carry mergeable statistics, not just summaries: the latency histogram and the drift
+//! sketches add up across devices and periods, so the fleet server computes fleet-wide p99 and
+//! fleet-wide drift per model version with the same code the device uses. Both carry the
+//! outbox's sequence number, so a consumer orders them and drops duplicates.
+
+use drover_drift::{FeatureScore, LatencyHistogram, Sketch};
+use heapless::{String, Vec};
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::MAX_NAME;
+use crate::message::{ModelRef, Slot};
+
+/// Most features (inputs and outputs) a drift window reports.
+pub const MAX_FEATURES: usize = 64;
+
+/// Errors in a period, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Errors {
+    /// The input did not match the model's signature (shape, type, values).
+    pub input: u32,
+    /// The engine failed on a well-formed input.
+    pub engine: u32,
+    /// Refused because the request queue was full.
+    pub busy: u32,
+    /// No model to serve it.
+    pub no_model: u32,
+}
+
+impl Errors {
+    /// All errors.
+    pub fn total(&self) -> u64 {
+        u64::from(self.input) + u64::from(self.engine) + u64::from(self.busy) + u64::from(self.no_model)
+    }
+}
+
+/// The host's health, read from Linux (`/proc`, `statvfs`, thermal zones); absent figures are
+/// ones the board does not expose.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct System {
+    /// CPU busy over the period, percent of all cores.
+    pub cpu_pct: Option<f32>,
+    /// Memory in use (total − available), KiB.
+    pub mem_used_kib: u64,
+    /// Memory installed, KiB.
+    pub mem_total_kib: u64,
+    /// The agent's resident set, KiB.
+    pub rss_kib: u64,
+    /// Used space on the data dir's file system, KiB.
+    pub disk_used_kib: u64,
+    /// Size of that file system, KiB.
+    pub disk_total_kib: u64,
+    /// Hottest thermal zone, °C.
+    pub temp_c: Option<f32>,
+    /// Seconds since the board booted.
+    pub boot_uptime_s: u64,
+}
+
+/// The store-and-forward queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outbox {
+    /// Reports not yet acknowledged by the broker (this one included).
+    pub queued: u32,
+    /// Their size, bytes.
+    pub bytes: u64,
+    /// Reports dropped because the queue hit its disk quota, since the device was set up.
+    pub dropped: u64,
+}
+
+/// Rolling prediction quality over the last labelled predictions (labels arrive as feedback).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Quality {
+    /// Labels received in the period.
+    pub labels: u32,
+    /// Predictions in the rolling window.
+    pub window: u32,
+    /// Share of correct predictions.
+    pub accuracy: f64,
+    /// Macro-averaged precision.
+    pub precision: f64,
+    /// Macro-averaged recall.
+    pub recall: f64,
+    /// Macro-averaged F1.
+    pub f1: f64,
+}
+
+/// One period of a device's life.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Telemetry {
+    /// The outbox sequence number.
+    pub seq: u64,
+    /// Unix ms when the period started.
+    pub start_ms: u64,
+    /// Unix ms when it ended.
+    pub end_ms: u64,
+    /// The model served at the end of the period.
+    pub model: Option<ModelRef>,
+    /// Its slot.
+    pub slot: Option<Slot>,
+    /// Inferences that returned a result.
+    pub inferences: u64,
+    /// Requests that did not.
+    pub errors: Errors,
+    /// Latency of the successful inferences, queueing included (mergeable).
+    pub latency: LatencyHistogram,
+    /// Deepest the request queue got in the period.
+    pub queue_max: u32,
+    /// The queue's bound.
+    pub queue_capacity: u32,
+    /// Host health.
+    pub system: System,
+    /// Seconds since the agent started.
+    pub uptime_s: u64,
+    /// The outbox.
+    pub outbox: Outbox,
+    /// Prediction quality, once labels have arrived.
+    pub quality: Option<Quality>,
+}
+
+/// Where a drift feature comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// An input feature (data drift).
+    Input,
+    /// A classifier output's class (prediction drift).
+    Output,
+}
+
+/// One feature's part of a drift window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureDrift {
+    /// Human name: `input[i]`, `input[c2]` for an image channel, or the output's name.
+    pub name: String<MAX_NAME>,
+    /// Input or output.
+    pub source: Source,
+    /// The scores against the reference and whether it drifted.
+    pub score: FeatureScore,
+    /// The window's counts over the reference bins (mergeable).
+    pub sketch: Sketch,
+}
+
+/// A closed drift window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftWindow {
+    /// The outbox sequence number.
+    pub seq: u64,
+    /// The model whose reference the window is compared with.
+    pub model: ModelRef,
+    /// Unix ms when the window opened.
+    pub start_ms: u64,
+    /// Unix ms when it closed.
+    pub end_ms: u64,
+    /// Samples in it.
+    pub samples: u32,
+    /// Whether it held enough samples to be judged.
+    pub judged: bool,
+    /// Per feature.
+    pub features: Vec<FeatureDrift, MAX_FEATURES>,
+}

@@ -1,0 +1,295 @@
+//! The inference service of a running agent: the served model behind a bounded queue, and what
+//! each inference feeds (period counters, the drift monitor, the predictions awaiting labels).
+//!
+//! [`Inference`] is a cheap, cloneable handle: the local API, sensor sources, the simulator and
+//! the tests call [`Inference::infer`] from any thread; the agent's shell swaps the model after
+//! an install or a rollback and drains counters, drift windows and alerts into the outbox.
+
+pub mod observer;
+pub mod period;
+pub mod quality;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use drover_drift::{Thresholds, WindowPolicy, WindowReport};
+use drover_wire::event::EventKind;
+use drover_wire::message::ModelRef;
+use drover_wire::telemetry::MAX_FEATURES;
+
+pub use observer::{FeatureNames, Observer, ObserverError};
+pub use period::Period;
+pub use quality::{Floors, Quality};
+
+use crate::agent::Clock;
+use crate::engine::{Model, RunError};
+use crate::reference::{ReferenceStats, class_of};
+use crate::tensor::Tensor;
+
+/// How drift is judged and predictions are remembered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServeSettings {
+    /// Requests that may wait for the engine; one more is refused as busy.
+    pub queue: u32,
+    /// When windows close.
+    pub window: WindowPolicy,
+    /// When a feature counts as drifted (unless the bundle sets its own).
+    pub thresholds: Thresholds,
+    /// Consecutive drifted windows that ask for retraining.
+    pub sustain: u8,
+    /// Predictions remembered for labels.
+    pub memory: usize,
+    /// Quality floors.
+    pub floors: Floors,
+}
+
+/// Why a request got no prediction.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    /// The queue is full: try again later (HTTP 503).
+    #[error("busy: {0} requests already waiting")]
+    Busy(u32),
+    /// No model is installed (or it failed to load).
+    #[error("no model is being served")]
+    NoModel,
+    /// The input does not fit the model (HTTP 400).
+    #[error("{0}")]
+    Input(RunError),
+    /// The engine failed (HTTP 500).
+    #[error("{0}")]
+    Engine(RunError),
+}
+
+/// A prediction.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// The request id (the caller's, or one made up): what a label refers to later.
+    pub request: String,
+    /// The model that answered.
+    pub model: ModelRef,
+    /// Its outputs, without the batch axis.
+    pub outputs: Vec<Tensor>,
+    /// The class, for classifiers.
+    pub class: Option<i64>,
+}
+
+/// A drift window closed on the device, with what explains it.
+#[derive(Debug, Clone)]
+pub struct ClosedWindow {
+    /// The model it watched.
+    pub model: ModelRef,
+    /// The scores and sketches.
+    pub report: WindowReport<MAX_FEATURES>,
+    /// Feature names, in report order.
+    pub names: FeatureNames,
+    /// Samples behind the reference.
+    pub reference_samples: u64,
+    /// The thresholds it was judged with.
+    pub thresholds: Thresholds,
+}
+
+struct Served {
+    model: Model,
+    model_ref: ModelRef,
+    observer: Option<Observer>,
+    outputs: Vec<Tensor>,
+}
+
+#[derive(Default)]
+struct Reports {
+    period: Period,
+    windows: Vec<ClosedWindow>,
+    events: Vec<EventKind>,
+    quality: Option<Quality>,
+}
+
+struct Shared {
+    engine: Mutex<Option<Served>>,
+    reports: Mutex<Reports>,
+    waiting: AtomicU32,
+    requests: AtomicU64,
+    settings: ServeSettings,
+    clock: Arc<dyn Clock>,
+}
+
+/// The handle to an agent's inference service.
+#[derive(Clone)]
+pub struct Inference {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Inference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inference").field("waiting", &self.shared.waiting.load(Ordering::Relaxed)).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic inside tract is caught by the engine guard; a poisoned lock only means a caller
+    // panicked mid-request, and the state it guards stays consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inference {
+    /// A service with no model yet.
+    pub fn new(settings: ServeSettings, clock: Arc<dyn Clock>) -> Inference {
+        let start = clock.unix_ms();
+        let reports = Reports { period: Period::new(start), ..Reports::default() };
+        Inference {
+            shared: Arc::new(Shared {
+                engine: Mutex::new(None),
+                reports: Mutex::new(reports),
+                waiting: AtomicU32::new(0),
+                requests: AtomicU64::new(0),
+                settings,
+                clock,
+            }),
+        }
+    }
+
+    /// Runs one sample (input tensors without the batch axis) through the served model. Blocks
+    /// while earlier requests run; refuses at once when the queue is full.
+    pub fn infer(&self, request: Option<&str>, sample: &[Tensor]) -> Result<Prediction, InferError> {
+        let s = &self.shared;
+        let start = Instant::now();
+        let depth = s.waiting.fetch_add(1, Ordering::AcqRel) + 1;
+        let result =
+            if depth > s.settings.queue.max(1) { Err(InferError::Busy(depth - 1)) } else { self.run(request, sample) };
+        s.waiting.fetch_sub(1, Ordering::AcqRel);
+        let mut reports = lock(&s.reports);
+        let p = &mut reports.period;
+        p.queue_max = p.queue_max.max(depth.min(s.settings.queue));
+        match &result {
+            Ok(prediction) => {
+                p.inferences += 1;
+                p.latency.record(u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX));
+                if let (Some(q), Some(class)) = (&mut reports.quality, prediction.class) {
+                    q.remember(&prediction.request, class);
+                }
+            }
+            Err(InferError::Busy(_)) => p.errors.busy += 1,
+            Err(InferError::NoModel) => p.errors.no_model += 1,
+            Err(InferError::Input(_)) => p.errors.input += 1,
+            Err(InferError::Engine(_)) => p.errors.engine += 1,
+        }
+        result
+    }
+
+    fn run(&self, request: Option<&str>, sample: &[Tensor]) -> Result<Prediction, InferError> {
+        let mut engine = lock(&self.shared.engine);
+        let served = engine.as_mut().ok_or(InferError::NoModel)?;
+        let Served { model, model_ref, observer, outputs } = served;
+        model.run_one(sample, outputs).map_err(|e| match e {
+            RunError::InputCount { .. } | RunError::InputType { .. } | RunError::InputShape { .. } => {
+                InferError::Input(e)
+            }
+            e => InferError::Engine(e),
+        })?;
+        if let (Some(o), Some(input)) = (observer.as_mut(), sample.first()) {
+            o.observe(input, outputs);
+            let now = self.shared.clock.unix_ms();
+            if o.due(now) {
+                let window = closed(o, model_ref, now);
+                lock(&self.shared.reports).windows.push(window);
+            }
+        }
+        let class = outputs.first().and_then(class_of).map(|(_, c)| c);
+        let request = match request {
+            Some(r) => r.to_string(),
+            None => format!("r{}", self.shared.requests.fetch_add(1, Ordering::Relaxed) + 1),
+        };
+        Ok(Prediction { request, model: model_ref.clone(), outputs: outputs.clone(), class })
+    }
+
+    /// The drift monitor for `model` against `reference`, with `thresholds` (the config's, or the
+    /// bundle's where the config leaves them unset). Build it off the async tasks (it is large and
+    /// its construction deep), e.g. where the model is loaded.
+    pub fn observer(
+        &self,
+        model: &Model,
+        model_ref: &ModelRef,
+        reference: &ReferenceStats,
+        thresholds: Thresholds,
+    ) -> Option<Observer> {
+        let s = &self.shared.settings;
+        let now = self.shared.clock.unix_ms();
+        Observer::new(reference, model.signature(), s.window, thresholds, s.sustain, now)
+            .inspect_err(|e| log::warn!("{} v{}: no drift monitoring: {e}", model_ref.name, model_ref.version))
+            .ok()
+    }
+
+    /// Serves `model` from now on, watching drift with `observer` when there is one. Labels and
+    /// windows of the previous model are dropped (they described another model).
+    pub fn serve(&self, model: Model, model_ref: ModelRef, observer: Option<Observer>) {
+        let served = Served { model, model_ref, observer, outputs: Vec::new() };
+        *lock(&self.shared.engine) = Some(served);
+        let s = &self.shared.settings;
+        let mut reports = lock(&self.shared.reports);
+        reports.quality = Some(Quality::new(s.memory, s.floors));
+    }
+
+    /// Stops serving (the model is gone or failed to load).
+    pub fn unload(&self) {
+        *lock(&self.shared.engine) = None;
+        lock(&self.shared.reports).quality = None;
+    }
+
+    /// The model served now.
+    pub fn model(&self) -> Option<ModelRef> {
+        lock(&self.shared.engine).as_ref().map(|s| s.model_ref.clone())
+    }
+
+    /// The true label of an earlier prediction. Returns whether the prediction was known.
+    pub fn label(&self, request: &str, label: i64) -> bool {
+        let mut reports = lock(&self.shared.reports);
+        let Some(q) = reports.quality.as_mut() else { return false };
+        match q.label(request, label) {
+            Some(events) => {
+                reports.events.extend(events);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes a drift window whose time is up (a quiet device still reports).
+    pub fn poll(&self, now_ms: u64) {
+        let mut engine = lock(&self.shared.engine);
+        if let Some(Served { observer: Some(o), model_ref, .. }) = engine.as_mut()
+            && o.due(now_ms)
+        {
+            let window = closed(o, model_ref, now_ms);
+            lock(&self.shared.reports).windows.push(window);
+        }
+    }
+
+    /// The period's counters (and the rolling quality), starting the next period at `now_ms`.
+    pub fn take_period(&self, now_ms: u64) -> (Period, Option<drover_wire::telemetry::Quality>) {
+        let mut reports = lock(&self.shared.reports);
+        let period = reports.period.take(now_ms);
+        let quality = reports.quality.as_mut().and_then(Quality::snapshot);
+        (period, quality)
+    }
+
+    /// Closed windows and alerts since the last call.
+    pub fn take_reports(&self) -> (Vec<ClosedWindow>, Vec<EventKind>) {
+        let mut reports = lock(&self.shared.reports);
+        (std::mem::take(&mut reports.windows), std::mem::take(&mut reports.events))
+    }
+
+    /// The queue's bound.
+    pub fn queue_capacity(&self) -> u32 {
+        self.shared.settings.queue
+    }
+}
+
+fn closed(o: &mut Observer, model: &ModelRef, now_ms: u64) -> ClosedWindow {
+    ClosedWindow {
+        model: model.clone(),
+        report: o.close(now_ms),
+        names: o.names(),
+        reference_samples: o.reference_samples(),
+        thresholds: o.thresholds(),
+    }
+}

@@ -1,0 +1,286 @@
+//! Telemetry, drift and alerts end to end: real agents (in-process, each with its own data dir)
+//! serving the reference iris model pushed to them as a signed bundle with the training data's
+//! reference statistics, real brokers, and the real `drover alerts` binary.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use drover_runtime::link::{BrokerSettings, codec};
+use drover_runtime::serve::Inference;
+use drover_runtime::tensor::{Tensor, TensorData};
+use drover_tests::broker::{Broker, Kind, Options};
+use drover_tests::cli::{ok, signed_bundle, trust_setup};
+use drover_tests::fleet::Fleet;
+use drover_tests::manifest::models_dir;
+use drover_tests::observer::Observer;
+use drover_tests::tools::workspace_bin;
+use drover_wire::telemetry::Telemetry;
+
+/// The iris training rows (the drift reference).
+fn iris_rows() -> Vec<[f32; 4]> {
+    let text = std::fs::read_to_string(models_dir().join("data/iris.train.jsonl")).expect("iris.train.jsonl");
+    text.lines().map(|l| serde_json::from_str(l).expect("row")).collect()
+}
+
+/// A small deterministic generator (SplitMix64), so every run feeds the same inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Feeds `n` samples drawn (with replacement) from the reference rows, with `shift` added to
+/// each feature; returns the request ids.
+fn feed(inference: &Inference, rows: &[[f32; 4]], rng: &mut Rng, n: usize, shift: [f32; 4]) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let row = rows[(rng.next() % rows.len() as u64) as usize];
+            let x: Vec<f32> = row.iter().zip(shift).map(|(v, s)| v + s).collect();
+            let t = Tensor::new(vec![4], TensorData::F32(x)).expect("tensor");
+            inference.infer(None, &[t]).expect("inference").request
+        })
+        .collect()
+}
+
+/// The fleet's keys and the iris bundle with its reference statistics.
+fn iris_bundle(dir: &Path) -> String {
+    let models = models_dir();
+    let m = |p: &str| models.join(p).to_string_lossy().into_owned();
+    let names = std::fs::read_to_string(models.join("data/iris.features.txt")).expect("feature names");
+    signed_bundle(
+        dir,
+        &m("iris_logreg.onnx"),
+        "iris",
+        "1",
+        &[
+            "--selftest",
+            &m("reference/iris_logreg.input.jsonl"),
+            "--reference",
+            &m("data/iris.train.jsonl"),
+            "--feature-names",
+            names.trim(),
+        ],
+        "iris-v1.drv",
+    );
+    dir.join("iris-v1.drv").to_string_lossy().into_owned()
+}
+
+fn settings(broker: &Broker) -> BrokerSettings {
+    BrokerSettings { port: broker.port, ..BrokerSettings::default() }
+}
+
+fn push(dir: &Path, bundle: &str, broker: &Broker, group: &str) {
+    ok("drover", dir, &["push", bundle, "--broker", &broker.address(), "--group", group, "--timeout", "60s"]);
+}
+
+/// `drover alerts` running in the background; its stdout lines arrive on a channel.
+struct Alerts {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Alerts {
+    fn start(dir: &Path, broker: &Broker, extra: &[&str]) -> Alerts {
+        let mut child = Command::new(workspace_bin("drover"))
+            .current_dir(dir)
+            .args(["alerts", "--follow", "--json", "--broker", &broker.address()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn drover alerts");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Alerts { child, lines }
+    }
+
+    /// Events (as JSON) until `done` holds for one of them or `timeout` passes.
+    fn until(&self, timeout: Duration, done: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        let mut got = vec![];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok(line) = self.lines.recv_timeout(left) else { break };
+            let v: serde_json::Value = serde_json::from_str(&line).expect("drover alerts --json prints JSON");
+            let stop = done(&v);
+            got.push(v);
+            if stop {
+                break;
+            }
+        }
+        got
+    }
+}
+
+impl Drop for Alerts {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two devices serve the same model; one of them starts seeing longer petals. The drift alert
+/// reaches `drover alerts` naming that feature (and its hook runs with the event on stdin); the
+/// device whose inputs follow the reference raises nothing; lasting drift asks for retraining.
+fn shifted_inputs_raise_an_alert_naming_the_feature(kind: Kind) {
+    let Some(broker) = Broker::start(kind, Options::default()) else { return };
+    let rel = trust_setup();
+    let d = rel.path();
+    let bundle = iris_bundle(d);
+    let fleet_dir = tempfile::tempdir().expect("tmp");
+    let mut fleet = Fleet::new(fleet_dir.path(), "pi", 2, &["lab"], &d.join("root.json"), &settings(&broker));
+    for m in &mut fleet.members {
+        m.cfg.drift.window_samples = 150;
+        m.cfg.drift.min_samples = 100;
+        m.cfg.telemetry.period_s = Some(1);
+    }
+    fleet.start_all();
+    let hook_out = d.join("hook.jsonl");
+    let hook = format!("cat >> {}", hook_out.display());
+    let alerts = Alerts::start(d, &broker, &["--exec", &hook]);
+    push(d, &bundle, &broker, "lab");
+    for i in 0..2 {
+        fleet.wait_for(i, Duration::from_secs(20), "iris v1", |f, i| f.inference(i).model().is_some());
+    }
+
+    let rows = iris_rows();
+    let mut rng = Rng(7);
+    // Four windows each: the first normal on both, then petal length +2 cm on pi-01.
+    feed(&fleet.inference(0), &rows, &mut rng, 600, [0.0; 4]);
+    feed(&fleet.inference(1), &rows, &mut rng, 150, [0.0; 4]);
+    feed(&fleet.inference(1), &rows, &mut rng, 450, [0.0, 0.0, 2.0, 0.0]);
+
+    let events = alerts.until(Duration::from_secs(30), |v| v["kind"] == "retrain");
+    let drift: Vec<&serde_json::Value> = events.iter().filter(|v| v["kind"] == "drift").collect();
+    assert!(
+        drift.iter().all(|v| v["device"] == "pi-01"),
+        "the device fed reference-like inputs raised no drift alert: {events:#?}"
+    );
+    let petal = drift
+        .iter()
+        .find(|v| v["event"]["kind"]["drift"]["feature"] == "petal_length")
+        .unwrap_or_else(|| panic!("a drift alert names petal_length: {events:#?}"));
+    let evidence = &petal["event"]["kind"]["drift"];
+    assert_eq!(evidence["source"], "input");
+    assert_eq!(evidence["window"]["samples"], 150);
+    assert_eq!(evidence["reference_samples"], 150);
+    assert_eq!(petal["event"]["model"]["name"], "iris");
+    let retrain = events.iter().find(|v| v["kind"] == "retrain").expect("lasting drift asks for retraining");
+    assert_eq!(retrain["device"], "pi-01");
+    let features = retrain["event"]["kind"]["retrain"]["features"].as_array().expect("features");
+    assert!(features.iter().any(|f| f == "petal_length"), "{retrain}");
+
+    // The hook ran once per event, with the event as JSON on its stdin.
+    let hooked = std::fs::read_to_string(&hook_out).expect("the hook ran");
+    let hooked: Vec<serde_json::Value> = hooked.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert!(hooked.iter().any(|v| v["event"]["kind"]["drift"]["feature"] == "petal_length"), "{hooked:#?}");
+}
+
+#[test]
+fn embedded_broker_shifted_inputs_raise_an_alert_naming_the_feature() {
+    shifted_inputs_raise_an_alert_naming_the_feature(Kind::Embedded);
+}
+
+#[test]
+fn mosquitto_shifted_inputs_raise_an_alert_naming_the_feature() {
+    shifted_inputs_raise_an_alert_naming_the_feature(Kind::Mosquitto);
+}
+
+/// The telemetry reports of `device` seen by `obs`, decoded, in arrival order.
+fn telemetry(obs: &Observer, device: &str) -> Vec<Telemetry> {
+    let topic = format!("drover/v1/dev/{device}/telemetry");
+    obs.messages()
+        .into_iter()
+        .filter(|(t, _)| *t == topic)
+        .map(|(_, p)| codec::decode(&p).expect("telemetry"))
+        .collect()
+}
+
+/// A 60-second broker outage, with the agent killed (as by a power cut) and restarted in the
+/// middle of it: every period's report arrives afterwards, in order, and the periods join up.
+#[test]
+fn a_sixty_second_outage_and_an_agent_restart_lose_no_telemetry() {
+    let Some(mut broker) = Broker::start(Kind::Mosquitto, Options::default()) else { return };
+    let rel = trust_setup();
+    let d = rel.path();
+    let bundle = iris_bundle(d);
+    let fleet_dir = tempfile::tempdir().expect("tmp");
+    let mut fleet = Fleet::new(fleet_dir.path(), "pi", 1, &["lab"], &d.join("root.json"), &settings(&broker));
+    fleet.members[0].cfg.telemetry.period_s = Some(1);
+    fleet.start(0);
+    let obs = Observer::connect(broker.port, "drover/v1/dev/+/telemetry");
+    push(d, &bundle, &broker, "lab");
+    fleet.wait_for(0, Duration::from_secs(20), "iris v1", |f, i| f.inference(i).model().is_some());
+    let rows = iris_rows();
+    let mut rng = Rng(11);
+    feed(&fleet.inference(0), &rows, &mut rng, 20, [0.0; 4]);
+    std::thread::sleep(Duration::from_secs(3));
+
+    broker.kill();
+    let outage = Instant::now();
+    let mut fed = 20;
+    let mut restarted = false;
+    while outage.elapsed() < Duration::from_secs(60) {
+        if !restarted && outage.elapsed() >= Duration::from_secs(25) {
+            restarted = true;
+            fleet.kill(0);
+            fleet.start(0);
+            fleet.wait_for(0, Duration::from_secs(20), "iris v1 again", |f, i| f.inference(i).model().is_some());
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        feed(&fleet.inference(0), &rows, &mut rng, 5, [0.0; 4]);
+        fed += 5;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    broker.restart();
+
+    // Everything up to a report made after the outage arrives.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let end = loop {
+        let seen = telemetry(&obs, "pi-00");
+        if let Some(last) = seen.iter().rev().find(|t| t.start_ms > 0 && t.end_ms >= seen[0].end_ms + 66_000) {
+            break last.seq;
+        }
+        assert!(Instant::now() < deadline, "no report from after the outage arrived");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let seen = telemetry(&obs, "pi-00");
+    let mut first_arrivals: Vec<&Telemetry> = vec![];
+    for t in &seen {
+        if !first_arrivals.iter().any(|f| f.seq == t.seq) {
+            first_arrivals.push(t);
+        }
+    }
+    let seqs: Vec<u64> = first_arrivals.iter().map(|t| t.seq).filter(|s| *s <= end).collect();
+    assert_eq!(seqs, (1..=end).collect::<Vec<_>>(), "every report arrives once, in order");
+    // Reports of one run of the agent cover its time without gaps: each starts where the last ended.
+    let gaps: Vec<(u64, u64)> = first_arrivals
+        .windows(2)
+        .filter(|w| w[1].uptime_s > w[0].uptime_s && w[1].start_ms != w[0].end_ms)
+        .map(|w| (w[0].seq, w[1].seq))
+        .collect();
+    assert!(gaps.is_empty(), "periods that do not join up: {gaps:?}");
+    assert!(end >= 60, "one report a second through a 60 s outage: only {end}");
+    let inferences: u64 = first_arrivals.iter().filter(|t| t.seq <= end).map(|t| t.inferences).sum();
+    // A power cut loses the counts of the period it interrupts (at most a second's worth).
+    assert!(inferences >= fed as u64 - 15, "the reports count {inferences} of the {fed} inferences");
+    let last = first_arrivals.iter().find(|t| t.seq == end).expect("last");
+    assert_eq!(last.outbox.dropped, 0);
+    assert_eq!(last.model.as_ref().map(|m| m.name.as_str()), Some("iris"));
+    assert!(last.system.mem_total_kib > 0 && last.system.rss_kib > 0, "{:?}", last.system);
+}
