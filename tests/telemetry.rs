@@ -39,14 +39,15 @@ impl Rng {
 }
 
 /// Feeds `n` samples drawn (with replacement) from the reference rows, with `shift` added to
-/// each feature; returns the request ids.
-fn feed(inference: &Inference, rows: &[[f32; 4]], rng: &mut Rng, n: usize, shift: [f32; 4]) -> Vec<String> {
+/// each feature; returns the request ids and predicted classes.
+fn feed(inference: &Inference, rows: &[[f32; 4]], rng: &mut Rng, n: usize, shift: [f32; 4]) -> Vec<(String, i64)> {
     (0..n)
         .map(|_| {
             let row = rows[(rng.next() % rows.len() as u64) as usize];
             let x: Vec<f32> = row.iter().zip(shift).map(|(v, s)| v + s).collect();
             let t = Tensor::new(vec![4], TensorData::F32(x)).expect("tensor");
-            inference.infer(None, &[t]).expect("inference").request
+            let p = inference.infer(None, &[t]).expect("inference");
+            (p.request, p.class.expect("iris is a classifier"))
         })
         .collect()
 }
@@ -148,6 +149,8 @@ fn shifted_inputs_raise_an_alert_naming_the_feature(kind: Kind) {
         m.cfg.drift.window_samples = 150;
         m.cfg.drift.min_samples = 100;
         m.cfg.telemetry.period_s = Some(1);
+        m.cfg.quality.min_accuracy = Some(0.8);
+        m.cfg.drift.budget_pct = 0.0; // every inference observed: windows close on the samples fed
     }
     fleet.start_all();
     let hook_out = d.join("hook.jsonl");
@@ -161,7 +164,7 @@ fn shifted_inputs_raise_an_alert_naming_the_feature(kind: Kind) {
     let rows = iris_rows();
     let mut rng = Rng(7);
     // Four windows each: the first normal on both, then petal length +2 cm on pi-01.
-    feed(&fleet.inference(0), &rows, &mut rng, 600, [0.0; 4]);
+    let served = feed(&fleet.inference(0), &rows, &mut rng, 600, [0.0; 4]);
     feed(&fleet.inference(1), &rows, &mut rng, 150, [0.0; 4]);
     feed(&fleet.inference(1), &rows, &mut rng, 450, [0.0, 0.0, 2.0, 0.0]);
 
@@ -189,6 +192,34 @@ fn shifted_inputs_raise_an_alert_naming_the_feature(kind: Kind) {
     let hooked = std::fs::read_to_string(&hook_out).expect("the hook ran");
     let hooked: Vec<serde_json::Value> = hooked.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
     assert!(hooked.iter().any(|v| v["event"]["kind"]["drift"]["feature"] == "petal_length"), "{hooked:#?}");
+
+    // Concept drift: labels come back over MQTT (`drover feedback`); the first 300 agree with
+    // the predictions, then the world changes and the labels no longer do.
+    let labels: String = served
+        .iter()
+        .enumerate()
+        .map(|(i, (request, class))| {
+            let label = if i < 300 { *class } else { (class + 1) % 3 };
+            format!("{{\"request\": \"{request}\", \"label\": {label}}}\n")
+        })
+        .collect();
+    std::fs::write(d.join("labels.jsonl"), labels).expect("labels");
+    ok("drover", d, &["feedback", "--device", "pi-00", "--file", "labels.jsonl", "--broker", &broker.address()]);
+    let mut events = vec![];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(["concept_drift", "degraded"].iter().all(|k| events.iter().any(|v: &serde_json::Value| v["kind"] == *k))
+        || Instant::now() > deadline)
+    {
+        events.extend(alerts.until(Duration::from_secs(1), |_| true));
+    }
+    let degraded = events.iter().find(|v| v["kind"] == "degraded").unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(degraded["event"]["kind"]["degraded"]["metric"], "accuracy");
+    let concept = events.iter().find(|v| v["kind"] == "concept_drift").unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(concept["device"], "pi-00");
+    let c = &concept["event"]["kind"]["concept_drift"];
+    let labels_seen = c["labels"].as_u64().expect("labels");
+    assert!((301..=450).contains(&labels_seen), "detected after {labels_seen} labels: {concept}");
+    assert!(c["error_rate"].as_f64().expect("rate") > 0.0);
 }
 
 #[test]

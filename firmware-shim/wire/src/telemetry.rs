@@ -157,6 +157,8 @@ pub struct DriftWindow {
     pub samples: u32,
     /// Whether it held enough samples to be judged.
     pub judged: bool,
+    /// One inference in how many was observed (the agent's cost budget; 1: every one).
+    pub observed_every: u32,
     /// Per feature.
     pub features: Vec<FeatureDrift, MAX_FEATURES>,
 }

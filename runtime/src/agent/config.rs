@@ -94,6 +94,14 @@ pub struct DriftSettings {
     /// Consecutive drifted windows that raise a `retrain` event.
     #[serde(default = "default_sustain")]
     pub sustain: u8,
+    /// Percent of the engine's time drift monitoring may cost; past it, one inference in so many
+    /// is observed (windows then count observed samples). 0 observes every inference.
+    #[serde(default = "default_budget_pct")]
+    pub budget_pct: f64,
+}
+
+fn default_budget_pct() -> f64 {
+    1.0
 }
 
 fn default_window_samples() -> u32 {
@@ -121,6 +129,7 @@ impl Default for DriftSettings {
             chi2_p: None,
             variance_p: None,
             sustain: default_sustain(),
+            budget_pct: default_budget_pct(),
         }
     }
 }
@@ -252,6 +261,9 @@ impl AgentConfig {
         if cfg.drift.window_samples == 0 || cfg.drift.window_s == 0 || cfg.drift.sustain == 0 {
             return Err(ConfigError::Range("drift.window_samples, window_s and sustain must be above 0".into()));
         }
+        if !(cfg.drift.budget_pct.is_finite() && cfg.drift.budget_pct >= 0.0) {
+            return Err(ConfigError::Range("drift.budget_pct must be 0 (no limit) or a positive percent".into()));
+        }
         if cfg.telemetry.period_s == Some(0) || cfg.inference.queue == 0 {
             return Err(ConfigError::Range("telemetry.period_s and inference.queue must be above 0".into()));
         }
@@ -289,6 +301,7 @@ impl AgentConfig {
                 variance_p: d.variance_p.unwrap_or(defaults.variance_p),
             },
             sustain: d.sustain,
+            budget: d.budget_pct / 100.0,
             memory: self.quality.memory,
             floors: crate::serve::Floors {
                 accuracy: self.quality.min_accuracy,

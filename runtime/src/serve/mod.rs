@@ -38,6 +38,8 @@ pub struct ServeSettings {
     pub thresholds: Thresholds,
     /// Consecutive drifted windows that ask for retraining.
     pub sustain: u8,
+    /// Share of the engine's time drift monitoring may cost (0: observe every inference).
+    pub budget: f64,
     /// Predictions remembered for labels.
     pub memory: usize,
     /// Quality floors.
@@ -87,6 +89,8 @@ pub struct ClosedWindow {
     pub reference_samples: u64,
     /// The thresholds it was judged with.
     pub thresholds: Thresholds,
+    /// One inference in how many was observed (the cost budget's stride) when it closed.
+    pub every: u32,
 }
 
 struct Served {
@@ -180,6 +184,7 @@ impl Inference {
         let mut engine = lock(&self.shared.engine);
         let served = engine.as_mut().ok_or(InferError::NoModel)?;
         let Served { model, model_ref, observer, outputs } = served;
+        let engine = Instant::now();
         model.run_one(sample, outputs).map_err(|e| match e {
             RunError::InputCount { .. } | RunError::InputType { .. } | RunError::InputShape { .. } => {
                 InferError::Input(e)
@@ -187,7 +192,7 @@ impl Inference {
             e => InferError::Engine(e),
         })?;
         if let (Some(o), Some(input)) = (observer.as_mut(), sample.first()) {
-            o.observe(input, outputs);
+            o.observe(input, outputs, engine.elapsed().as_nanos() as u64);
             let now = self.shared.clock.unix_ms();
             if o.due(now) {
                 let window = closed(o, model_ref, now);
@@ -214,7 +219,7 @@ impl Inference {
     ) -> Option<Observer> {
         let s = &self.shared.settings;
         let now = self.shared.clock.unix_ms();
-        Observer::new(reference, model.signature(), s.window, thresholds, s.sustain, now)
+        Observer::new(reference, model.signature(), s.window, thresholds, s.sustain, s.budget, now)
             .inspect_err(|e| log::warn!("{} v{}: no drift monitoring: {e}", model_ref.name, model_ref.version))
             .ok()
     }
@@ -291,5 +296,86 @@ fn closed(o: &mut Observer, model: &ModelRef, now_ms: u64) -> ClosedWindow {
         names: o.names(),
         reference_samples: o.reference_samples(),
         thresholds: o.thresholds(),
+        every: o.every(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::SystemClock;
+    use crate::tensor::TensorData;
+
+    fn service(queue: u32) -> Inference {
+        let mut settings = crate::agent::AgentConfig::parse("device = \"t\"\ndata_dir = \"/tmp\"")
+            .expect("config")
+            .serve_settings(None);
+        settings.queue = queue;
+        Inference::new(settings, Arc::new(SystemClock::default()))
+    }
+
+    fn serve_iris(s: &Inference) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let model = Model::load(&root.join("iris_logreg.onnx")).expect("model");
+        s.serve(model, ModelRef { name: "iris".try_into().expect("name"), version: 1 }, None);
+    }
+
+    fn flower() -> Vec<Tensor> {
+        vec![Tensor::new(vec![4], TensorData::F32(vec![5.1, 3.5, 1.4, 0.2])).expect("tensor")]
+    }
+
+    #[test]
+    fn every_outcome_is_counted_by_kind() {
+        let s = service(4);
+        assert!(matches!(s.infer(None, &flower()), Err(InferError::NoModel)));
+        serve_iris(&s);
+        let wrong = vec![Tensor::new(vec![3], TensorData::F32(vec![1.0; 3])).expect("tensor")];
+        assert!(matches!(s.infer(None, &wrong), Err(InferError::Input(_))));
+        let p = s.infer(Some("req-1"), &flower()).expect("prediction");
+        assert_eq!((p.request.as_str(), p.class, p.model.version), ("req-1", Some(0), 1));
+        assert!(s.infer(None, &flower()).expect("prediction").request.starts_with('r'));
+        let (period, _) = s.take_period(0);
+        assert_eq!(period.inferences, 2);
+        assert_eq!(
+            (period.errors.no_model, period.errors.input, period.errors.engine, period.errors.busy),
+            (1, 1, 0, 0)
+        );
+        assert_eq!(period.latency.count(), 2);
+        assert_eq!(s.take_period(0).0.inferences, 0, "a new period starts empty");
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once_instead_of_waiting() {
+        let s = service(1);
+        serve_iris(&s);
+        let held = lock(&s.shared.engine); // a long inference in progress
+        let waiter = {
+            let s = s.clone();
+            std::thread::spawn(move || s.infer(None, &flower()).map(|p| p.class))
+        };
+        while s.shared.waiting.load(Ordering::Acquire) < 1 {
+            std::thread::yield_now();
+        }
+        assert!(matches!(s.infer(None, &flower()), Err(InferError::Busy(1))));
+        drop(held);
+        assert_eq!(waiter.join().expect("thread").expect("served once the engine is free"), Some(0));
+        let (period, _) = s.take_period(0);
+        assert_eq!((period.inferences, period.errors.busy, period.queue_max), (1, 1, 1));
+    }
+
+    #[test]
+    fn labels_score_remembered_predictions_and_a_new_model_starts_afresh() {
+        let s = service(4);
+        assert!(!s.label("r1", 0), "no model, nothing to score");
+        serve_iris(&s);
+        let p = s.infer(None, &flower()).expect("prediction");
+        assert!(s.label(&p.request, 0));
+        assert!(!s.label(&p.request, 0), "once");
+        assert!(!s.label("never-made", 0));
+        let (_, quality) = s.take_period(0);
+        let q = quality.expect("one label");
+        assert_eq!((q.labels, q.window, q.accuracy), (1, 1, 1.0));
+        serve_iris(&s);
+        assert!(!s.label(&p.request, 0), "predictions of the previous model are gone");
     }
 }

@@ -4,6 +4,7 @@
 //! sustained rise, ADWIN for a change between two sub-windows).
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 
 use drover_drift::{Adwin, Confusion, PageHinkley};
 use drover_wire::event::{Detector, EventKind, Metric};
@@ -25,10 +26,13 @@ pub struct Floors {
     pub min_labels: u32,
 }
 
-/// Predictions awaiting labels, and what the labels said.
+/// Predictions awaiting labels, and what the labels said. Request ids are kept as 64-bit keyed
+/// hashes: remembering a prediction allocates nothing (it is on every inference's path), and a
+/// collision between two live ids (about one in 2^64 per pair) would only misfile one label.
 pub struct Quality {
-    predictions: HashMap<String, i64>,
-    order: VecDeque<String>,
+    hasher: std::collections::hash_map::RandomState,
+    predictions: HashMap<u64, i64>,
+    order: VecDeque<u64>,
     memory: usize,
     confusion: Box<Confusion<QUALITY_CLASSES, QUALITY_WINDOW>>,
     page_hinkley: PageHinkley,
@@ -50,6 +54,7 @@ impl Quality {
     /// Remembers the last `memory` predictions; alerts below `floors`.
     pub fn new(memory: usize, floors: Floors) -> Quality {
         Quality {
+            hasher: std::collections::hash_map::RandomState::new(),
             predictions: HashMap::new(),
             order: VecDeque::new(),
             memory: memory.max(1),
@@ -66,8 +71,9 @@ impl Quality {
 
     /// A prediction was served for `request`.
     pub fn remember(&mut self, request: &str, class: i64) {
-        if self.predictions.insert(request.to_string(), class).is_none() {
-            self.order.push_back(request.to_string());
+        let key = self.hasher.hash_one(request);
+        if self.predictions.insert(key, class).is_none() {
+            self.order.push_back(key);
         }
         while self.order.len() > self.memory {
             if let Some(old) = self.order.pop_front() {
@@ -79,8 +85,9 @@ impl Quality {
     /// The true label of `request` arrived. `None` if the prediction is unknown (too old, never
     /// made here, or already labelled); otherwise the alerts it raised.
     pub fn label(&mut self, request: &str, label: i64) -> Option<Vec<EventKind>> {
-        let predicted = self.predictions.remove(request)?;
-        self.order.retain(|r| r != request);
+        let key = self.hasher.hash_one(request);
+        let predicted = self.predictions.remove(&key)?;
+        // The id stays in `order` until it ages out; removing it here would cost a scan.
         let wrong = predicted != label;
         self.labels_total += 1;
         self.labels_period = self.labels_period.saturating_add(1);
