@@ -101,7 +101,7 @@ pub struct DriftSettings {
 }
 
 fn default_budget_pct() -> f64 {
-    1.0
+    0.5
 }
 
 fn default_window_samples() -> u32 {

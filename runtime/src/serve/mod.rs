@@ -184,14 +184,15 @@ impl Inference {
         let mut engine = lock(&self.shared.engine);
         let served = engine.as_mut().ok_or(InferError::NoModel)?;
         let Served { model, model_ref, observer, outputs } = served;
-        let engine = Instant::now();
+        let turn = observer.as_mut().is_some_and(Observer::take_turn);
+        let engine = turn.then(Instant::now);
         model.run_one(sample, outputs).map_err(|e| match e {
             RunError::InputCount { .. } | RunError::InputType { .. } | RunError::InputShape { .. } => {
                 InferError::Input(e)
             }
             e => InferError::Engine(e),
         })?;
-        if let (Some(o), Some(input)) = (observer.as_mut(), sample.first()) {
+        if let (Some(o), Some(input), Some(engine)) = (observer.as_mut(), sample.first(), engine) {
             o.observe(input, outputs, engine.elapsed().as_nanos() as u64);
             let now = self.shared.clock.unix_ms();
             if o.due(now) {

@@ -140,13 +140,16 @@ impl Observer {
         })
     }
 
-    /// One inference: its first input (without the batch axis), its outputs, and how long the
-    /// engine took (what the budget is a share of).
-    pub fn observe(&mut self, input: &Tensor, outputs: &[Tensor], engine_ns: u64) {
+    /// Whether the coming inference is one to observe (one in [`Observer::every`]). Asked before
+    /// the engine runs, so the engine is timed only for the inferences observed.
+    pub fn take_turn(&mut self) -> bool {
         self.seen += 1;
-        if !self.seen.is_multiple_of(u64::from(self.every)) {
-            return;
-        }
+        self.seen.is_multiple_of(u64::from(self.every))
+    }
+
+    /// An inference [`Observer::take_turn`] chose: its first input (without the batch axis), its
+    /// outputs, and how long the engine took (what the budget is a share of).
+    pub fn observe(&mut self, input: &Tensor, outputs: &[Tensor], engine_ns: u64) {
         let start = (self.budget > 0.0).then(Instant::now);
         self.record(input, outputs);
         if let Some(start) = start {
@@ -171,17 +174,16 @@ impl Observer {
     }
 
     fn record(&mut self, input: &Tensor, outputs: &[Tensor]) {
-        let mut values = std::mem::take(&mut self.values);
-        match input.data() {
-            TensorData::F32(v) => {
-                values.clear();
-                values.extend_from_slice(v);
-            }
+        // f32 inputs (nearly all) are read in place; others are converted once into a buffer.
+        let mut converted = std::mem::take(&mut self.values);
+        let values: &[f32] = match input.data() {
+            TensorData::F32(v) => v,
             _ => {
-                values.clear();
-                values.extend(input.to_f64_vec().into_iter().map(|x| x as f32));
+                converted.clear();
+                converted.extend(input.to_f64_vec().into_iter().map(|x| x as f32));
+                &converted
             }
-        }
+        };
         match self.layout {
             FeatureLayout::Elements => {
                 for (i, x) in values.iter().take(self.inputs).enumerate() {
@@ -199,7 +201,7 @@ impl Observer {
                 }
             }
         }
-        self.values = values;
+        self.values = converted;
         for (k, &o) in self.outputs.iter().enumerate() {
             if let Some((_, class)) = outputs.get(o).and_then(class_of) {
                 self.monitor.observe(self.inputs + k, class as f32);
@@ -270,6 +272,7 @@ mod tests {
                 let x: Vec<f32> = row.iter().zip(shift).map(|(v, s)| v + s).collect();
                 let t = Tensor::new(vec![4], TensorData::F32(x)).expect("tensor");
                 model.run_one(std::slice::from_ref(&t), &mut outputs).expect("run");
+                assert!(o.take_turn(), "without a budget every inference is observed");
                 o.observe(&t, &outputs, 1_000);
             }
             assert!(o.due(1));
@@ -314,14 +317,18 @@ mod tests {
         // An engine call of 1 ns: no observation fits in 1 % of it, so the stride goes to its cap.
         let mut o = Observer::new(&reference, model.signature(), POLICY, Thresholds::default(), 3, 0.01, 0).expect("o");
         for _ in 0..2_000 {
-            o.observe(&t, &outputs, 1);
+            if o.take_turn() {
+                o.observe(&t, &outputs, 1);
+            }
         }
         assert_eq!(o.every(), MAX_EVERY);
         assert!(o.monitor.samples() < 10, "{} observed", o.monitor.samples());
         // An engine call of a second: every inference fits.
         let mut o = Observer::new(&reference, model.signature(), POLICY, Thresholds::default(), 3, 0.01, 0).expect("o");
         for _ in 0..100 {
-            o.observe(&t, &outputs, 1_000_000_000);
+            if o.take_turn() {
+                o.observe(&t, &outputs, 1_000_000_000);
+            }
         }
         assert_eq!((o.every(), o.monitor.samples()), (1, 100));
     }
