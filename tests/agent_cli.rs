@@ -275,8 +275,8 @@ fn every_verb_has_help() {
     }
 }
 
-/// The cross-built agents (static aarch64 musl, armv7 gnueabihf) run under qemu-user on the
-/// committed models and give onnxruntime's answers. `tests/run` builds them first; run alone,
+/// The cross-built agents (static aarch64 musl, armv7 gnueabihf) run under qemu-user on a
+/// committed model and give onnxruntime's answers. `tests/run` builds them first; run alone,
 /// the test needs `cargo build --target <triple> -p drover-runtime --bin drover-agent`.
 #[test]
 fn cross_built_agents_match_onnxruntime_under_qemu() {
@@ -297,7 +297,9 @@ fn cross_built_agents_match_onnxruntime_under_qemu() {
             continue;
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        for name in ["mlp_int8_qop", "iris_logreg"] {
+        // The binary itself on the board's architecture; every model's numbers under qemu are the
+        // parity suite's job (cross-built, run by tests/run), so one small model is enough here.
+        for name in ["iris_logreg"] {
             let out = dir.path().join(format!("{name}.jsonl"));
             let mut cmd = Command::new(&qemu);
             if let Some(s) = sysroot {
