@@ -318,6 +318,7 @@ fn mosquitto_agent_restart_resumes() {
 /// A 20 MB model through Mosquitto at its default settings.
 #[test]
 fn twenty_megabytes_through_mosquitto_defaults() {
+    let _ = env_logger::builder().is_test(true).try_init();
     let Some(broker) = Broker::start(Kind::Mosquitto, Options::default()) else { return };
     let rel = Release::new();
     let bundle = rel.bundle(20 * 1024 * 1024, 1);

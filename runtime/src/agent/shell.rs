@@ -207,7 +207,8 @@ pub async fn run_with(
     options.set_last_will(LastWill::new(session.status_topic(), will, QoS::AtLeastOnce, true));
     let (client, eventloop) = AsyncClient::new(options, 256);
     let (tx, rx) = mpsc::channel(1024);
-    let pump = tokio::spawn(pump(eventloop, tx, crate::link::pump::seed(me.device.as_str(), now.ms)));
+    let seed = crate::link::pump::seed(me.device.as_str(), now.ms);
+    let pump = tokio::spawn(pump(eventloop, tx, seed, crate::link::pump::Acks::Report));
 
     let probe = SystemProbe::new("/", &cfg.data_dir);
     let mut agent = Agent {

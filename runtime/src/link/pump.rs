@@ -30,8 +30,21 @@ pub enum Link {
     Message(String, Vec<u8>),
 }
 
+/// Whether packet ids and acknowledgements are reported ([`Link::Sent`], [`Link::Acked`]).
+///
+/// Only a client that never waits on its own request queue may ask for them (the agent publishes
+/// with `try_publish`): a client blocked in `publish().await` while the pump waits for room in
+/// `tx` would never let either move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// Report them (the agent's outbox needs them).
+    Report,
+    /// Do not.
+    Ignore,
+}
+
 /// Runs until the receiver of `tx` is dropped. `seed` spreads the jitter of agents apart.
-pub async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<Link>, seed: u64) {
+pub async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<Link>, seed: u64, acks: Acks) {
     // Small messages (chunk requests, progress) must not wait for Nagle's algorithm.
     let mut network = eventloop.network_options();
     network.set_tcp_nodelay(true);
@@ -48,8 +61,8 @@ pub async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<Link>, seed: u64) {
                 Link::Up { session_present, dropped_fresh: if session_present { 0 } else { fresh } }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => Link::Message(p.topic, p.payload.to_vec()),
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => Link::Sent(pkid),
-            Ok(Event::Incoming(Packet::PubAck(ack))) => Link::Acked(ack.pkid),
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 && acks == Acks::Report => Link::Sent(pkid),
+            Ok(Event::Incoming(Packet::PubAck(ack))) if acks == Acks::Report => Link::Acked(ack.pkid),
             Ok(_) => continue,
             Err(e) => {
                 if tx.send(Link::Down(e.to_string())).await.is_err() {

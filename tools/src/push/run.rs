@@ -45,7 +45,7 @@ pub async fn execute(
     let options = broker.mqtt_options(&client_id, true)?;
     let (client, eventloop) = AsyncClient::new(options, 64);
     let (tx, mut rx) = mpsc::channel(1024);
-    let pumping = tokio::spawn(pump(eventloop, tx, seed(&client_id, 0)));
+    let pumping = tokio::spawn(pump(eventloop, tx, seed(&client_id, 0), drover_runtime::link::pump::Acks::Ignore));
     let announce = match campaign.work() {
         Work::Bundle { announce } => Some(announce.clone()),
         Work::Command(_) => None,
