@@ -4,6 +4,7 @@
 //! and the demo, with no global state: each caller owns its models, files and clocks.
 
 pub mod agent;
+pub mod api;
 pub mod cmd;
 pub mod engine;
 pub mod link;

@@ -65,6 +65,10 @@ impl Fleet {
                     drift: Default::default(),
                     quality: Default::default(),
                     inference: Default::default(),
+                    api: drover_runtime::api::ApiSettings {
+                        listen: drover_runtime::api::Listen::Off,
+                        ..Default::default()
+                    },
                 };
                 Member { cfg, stop: None, inference: None, task: None }
             })

@@ -43,6 +43,9 @@ pub struct AgentConfig {
     /// The inference queue.
     #[serde(default)]
     pub inference: InferenceSettings,
+    /// The local inference API.
+    #[serde(default)]
+    pub api: crate::api::ApiSettings,
 }
 
 /// The `[telemetry]` table.
@@ -170,15 +173,25 @@ pub struct InferenceSettings {
     /// Requests that may wait for the engine; more are refused as busy.
     #[serde(default = "default_queue")]
     pub queue: u32,
+    /// Dynamic batching: most samples merged into one engine call (0 or 1: off). Only models
+    /// with a symbolic batch axis are batched.
+    #[serde(default)]
+    pub batch: usize,
+    /// How long a batch may wait for more requests once the waiting ones are in, microseconds.
+    #[serde(default = "default_batch_delay_us")]
+    pub batch_delay_us: u64,
 }
 
 fn default_queue() -> u32 {
     64
 }
+fn default_batch_delay_us() -> u64 {
+    500
+}
 
 impl Default for InferenceSettings {
     fn default() -> Self {
-        InferenceSettings { queue: default_queue() }
+        InferenceSettings { queue: default_queue(), batch: 0, batch_delay_us: default_batch_delay_us() }
     }
 }
 
@@ -267,6 +280,9 @@ impl AgentConfig {
         if cfg.telemetry.period_s == Some(0) || cfg.inference.queue == 0 {
             return Err(ConfigError::Range("telemetry.period_s and inference.queue must be above 0".into()));
         }
+        if cfg.api.max_body_kib == 0 {
+            return Err(ConfigError::Range("api.max_body_kib must be above 0".into()));
+        }
         if cfg.broker.max_packet < 4096 {
             return Err(ConfigError::Range("broker.max_packet must be at least 4096 bytes".into()));
         }
@@ -308,6 +324,10 @@ impl AgentConfig {
                 f1: self.quality.min_f1,
                 min_labels: self.quality.min_labels,
             },
+            batching: (self.inference.batch > 1).then(|| crate::serve::Batching {
+                max_batch: self.inference.batch,
+                max_delay: std::time::Duration::from_micros(self.inference.batch_delay_us),
+            }),
         }
     }
 
@@ -365,6 +385,11 @@ sustain = 2
 min_accuracy = 0.9
 [inference]
 queue = 8
+batch = 16
+batch_delay_us = 200
+[api]
+listen = "unix:/run/drover/api.sock"
+max_body_kib = 1024
 "#,
         )
         .unwrap();
@@ -376,6 +401,9 @@ queue = 8
         assert_eq!((s.queue, s.window.samples, s.window.millis, s.sustain), (8, 200, 300_000, 2));
         assert_eq!(s.thresholds.psi, 0.25, "the config's threshold wins over the bundle's");
         assert_eq!(s.floors.accuracy, Some(0.9));
+        let b = s.batching.expect("batching on");
+        assert_eq!((b.max_batch, b.max_delay), (16, std::time::Duration::from_micros(200)));
+        assert_eq!(c.api.listen, crate::api::Listen::Unix("/run/drover/api.sock".into()));
         let plain = AgentConfig::parse("device = \"pi\"\ndata_dir = \"/d\"").unwrap();
         assert_eq!(plain.serve_settings(Some(150)).thresholds.psi, 0.15, "then the bundle's");
         assert_eq!(plain.serve_settings(None).thresholds, drover_wire::drift::Thresholds::default());
@@ -392,6 +420,7 @@ queue = 8
             ("device = \"pi\"\ndata_dir = \"/d\"\n[drift]\nsustain = 0", "sustain"),
             ("device = \"pi\"\ndata_dir = \"/d\"\n[telemetry]\nperiod_s = 0", "period_s"),
             ("device = \"pi\"\ndata_dir = \"/d\"\n[drift]\npsy = 0.1", "unknown field"),
+            ("device = \"pi\"\ndata_dir = \"/d\"\n[api]\nlisten = \"localhost\"", "HOST:PORT"),
         ] {
             let e = AgentConfig::parse(text).unwrap_err().to_string();
             assert!(e.contains(expect), "{e} / {expect}");

@@ -210,6 +210,7 @@ pub async fn run_with(
     let seed = crate::link::pump::seed(me.device.as_str(), now.ms);
     let pump = tokio::spawn(pump(eventloop, tx, seed, crate::link::pump::Acks::Report));
 
+    let api = tokio::spawn(crate::api::run(cfg.api.clone(), inference.clone()));
     let probe = SystemProbe::new("/", &cfg.data_dir);
     let mut agent = Agent {
         cfg,
@@ -230,6 +231,7 @@ pub async fn run_with(
     agent.next_telemetry_ms = now.ms + agent.period_ms();
     let result = agent.serve(rx, shutdown).await;
     pump.abort();
+    api.abort();
     result
 }
 

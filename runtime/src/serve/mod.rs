@@ -5,6 +5,7 @@
 //! the tests call [`Inference::infer`] from any thread; the agent's shell swaps the model after
 //! an install or a rollback and drains counters, drift windows and alerts into the outbox.
 
+pub mod batcher;
 pub mod observer;
 pub mod period;
 pub mod quality;
@@ -18,12 +19,13 @@ use drover_wire::event::EventKind;
 use drover_wire::message::ModelRef;
 use drover_wire::telemetry::MAX_FEATURES;
 
+pub use batcher::Batching;
 pub use observer::{FeatureNames, Observer, ObserverError};
 pub use period::Period;
 pub use quality::{Floors, Quality};
 
 use crate::agent::Clock;
-use crate::engine::{Model, RunError};
+use crate::engine::{BatchAxis, Model, RunError, Signature};
 use crate::reference::{ReferenceStats, class_of};
 use crate::tensor::Tensor;
 
@@ -44,6 +46,8 @@ pub struct ServeSettings {
     pub memory: usize,
     /// Quality floors.
     pub floors: Floors,
+    /// Dynamic batching of concurrent requests (models with a symbolic batch axis only).
+    pub batching: Option<Batching>,
 }
 
 /// Why a request got no prediction.
@@ -76,6 +80,15 @@ pub struct Prediction {
     pub class: Option<i64>,
 }
 
+/// The served model as callers see it: what to call it and what it takes.
+#[derive(Debug, Clone)]
+pub struct ServedModel {
+    /// Name and version.
+    pub model: ModelRef,
+    /// Inputs, outputs and batch axis.
+    pub signature: Arc<Signature>,
+}
+
 /// A drift window closed on the device, with what explains it.
 #[derive(Debug, Clone)]
 pub struct ClosedWindow {
@@ -96,6 +109,7 @@ pub struct ClosedWindow {
 struct Served {
     model: Model,
     model_ref: ModelRef,
+    signature: Arc<Signature>,
     observer: Option<Observer>,
     outputs: Vec<Tensor>,
 }
@@ -115,6 +129,7 @@ struct Shared {
     requests: AtomicU64,
     settings: ServeSettings,
     clock: Arc<dyn Clock>,
+    batcher: Option<batcher::Queue>,
 }
 
 /// The handle to an agent's inference service.
@@ -140,36 +155,96 @@ impl Inference {
     pub fn new(settings: ServeSettings, clock: Arc<dyn Clock>) -> Inference {
         let start = clock.unix_ms();
         let reports = Reports { period: Period::new(start), ..Reports::default() };
-        Inference {
-            shared: Arc::new(Shared {
-                engine: Mutex::new(None),
-                reports: Mutex::new(reports),
-                waiting: AtomicU32::new(0),
-                requests: AtomicU64::new(0),
-                settings,
-                clock,
-            }),
+        let (queue, worker) = match settings.batching {
+            Some(policy) => {
+                let (queue, worker) = batcher::queue(policy);
+                (Some(queue), Some(worker))
+            }
+            None => (None, None),
+        };
+        let shared = Arc::new(Shared {
+            engine: Mutex::new(None),
+            reports: Mutex::new(reports),
+            waiting: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            settings,
+            clock,
+            batcher: queue,
+        });
+        if let Some(worker) = worker {
+            worker.start(Arc::downgrade(&shared));
         }
+        Inference { shared }
     }
 
     /// Runs one sample (input tensors without the batch axis) through the served model. Blocks
     /// while earlier requests run; refuses at once when the queue is full.
     pub fn infer(&self, request: Option<&str>, sample: &[Tensor]) -> Result<Prediction, InferError> {
+        if self.batches() {
+            let mut predictions = self.infer_batch(request, vec![sample.to_vec()])?;
+            return predictions.pop().ok_or_else(|| InferError::Engine(RunError::Batch("no output".into())));
+        }
+        self.queued(1, || self.run(request, sample))
+            .and_then(|mut v| v.pop().ok_or_else(|| InferError::Engine(RunError::Batch("no output".into()))))
+    }
+
+    /// Runs a client's batch of samples (each without the batch axis) as one request: one engine
+    /// call for models with a symbolic batch axis (merged with other requests when batching is
+    /// on), one per sample otherwise. With several samples, prediction `i` is known to labels as
+    /// `{request}/{i}`.
+    pub fn infer_batch(&self, request: Option<&str>, samples: Vec<Vec<Tensor>>) -> Result<Vec<Prediction>, InferError> {
+        let n = samples.len();
+        if n == 0 {
+            return Err(InferError::Input(RunError::Batch("a request needs at least one sample".into())));
+        }
+        self.queued(n, || {
+            let id = self.request_id(request);
+            match &self.shared.batcher {
+                Some(queue) if self.batches() => queue.submit(id, samples),
+                _ => {
+                    let mut engine = lock(&self.shared.engine);
+                    let served = engine.as_mut().ok_or(InferError::NoModel)?;
+                    let outputs = run_samples(&self.shared, served, &samples)?;
+                    Ok(predictions(&served.model_ref, &id, outputs))
+                }
+            }
+        })
+    }
+
+    /// Whether requests go through the batcher now (it is on and the model can take batches).
+    fn batches(&self) -> bool {
+        self.shared.batcher.is_some()
+            && lock(&self.shared.engine).as_ref().is_some_and(|s| matches!(s.signature.batch, BatchAxis::Symbolic(_)))
+    }
+
+    /// Queue admission and the period's accounting around one request of `n` samples.
+    fn queued(
+        &self,
+        n: usize,
+        run: impl FnOnce() -> Result<Vec<Prediction>, InferError>,
+    ) -> Result<Vec<Prediction>, InferError> {
         let s = &self.shared;
         let start = Instant::now();
         let depth = s.waiting.fetch_add(1, Ordering::AcqRel) + 1;
-        let result =
-            if depth > s.settings.queue.max(1) { Err(InferError::Busy(depth - 1)) } else { self.run(request, sample) };
+        let result = if depth > s.settings.queue.max(1) { Err(InferError::Busy(depth - 1)) } else { run() };
         s.waiting.fetch_sub(1, Ordering::AcqRel);
         let mut reports = lock(&s.reports);
         let p = &mut reports.period;
         p.queue_max = p.queue_max.max(depth.min(s.settings.queue));
+        let count = n as u64;
         match &result {
-            Ok(prediction) => {
-                p.inferences += 1;
-                p.latency.record(u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX));
-                if let (Some(q), Some(class)) = (&mut reports.quality, prediction.class) {
-                    q.remember(&prediction.request, class);
+            Ok(predictions) => {
+                p.inferences += count;
+                let micros = u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX);
+                for _ in 0..n {
+                    p.latency.record(micros);
+                }
+                if let Some(q) = &mut reports.quality {
+                    for prediction in predictions {
+                        if let Some(class) = prediction.class {
+                            q.remember(&prediction.request, class);
+                        }
+                    }
                 }
             }
             Err(InferError::Busy(_)) => p.errors.busy += 1,
@@ -180,32 +255,35 @@ impl Inference {
         result
     }
 
-    fn run(&self, request: Option<&str>, sample: &[Tensor]) -> Result<Prediction, InferError> {
-        let mut engine = lock(&self.shared.engine);
-        let served = engine.as_mut().ok_or(InferError::NoModel)?;
-        let Served { model, model_ref, observer, outputs } = served;
-        let turn = observer.as_mut().is_some_and(Observer::take_turn);
-        let engine = turn.then(Instant::now);
-        model.run_one(sample, outputs).map_err(|e| match e {
-            RunError::InputCount { .. } | RunError::InputType { .. } | RunError::InputShape { .. } => {
-                InferError::Input(e)
-            }
-            e => InferError::Engine(e),
-        })?;
-        if let (Some(o), Some(input), Some(engine)) = (observer.as_mut(), sample.first(), engine) {
-            o.observe(input, outputs, engine.elapsed().as_nanos() as u64);
-            let now = self.shared.clock.unix_ms();
-            if o.due(now) {
-                let window = closed(o, model_ref, now);
-                lock(&self.shared.reports).windows.push(window);
-            }
-        }
-        let class = outputs.first().and_then(class_of).map(|(_, c)| c);
-        let request = match request {
+    fn request_id(&self, request: Option<&str>) -> String {
+        match request {
             Some(r) => r.to_string(),
             None => format!("r{}", self.shared.requests.fetch_add(1, Ordering::Relaxed) + 1),
-        };
-        Ok(Prediction { request, model: model_ref.clone(), outputs: outputs.clone(), class })
+        }
+    }
+
+    /// The single-sample hot path: outputs written into reused tensors.
+    fn run(&self, request: Option<&str>, sample: &[Tensor]) -> Result<Vec<Prediction>, InferError> {
+        let mut engine = lock(&self.shared.engine);
+        let served = engine.as_mut().ok_or(InferError::NoModel)?;
+        let Served { model, model_ref, observer, outputs, .. } = served;
+        let turn = observer.as_mut().is_some_and(Observer::take_turn);
+        let engine = turn.then(Instant::now);
+        model.run_one(sample, outputs).map_err(classify)?;
+        if let (Some(o), Some(input), Some(engine)) = (observer.as_mut(), sample.first(), engine) {
+            o.observe(input, outputs, engine.elapsed().as_nanos() as u64);
+            close_if_due(&self.shared, o, model_ref);
+        }
+        let class = outputs.first().and_then(class_of).map(|(_, c)| c);
+        let request = self.request_id(request);
+        Ok(vec![Prediction { request, model: model_ref.clone(), outputs: outputs.clone(), class }])
+    }
+
+    /// The model served now, with its signature (what the local API describes and checks).
+    pub fn served(&self) -> Option<ServedModel> {
+        lock(&self.shared.engine)
+            .as_ref()
+            .map(|s| ServedModel { model: s.model_ref.clone(), signature: s.signature.clone() })
     }
 
     /// The drift monitor for `model` against `reference`, with `thresholds` (the config's, or the
@@ -228,7 +306,8 @@ impl Inference {
     /// Serves `model` from now on, watching drift with `observer` when there is one. Labels and
     /// windows of the previous model are dropped (they described another model).
     pub fn serve(&self, model: Model, model_ref: ModelRef, observer: Option<Observer>) {
-        let served = Served { model, model_ref, observer, outputs: Vec::new() };
+        let signature = Arc::new(model.signature().clone());
+        let served = Served { model, model_ref, signature, observer, outputs: Vec::new() };
         *lock(&self.shared.engine) = Some(served);
         let s = &self.shared.settings;
         let mut reports = lock(&self.shared.reports);
@@ -287,6 +366,56 @@ impl Inference {
     /// The queue's bound.
     pub fn queue_capacity(&self) -> u32 {
         self.shared.settings.queue
+    }
+}
+
+/// Engine errors caused by the request versus by the engine.
+fn classify(e: RunError) -> InferError {
+    match e {
+        RunError::InputCount { .. } | RunError::InputType { .. } | RunError::InputShape { .. } => InferError::Input(e),
+        e => InferError::Engine(e),
+    }
+}
+
+/// Runs samples on the served model (one engine call when it has a symbolic batch axis) and
+/// feeds the drift monitor.
+fn run_samples(shared: &Shared, served: &mut Served, samples: &[Vec<Tensor>]) -> Result<Vec<Vec<Tensor>>, InferError> {
+    let Served { model, model_ref, observer, .. } = served;
+    let start = Instant::now();
+    let outputs = model.run_samples(samples).map_err(classify)?;
+    let n = samples.len().max(1);
+    if let Some(o) = observer.as_mut() {
+        let per_sample = start.elapsed().as_nanos() as u64 / n as u64;
+        for (sample, out) in samples.iter().zip(&outputs) {
+            if let (true, Some(input)) = (o.take_turn(), sample.first()) {
+                o.observe(input, out, per_sample);
+            }
+        }
+        close_if_due(shared, o, model_ref);
+    }
+    Ok(outputs)
+}
+
+/// One request's predictions; prediction `i` is `{request}/{i}` when there are several.
+fn predictions(model: &ModelRef, request: &str, outputs: Vec<Vec<Tensor>>) -> Vec<Prediction> {
+    let n = outputs.len();
+    outputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, outputs)| Prediction {
+            request: if n == 1 { request.to_string() } else { format!("{request}/{i}") },
+            model: model.clone(),
+            class: outputs.first().and_then(class_of).map(|(_, c)| c),
+            outputs,
+        })
+        .collect()
+}
+
+fn close_if_due(shared: &Shared, o: &mut Observer, model_ref: &ModelRef) {
+    let now = shared.clock.unix_ms();
+    if o.due(now) {
+        let window = closed(o, model_ref, now);
+        lock(&shared.reports).windows.push(window);
     }
 }
 
