@@ -406,7 +406,7 @@ fn agent_binary_runs_as_a_service() {
     let d = rel.dir.path();
     ok("drover-agent", d, &["trust", "--root", "root.json", "--data-dir", "board"]);
     let config = format!(
-        "device = \"board-1\"\ngroups = [\"lab\"]\ndata_dir = \"{}\"\npayload = \"json\"\n[broker]\nport = {}\n",
+        "device = \"board-1\"\ngroups = [\"lab\"]\ndata_dir = \"{}\"\npayload = \"json\"\n[broker]\nport = {}\n[api]\nlisten = \"off\"\n",
         d.join("board").display(),
         broker.port
     );

@@ -4,6 +4,8 @@
 //! agents, and models of any size.
 
 #[cfg(feature = "mqtt")]
+pub mod api;
+#[cfg(feature = "mqtt")]
 pub mod broker;
 pub mod cli;
 #[cfg(feature = "mqtt")]

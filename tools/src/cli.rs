@@ -40,6 +40,8 @@ pub enum Verb {
     Push(cmd::push::PushArgs),
     /// Send a signed rollback command over MQTT and wait for the devices' reports.
     Rollback(cmd::rollback::RollbackArgs),
+    /// Stage a candidate bundle and run it in shadow of the served model (signed command).
+    Shadow(cmd::shadow::ShadowArgs),
     /// Run the embedded MQTT broker.
     Broker(cmd::broker::BrokerCmdArgs),
     /// Print a Drover MQTT payload as JSON.
@@ -68,6 +70,7 @@ pub fn run(cli: Cli, now_ms: u64) -> anyhow::Result<ExitCode> {
         Verb::Command(args) => cmd::command::run(&args, now_ms).map(|_| true)?,
         Verb::Push(args) => cmd::push::run(&args, now_ms)?,
         Verb::Rollback(args) => cmd::rollback::run(&args, now_ms)?,
+        Verb::Shadow(args) => cmd::shadow::run(&args, now_ms)?,
         Verb::Broker(args) => cmd::broker::run(&args).map(|_| true)?,
         Verb::Decode(args) => cmd::decode::run(&args).map(|_| true)?,
         Verb::Watch(args) => cmd::decode::watch(&args).map(|_| true)?,

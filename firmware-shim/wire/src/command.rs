@@ -40,6 +40,18 @@ pub enum Operation {
     },
     /// Switch back to the previous model.
     Rollback,
+    /// Run the staged candidate (this model and version) in shadow of the served model on a
+    /// share of the live inputs; the served model keeps answering every request.
+    Shadow {
+        /// Model name.
+        name: String<MAX_NAME>,
+        /// Version.
+        version: u64,
+        /// Share of inferences copied to the candidate, in parts per million.
+        sample_ppm: u32,
+    },
+    /// Stop the shadow candidate.
+    StopShadow,
 }
 
 /// An order to a device or group.

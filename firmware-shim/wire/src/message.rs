@@ -150,6 +150,19 @@ pub struct Announce {
     pub chunk_size: u32,
     /// Unix seconds; a device ignores an announcement older than the newest it has acted on.
     pub issued_at: u64,
+    /// What the device does with the bundle once it holds it.
+    pub purpose: Purpose,
+}
+
+/// What a pushed bundle is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Purpose {
+    /// Install it and serve it (the previous model stays as the fallback).
+    #[default]
+    Install,
+    /// Keep it verified beside the served model, as the candidate a signed shadow or A/B command
+    /// then puts to work; the served model and both slots stay as they are.
+    Stage,
 }
 
 impl Announce {
@@ -247,6 +260,12 @@ pub enum Phase {
         /// The slot.
         slot: Slot,
     },
+    /// Verified and kept as the candidate (a [`Purpose::Stage`] push).
+    Staged,
+    /// The candidate runs in shadow of the served model.
+    Shadowing,
+    /// No candidate runs in shadow any more.
+    ShadowStopped,
     /// The operation failed; the device serves what it served before.
     Failed {
         /// Why, for the operator.
@@ -266,12 +285,20 @@ impl Phase {
 
     /// Whether the operation is over (nothing more will be reported for it).
     pub fn is_final(&self) -> bool {
-        matches!(self, Phase::Installed { .. } | Phase::Current | Phase::RolledBack { .. } | Phase::Failed { .. })
+        self.is_success() || matches!(self, Phase::Failed { .. })
     }
 
     /// Whether the operation is over and succeeded.
     pub fn is_success(&self) -> bool {
-        matches!(self, Phase::Installed { .. } | Phase::Current | Phase::RolledBack { .. })
+        matches!(
+            self,
+            Phase::Installed { .. }
+                | Phase::Current
+                | Phase::RolledBack { .. }
+                | Phase::Staged
+                | Phase::Shadowing
+                | Phase::ShadowStopped
+        )
     }
 }
 
@@ -299,6 +326,7 @@ mod tests {
             size: 10_000,
             chunk_size: 4096,
             issued_at: 0,
+            purpose: Purpose::Install,
         };
         assert_eq!(a.chunk_count(), 3);
         assert_eq!((a.chunk_len(0), a.chunk_len(1), a.chunk_len(2), a.chunk_len(3)), (4096, 4096, 1808, 0));

@@ -117,6 +117,61 @@ pub struct Telemetry {
     pub outbox: Outbox,
     /// Prediction quality, once labels have arrived.
     pub quality: Option<Quality>,
+    /// How the candidate running in shadow compared with the served model, while one runs.
+    pub shadow: Option<Shadow>,
+}
+
+/// A candidate model run on a copy of live inputs, off the request path, over one period. Sums
+/// and counts rather than ratios, so periods and devices merge by adding them up; the methods
+/// give the ratios an operator reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shadow {
+    /// The candidate.
+    pub candidate: ModelRef,
+    /// Share of inferences copied to the candidate, in parts per million.
+    pub sample_ppm: u32,
+    /// Samples both models answered.
+    pub compared: u64,
+    /// Samples picked but not run because the candidate fell behind (its queue was full).
+    pub skipped: u64,
+    /// Samples the candidate failed on, or answered in another shape than the served model.
+    pub failed: u64,
+    /// Compared samples where both models named a class.
+    pub classified: u64,
+    /// Of those, the ones where both named the same class (top-1 agreement).
+    pub agreed: u64,
+    /// Sum of |served − candidate| over every compared numeric output element.
+    pub abs_diff_sum: f64,
+    /// Output elements compared.
+    pub abs_diff_count: u64,
+    /// Largest |served − candidate| seen.
+    pub max_abs_diff: f64,
+    /// Engine time of the candidate over the compared samples, microseconds.
+    pub candidate_us: u64,
+    /// Engine time of the served model per sample over the period, microseconds, and the samples
+    /// behind it: the denominator of the latency ratio.
+    pub served_us: u64,
+    /// Samples behind `served_us`.
+    pub served_samples: u64,
+}
+
+impl Shadow {
+    /// Top-1 agreement in [0, 1], when both models are classifiers and a sample was compared.
+    pub fn top1_agreement(&self) -> Option<f64> {
+        (self.classified > 0).then(|| self.agreed as f64 / self.classified as f64)
+    }
+
+    /// Mean |served − candidate| over output elements.
+    pub fn mean_abs_diff(&self) -> Option<f64> {
+        (self.abs_diff_count > 0).then(|| self.abs_diff_sum / self.abs_diff_count as f64)
+    }
+
+    /// Candidate engine time per sample over the served model's (above 1: the candidate is slower).
+    pub fn latency_ratio(&self) -> Option<f64> {
+        (self.compared > 0 && self.served_samples > 0 && self.served_us > 0).then(|| {
+            (self.candidate_us as f64 / self.compared as f64) / (self.served_us as f64 / self.served_samples as f64)
+        })
+    }
 }
 
 /// Where a drift feature comes from.

@@ -37,6 +37,7 @@ fn announce(data: &[u8], version: u64, issued_at: u64) -> Announce {
         size: data.len() as u64,
         chunk_size: 1024,
         issued_at,
+        purpose: drover_wire::message::Purpose::Install,
     }
 }
 

@@ -12,7 +12,7 @@ use drover_wire::command::SignedCommand;
 use drover_wire::event::{Event, EventKind};
 use drover_wire::manifest::AgentVersion;
 use drover_wire::manifest::FileRole;
-use drover_wire::message::{Announce, ModelRef, Phase, Slot};
+use drover_wire::message::{Announce, ModelRef, Phase, Purpose, Slot};
 use drover_wire::telemetry::Telemetry;
 use drover_wire::topic::{self, DeviceLeaf};
 use rumqttc::{AsyncClient, LastWill, QoS, SubscribeFilter};
@@ -25,7 +25,7 @@ use crate::link::pump::{Link, pump, wait_closed};
 use crate::outbox::{Outbox, Quota, Stream, Tag};
 use crate::reference::ReferenceStats;
 use crate::serve::Inference;
-use crate::store::{CommandOutcome, SlotId, Store, StoreConfig};
+use crate::store::{CommandOutcome, Experiment, SlotId, Store, StoreConfig};
 use crate::telemetry::{SystemProbe, alerts};
 use crate::transfer::{Patience, Spool};
 
@@ -375,6 +375,7 @@ impl Agent {
         if now.ms >= self.next_telemetry_ms {
             self.next_telemetry_ms = now.ms + self.period_ms();
             let (period, quality) = self.inference.take_period(unix_ms);
+            let shadow = self.inference.take_shadow();
             let system = self.probe.sample();
             let serving = self.session.serving().clone();
             let queue_capacity = self.inference.queue_capacity();
@@ -397,6 +398,7 @@ impl Agent {
                     uptime_s: now.ms / 1000,
                     outbox,
                     quality,
+                    shadow,
                 };
                 codec::encode(format, &t)
             });
@@ -404,9 +406,71 @@ impl Agent {
         self.outbox.delivery().tick(now.ms);
     }
 
-    /// Serves what the store serves: loads the active slot's model (and its reference statistics)
-    /// into the inference service when it changed.
+    /// Serves what the store serves, and shadows what its experiment says.
     async fn reload(&mut self) {
+        self.reload_model().await;
+        self.sync_shadow().await;
+    }
+
+    /// Runs the staged candidate in shadow while the persisted experiment asks for it (and the
+    /// candidate is not the served model itself), and stops it otherwise.
+    async fn sync_shadow(&mut self) {
+        let Some(store) = self.store.take() else { return };
+        let wanted = match store.experiment() {
+            Ok(Some(Experiment::Shadow { name, version, sample_ppm })) => {
+                heapless::String::try_from(name.as_str()).ok().map(|name| (ModelRef { name, version }, sample_ppm))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                log::warn!("{}: {e}; no shadow", self.me.device);
+                None
+            }
+        };
+        let wanted = wanted.filter(|(candidate, _)| self.inference.model().as_ref() != Some(candidate));
+        let Some((candidate, sample_ppm)) = wanted else {
+            self.store = Some(store);
+            if self.inference.stop_shadow() {
+                log::info!("{}: shadow stopped", self.me.device);
+            }
+            return;
+        };
+        if self.inference.shadow_settings() == Some((candidate.clone(), sample_ppm)) {
+            self.store = Some(store);
+            return;
+        }
+        let joined = tokio::task::spawn_blocking(move || {
+            let loaded = store.load_candidate();
+            (store, loaded)
+        })
+        .await;
+        let Ok((store, loaded)) = joined else { return };
+        self.store = Some(store);
+        match loaded {
+            Ok((model, manifest)) if manifest.name == candidate.name && manifest.version == candidate.version => {
+                match self.inference.shadow(model, candidate.clone(), sample_ppm) {
+                    Ok(()) => log::info!(
+                        "{}: {} v{} in shadow on {:.1} % of inferences",
+                        self.me.device,
+                        candidate.name,
+                        candidate.version,
+                        f64::from(sample_ppm) / 1e4
+                    ),
+                    Err(e) => log::error!("{}: no shadow thread: {e}", self.me.device),
+                }
+            }
+            Ok(_) => {
+                log::warn!("{}: the staged candidate is not {} v{}", self.me.device, candidate.name, candidate.version)
+            }
+            Err(e) => {
+                log::error!("{}: the candidate does not load: {e}; no shadow", self.me.device);
+                self.inference.stop_shadow();
+            }
+        }
+    }
+
+    /// Loads the active slot's model (and its reference statistics) into the inference service
+    /// when it changed.
+    async fn reload_model(&mut self) {
         let Some(store) = &self.store else { return };
         let state = store.state();
         let active = state.active.and_then(|a| state.slot(a).map(|m| (a, m.clone())));
@@ -548,14 +612,28 @@ impl Agent {
                     Err(e) => Phase::failed(&format!("{}: {e}", path.display())),
                     Ok(file) => {
                         let facts = crate::cmd::slots::device_facts(now);
-                        match store.install(&mut std::io::BufReader::new(file), &facts) {
-                            Ok(r) => {
-                                log::info!("{device}: installed {} v{} in slot {}", r.name, r.version, r.slot);
-                                Phase::Installed { slot: slot(r.slot) }
+                        let mut reader = std::io::BufReader::new(file);
+                        if a.purpose == Purpose::Stage {
+                            match store.stage_candidate(&mut reader, &facts) {
+                                Ok(m) => {
+                                    log::info!("{device}: staged {} v{} as the candidate", m.name, m.version);
+                                    Phase::Staged
+                                }
+                                Err(e) => {
+                                    log::warn!("{device}: staging of {} v{} refused: {e}", a.name, a.version);
+                                    Phase::failed(&e.to_string())
+                                }
                             }
-                            Err(e) => {
-                                log::warn!("{device}: install of {} v{} refused: {e}", a.name, a.version);
-                                Phase::failed(&e.to_string())
+                        } else {
+                            match store.install(&mut reader, &facts) {
+                                Ok(r) => {
+                                    log::info!("{device}: installed {} v{} in slot {}", r.name, r.version, r.slot);
+                                    Phase::Installed { slot: slot(r.slot) }
+                                }
+                                Err(e) => {
+                                    log::warn!("{device}: install of {} v{} refused: {e}", a.name, a.version);
+                                    Phase::failed(&e.to_string())
+                                }
                             }
                         }
                     }
@@ -591,6 +669,11 @@ impl Agent {
                     Phase::RolledBack { slot: slot(s) }
                 }
                 Ok(CommandOutcome::Installed(r)) => Phase::Installed { slot: slot(r.slot) },
+                Ok(CommandOutcome::Experiment(Experiment::Shadow { name, version, sample_ppm })) => {
+                    log::info!("{device}: {name} v{version} to run in shadow ({sample_ppm} ppm) on command {sequence}");
+                    Phase::Shadowing
+                }
+                Ok(CommandOutcome::ShadowStopped(_)) => Phase::ShadowStopped,
                 Err(e) => {
                     log::warn!("{device}: command {sequence} refused: {e}");
                     Phase::failed(&e.to_string())

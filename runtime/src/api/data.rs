@@ -110,7 +110,9 @@ impl FlatData {
     pub fn into_data(self, dtype: DType) -> Result<TensorData, ElementError> {
         let items = self.0;
         Ok(match dtype {
-            DType::F32 => TensorData::F32(convert(&items, dtype, |s| to_f64(s).map(|v| v as f32).filter(|v| v.is_finite()))?),
+            DType::F32 => {
+                TensorData::F32(convert(&items, dtype, |s| to_f64(s).map(|v| v as f32).filter(|v| v.is_finite()))?)
+            }
             DType::F64 => TensorData::F64(convert(&items, dtype, to_f64)?),
             DType::I64 => TensorData::I64(convert(&items, dtype, to_int)?),
             DType::I32 => TensorData::I32(convert(&items, dtype, to_int)?),
@@ -130,7 +132,7 @@ fn convert<T>(items: &[Scalar], dtype: DType, f: impl Fn(Scalar) -> Option<T>) -
                 found: match s {
                     Scalar::Int(v) => v.to_string(),
                     Scalar::UInt(v) => v.to_string(),
-                    Scalar::Float(v) => v.to_string(),
+                    Scalar::Float(v) => format!("{v:?}"),
                     Scalar::Bool(v) => v.to_string(),
                 },
                 dtype: super::oip::datatype(dtype),

@@ -45,9 +45,7 @@ impl FromStr for Listen {
             }
             return Ok(Listen::Unix(PathBuf::from(path)));
         }
-        s.parse::<SocketAddr>()
-            .map(Listen::Tcp)
-            .map_err(|_| format!("'{s}' is not HOST:PORT, unix:/path or off"))
+        s.parse::<SocketAddr>().map(Listen::Tcp).map_err(|_| format!("'{s}' is not HOST:PORT, unix:/path or off"))
     }
 }
 

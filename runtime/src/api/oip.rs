@@ -146,14 +146,13 @@ pub fn datatype(dtype: DType) -> &'static str {
     }
 }
 
-/// Whether the client asked for the binary tensor data extension (which Drover does not
-/// implement, so it must say so rather than answer in JSON the client will misread).
-pub fn wants_binary(parameters: Option<&Parameters>) -> bool {
-    parameters.is_some_and(|p| {
-        ["binary_data", "binary_data_output", "binary_data_size"]
-            .iter()
-            .any(|k| p.get(*k).is_some_and(|v| v.as_bool().unwrap_or(v.is_number())))
-    })
+/// Whether an input's data is in the binary tensor data extension's part of the body, which
+/// Drover does not read (refused, rather than misread). Asking for binary *outputs*
+/// (`binary_data_output`, an output's `binary_data`) is only a preference: the response is
+/// JSON, which such clients read as well (tritonclient asks for binary whenever it lists no
+/// outputs).
+pub fn binary_input(parameters: Option<&Parameters>) -> bool {
+    parameters.is_some_and(|p| p.contains_key("binary_data_size"))
 }
 
 #[cfg(test)]
@@ -167,12 +166,11 @@ mod tests {
     }
 
     #[test]
-    fn binary_data_parameters_are_noticed() {
+    fn binary_input_data_is_noticed() {
         let p = |v: Value| v.as_object().cloned();
-        assert!(wants_binary(p(serde_json::json!({"binary_data": true})).as_ref()));
-        assert!(wants_binary(p(serde_json::json!({"binary_data_size": 16})).as_ref()));
-        assert!(!wants_binary(p(serde_json::json!({"binary_data": false})).as_ref()));
-        assert!(!wants_binary(p(serde_json::json!({"priority": 1})).as_ref()));
-        assert!(!wants_binary(None));
+        assert!(binary_input(p(serde_json::json!({"binary_data_size": 16})).as_ref()));
+        assert!(!binary_input(p(serde_json::json!({"binary_data": true})).as_ref()), "an output preference");
+        assert!(!binary_input(p(serde_json::json!({"priority": 1})).as_ref()));
+        assert!(!binary_input(None));
     }
 }

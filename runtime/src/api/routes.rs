@@ -203,14 +203,12 @@ async fn infer(
 fn answer(inference: &Inference, served: &ServedModel, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let request: InferenceRequest = serde_json::from_slice(body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid inference request: {e}")))?;
-    if oip::wants_binary(request.parameters.as_ref()) {
-        return Err(TensorsError::Binary.into());
-    }
     let sig = &served.signature;
-    let wanted = tensors::wanted(sig, request.outputs.as_deref())?;
-    let samples = tensors::samples(sig, request.inputs)?;
+    let checked = tensors::wanted(sig, request.outputs.as_deref())
+        .and_then(|wanted| Ok((wanted, tensors::samples(sig, request.inputs)?)));
+    let (wanted, samples) = checked.inspect_err(|_| inference.count_bad_input())?;
     let predictions = inference.infer_batch(request.id.as_deref(), samples)?;
-    let first = predictions.first().ok_or_else(|| InferError::NoModel)?;
+    let first = predictions.first().ok_or(InferError::NoModel)?;
     let id = match &request.id {
         Some(id) => id.clone(),
         // Without an id, a batch's predictions are `{id}/{row}`: answer with the request's part.

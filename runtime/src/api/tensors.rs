@@ -67,7 +67,7 @@ pub enum TensorsError {
     /// An output the model does not have.
     #[error("unexpected output '{0}'")]
     UnknownOutput(String),
-    /// The binary tensor data extension was asked for.
+    /// Input data in the binary tensor data extension.
     #[error("the binary tensor data extension is not supported: send JSON data")]
     Binary,
 }
@@ -81,7 +81,7 @@ pub fn samples(sig: &Signature, inputs: Vec<RequestInput>) -> Result<Vec<Vec<Ten
         if slots[index].is_some() {
             return Err(TensorsError::Duplicate(input.name));
         }
-        if oip::wants_binary(input.parameters.as_ref()) {
+        if oip::binary_input(input.parameters.as_ref()) {
             return Err(TensorsError::Binary);
         }
         slots[index] = Some(input);
@@ -130,7 +130,8 @@ pub fn samples(sig: &Signature, inputs: Vec<RequestInput>) -> Result<Vec<Vec<Ten
     }
     let mut samples: Vec<Vec<Tensor>> = (0..n).map(|_| Vec::with_capacity(columns.len())).collect();
     for column in &columns {
-        let parts = column.unstack(n).map_err(|_| TensorsError::Batch(n, column.shape().first().copied().unwrap_or(0)))?;
+        let parts =
+            column.unstack(n).map_err(|_| TensorsError::Batch(n, column.shape().first().copied().unwrap_or(0)))?;
         for (sample, part) in samples.iter_mut().zip(parts) {
             sample.push(part);
         }
@@ -145,9 +146,6 @@ pub fn wanted(sig: &Signature, outputs: Option<&[RequestOutput]>) -> Result<Vec<
         Some(list) => list
             .iter()
             .map(|o| {
-                if oip::wants_binary(o.parameters.as_ref()) {
-                    return Err(TensorsError::Binary);
-                }
                 sig.outputs
                     .iter()
                     .position(|s| s.name.as_str() == o.name)
@@ -246,7 +244,8 @@ mod tests {
         let e = case(serde_json::json!({"name": name, "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, true]}));
         assert!(e.contains("element 3 (true) is not a valid FP32"), "{e}");
         assert_eq!(samples(sig, vec![]).unwrap_err(), TensorsError::Missing(name.clone()));
-        let twice = || input(serde_json::json!({"name": name, "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}));
+        let twice =
+            || input(serde_json::json!({"name": name, "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}));
         assert_eq!(samples(sig, vec![twice(), twice()]).unwrap_err(), TensorsError::Duplicate(name.clone()));
         let binary = input(serde_json::json!({"name": name, "shape": [1, 4], "datatype": "FP32", "data": [],
             "parameters": {"binary_data_size": 16}}));

@@ -209,6 +209,11 @@ pub fn command(args: &CommandArgs, now: u64, failpoint: FailPoint) -> anyhow::Re
     match outcome {
         CommandOutcome::RolledBack(slot) => println!("rolled back to slot {slot}"),
         CommandOutcome::Installed(r) => println!("installed {} v{} in slot {}", r.name, r.version, r.slot),
+        CommandOutcome::Experiment(crate::store::Experiment::Shadow { name, version, sample_ppm }) => {
+            println!("{name} v{version} will run in shadow on {sample_ppm} ppm of inferences when the agent runs")
+        }
+        CommandOutcome::ShadowStopped(true) => println!("shadow stopped"),
+        CommandOutcome::ShadowStopped(false) => println!("no shadow was running"),
     }
     Ok(())
 }

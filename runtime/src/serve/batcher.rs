@@ -145,8 +145,8 @@ fn run_jobs(shared: &Shared, jobs: Vec<Job>) {
             let mut samples = all.into_iter();
             for ((request, reply), count) in replies.into_iter().zip(counts) {
                 let mine: Vec<Vec<Tensor>> = samples.by_ref().take(count).collect();
-                let result = run_samples(shared, served, &mine)
-                    .map(|outputs| predictions(&served.model_ref, &request, outputs));
+                let result =
+                    run_samples(shared, served, &mine).map(|outputs| predictions(&served.model_ref, &request, outputs));
                 let _ = reply.send(result);
             }
         }
@@ -156,5 +156,84 @@ fn run_jobs(shared: &Shared, jobs: Vec<Job>) {
                 let _ = reply.send(Err(InferError::Engine(RunError::Engine(message.clone()))));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use drover_wire::message::ModelRef;
+
+    use super::super::{InferError, Inference, lock};
+    use crate::agent::SystemClock;
+    use crate::engine::Model;
+    use crate::tensor::{Tensor, TensorData};
+
+    fn batching(max_batch: usize) -> Inference {
+        let cfg =
+            format!("device = \"t\"\ndata_dir = \"/tmp\"\n[inference]\nbatch = {max_batch}\nbatch_delay_us = 5000000");
+        let settings = crate::agent::AgentConfig::parse(&cfg).expect("config").serve_settings(None);
+        let s = Inference::new(settings, Arc::new(SystemClock::default()));
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let model = Model::load(&root.join("iris_logreg.onnx")).expect("model");
+        s.serve(model, ModelRef { name: "iris".try_into().expect("name"), version: 1 }, None);
+        s
+    }
+
+    fn flower(petal: f32) -> Vec<Tensor> {
+        vec![Tensor::new(vec![4], TensorData::F32(vec![5.1, 3.5, petal, 0.2])).expect("tensor")]
+    }
+
+    /// Submits `samples` from one thread each while the engine is held, then lets them run.
+    fn together(s: &Inference, samples: Vec<Vec<Tensor>>) -> Vec<Result<Option<i64>, String>> {
+        let n = samples.len() as u32;
+        let held = lock(&s.shared.engine);
+        let threads: Vec<_> = samples
+            .into_iter()
+            .map(|sample| {
+                let s = s.clone();
+                std::thread::spawn(move || s.infer(None, &sample).map(|p| p.class).map_err(|e| e.to_string()))
+            })
+            .collect();
+        while s.shared.waiting.load(Ordering::Acquire) < n {
+            std::thread::yield_now();
+        }
+        drop(held);
+        threads.into_iter().map(|t| t.join().expect("thread")).collect()
+    }
+
+    #[test]
+    fn waiting_requests_run_as_one_engine_call_and_each_gets_its_row() {
+        let s = batching(4);
+        let answers = together(&s, vec![flower(1.4), flower(5.9), flower(1.3), flower(6.1)]);
+        let classes: Vec<Option<i64>> = answers.into_iter().map(|a| a.expect("served")).collect();
+        assert_eq!(classes.iter().filter(|c| **c == Some(0)).count(), 2, "{classes:?}");
+        assert_eq!(classes[0], Some(0));
+        assert_eq!(classes[2], Some(0));
+        assert_eq!(s.engine_calls(), 1, "four requests, one batch of four");
+        assert_eq!(s.take_period(0).0.inferences, 4);
+    }
+
+    #[test]
+    fn a_bad_request_in_a_batch_fails_alone() {
+        let s = batching(4);
+        let wrong = vec![Tensor::new(vec![3], TensorData::F32(vec![1.0; 3])).expect("tensor")];
+        let answers = together(&s, vec![flower(1.4), wrong, flower(1.4), flower(1.4)]);
+        let errors: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+        assert_eq!(errors.len(), 1, "{answers:?}");
+        assert!(errors[0].contains("shape"), "{}", errors[0]);
+        assert_eq!(answers.iter().filter(|a| matches!(a, Ok(Some(0)))).count(), 3);
+        assert_eq!(s.engine_calls(), 3, "the merged call was refused before the engine; each good one ran alone");
+        let (period, _) = s.take_period(0);
+        assert_eq!((period.inferences, period.errors.input), (3, 1));
+    }
+
+    #[test]
+    fn no_model_is_an_answer_not_a_hang() {
+        let s = batching(4);
+        s.unload();
+        assert!(matches!(s.infer(None, &flower(1.4)), Err(InferError::NoModel)));
     }
 }

@@ -9,8 +9,9 @@ pub mod batcher;
 pub mod observer;
 pub mod period;
 pub mod quality;
+pub mod shadow;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -127,9 +128,19 @@ struct Shared {
     reports: Mutex<Reports>,
     waiting: AtomicU32,
     requests: AtomicU64,
+    engine_calls: AtomicU64,
+    /// The served model takes batches (kept beside the engine so that routing a request never
+    /// waits for the engine lock).
+    batchable: AtomicBool,
     settings: ServeSettings,
     clock: Arc<dyn Clock>,
     batcher: Option<batcher::Queue>,
+    /// The candidate in shadow, if any (`shadowing` says so without taking the lock).
+    shadow: Mutex<Option<shadow::Runner>>,
+    shadowing: AtomicBool,
+    /// The served model's engine time and samples this period: the shadow latency ratio's base.
+    served_us: AtomicU64,
+    served_samples: AtomicU64,
 }
 
 /// The handle to an agent's inference service.
@@ -167,9 +178,15 @@ impl Inference {
             reports: Mutex::new(reports),
             waiting: AtomicU32::new(0),
             requests: AtomicU64::new(0),
+            engine_calls: AtomicU64::new(0),
+            batchable: AtomicBool::new(false),
             settings,
             clock,
             batcher: queue,
+            shadow: Mutex::new(None),
+            shadowing: AtomicBool::new(false),
+            served_us: AtomicU64::new(0),
+            served_samples: AtomicU64::new(0),
         });
         if let Some(worker) = worker {
             worker.start(Arc::downgrade(&shared));
@@ -184,8 +201,18 @@ impl Inference {
             let mut predictions = self.infer_batch(request, vec![sample.to_vec()])?;
             return predictions.pop().ok_or_else(|| InferError::Engine(RunError::Batch("no output".into())));
         }
-        self.queued(1, || self.run(request, sample))
-            .and_then(|mut v| v.pop().ok_or_else(|| InferError::Engine(RunError::Batch("no output".into()))))
+        let prediction = self
+            .queued(1, || self.run(request, sample))
+            .and_then(|mut v| v.pop().ok_or_else(|| InferError::Engine(RunError::Batch("no output".into()))))?;
+        if self.shadowing() {
+            let mut runner = lock(&self.shared.shadow);
+            if let Some(r) = runner.as_mut()
+                && r.pick()
+            {
+                r.offer(sample.to_vec(), prediction.outputs.clone());
+            }
+        }
+        Ok(prediction)
     }
 
     /// Runs a client's batch of samples (each without the batch axis) as one request: one engine
@@ -197,7 +224,8 @@ impl Inference {
         if n == 0 {
             return Err(InferError::Input(RunError::Batch("a request needs at least one sample".into())));
         }
-        self.queued(n, || {
+        let picked = self.shadow_picks(&samples);
+        let predictions = self.queued(n, || {
             let id = self.request_id(request);
             match &self.shared.batcher {
                 Some(queue) if self.batches() => queue.submit(id, samples),
@@ -208,13 +236,70 @@ impl Inference {
                     Ok(predictions(&served.model_ref, &id, outputs))
                 }
             }
-        })
+        })?;
+        if !picked.is_empty()
+            && let Some(r) = lock(&self.shared.shadow).as_ref()
+        {
+            for (i, sample) in picked {
+                if let Some(p) = predictions.get(i) {
+                    r.offer(sample, p.outputs.clone());
+                }
+            }
+        }
+        Ok(predictions)
+    }
+
+    fn shadowing(&self) -> bool {
+        self.shared.shadowing.load(Ordering::Acquire)
+    }
+
+    /// The samples of a request picked for the candidate, copied before the request consumes them.
+    fn shadow_picks(&self, samples: &[Vec<Tensor>]) -> Vec<(usize, Vec<Tensor>)> {
+        if !self.shadowing() {
+            return Vec::new();
+        }
+        let mut runner = lock(&self.shared.shadow);
+        let Some(r) = runner.as_mut() else { return Vec::new() };
+        samples.iter().enumerate().filter(|_| r.pick()).map(|(i, s)| (i, s.clone())).collect()
+    }
+
+    /// Runs `model` as `candidate` in shadow of the served model on `sample_ppm` of the samples
+    /// (parts per million), replacing any candidate before it.
+    pub fn shadow(&self, model: Model, candidate: ModelRef, sample_ppm: u32) -> std::io::Result<()> {
+        let runner = shadow::Runner::start(model, candidate, sample_ppm)?;
+        let old = lock(&self.shared.shadow).replace(runner);
+        self.shared.shadowing.store(true, Ordering::Release);
+        drop(old); // joins the previous candidate's thread outside the lock
+        Ok(())
+    }
+
+    /// Stops the shadow candidate; returns whether one ran.
+    pub fn stop_shadow(&self) -> bool {
+        self.shared.shadowing.store(false, Ordering::Release);
+        let old = lock(&self.shared.shadow).take();
+        old.is_some()
+    }
+
+    /// The candidate in shadow, if any.
+    pub fn shadow_candidate(&self) -> Option<ModelRef> {
+        self.shadow_settings().map(|(candidate, _)| candidate)
+    }
+
+    /// The candidate in shadow and its sample rate (parts per million), if any.
+    pub fn shadow_settings(&self) -> Option<(ModelRef, u32)> {
+        lock(&self.shared.shadow).as_ref().map(|r| (r.candidate().clone(), r.sample_ppm()))
+    }
+
+    /// The shadow comparison of the period (while a candidate runs); the next period starts empty.
+    pub fn take_shadow(&self) -> Option<drover_wire::telemetry::Shadow> {
+        let served_us = self.shared.served_us.swap(0, Ordering::AcqRel);
+        let served_samples = self.shared.served_samples.swap(0, Ordering::AcqRel);
+        lock(&self.shared.shadow).as_ref().map(|r| r.take(served_us, served_samples))
     }
 
     /// Whether requests go through the batcher now (it is on and the model can take batches).
     fn batches(&self) -> bool {
-        self.shared.batcher.is_some()
-            && lock(&self.shared.engine).as_ref().is_some_and(|s| matches!(s.signature.batch, BatchAxis::Symbolic(_)))
+        self.shared.batcher.is_some() && self.shared.batchable.load(Ordering::Acquire)
     }
 
     /// Queue admission and the period's accounting around one request of `n` samples.
@@ -269,7 +354,9 @@ impl Inference {
         let Served { model, model_ref, observer, outputs, .. } = served;
         let turn = observer.as_mut().is_some_and(Observer::take_turn);
         let engine = turn.then(Instant::now);
+        let start = Instant::now();
         model.run_one(sample, outputs).map_err(classify)?;
+        count_engine(&self.shared, 1, 1, start);
         if let (Some(o), Some(input), Some(engine)) = (observer.as_mut(), sample.first(), engine) {
             o.observe(input, outputs, engine.elapsed().as_nanos() as u64);
             close_if_due(&self.shared, o, model_ref);
@@ -277,6 +364,12 @@ impl Inference {
         let class = outputs.first().and_then(class_of).map(|(_, c)| c);
         let request = self.request_id(request);
         Ok(vec![Prediction { request, model: model_ref.clone(), outputs: outputs.clone(), class }])
+    }
+
+    /// Counts a request refused before the engine because its tensors do not fit the model (the
+    /// local API checks them itself), so telemetry's input errors cover every caller.
+    pub fn count_bad_input(&self) {
+        lock(&self.shared.reports).period.errors.input += 1;
     }
 
     /// The model served now, with its signature (what the local API describes and checks).
@@ -307,8 +400,12 @@ impl Inference {
     /// windows of the previous model are dropped (they described another model).
     pub fn serve(&self, model: Model, model_ref: ModelRef, observer: Option<Observer>) {
         let signature = Arc::new(model.signature().clone());
+        let batchable = matches!(signature.batch, BatchAxis::Symbolic(_));
         let served = Served { model, model_ref, signature, observer, outputs: Vec::new() };
-        *lock(&self.shared.engine) = Some(served);
+        let mut engine = lock(&self.shared.engine);
+        *engine = Some(served);
+        self.shared.batchable.store(batchable, Ordering::Release);
+        drop(engine);
         let s = &self.shared.settings;
         let mut reports = lock(&self.shared.reports);
         reports.quality = Some(Quality::new(s.memory, s.floors));
@@ -316,7 +413,10 @@ impl Inference {
 
     /// Stops serving (the model is gone or failed to load).
     pub fn unload(&self) {
-        *lock(&self.shared.engine) = None;
+        let mut engine = lock(&self.shared.engine);
+        *engine = None;
+        self.shared.batchable.store(false, Ordering::Release);
+        drop(engine);
         lock(&self.shared.reports).quality = None;
     }
 
@@ -363,6 +463,11 @@ impl Inference {
         (std::mem::take(&mut reports.windows), std::mem::take(&mut reports.events))
     }
 
+    /// Engine calls so far: fewer than inferences when batches ran (dynamic batching at work).
+    pub fn engine_calls(&self) -> u64 {
+        self.shared.engine_calls.load(Ordering::Relaxed)
+    }
+
     /// The queue's bound.
     pub fn queue_capacity(&self) -> u32 {
         self.shared.settings.queue
@@ -382,7 +487,12 @@ fn classify(e: RunError) -> InferError {
 fn run_samples(shared: &Shared, served: &mut Served, samples: &[Vec<Tensor>]) -> Result<Vec<Vec<Tensor>>, InferError> {
     let Served { model, model_ref, observer, .. } = served;
     let start = Instant::now();
+    let calls = match model.signature().batch {
+        BatchAxis::Symbolic(_) => 1,
+        BatchAxis::FixedOne | BatchAxis::None => samples.len() as u64,
+    };
     let outputs = model.run_samples(samples).map_err(classify)?;
+    count_engine(shared, calls, samples.len() as u64, start);
     let n = samples.len().max(1);
     if let Some(o) = observer.as_mut() {
         let per_sample = start.elapsed().as_nanos() as u64 / n as u64;
@@ -394,6 +504,15 @@ fn run_samples(shared: &Shared, served: &mut Served, samples: &[Vec<Tensor>]) ->
         close_if_due(shared, o, model_ref);
     }
     Ok(outputs)
+}
+
+/// Counts engine calls and the served model's engine time per sample.
+fn count_engine(shared: &Shared, calls: u64, samples: u64, start: Instant) {
+    shared.engine_calls.fetch_add(calls, Ordering::Relaxed);
+    if shared.shadowing.load(Ordering::Relaxed) {
+        shared.served_us.fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        shared.served_samples.fetch_add(samples, Ordering::Relaxed);
+    }
 }
 
 /// One request's predictions; prediction `i` is `{request}/{i}` when there are several.
@@ -491,6 +610,57 @@ mod tests {
         assert_eq!(waiter.join().expect("thread").expect("served once the engine is free"), Some(0));
         let (period, _) = s.take_period(0);
         assert_eq!((period.inferences, period.errors.busy, period.queue_max), (1, 1, 1));
+    }
+
+    /// Waits until the candidate has dealt with `n` samples (it works on its own thread).
+    fn shadow_settled(s: &Inference, n: u64) {
+        let start = Instant::now();
+        loop {
+            let done = lock(&s.shared.shadow).as_ref().map_or(0, |r| r.handled());
+            if done >= n {
+                return;
+            }
+            assert!(start.elapsed().as_secs() < 30, "the candidate handled {done} of {n} samples");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_shadow_candidate_sees_a_sample_of_requests_and_reports_agreement() {
+        let s = service(4);
+        serve_iris(&s);
+        assert_eq!(s.take_shadow(), None, "no candidate, no report");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let candidate = ModelRef { name: "iris".try_into().expect("name"), version: 2 };
+        let twin = Model::load(&root.join("iris_logreg.onnx")).expect("model");
+        s.shadow(twin, candidate.clone(), 500_000).expect("shadow thread");
+        assert_eq!(s.shadow_candidate(), Some(candidate.clone()));
+        for _ in 0..10 {
+            s.infer(None, &flower()).expect("prediction");
+        }
+        let batch = vec![flower(), flower()];
+        assert_eq!(s.infer_batch(None, batch).expect("predictions").len(), 2);
+        shadow_settled(&s, 6);
+        let report = s.take_shadow().expect("a report");
+        assert_eq!(report.candidate, candidate);
+        assert_eq!((report.compared, report.failed, report.skipped), (6, 0, 0), "one sample in two");
+        assert_eq!(report.top1_agreement(), Some(1.0), "the same model agrees with itself");
+        assert_eq!(report.max_abs_diff, 0.0);
+        assert_eq!(report.served_samples, 12);
+        assert!(report.latency_ratio().is_some());
+        let next = s.take_shadow().expect("still shadowing");
+        assert_eq!((next.compared, next.served_samples), (0, 0), "a new period starts empty");
+
+        // A candidate answering another question fails every sample; the caller never sees it.
+        let mlp = Model::load(&root.join("mlp.onnx")).expect("model");
+        s.shadow(mlp, candidate, 1_000_000).expect("shadow thread");
+        assert_eq!(s.infer(None, &flower()).expect("served by the active model").class, Some(0));
+        shadow_settled(&s, 1);
+        let report = s.take_shadow().expect("a report");
+        assert_eq!((report.compared, report.failed), (0, 1));
+        assert!(s.stop_shadow());
+        assert!(!s.stop_shadow());
+        assert_eq!(s.take_shadow(), None);
     }
 
     #[test]

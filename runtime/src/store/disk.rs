@@ -137,6 +137,11 @@ const STATE: &str = "state.json";
 const TRUST: &str = "trust.json";
 const STAGING: &str = "staging";
 const SLOTS: &str = "slots";
+const CANDIDATE: &str = "candidate";
+const EXPERIMENT: &str = "experiment.json";
+
+mod candidate;
+pub use candidate::Experiment;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |error| StoreError::Io { path: path.to_path_buf(), error }
@@ -317,8 +322,12 @@ impl Store {
 
     /// Checks a slot's files against its manifest, loads the model and runs its self-test.
     fn load_and_test(&self, slot: SlotId, manifest: &Manifest) -> Result<(Model, usize), InstallError> {
-        let dir = self.slot_dir(slot);
-        verify_files(&dir, manifest)?;
+        self.test_dir(&self.slot_dir(slot), manifest)
+    }
+
+    /// Checks the files in `dir` against `manifest`, loads the model and runs its self-test.
+    fn test_dir(&self, dir: &Path, manifest: &Manifest) -> Result<(Model, usize), InstallError> {
+        verify_files(dir, manifest)?;
         let model_file = manifest.model_file().map(|f| dir.join(f.name.as_str())).unwrap_or_default();
         let mut model = Model::load(&model_file)?;
         let cases = match manifest.files.iter().find(|f| f.role == FileRole::SelfTest) {
@@ -397,6 +406,13 @@ impl Store {
         self.persist(self.state.consume_command(command.sequence))?;
         match &command.op {
             Operation::Rollback => Ok(CommandOutcome::RolledBack(self.rollback()?)),
+            Operation::Shadow { name, version, sample_ppm } => {
+                let experiment =
+                    Experiment::Shadow { name: name.to_string(), version: *version, sample_ppm: *sample_ppm };
+                self.start_experiment(experiment.clone())?;
+                Ok(CommandOutcome::Experiment(experiment))
+            }
+            Operation::StopShadow => Ok(CommandOutcome::ShadowStopped(self.end_experiment()?)),
             Operation::Install { name, version } => {
                 let mut bundle = bundle.ok_or(InstallError::CommandBundle("the command needs its bundle".into()))?;
                 let header = read_header(&mut bundle, &self.cfg.limits)?;
@@ -441,6 +457,10 @@ pub enum CommandOutcome {
     RolledBack(SlotId),
     /// Installed.
     Installed(InstallReport),
+    /// The candidate's experiment started.
+    Experiment(Experiment),
+    /// The shadow experiment ended (whether one was running).
+    ShadowStopped(bool),
 }
 
 /// Checks every file of a slot against the manifest's size and SHA-256.

@@ -149,6 +149,7 @@ mod tests {
             size: data.len() as u64,
             chunk_size,
             issued_at: 0,
+            purpose: drover_wire::message::Purpose::Install,
         }
     }
 

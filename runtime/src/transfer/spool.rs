@@ -204,6 +204,7 @@ mod tests {
             size: len as u64,
             chunk_size: chunk,
             issued_at: 0,
+            purpose: drover_wire::message::Purpose::Install,
         };
         (data, a)
     }

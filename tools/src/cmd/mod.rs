@@ -13,6 +13,7 @@ pub mod keygen;
 pub mod push;
 pub mod rollback;
 pub mod root;
+pub mod shadow;
 pub mod sign;
 pub mod verify;
 

@@ -152,6 +152,9 @@ pub fn result_text(view: &DeviceView) -> String {
         Some(Phase::Installed { slot }) => format!("installed (slot {slot:?})").to_lowercase(),
         Some(Phase::Current) => "already running this version".into(),
         Some(Phase::RolledBack { slot }) => format!("rolled back (slot {slot:?})").to_lowercase(),
+        Some(Phase::Staged) => "staged as the candidate".into(),
+        Some(Phase::Shadowing) => "candidate in shadow".into(),
+        Some(Phase::ShadowStopped) => "shadow stopped".into(),
         Some(Phase::Failed { reason }) => format!("FAILED: {reason}"),
         Some(p) => format!("TIMED OUT while {}", phase_text(p)),
         None => match view.online {

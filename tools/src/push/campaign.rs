@@ -208,6 +208,7 @@ pub fn announce(bundle: &[u8], name: &str, version: u64, chunk_size: u32, issued
         size: bundle.len() as u64,
         chunk_size,
         issued_at,
+        purpose: drover_wire::message::Purpose::Install,
     })
 }
 

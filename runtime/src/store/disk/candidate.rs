@@ -1,0 +1,116 @@
+//! The candidate: a bundle verified and kept beside the two slots, for a shadow test (and later
+//! an A/B split) before anyone decides to install it. Staging a candidate never touches the
+//! slots, the served model or the anti-rollback floor, so the device keeps its fallback; the
+//! experiment that puts it to work is persisted, so it resumes after a restart.
+
+use std::fs;
+use std::io::Read;
+
+use drover_wire::manifest::Manifest;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    CANDIDATE, EXPERIMENT, InstallError, STAGING, Store, StoreError, atomic_write, io_err, read_json, sync_dir,
+};
+use crate::bundle::read_header;
+use crate::engine::Model;
+use crate::trust::{DeviceFacts, verify_header};
+
+/// What the candidate is doing, as the last signed command ordered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Experiment {
+    /// Answering a share of the live inputs beside the served model.
+    Shadow {
+        /// Model name.
+        name: String,
+        /// Version.
+        version: u64,
+        /// Share of inferences copied to it, in parts per million.
+        sample_ppm: u32,
+    },
+}
+
+impl Store {
+    /// Verifies a bundle as an install would (signatures, device, expiry, newer than what was
+    /// installed) and keeps it as the candidate, replacing the previous candidate and ending its
+    /// experiment. Returns the candidate's manifest.
+    pub fn stage_candidate(&mut self, bundle: &mut impl Read, device: &DeviceFacts) -> Result<Manifest, InstallError> {
+        let trust = self.trust.clone().ok_or_else(|| StoreError::NoTrust(self.cfg.data_dir.join(super::TRUST)))?;
+        let header = read_header(bundle, &self.cfg.limits)?;
+        let name = header.manifest.name.to_string();
+        let facts = DeviceFacts { highest_installed: self.state.highest_installed(&name), ..device.clone() };
+        let verified = verify_header(&header, &trust, &facts)?;
+        let manifest = verified.manifest;
+        let staging = self.cfg.data_dir.join(STAGING);
+        if let Err(e) = self.stage(bundle, &manifest, &staging) {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        if let Err(e) = self.test_dir(&staging, &manifest) {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        self.end_experiment()?;
+        let dir = self.cfg.data_dir.join(CANDIDATE);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        fs::rename(&staging, &dir).map_err(io_err(&dir))?;
+        sync_dir(&self.cfg.data_dir)?;
+        if verified.trust != trust {
+            self.persist_trust(verified.trust)?;
+        }
+        log::info!("staged {} v{} as the candidate", manifest.name, manifest.version);
+        Ok(manifest)
+    }
+
+    /// The candidate's manifest, if one is staged.
+    pub fn candidate(&self) -> Result<Option<Manifest>, StoreError> {
+        read_json(&self.cfg.data_dir.join(CANDIDATE).join("manifest.json"))
+    }
+
+    /// Checks the candidate's files, loads its model and runs its self-test.
+    pub fn load_candidate(&self) -> Result<(Model, Manifest), InstallError> {
+        let manifest = self.candidate()?.ok_or_else(|| InstallError::CommandBundle("no candidate is staged".into()))?;
+        let (model, _) = self.test_dir(&self.cfg.data_dir.join(CANDIDATE), &manifest)?;
+        Ok((model, manifest))
+    }
+
+    /// The experiment in progress, if any.
+    pub fn experiment(&self) -> Result<Option<Experiment>, StoreError> {
+        read_json(&self.cfg.data_dir.join(EXPERIMENT))
+    }
+
+    /// Starts `experiment` on the staged candidate, which must be the model it names.
+    pub(super) fn start_experiment(&mut self, experiment: Experiment) -> Result<(), InstallError> {
+        let Experiment::Shadow { name, version, .. } = &experiment;
+        match self.candidate()? {
+            Some(m) if m.name.as_str() == name && m.version == *version => {}
+            Some(m) => {
+                return Err(InstallError::CommandBundle(format!(
+                    "the candidate is {} v{}, not {name} v{version}: stage that bundle first",
+                    m.name, m.version
+                )));
+            }
+            None => {
+                return Err(InstallError::CommandBundle(format!(
+                    "no candidate is staged: push {name} v{version} to stage it first"
+                )));
+            }
+        }
+        let bytes = serde_json::to_vec_pretty(&experiment)
+            .map_err(|e| StoreError::Corrupt { path: self.cfg.data_dir.join(EXPERIMENT), reason: e.to_string() })?;
+        atomic_write(&self.cfg.data_dir.join(EXPERIMENT), &bytes)?;
+        Ok(())
+    }
+
+    /// Ends the experiment; returns whether one was in progress.
+    pub(super) fn end_experiment(&mut self) -> Result<bool, StoreError> {
+        let path = self.cfg.data_dir.join(EXPERIMENT);
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.cfg.data_dir).map(|_| true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+}
