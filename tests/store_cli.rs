@@ -356,6 +356,58 @@ fn signed_operator_commands_are_bound_to_their_target_and_never_replayed() {
     assert!(out.contains("this is a release key; an operator key is needed"), "{out}");
 }
 
+/// A candidate is verified like an install but leaves the slots alone; a shadow command needs
+/// the very candidate it names, and a bad bundle leaves the previous candidate in place.
+#[test]
+fn candidates_are_verified_and_shadow_commands_need_the_one_they_name() {
+    let dir = fleet();
+    let d = dir.path();
+    ok("drover", d, &["keygen", "--role", "operator", "--out", "keys"]);
+    delegate(d, "--operator", "keys/operator.pub", "pi-*", "op.json");
+    let data = device(d, "dev", &["1"]);
+    let signer = ["--key", "keys/operator.key", "--delegation", "op.json", "--device", "pi-1"];
+    let sign = |args: &[&str]| ok("drover", d, &[&["command"][..], args, &signer[..]].concat());
+    let apply = |cmd: &str| run("drover-agent", d, &["command", cmd, "--data-dir", &data, "--device", "pi-1"]);
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    sign(&["shadow", "--name", "iris", "--version", "2", "--sample-rate", "0.25", "--out", "early.json"]);
+    let o = apply("early.json");
+    assert!(stderr(&o).contains("no candidate is staged: push iris v2"), "{}", stderr(&o));
+
+    let out = ok("drover-agent", d, &["stage", "v2.drv", "--data-dir", &data]);
+    assert!(out.contains("staged iris v2 as the candidate"), "{out}");
+    let s = status(d, &data);
+    assert_eq!((active_version(&s), s["slots"]["b"].is_null()), (1, true), "slots untouched: {s}");
+
+    // A tampered bundle is refused and the staged candidate stays.
+    let mut bytes = std::fs::read(d.join("v3.drv")).expect("bundle");
+    let last = bytes.len() - 10;
+    bytes[last] ^= 0xff;
+    std::fs::write(d.join("tampered.drv"), bytes).expect("write");
+    let out = fails("drover-agent", d, &["stage", "tampered.drv", "--data-dir", &data]);
+    assert!(out.contains("stage tampered.drv"), "{out}");
+    let manifest = std::fs::read_to_string(Path::new(&data).join("candidate/manifest.json")).expect("candidate");
+    assert!(manifest.contains("\"version\": 2"), "{manifest}");
+    // Not newer than what was installed: refused as an install would be.
+    let out = fails("drover-agent", d, &["stage", "v1.drv", "--data-dir", &data]);
+    assert!(out.contains("not newer"), "{out}");
+
+    sign(&["shadow", "--name", "iris", "--version", "3", "--out", "v3.json"]);
+    let o = apply("v3.json");
+    assert!(stderr(&o).contains("the candidate is iris v2, not iris v3"), "{}", stderr(&o));
+    sign(&["shadow", "--name", "iris", "--version", "2", "--sample-rate", "0.25", "--out", "v2.json"]);
+    let o = apply("v2.json");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("iris v2 will run in shadow on 250000 ppm"));
+    let experiment = std::fs::read_to_string(Path::new(&data).join("experiment.json")).expect("persisted");
+    assert!(experiment.contains("250000"), "{experiment}");
+    sign(&["stop-shadow", "--out", "stop.json"]);
+    let o = apply("stop.json");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("shadow stopped"), "{}", stderr(&o));
+    assert!(!Path::new(&data).join("experiment.json").exists());
+    assert_eq!(active_version(&status(d, &data)), 1);
+}
+
 /// A small tmpfs mounted for one test and unmounted when dropped.
 struct SmallDisk(PathBuf);
 

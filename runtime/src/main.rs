@@ -30,13 +30,15 @@ enum Verb {
     Trust(slots::TrustArgs),
     /// Verify a bundle, install it into the inactive slot, self-test it and switch to it.
     Install(slots::InstallArgs),
+    /// Verify a bundle and keep it as the candidate for a shadow test (the slots stay as they are).
+    Stage(slots::InstallArgs),
     /// The start-up check: boot counter, file verification, health check, commit or rollback.
     Boot(slots::SlotArgs),
     /// Switch back to the previous model.
     Rollback(slots::SlotArgs),
     /// Show the slots, the active model, the trust root and the anti-rollback floors.
     Status(slots::StatusArgs),
-    /// Verify and apply a signed operator command (rollback, install).
+    /// Verify and apply a signed operator command (rollback, install, shadow, stop-shadow).
     Command(slots::CommandArgs),
     /// Run as a service: keep the model store, report presence, take bundles and commands
     /// over MQTT (stops on SIGTERM or Ctrl-C).
@@ -130,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Verb::Trust(args) => slots::trust(&args, failpoint).map(|_| ExitCode::SUCCESS),
         Verb::Install(args) => slots::install(&args, now, failpoint).map(|_| ExitCode::SUCCESS),
+        Verb::Stage(args) => slots::stage(&args, now, failpoint).map(|_| ExitCode::SUCCESS),
         Verb::Boot(args) => slots::boot(&args, failpoint).map(|_| ExitCode::SUCCESS),
         Verb::Rollback(args) => slots::rollback(&args, failpoint).map(|_| ExitCode::SUCCESS),
         Verb::Status(args) => slots::status(&args).map(|_| ExitCode::SUCCESS),

@@ -80,6 +80,17 @@ pub fn install(args: &InstallArgs, now: u64, failpoint: FailPoint) -> anyhow::Re
     Ok(())
 }
 
+/// Verifies a bundle and keeps it as the candidate for a shadow test, slots untouched.
+pub fn stage(args: &InstallArgs, now: u64, failpoint: FailPoint) -> anyhow::Result<()> {
+    let mut store = args.dir.open(failpoint)?;
+    let file = std::fs::File::open(&args.bundle).with_context(|| format!("open {}", args.bundle.display()))?;
+    let m = store
+        .stage_candidate(&mut std::io::BufReader::new(file), &device_facts(now))
+        .with_context(|| format!("stage {}", args.bundle.display()))?;
+    println!("staged {} v{} as the candidate", m.name, m.version);
+    Ok(())
+}
+
 /// Arguments of `drover-agent boot` and `drover-agent rollback`.
 #[derive(Debug, clap::Args)]
 pub struct SlotArgs {

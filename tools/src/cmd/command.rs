@@ -1,5 +1,6 @@
-//! `drover command`: a signed order to a device or group (rollback, install), written to a file
-//! for the transport (MQTT push arrives with the next issue) or for `drover-agent command`.
+//! `drover command`: a signed order to a device or group (rollback, install, shadow, stop-shadow),
+//! written to a file for `drover-agent command` on a device the broker does not reach (`drover
+//! rollback` and `drover shadow` send theirs over MQTT).
 
 use std::path::PathBuf;
 
@@ -24,6 +25,20 @@ pub enum Order {
         #[arg(long)]
         version: u64,
     },
+    /// Run the staged candidate in shadow of the served model.
+    Shadow {
+        /// Model name.
+        #[arg(long)]
+        name: String,
+        /// Version.
+        #[arg(long)]
+        version: u64,
+        /// Share of the live inferences the candidate also answers, in (0, 1].
+        #[arg(long, default_value_t = 1.0)]
+        sample_rate: f64,
+    },
+    /// Stop the shadow candidate.
+    StopShadow,
 }
 
 /// Arguments of `drover command`.
@@ -90,6 +105,12 @@ pub fn run(args: &CommandArgs, now_ms: u64) -> anyhow::Result<()> {
     let op = match &args.order {
         Order::Rollback => Operation::Rollback,
         Order::Install { name: n, version } => Operation::Install { name: name(n)?, version: *version },
+        Order::Shadow { name: n, version, sample_rate } => Operation::Shadow {
+            name: name(n)?,
+            version: *version,
+            sample_ppm: super::shadow::sample_ppm(*sample_rate)?,
+        },
+        Order::StopShadow => Operation::StopShadow,
     };
     let (signed, key_id) = sign(target, op, key, delegation, args.expires, now_ms)?;
     save(out, &signed).context("write the command")?;
