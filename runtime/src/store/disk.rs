@@ -262,19 +262,9 @@ impl Store {
         src: &mut HeaderThen<R>,
         device: &DeviceFacts,
     ) -> Result<InstallReport, InstallError> {
-        let trust = self.trust.clone().ok_or_else(|| StoreError::NoTrust(self.cfg.data_dir.join(TRUST)))?;
         let header = src.header.take().ok_or_else(|| InstallError::CommandBundle("header already consumed".into()))?;
-        let bundle = &mut src.rest;
-        let name = header.manifest.name.to_string();
-        let facts = DeviceFacts { highest_installed: self.state.highest_installed(&name), ..device.clone() };
-        let verified = verify_header(&header, &trust, &facts)?;
-        let manifest = verified.manifest;
-
-        let staging = self.cfg.data_dir.join(STAGING);
-        if let Err(e) = self.stage(bundle, &manifest, &staging) {
-            let _ = fs::remove_dir_all(&staging);
-            return Err(e);
-        }
+        let (manifest, verified_trust) = self.verify_and_stage(&header, &mut src.rest, device)?;
+        let name = manifest.name.to_string();
         self.cfg.failpoint.hit("staged");
 
         let target = self.state.install_target();
@@ -284,22 +274,49 @@ impl Store {
         if slot.exists() {
             fs::remove_dir_all(&slot).map_err(io_err(&slot))?;
         }
-        fs::rename(&staging, &slot).map_err(io_err(&slot))?;
+        fs::rename(self.cfg.data_dir.join(STAGING), &slot).map_err(io_err(&slot))?;
         sync_dir(&self.cfg.data_dir.join(SLOTS))?;
         self.cfg.failpoint.hit("slot-written");
 
         let (_, cases) = self.load_and_test(target, &manifest)?;
         self.cfg.failpoint.hit("self-tested");
 
-        if verified.trust != trust {
-            self.persist_trust(verified.trust)?;
-        }
+        self.adopt_trust(verified_trust)?;
         self.persist(self.state.switch_to(target, manifest.clone()))?;
         self.cfg.failpoint.hit("switched");
         self.persist(self.state.commit())?;
         self.cfg.failpoint.hit("committed");
         log::info!("installed {} v{} in slot {target}", manifest.name, manifest.version);
         Ok(InstallReport { name, version: manifest.version, slot: target, selftest_cases: cases })
+    }
+
+    /// Verifies a bundle's header (signatures, device, expiry, newer than what was installed)
+    /// and writes its files to the staging directory (removed again on any failure). Returns the
+    /// manifest and the trust the header carried, to be adopted once the bundle is accepted.
+    fn verify_and_stage(
+        &mut self,
+        header: &drover_wire::trust::BundleHeader,
+        bundle: &mut impl Read,
+        device: &DeviceFacts,
+    ) -> Result<(Manifest, TrustState), InstallError> {
+        let trust = self.trust.clone().ok_or_else(|| StoreError::NoTrust(self.cfg.data_dir.join(TRUST)))?;
+        let name = header.manifest.name.to_string();
+        let facts = DeviceFacts { highest_installed: self.state.highest_installed(&name), ..device.clone() };
+        let verified = verify_header(header, &trust, &facts)?;
+        let staging = self.cfg.data_dir.join(STAGING);
+        if let Err(e) = self.stage(bundle, &verified.manifest, &staging) {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        Ok((verified.manifest, verified.trust))
+    }
+
+    /// Keeps a newer trust (a rotated root the bundle brought) once its bundle is accepted.
+    fn adopt_trust(&mut self, verified: TrustState) -> Result<(), StoreError> {
+        if self.trust.as_ref() != Some(&verified) {
+            self.persist_trust(verified)?;
+        }
+        Ok(())
     }
 
     fn stage(&self, bundle: &mut impl Read, manifest: &Manifest, staging: &Path) -> Result<(), InstallError> {

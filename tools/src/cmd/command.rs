@@ -73,6 +73,17 @@ pub fn name(s: &str) -> anyhow::Result<heapless::String<{ drover_wire::manifest:
     heapless::String::try_from(s).map_err(|_| anyhow::anyhow!("'{s}' is too long"))
 }
 
+/// The command target and the audience to follow for `--device ID` or `--group NAME`.
+pub fn target(device: Option<&str>, group: Option<&str>) -> anyhow::Result<(Target, crate::push::Audience)> {
+    use crate::push::Audience;
+    let checked = |s: &str| drover_wire::topic::Name::new(s).map_err(|e| anyhow::anyhow!("'{s}': {e}"));
+    match (device, group) {
+        (Some(d), None) => Ok((Target::Device(name(d)?), Audience::Devices([checked(d)?].into()))),
+        (None, Some(g)) => Ok((Target::Group(name(g)?), Audience::Group(checked(g)?))),
+        _ => anyhow::bail!("give --device ID or --group NAME"),
+    }
+}
+
 /// Signs `op` for `target` with the operator key in `key` and its `delegation`; the sequence is
 /// `now_ms` (Unix milliseconds), so later commands always supersede earlier ones.
 pub fn sign(

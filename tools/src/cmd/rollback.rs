@@ -4,12 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use drover_wire::command::{Operation, Target};
-use drover_wire::topic::Name;
+use drover_wire::command::Operation;
 
 use super::broker_args::BrokerArgs;
 use super::push::{SETTLE, drive, report};
-use crate::push::{Audience, Campaign, Tracker, Work};
+use crate::push::{Campaign, Tracker, Work};
 
 /// Arguments of `drover rollback`.
 #[derive(Debug, clap::Args)]
@@ -36,12 +35,7 @@ pub struct RollbackArgs {
 
 /// Sends the command; true when every device rolled back.
 pub fn run(args: &RollbackArgs, now_ms: u64) -> anyhow::Result<bool> {
-    let checked = |s: &str| Name::new(s).map_err(|e| anyhow::anyhow!("'{s}': {e}"));
-    let (target, audience) = match (&args.device, &args.group) {
-        (Some(d), None) => (Target::Device(super::command::name(d)?), Audience::Devices([checked(d)?].into())),
-        (None, Some(g)) => (Target::Group(super::command::name(g)?), Audience::Group(checked(g)?)),
-        _ => anyhow::bail!("give --device ID or --group NAME"),
-    };
+    let (target, audience) = super::command::target(args.device.as_deref(), args.group.as_deref())?;
     // The command outlives the wait a little, so a device that reconnects at the last moment
     // still takes it from its persistent session.
     let expires = args.timeout + Duration::from_secs(60);

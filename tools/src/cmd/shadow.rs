@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use drover_runtime::bundle::{Limits, read_header};
-use drover_wire::command::{Operation, Target};
+use drover_wire::command::Operation;
 use drover_wire::message::Purpose;
-use drover_wire::topic::Name;
 
 use super::broker_args::BrokerArgs;
 use super::push::{SETTLE, drive, report};
-use crate::push::{Audience, Campaign, Tracker, Work};
+use crate::push::{Campaign, Tracker, Work};
 
 /// Arguments of `drover shadow`.
 #[derive(Debug, clap::Args)]
@@ -59,12 +58,7 @@ pub fn sample_ppm(rate: f64) -> anyhow::Result<u32> {
 
 /// Stages and starts the shadow test (or stops it); true when every device did.
 pub fn run(args: &ShadowArgs, now_ms: u64) -> anyhow::Result<bool> {
-    let checked = |s: &str| Name::new(s).map_err(|e| anyhow::anyhow!("'{s}': {e}"));
-    let (target, audience) = match (&args.device, &args.group) {
-        (Some(d), None) => (Target::Device(super::command::name(d)?), Audience::Devices([checked(d)?].into())),
-        (None, Some(g)) => (Target::Group(super::command::name(g)?), Audience::Group(checked(g)?)),
-        _ => anyhow::bail!("give --device ID or --group NAME"),
-    };
+    let (target, audience) = super::command::target(args.device.as_deref(), args.group.as_deref())?;
     let settings = args.broker.settings()?;
     let tracker = || Tracker::new(audience.clone(), 0, SETTLE.as_millis() as u64, args.timeout.as_millis() as u64);
     let expires = args.timeout + Duration::from_secs(60);

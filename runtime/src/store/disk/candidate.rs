@@ -14,7 +14,7 @@ use super::{
 };
 use crate::bundle::read_header;
 use crate::engine::Model;
-use crate::trust::{DeviceFacts, verify_header};
+use crate::trust::DeviceFacts;
 
 /// What the candidate is doing, as the last signed command ordered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,17 +35,9 @@ impl Store {
     /// installed) and keeps it as the candidate, replacing the previous candidate and ending its
     /// experiment. Returns the candidate's manifest.
     pub fn stage_candidate(&mut self, bundle: &mut impl Read, device: &DeviceFacts) -> Result<Manifest, InstallError> {
-        let trust = self.trust.clone().ok_or_else(|| StoreError::NoTrust(self.cfg.data_dir.join(super::TRUST)))?;
         let header = read_header(bundle, &self.cfg.limits)?;
-        let name = header.manifest.name.to_string();
-        let facts = DeviceFacts { highest_installed: self.state.highest_installed(&name), ..device.clone() };
-        let verified = verify_header(&header, &trust, &facts)?;
-        let manifest = verified.manifest;
+        let (manifest, verified_trust) = self.verify_and_stage(&header, bundle, device)?;
         let staging = self.cfg.data_dir.join(STAGING);
-        if let Err(e) = self.stage(bundle, &manifest, &staging) {
-            let _ = fs::remove_dir_all(&staging);
-            return Err(e);
-        }
         if let Err(e) = self.test_dir(&staging, &manifest) {
             let _ = fs::remove_dir_all(&staging);
             return Err(e);
@@ -57,9 +49,7 @@ impl Store {
         }
         fs::rename(&staging, &dir).map_err(io_err(&dir))?;
         sync_dir(&self.cfg.data_dir)?;
-        if verified.trust != trust {
-            self.persist_trust(verified.trust)?;
-        }
+        self.adopt_trust(verified_trust)?;
         log::info!("staged {} v{} as the candidate", manifest.name, manifest.version);
         Ok(manifest)
     }
