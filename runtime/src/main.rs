@@ -38,7 +38,7 @@ enum Verb {
     Rollback(slots::SlotArgs),
     /// Show the slots, the active model, the trust root and the anti-rollback floors.
     Status(slots::StatusArgs),
-    /// Verify and apply a signed operator command (rollback, install, shadow, stop-shadow).
+    /// Verify and apply a signed operator command (rollback, install, shadow, split, stop).
     Command(slots::CommandArgs),
     /// Run as a service: keep the model store, report presence, take bundles and commands
     /// over MQTT (stops on SIGTERM or Ctrl-C).

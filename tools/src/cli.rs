@@ -33,7 +33,7 @@ pub enum Verb {
     Sign(cmd::sign::SignArgs),
     /// Check a bundle as a device would: container, signatures, model load, self-test.
     Verify(cmd::verify::VerifyArgs),
-    /// Sign an order (rollback, install) for a device or a group.
+    /// Sign an order (rollback, install, shadow, split) for a device or a group, to a file.
     Command(cmd::command::CommandArgs),
     /// Push a signed bundle to devices over MQTT and follow each one to the end (exit 1 if any
     /// device did not install it).
@@ -42,6 +42,9 @@ pub enum Verb {
     Rollback(cmd::rollback::RollbackArgs),
     /// Stage a candidate bundle and run it in shadow of the served model (signed command).
     Shadow(cmd::shadow::ShadowArgs),
+    /// Split live traffic between two model versions by request key, an A/B test (signed
+    /// command).
+    Ab(cmd::ab::AbArgs),
     /// Run the embedded MQTT broker.
     Broker(cmd::broker::BrokerCmdArgs),
     /// Print a Drover MQTT payload as JSON.
@@ -71,6 +74,7 @@ pub fn run(cli: Cli, now_ms: u64) -> anyhow::Result<ExitCode> {
         Verb::Push(args) => cmd::push::run(&args, now_ms)?,
         Verb::Rollback(args) => cmd::rollback::run(&args, now_ms)?,
         Verb::Shadow(args) => cmd::shadow::run(&args, now_ms)?,
+        Verb::Ab(args) => cmd::ab::run(&args, now_ms)?,
         Verb::Broker(args) => cmd::broker::run(&args).map(|_| true)?,
         Verb::Decode(args) => cmd::decode::run(&args).map(|_| true)?,
         Verb::Watch(args) => cmd::decode::watch(&args).map(|_| true)?,

@@ -52,6 +52,19 @@ pub enum Operation {
     },
     /// Stop the shadow candidate.
     StopShadow,
+    /// Split live traffic between two versions of the served model: `a` (the version served now)
+    /// and `b` (the staged candidate or the previous slot), sending `b_ppm` of the request keys to
+    /// `b`. A request key always meets the same variant.
+    Split {
+        /// Variant A: the version the device serves.
+        a: u64,
+        /// Variant B: the staged candidate's or the previous slot's version.
+        b: u64,
+        /// Share of request keys routed to B, in parts per million.
+        b_ppm: u32,
+    },
+    /// End the traffic split: every request goes to the served model again.
+    StopSplit,
 }
 
 /// An order to a device or group.

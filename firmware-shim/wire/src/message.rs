@@ -266,6 +266,10 @@ pub enum Phase {
     Shadowing,
     /// No candidate runs in shadow any more.
     ShadowStopped,
+    /// Live traffic is split between two versions.
+    Splitting,
+    /// Every request goes to the served model again.
+    SplitStopped,
     /// The operation failed; the device serves what it served before.
     Failed {
         /// Why, for the operator.
@@ -298,6 +302,8 @@ impl Phase {
                 | Phase::Staged
                 | Phase::Shadowing
                 | Phase::ShadowStopped
+                | Phase::Splitting
+                | Phase::SplitStopped
         )
     }
 }

@@ -119,6 +119,105 @@ pub struct Telemetry {
     pub quality: Option<Quality>,
     /// How the candidate running in shadow compared with the served model, while one runs.
     pub shadow: Option<Shadow>,
+    /// How each variant of a traffic split did, while one runs.
+    pub split: Option<Split>,
+}
+
+/// Most classes a split variant counts one by one; higher (and negative) classes share a bucket.
+pub const MAX_SPLIT_CLASSES: usize = 16;
+
+/// Live traffic split between two versions over one period (an A/B test). Counts and mergeable
+/// histograms, so periods and devices add up; the accuracy of each variant comes from the labels
+/// that arrived for its predictions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Split {
+    /// Share of request keys routed to B, in parts per million.
+    pub b_ppm: u32,
+    /// The version served before the split.
+    pub a: Variant,
+    /// The challenger.
+    pub b: Variant,
+}
+
+/// One side of a traffic split over a period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Variant {
+    /// The model version.
+    pub model: ModelRef,
+    /// Samples it answered.
+    pub inferences: u64,
+    /// Requests routed to it that got no answer (bad input, engine failure, busy).
+    pub errors: u64,
+    /// Latency of its answers, queueing included.
+    pub latency: LatencyHistogram,
+    /// Predicted classes: `classes[c]` answers of class `c` (classifiers only).
+    pub classes: Vec<u64, MAX_SPLIT_CLASSES>,
+    /// Answers of a class beyond `classes` (or negative).
+    pub other_classes: u64,
+    /// Labels that arrived for its predictions in the period.
+    pub labels: u64,
+    /// Of those, the predictions that were right.
+    pub correct: u64,
+}
+
+impl Variant {
+    /// An empty period for `model`.
+    pub fn new(model: ModelRef) -> Variant {
+        Variant {
+            model,
+            inferences: 0,
+            errors: 0,
+            latency: LatencyHistogram::default(),
+            classes: Vec::new(),
+            other_classes: 0,
+            labels: 0,
+            correct: 0,
+        }
+    }
+
+    /// Counts one answer of `class`.
+    pub fn count_class(&mut self, class: i64) {
+        let Ok(c) = usize::try_from(class) else {
+            self.other_classes += 1;
+            return;
+        };
+        if c >= MAX_SPLIT_CLASSES {
+            self.other_classes += 1;
+            return;
+        }
+        while self.classes.len() <= c {
+            // Cannot fail: c < MAX_SPLIT_CLASSES, the capacity.
+            let _ = self.classes.push(0);
+        }
+        self.classes[c] += 1;
+    }
+
+    /// Share of labelled predictions that were right.
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.labels > 0).then(|| self.correct as f64 / self.labels as f64)
+    }
+
+    /// Share of answered samples predicted as `class`.
+    pub fn class_share(&self, class: usize) -> Option<f64> {
+        let total: u64 = self.classes.iter().sum::<u64>() + self.other_classes;
+        (total > 0).then(|| self.classes.get(class).copied().unwrap_or(0) as f64 / total as f64)
+    }
+
+    /// Adds another period's or device's counts for the same model.
+    pub fn merge(&mut self, other: &Variant) {
+        self.inferences += other.inferences;
+        self.errors += other.errors;
+        self.latency.merge(&other.latency);
+        for (c, n) in other.classes.iter().enumerate() {
+            while self.classes.len() <= c {
+                let _ = self.classes.push(0);
+            }
+            self.classes[c] += n;
+        }
+        self.other_classes += other.other_classes;
+        self.labels += other.labels;
+        self.correct += other.correct;
+    }
 }
 
 /// A candidate model run on a copy of live inputs, off the request path, over one period. Sums
@@ -216,4 +315,34 @@ pub struct DriftWindow {
     pub observed_every: u32,
     /// Per feature.
     pub features: Vec<FeatureDrift, MAX_FEATURES>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(version: u64) -> ModelRef {
+        ModelRef { name: String::try_from("iris").unwrap_or_default(), version }
+    }
+
+    #[test]
+    fn split_variants_count_classes_and_merge_across_periods() {
+        let mut a = Variant::new(model(1));
+        for class in [0, 0, 2, -1, MAX_SPLIT_CLASSES as i64] {
+            a.count_class(class);
+        }
+        assert_eq!((a.classes.as_slice(), a.other_classes), ([2, 0, 1].as_slice(), 2));
+        assert_eq!(a.class_share(0), Some(0.4));
+        assert_eq!(a.class_share(9), Some(0.0));
+        assert_eq!(a.accuracy(), None, "no labels yet");
+        let mut later = Variant::new(model(1));
+        later.count_class(4);
+        later.latency.record(120);
+        (later.inferences, later.errors, later.labels, later.correct) = (1, 2, 4, 3);
+        a.merge(&later);
+        assert_eq!(a.classes.as_slice(), [2, 0, 1, 0, 1].as_slice());
+        assert_eq!((a.inferences, a.errors, a.latency.count()), (1, 2, 1));
+        assert_eq!(a.accuracy(), Some(0.75));
+        assert_eq!(Variant::new(model(2)).class_share(0), None);
+    }
 }

@@ -376,6 +376,7 @@ impl Agent {
             self.next_telemetry_ms = now.ms + self.period_ms();
             let (period, quality) = self.inference.take_period(unix_ms);
             let shadow = self.inference.take_shadow();
+            let split = self.inference.take_split();
             let system = self.probe.sample();
             let serving = self.session.serving().clone();
             let queue_capacity = self.inference.queue_capacity();
@@ -399,6 +400,7 @@ impl Agent {
                     outbox,
                     quality,
                     shadow,
+                    split,
                 };
                 codec::encode(format, &t)
             });
@@ -406,66 +408,120 @@ impl Agent {
         self.outbox.delivery().tick(now.ms);
     }
 
-    /// Serves what the store serves, and shadows what its experiment says.
+    /// Serves what the store serves, and runs the experiment (shadow or split) it persisted.
     async fn reload(&mut self) {
         self.reload_model().await;
-        self.sync_shadow().await;
-    }
-
-    /// Runs the staged candidate in shadow while the persisted experiment asks for it (and the
-    /// candidate is not the served model itself), and stops it otherwise.
-    async fn sync_shadow(&mut self) {
-        let Some(store) = self.store.take() else { return };
-        let wanted = match store.experiment() {
-            Ok(Some(Experiment::Shadow { name, version, sample_ppm })) => {
-                heapless::String::try_from(name.as_str()).ok().map(|name| (ModelRef { name, version }, sample_ppm))
-            }
-            Ok(None) => None,
-            Err(e) => {
-                log::warn!("{}: {e}; no shadow", self.me.device);
+        let experiment = match self.store.as_ref().map(Store::experiment) {
+            Some(Ok(e)) => e,
+            Some(Err(e)) => {
+                log::warn!("{}: {e}; no experiment", self.me.device);
                 None
             }
+            None => return,
+        };
+        self.sync_shadow(experiment.as_ref()).await;
+        self.sync_split(experiment.as_ref()).await;
+    }
+
+    /// Runs the staged candidate in shadow while the experiment asks for it (and the candidate is
+    /// not the served model itself), and stops it otherwise.
+    async fn sync_shadow(&mut self, experiment: Option<&Experiment>) {
+        let wanted = match experiment {
+            Some(Experiment::Shadow { name, version, sample_ppm }) => heapless::String::try_from(name.as_str())
+                .ok()
+                .map(|name| (ModelRef { name, version: *version }, *sample_ppm)),
+            _ => None,
         };
         let wanted = wanted.filter(|(candidate, _)| self.inference.model().as_ref() != Some(candidate));
         let Some((candidate, sample_ppm)) = wanted else {
-            self.store = Some(store);
             if self.inference.stop_shadow() {
                 log::info!("{}: shadow stopped", self.me.device);
             }
             return;
         };
         if self.inference.shadow_settings() == Some((candidate.clone(), sample_ppm)) {
-            self.store = Some(store);
             return;
         }
+        let (model, manifest) = match self.load_off_task(|store| store.load_candidate()).await {
+            Some(Ok(loaded)) => loaded,
+            Some(Err(())) => {
+                self.inference.stop_shadow();
+                return;
+            }
+            None => return,
+        };
+        if manifest.name != candidate.name || manifest.version != candidate.version {
+            log::warn!("{}: the staged candidate is not {} v{}", self.me.device, candidate.name, candidate.version);
+            return;
+        }
+        match self.inference.shadow(model, candidate.clone(), sample_ppm) {
+            Ok(()) => log::info!(
+                "{}: {} v{} in shadow on {:.1} % of inferences",
+                self.me.device,
+                candidate.name,
+                candidate.version,
+                f64::from(sample_ppm) / 1e4
+            ),
+            Err(e) => log::error!("{}: no shadow thread: {e}", self.me.device),
+        }
+    }
+
+    /// Splits live traffic while the experiment asks for it and A is still the served model
+    /// (an install or a rollback since ends the split), and stops it otherwise.
+    async fn sync_split(&mut self, experiment: Option<&Experiment>) {
+        let served = self.inference.model();
+        let wanted = match experiment {
+            Some(Experiment::Split { name, a, b, b_ppm }) => heapless::String::try_from(name.as_str()).ok().map(|n| {
+                (ModelRef { name: n.clone(), version: *a }, ModelRef { name: n, version: *b }, *b_ppm)
+            }),
+            _ => None,
+        };
+        let Some((a, b, b_ppm)) = wanted.filter(|(a, _, _)| served.as_ref() == Some(a)) else {
+            if self.inference.stop_split() {
+                log::info!("{}: traffic split ended", self.me.device);
+            }
+            return;
+        };
+        if self.inference.split_settings() == Some((a.clone(), b.clone(), b_ppm)) {
+            return;
+        }
+        let (name, version) = (b.name.to_string(), b.version);
+        let model = match self.load_off_task(move |store| store.load_variant(&name, version)).await {
+            Some(Ok((model, _))) => model,
+            Some(Err(())) => {
+                self.inference.stop_split();
+                return;
+            }
+            None => return,
+        };
+        match self.inference.split(&a, model, b.clone(), b_ppm) {
+            Ok(()) => log::info!(
+                "{}: traffic split: {:.1} % of request keys to {} v{}, the rest to v{}",
+                self.me.device,
+                f64::from(b_ppm) / 1e4,
+                b.name,
+                b.version,
+                a.version
+            ),
+            Err(e) => log::error!("{}: no traffic split: {e}", self.me.device),
+        }
+    }
+
+    /// Loads a model from the store on a blocking thread (checking files and self-tests takes a
+    /// while); logs and gives `None` inside when it fails.
+    async fn load_off_task<T: Send + 'static>(
+        &mut self,
+        load: impl FnOnce(&Store) -> Result<T, crate::store::InstallError> + Send + 'static,
+    ) -> Option<Result<T, ()>> {
+        let store = self.store.take()?;
         let joined = tokio::task::spawn_blocking(move || {
-            let loaded = store.load_candidate();
+            let loaded = load(&store);
             (store, loaded)
         })
         .await;
-        let Ok((store, loaded)) = joined else { return };
+        let Ok((store, loaded)) = joined else { return None };
         self.store = Some(store);
-        match loaded {
-            Ok((model, manifest)) if manifest.name == candidate.name && manifest.version == candidate.version => {
-                match self.inference.shadow(model, candidate.clone(), sample_ppm) {
-                    Ok(()) => log::info!(
-                        "{}: {} v{} in shadow on {:.1} % of inferences",
-                        self.me.device,
-                        candidate.name,
-                        candidate.version,
-                        f64::from(sample_ppm) / 1e4
-                    ),
-                    Err(e) => log::error!("{}: no shadow thread: {e}", self.me.device),
-                }
-            }
-            Ok(_) => {
-                log::warn!("{}: the staged candidate is not {} v{}", self.me.device, candidate.name, candidate.version)
-            }
-            Err(e) => {
-                log::error!("{}: the candidate does not load: {e}; no shadow", self.me.device);
-                self.inference.stop_shadow();
-            }
-        }
+        Some(loaded.map_err(|e| log::error!("{}: the experiment's model does not load: {e}", self.me.device)))
     }
 
     /// Loads the active slot's model (and its reference statistics) into the inference service
@@ -673,7 +729,12 @@ impl Agent {
                     log::info!("{device}: {name} v{version} to run in shadow ({sample_ppm} ppm) on command {sequence}");
                     Phase::Shadowing
                 }
+                Ok(CommandOutcome::Experiment(Experiment::Split { name, a, b, b_ppm })) => {
+                    log::info!("{device}: {name} split v{a} / v{b} ({b_ppm} ppm to v{b}) on command {sequence}");
+                    Phase::Splitting
+                }
                 Ok(CommandOutcome::ShadowStopped(_)) => Phase::ShadowStopped,
+                Ok(CommandOutcome::SplitStopped(_)) => Phase::SplitStopped,
                 Err(e) => {
                     log::warn!("{device}: command {sequence} refused: {e}");
                     Phase::failed(&e.to_string())

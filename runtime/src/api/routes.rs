@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::oip::{self, ErrorBody, InferenceRequest, InferenceResponse};
 use super::tensors::{self, TensorsError};
-use crate::serve::{InferError, Inference, ServedModel};
+use crate::serve::{Arm, InferError, Inference, ServedModel};
 
 /// The API's routes over `inference`, refusing bodies over `max_body` bytes.
 pub fn router(inference: Inference, max_body: usize) -> Router {
@@ -199,6 +199,12 @@ async fn infer(
     Ok(json_bytes(StatusCode::OK, bytes))
 }
 
+/// The request parameter that names the key an A/B split routes by (a user, a session, a
+/// camera): the same key always meets the same variant. Without it, the request id is the key.
+pub const ROUTING_KEY: &str = "routing_key";
+/// The response parameter that says which variant of an A/B split answered (`a` or `b`).
+pub const VARIANT: &str = "variant";
+
 /// Parse, check, infer and encode one request (on a blocking thread).
 fn answer(inference: &Inference, served: &ServedModel, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let request: InferenceRequest = serde_json::from_slice(body)
@@ -207,7 +213,8 @@ fn answer(inference: &Inference, served: &ServedModel, body: &[u8]) -> Result<Ve
     let checked = tensors::wanted(sig, request.outputs.as_deref())
         .and_then(|wanted| Ok((wanted, tensors::samples(sig, request.inputs)?)));
     let (wanted, samples) = checked.inspect_err(|_| inference.count_bad_input())?;
-    let predictions = inference.infer_batch(request.id.as_deref(), samples)?;
+    let key = request.parameters.as_ref().and_then(|p| p.get(ROUTING_KEY)).and_then(|v| v.as_str());
+    let (predictions, arm) = inference.infer_routed(request.id.as_deref(), key, samples)?;
     let first = predictions.first().ok_or(InferError::NoModel)?;
     let id = match &request.id {
         Some(id) => id.clone(),
@@ -226,7 +233,10 @@ fn answer(inference: &Inference, served: &ServedModel, body: &[u8]) -> Result<Ve
         model_name: first.model.name.as_str(),
         model_version: first.model.version.to_string(),
         id: &id,
-        parameters: None,
+        parameters: arm.map(|arm| {
+            let variant = if arm == Arm::B { "b" } else { "a" };
+            oip::Parameters::from_iter([(VARIANT.to_string(), serde_json::Value::from(variant))])
+        }),
         outputs: outputs
             .iter()
             .map(|(i, t)| tensors::response_output(sig.outputs.get(*i).map_or("", |s| s.name.as_str()), t))

@@ -225,6 +225,11 @@ pub fn command(args: &CommandArgs, now: u64, failpoint: FailPoint) -> anyhow::Re
         }
         CommandOutcome::ShadowStopped(true) => println!("shadow stopped"),
         CommandOutcome::ShadowStopped(false) => println!("no shadow was running"),
+        CommandOutcome::Experiment(crate::store::Experiment::Split { name, a, b, b_ppm }) => {
+            println!("{name} traffic will split v{a} / v{b} ({b_ppm} ppm of request keys to v{b}) when the agent runs")
+        }
+        CommandOutcome::SplitStopped(true) => println!("traffic split ended"),
+        CommandOutcome::SplitStopped(false) => println!("no traffic split was running"),
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod observer;
 pub mod period;
 pub mod quality;
 pub mod shadow;
+pub mod split;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,6 +25,7 @@ pub use batcher::Batching;
 pub use observer::{FeatureNames, Observer, ObserverError};
 pub use period::Period;
 pub use quality::{Floors, Quality};
+pub use split::Arm;
 
 use crate::agent::Clock;
 use crate::engine::{BatchAxis, Model, RunError, Signature};
@@ -141,6 +143,9 @@ struct Shared {
     /// The served model's engine time and samples this period: the shadow latency ratio's base.
     served_us: AtomicU64,
     served_samples: AtomicU64,
+    /// The A/B split, if any (`splitting` says so without taking the lock).
+    split: Mutex<Option<split::Split>>,
+    splitting: AtomicBool,
 }
 
 /// The handle to an agent's inference service.
@@ -187,6 +192,8 @@ impl Inference {
             shadowing: AtomicBool::new(false),
             served_us: AtomicU64::new(0),
             served_samples: AtomicU64::new(0),
+            split: Mutex::new(None),
+            splitting: AtomicBool::new(false),
         });
         if let Some(worker) = worker {
             worker.start(Arc::downgrade(&shared));
@@ -197,6 +204,10 @@ impl Inference {
     /// Runs one sample (input tensors without the batch axis) through the served model. Blocks
     /// while earlier requests run; refuses at once when the queue is full.
     pub fn infer(&self, request: Option<&str>, sample: &[Tensor]) -> Result<Prediction, InferError> {
+        if self.splitting() {
+            let (mut predictions, _) = self.infer_routed(request, None, vec![sample.to_vec()])?;
+            return predictions.pop().ok_or_else(|| InferError::Engine(RunError::Batch("no output".into())));
+        }
         if self.batches() {
             let mut predictions = self.infer_batch(request, vec![sample.to_vec()])?;
             return predictions.pop().ok_or_else(|| InferError::Engine(RunError::Batch("no output".into())));
@@ -229,12 +240,7 @@ impl Inference {
             let id = self.request_id(request);
             match &self.shared.batcher {
                 Some(queue) if self.batches() => queue.submit(id, samples),
-                _ => {
-                    let mut engine = lock(&self.shared.engine);
-                    let served = engine.as_mut().ok_or(InferError::NoModel)?;
-                    let outputs = run_samples(&self.shared, served, &samples)?;
-                    Ok(predictions(&served.model_ref, &id, outputs))
-                }
+                _ => self.run_served(&id, &samples),
             }
         })?;
         if !picked.is_empty()
@@ -247,6 +253,107 @@ impl Inference {
             }
         }
         Ok(predictions)
+    }
+
+    /// Runs a request as [`Inference::infer_batch`] does, on the variant its key routes it to
+    /// while an A/B split runs (the key is `key`, or the request id when there is none). Returns
+    /// the arm that answered (`None`: no split).
+    pub fn infer_routed(
+        &self,
+        request: Option<&str>,
+        key: Option<&str>,
+        samples: Vec<Vec<Tensor>>,
+    ) -> Result<(Vec<Prediction>, Option<Arm>), InferError> {
+        let b_ppm = if self.splitting() { lock(&self.shared.split).as_ref().map(split::Split::b_ppm) } else { None };
+        let Some(b_ppm) = b_ppm.filter(|_| !samples.is_empty()) else {
+            return self.infer_batch(request, samples).map(|p| (p, None));
+        };
+        let id = self.request_id(request);
+        let arm = split::route(key.unwrap_or(&id), b_ppm);
+        let start = Instant::now();
+        let result = match arm {
+            Arm::A => self.infer_batch(Some(&id), samples),
+            Arm::B => self.queued(samples.len(), || self.run_challenger(&id, &samples)),
+        };
+        let micros = u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX);
+        if let Some(s) = lock(&self.shared.split).as_mut() {
+            match &result {
+                Ok(predictions) => {
+                    let answers: Vec<(&str, Option<i64>)> =
+                        predictions.iter().map(|p| (p.request.as_str(), p.class)).collect();
+                    s.answered(arm, micros, &answers);
+                }
+                Err(_) => s.failed(arm),
+            }
+        }
+        result.map(|p| (p, Some(arm)))
+    }
+
+    /// Runs samples on the served model (no batcher).
+    fn run_served(&self, id: &str, samples: &[Vec<Tensor>]) -> Result<Vec<Prediction>, InferError> {
+        let mut engine = lock(&self.shared.engine);
+        let served = engine.as_mut().ok_or(InferError::NoModel)?;
+        let outputs = run_samples(&self.shared, served, samples)?;
+        Ok(predictions(&served.model_ref, id, outputs))
+    }
+
+    /// Runs samples on the split's challenger (on the served model if the split just ended).
+    fn run_challenger(&self, id: &str, samples: &[Vec<Tensor>]) -> Result<Vec<Prediction>, InferError> {
+        let mut split = lock(&self.shared.split);
+        let Some(s) = split.as_mut() else {
+            drop(split);
+            return self.run_served(id, samples);
+        };
+        let (model, model_ref) = s.challenger();
+        let outputs = model.run_samples(samples).map_err(classify)?;
+        self.shared.engine_calls.fetch_add(1, Ordering::Relaxed);
+        Ok(predictions(model_ref, id, outputs))
+    }
+
+    fn splitting(&self) -> bool {
+        self.shared.splitting.load(Ordering::Acquire)
+    }
+
+    /// Splits live traffic from now on: `b_ppm` parts per million of the request keys go to
+    /// `challenger` (as `b`), the rest to the served model, which must be `a`. The challenger must
+    /// take and return what the served model does (the local API checks and stacks tensors by
+    /// the served model's signature). Replaces any split before it.
+    pub fn split(&self, a: &ModelRef, challenger: Model, b: ModelRef, b_ppm: u32) -> Result<(), SplitError> {
+        let served = self.served().ok_or(SplitError::NotServed(a.clone()))?;
+        if served.model != *a {
+            return Err(SplitError::NotServed(a.clone()));
+        }
+        if served.model == b {
+            return Err(SplitError::SameModel);
+        }
+        let sig = challenger.signature();
+        if sig.inputs != served.signature.inputs || sig.outputs != served.signature.outputs {
+            return Err(SplitError::Signature);
+        }
+        let memory = self.shared.settings.memory;
+        let old = lock(&self.shared.split).replace(split::Split::new(a.clone(), challenger, b, b_ppm, memory));
+        self.shared.splitting.store(true, Ordering::Release);
+        drop(old);
+        Ok(())
+    }
+
+    /// Ends the split; returns whether one ran.
+    pub fn stop_split(&self) -> bool {
+        self.shared.splitting.store(false, Ordering::Release);
+        lock(&self.shared.split).take().is_some()
+    }
+
+    /// The split's variants and B's share (parts per million), if one runs.
+    pub fn split_settings(&self) -> Option<(ModelRef, ModelRef, u32)> {
+        lock(&self.shared.split).as_ref().map(|s| {
+            let (a, b) = s.models();
+            (a.clone(), b.clone(), s.b_ppm())
+        })
+    }
+
+    /// Each variant's counts over the period (while a split runs); the next period starts empty.
+    pub fn take_split(&self) -> Option<drover_wire::telemetry::Split> {
+        lock(&self.shared.split).as_mut().map(split::Split::take)
     }
 
     fn shadowing(&self) -> bool {
@@ -427,14 +534,15 @@ impl Inference {
 
     /// The true label of an earlier prediction. Returns whether the prediction was known.
     pub fn label(&self, request: &str, label: i64) -> bool {
+        let in_split = self.splitting() && lock(&self.shared.split).as_mut().is_some_and(|s| s.label(request, label));
         let mut reports = lock(&self.shared.reports);
-        let Some(q) = reports.quality.as_mut() else { return false };
+        let Some(q) = reports.quality.as_mut() else { return in_split };
         match q.label(request, label) {
             Some(events) => {
                 reports.events.extend(events);
                 true
             }
-            None => false,
+            None => in_split,
         }
     }
 
@@ -472,6 +580,20 @@ impl Inference {
     pub fn queue_capacity(&self) -> u32 {
         self.shared.settings.queue
     }
+}
+
+/// Why a split cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SplitError {
+    /// Variant A must be the model served now.
+    #[error("{} v{} is not the served model: A must be the version the device serves", .0.name, .0.version)]
+    NotServed(ModelRef),
+    /// A and B are the same model.
+    #[error("A and B are the same model version")]
+    SameModel,
+    /// B takes or returns other tensors than A.
+    #[error("B's inputs or outputs differ from A's: a split needs two interchangeable models")]
+    Signature,
 }
 
 /// Engine errors caused by the request versus by the engine.
@@ -661,6 +783,60 @@ mod tests {
         assert!(s.stop_shadow());
         assert!(!s.stop_shadow());
         assert_eq!(s.take_shadow(), None);
+    }
+
+    #[test]
+    fn a_split_routes_each_key_to_one_variant_and_counts_both() {
+        let s = service(4);
+        serve_iris(&s);
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let a = ModelRef { name: "iris".try_into().expect("name"), version: 1 };
+        let b = ModelRef { name: "iris".try_into().expect("name"), version: 2 };
+        let load = |f: &str| Model::load(&root.join(f)).expect("model");
+        assert!(matches!(s.split(&b, load("iris_logreg.onnx"), a.clone(), 1), Err(SplitError::NotServed(_))));
+        assert!(matches!(s.split(&a, load("iris_logreg.onnx"), a.clone(), 1), Err(SplitError::SameModel)));
+        assert!(matches!(s.split(&a, load("mlp.onnx"), b.clone(), 1), Err(SplitError::Signature)));
+        assert_eq!(s.take_split(), None, "no split, no report");
+        s.split(&a, load("iris_logreg.onnx"), b.clone(), 300_000).expect("split");
+        assert_eq!(s.split_settings(), Some((a.clone(), b.clone(), 300_000)));
+
+        let mut by_arm = [0u64; 2];
+        for user in 0..200 {
+            let key = format!("user-{user}");
+            let (p, arm) = s.infer_routed(Some(&format!("q{user}")), Some(&key), vec![flower()]).expect("answer");
+            let arm = arm.expect("a split runs");
+            assert_eq!(arm, split::route(&key, 300_000), "the key decides");
+            let expected = if arm == Arm::B { &b } else { &a };
+            assert_eq!(&p[0].model, expected, "the answer names the variant that gave it");
+            by_arm[usize::from(arm == Arm::B)] += 1;
+            let (again, arm_again) = s.infer_routed(None, Some(&key), vec![flower()]).expect("answer");
+            assert_eq!((arm_again, &again[0].model), (Some(arm), expected), "sticky per key");
+        }
+        assert!(by_arm[1] > 30 && by_arm[1] < 90, "about 30 % of 200 keys on B: {by_arm:?}");
+        // Labels score the variant that answered (setosa is class 0: all right).
+        assert!(s.label("q0", 0));
+        assert!(s.label("q1", 1));
+        let wrong = s.infer_routed(None, Some("x"), vec![vec![Tensor::new(vec![2], TensorData::F32(vec![1.0; 2])).expect("t")]]);
+        assert!(matches!(wrong, Err(InferError::Input(_))));
+        let report = s.take_split().expect("a report");
+        assert_eq!(report.b_ppm, 300_000);
+        assert_eq!((report.a.model.version, report.b.model.version), (1, 2));
+        assert_eq!(report.a.inferences + report.b.inferences, 400);
+        assert_eq!(report.b.inferences, 2 * by_arm[1]);
+        assert_eq!(report.a.latency.count() + report.b.latency.count(), 400);
+        assert_eq!(report.a.class_share(0).or(report.b.class_share(0)), Some(1.0));
+        assert_eq!(report.a.labels + report.b.labels, 2);
+        assert_eq!(report.a.correct + report.b.correct, 1);
+        assert_eq!(report.a.errors + report.b.errors, 1, "the bad request counts against its variant");
+        let (period, _) = s.take_period(0);
+        assert_eq!(period.inferences, 400, "both variants' answers are the device's");
+        assert_eq!(s.take_split().expect("still splitting").a.inferences, 0, "a new period starts empty");
+
+        assert!(s.stop_split());
+        assert!(!s.stop_split());
+        let (_, arm) = s.infer_routed(None, Some("user-1"), vec![flower()]).expect("answer");
+        assert_eq!(arm, None, "after the split, the served model answers everything");
+        assert_eq!(s.take_split(), None);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `drover command`: a signed order to a device or group (rollback, install, shadow, stop-shadow),
+//! `drover command`: a signed order to a device or group (rollback, install, shadow, split, stop-…),
 //! written to a file for `drover-agent command` on a device the broker does not reach (`drover
 //! rollback` and `drover shadow` send theirs over MQTT).
 
@@ -39,6 +39,20 @@ pub enum Order {
     },
     /// Stop the shadow candidate.
     StopShadow,
+    /// Split live traffic between the served version (A) and another (B) by request key.
+    Split {
+        /// Variant A: the served version.
+        #[arg(long)]
+        a: u64,
+        /// Variant B: the staged candidate's or the previous slot's version.
+        #[arg(long)]
+        b: u64,
+        /// Traffic shares of A and B, e.g. `90/10`.
+        #[arg(long, default_value = "50/50")]
+        split: String,
+    },
+    /// End the traffic split.
+    StopSplit,
 }
 
 /// Arguments of `drover command`.
@@ -122,6 +136,8 @@ pub fn run(args: &CommandArgs, now_ms: u64) -> anyhow::Result<()> {
             sample_ppm: super::shadow::sample_ppm(*sample_rate)?,
         },
         Order::StopShadow => Operation::StopShadow,
+        Order::Split { a, b, split } => Operation::Split { a: *a, b: *b, b_ppm: super::ab::b_ppm(split)? },
+        Order::StopSplit => Operation::StopSplit,
     };
     let (signed, key_id) = sign(target, op, key, delegation, args.expires, now_ms)?;
     save(out, &signed).context("write the command")?;

@@ -1,5 +1,6 @@
 //! One module per `drover` verb: its arguments and what it does.
 
+pub mod ab;
 pub mod alerts;
 pub mod broker;
 pub mod broker_args;

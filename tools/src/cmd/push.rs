@@ -155,6 +155,8 @@ pub fn result_text(view: &DeviceView) -> String {
         Some(Phase::Staged) => "staged as the candidate".into(),
         Some(Phase::Shadowing) => "candidate in shadow".into(),
         Some(Phase::ShadowStopped) => "shadow stopped".into(),
+        Some(Phase::Splitting) => "traffic split".into(),
+        Some(Phase::SplitStopped) => "split ended".into(),
         Some(Phase::Failed { reason }) => format!("FAILED: {reason}"),
         Some(p) => format!("TIMED OUT while {}", phase_text(p)),
         None => match view.online {

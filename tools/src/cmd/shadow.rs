@@ -59,40 +59,16 @@ pub fn sample_ppm(rate: f64) -> anyhow::Result<u32> {
 /// Stages and starts the shadow test (or stops it); true when every device did.
 pub fn run(args: &ShadowArgs, now_ms: u64) -> anyhow::Result<bool> {
     let (target, audience) = super::command::target(args.device.as_deref(), args.group.as_deref())?;
-    let settings = args.broker.settings()?;
-    let tracker = || Tracker::new(audience.clone(), 0, SETTLE.as_millis() as u64, args.timeout.as_millis() as u64);
-    let expires = args.timeout + Duration::from_secs(60);
     let mut signed_at = now_ms;
     let op = match &args.bundle {
         Some(path) if !args.stop => {
             let sample_ppm = sample_ppm(args.sample_rate)?;
-            let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-            let header = read_header(&mut bytes.as_slice(), &Limits::default())
-                .with_context(|| format!("{} is not a Drover bundle", path.display()))?;
-            anyhow::ensure!(header.is_signed(), "{} is not signed: `drover sign` it first", path.display());
-            let m = &header.manifest;
-            let announce = drover_wire::message::Announce {
-                purpose: Purpose::Stage,
-                ..crate::push::campaign::announce(&bytes, &m.name, m.version, args.chunk_size, now_ms)?
-            };
-            eprintln!(
-                "staging {} v{} ({} bytes) as the candidate on {} via {}",
-                m.name,
-                m.version,
-                bytes.len(),
-                audience.describe(),
-                settings.address()
-            );
-            let mut stage = Campaign::new(Work::Bundle { announce }, tracker(), args.broker.payload);
-            let outcome = drive(&mut stage, &bytes, None, &settings)?;
-            // Commands are numbered by time: sign when the staging push is over.
-            signed_at += outcome.elapsed.as_millis() as u64;
-            if !report(&stage, &outcome, &settings.address()) {
+            let Some(staged) = stage(path, &audience, args.chunk_size, args.timeout, &args.broker, now_ms)? else {
                 eprintln!("error: not every device staged the candidate; no shadow command sent");
                 return Ok(false);
-            }
-            let name = super::command::name(&m.name)?;
-            Operation::Shadow { name, version: m.version, sample_ppm }
+            };
+            signed_at = staged.done_ms;
+            Operation::Shadow { name: staged.name, version: staged.version, sample_ppm }
         }
         _ => Operation::StopShadow,
     };
@@ -102,11 +78,86 @@ pub fn run(args: &ShadowArgs, now_ms: u64) -> anyhow::Result<bool> {
         }
         _ => "end of the shadow test".to_string(),
     };
-    let (signed, key_id) = super::command::sign(target, op, &args.key, &args.delegation, expires, signed_at)?;
-    eprintln!("{what} for {} signed by operator key {key_id}", audience.describe());
-    let mut campaign = Campaign::new(Work::Command(Box::new(signed)), tracker(), args.broker.payload);
-    let outcome = drive(&mut campaign, &[], None, &settings)?;
-    Ok(report(&campaign, &outcome, &settings.address()))
+    let order = Order { target, audience, key: &args.key, delegation: &args.delegation, timeout: args.timeout };
+    order.send(op, &what, &args.broker, signed_at)
+}
+
+/// A bundle staged as the devices' candidate.
+pub struct Staged {
+    /// Its model name.
+    pub name: heapless::String<{ drover_wire::manifest::MAX_NAME }>,
+    /// Its version.
+    pub version: u64,
+    /// Unix ms when the staging push ended: commands are numbered by time, so sign after it.
+    pub done_ms: u64,
+}
+
+/// Pushes the signed bundle at `path` to `audience` as their candidate (verified there, the
+/// served model untouched). `None` when not every device staged it.
+pub fn stage(
+    path: &std::path::Path,
+    audience: &crate::push::Audience,
+    chunk_size: u32,
+    timeout: Duration,
+    broker: &BrokerArgs,
+    now_ms: u64,
+) -> anyhow::Result<Option<Staged>> {
+    let settings = broker.settings()?;
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    let header = read_header(&mut bytes.as_slice(), &Limits::default())
+        .with_context(|| format!("{} is not a Drover bundle", path.display()))?;
+    anyhow::ensure!(header.is_signed(), "{} is not signed: `drover sign` it first", path.display());
+    let m = &header.manifest;
+    let announce = drover_wire::message::Announce {
+        purpose: Purpose::Stage,
+        ..crate::push::campaign::announce(&bytes, &m.name, m.version, chunk_size, now_ms)?
+    };
+    eprintln!(
+        "staging {} v{} ({} bytes) as the candidate on {} via {}",
+        m.name,
+        m.version,
+        bytes.len(),
+        audience.describe(),
+        settings.address()
+    );
+    let tracker = Tracker::new(audience.clone(), 0, SETTLE.as_millis() as u64, timeout.as_millis() as u64);
+    let mut stage = Campaign::new(Work::Bundle { announce }, tracker, broker.payload);
+    let outcome = drive(&mut stage, &bytes, None, &settings)?;
+    if !report(&stage, &outcome, &settings.address()) {
+        return Ok(None);
+    }
+    let done_ms = now_ms + outcome.elapsed.as_millis() as u64;
+    Ok(Some(Staged { name: super::command::name(&m.name)?, version: m.version, done_ms }))
+}
+
+/// A signed order to send over MQTT and follow until every device answered.
+pub struct Order<'a> {
+    /// Who it is for.
+    pub target: drover_wire::command::Target,
+    /// The devices to hear from.
+    pub audience: crate::push::Audience,
+    /// The operator secret key.
+    pub key: &'a std::path::Path,
+    /// Its delegation.
+    pub delegation: &'a std::path::Path,
+    /// How long to wait for the devices.
+    pub timeout: Duration,
+}
+
+impl Order<'_> {
+    /// Signs `op` at `signed_at` (Unix ms), sends it and reports; true when every device applied it.
+    pub fn send(self, op: Operation, what: &str, broker: &BrokerArgs, signed_at: u64) -> anyhow::Result<bool> {
+        let settings = broker.settings()?;
+        let expires = self.timeout + Duration::from_secs(60);
+        let (signed, key_id) =
+            super::command::sign(self.target, op, self.key, self.delegation, expires, signed_at)?;
+        eprintln!("{what} for {} signed by operator key {key_id}", self.audience.describe());
+        let tracker =
+            Tracker::new(self.audience, 0, SETTLE.as_millis() as u64, self.timeout.as_millis() as u64);
+        let mut campaign = Campaign::new(Work::Command(Box::new(signed)), tracker, broker.payload);
+        let outcome = drive(&mut campaign, &[], None, &settings)?;
+        Ok(report(&campaign, &outcome, &settings.address()))
+    }
 }
 
 #[cfg(test)]
