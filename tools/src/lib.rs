@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod bundle_build;
 pub mod cli;
+pub mod fleet;
 pub mod cmd;
 pub mod keys;
 pub mod mlflow;

@@ -1,0 +1,133 @@
+//! What the fleet server takes from the broker: a device's message, decoded and checked, or a
+//! clear reason why not. Pure: a topic and a payload in, a [`Record`] out, so a garbled payload
+//! from one device is a counted rejection, never a crash or a half-written row.
+
+use drover_runtime::link::codec::{self, DecodeError};
+use drover_wire::event::Event;
+use drover_wire::message::{Progress, Status};
+use drover_wire::telemetry::{DriftWindow, Telemetry};
+use drover_wire::topic::{self, DeviceLeaf, Parsed};
+
+/// A device's message the fleet server keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// Presence (retained; the Last Will says offline).
+    Status(Status),
+    /// The latest operation and its phase (retained).
+    Progress(Progress),
+    /// One telemetry period.
+    Telemetry(Box<Telemetry>),
+    /// A closed drift window.
+    Drift(Box<DriftWindow>),
+    /// An alert or other event.
+    Event(Event),
+}
+
+impl Record {
+    /// The kind, as the ingest counters and logs name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Status(_) => "status",
+            Record::Progress(_) => "progress",
+            Record::Telemetry(_) => "telemetry",
+            Record::Drift(_) => "drift",
+            Record::Event(_) => "event",
+        }
+    }
+}
+
+/// A message the server refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The topic is not a device topic the server reads.
+    #[error("topic '{0}' is not a device's status, progress, telemetry, drift or events topic")]
+    Topic(String),
+    /// The payload did not decode as the topic's message.
+    #[error("{topic}: {source}")]
+    Payload {
+        /// Where it came from.
+        topic: String,
+        /// Why it did not decode.
+        source: DecodeError,
+    },
+}
+
+/// The topic filters the server subscribes to, one per leaf it reads.
+pub fn filters() -> Vec<String> {
+    [DeviceLeaf::Status, DeviceLeaf::Progress, DeviceLeaf::Telemetry, DeviceLeaf::Drift, DeviceLeaf::Events]
+        .into_iter()
+        .map(|leaf| topic::every_device(leaf).to_string())
+        .collect()
+}
+
+/// Decodes a message: the device it is about and the record. An empty payload on a retained
+/// topic (a cleared retained message) is `Ok(None)`.
+pub fn decode(topic_name: &str, payload: &[u8]) -> Result<Option<(String, Record)>, RecordError> {
+    let Some(Parsed::Device(device, leaf)) = topic::parse(topic_name) else {
+        return Err(RecordError::Topic(topic_name.to_string()));
+    };
+    if payload.is_empty() && matches!(leaf, DeviceLeaf::Status | DeviceLeaf::Progress) {
+        return Ok(None);
+    }
+    let bad = |source| RecordError::Payload { topic: topic_name.to_string(), source };
+    let record = match leaf {
+        DeviceLeaf::Status => Record::Status(codec::decode(payload).map_err(bad)?),
+        DeviceLeaf::Progress => Record::Progress(codec::decode(payload).map_err(bad)?),
+        DeviceLeaf::Telemetry => Record::Telemetry(Box::new(codec::decode(payload).map_err(bad)?)),
+        DeviceLeaf::Drift => Record::Drift(Box::new(codec::decode(payload).map_err(bad)?)),
+        DeviceLeaf::Events => Record::Event(codec::decode(payload).map_err(bad)?),
+        _ => return Err(RecordError::Topic(topic_name.to_string())),
+    };
+    Ok(Some((device.as_str().to_string(), record)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_runtime::link::codec::PayloadFormat;
+    use drover_wire::Arch;
+    use drover_wire::manifest::AgentVersion;
+
+    pub(crate) fn status(online: bool) -> Status {
+        Status {
+            online,
+            agent: AgentVersion { major: 0, minor: 1, patch: 0 },
+            arch: Arch::Aarch64,
+            groups: heapless::Vec::new(),
+            model: None,
+            slot: None,
+            uptime_s: 5,
+            at: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn both_encodings_decode_and_the_device_comes_from_the_topic() {
+        for format in [PayloadFormat::Postcard, PayloadFormat::Json] {
+            let payload = codec::encode(format, &status(true));
+            let (device, record) = decode("drover/v1/dev/pi-7/status", &payload).expect("decodes").expect("a record");
+            assert_eq!(device, "pi-7");
+            assert_eq!(record, Record::Status(status(true)));
+        }
+    }
+
+    #[test]
+    fn garbled_truncated_and_foreign_messages_are_refused_with_the_topic() {
+        let payload = codec::encode(PayloadFormat::Postcard, &status(true));
+        let truncated = decode("drover/v1/dev/pi-7/status", &payload[..payload.len() - 3]);
+        assert!(matches!(truncated, Err(RecordError::Payload { .. })), "{truncated:?}");
+        let garbled = decode("drover/v1/dev/pi-7/telemetry", b"\xd1\xff\xff\xff\xff\xff\xff");
+        assert!(garbled.unwrap_err().to_string().starts_with("drover/v1/dev/pi-7/telemetry: "));
+        assert!(matches!(decode("drover/v1/dev/pi-7/want", &payload), Err(RecordError::Topic(_))));
+        assert!(matches!(decode("drover/v1/dev/bad+id/status", &payload), Err(RecordError::Topic(_))));
+        assert!(matches!(decode("other/topic", &payload), Err(RecordError::Topic(_))));
+        assert!(matches!(decode("drover/v1/dev/pi-7/status", b""), Ok(None)), "a cleared retained status");
+    }
+
+    #[test]
+    fn the_filters_cover_every_leaf_the_decoder_reads() {
+        let f = filters();
+        assert_eq!(f.len(), 5);
+        assert!(f.iter().all(|t| t.starts_with("drover/v1/dev/+/")));
+    }
+}

@@ -1,0 +1,464 @@
+//! The fleet as the server knows it: one [`Device`] per device id, updated from the records the
+//! devices publish. Pure: a record and the time it arrived in, the rows to store out
+//! ([`Change`]), so the same logic runs in the server, the simulator and the unit tests, and a
+//! restarted server rebuilds it from its store.
+//!
+//! Delivery is at least once (QoS 1, the devices' outboxes resend until acknowledged): a report
+//! already seen is recognised by its sequence number and period and changes nothing.
+
+use std::collections::BTreeMap;
+
+use drover_drift::LatencyHistogram;
+use drover_wire::message::{Phase, Progress, Slot, Status};
+use drover_wire::telemetry::{DriftWindow, Telemetry};
+use serde::{Deserialize, Serialize};
+
+use super::record::Record;
+
+/// A device's last telemetry period, summarised for tables, charts and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Period {
+    /// Unix ms when the period ended.
+    pub end_ms: u64,
+    /// Its length, ms.
+    pub length_ms: u64,
+    /// Model version served at its end.
+    pub version: Option<u64>,
+    /// Inferences answered.
+    pub inferences: u64,
+    /// Requests not answered.
+    pub errors: u64,
+    /// Latency quantiles, µs (absent without answers).
+    pub p50_us: Option<u32>,
+    /// 90th percentile.
+    pub p90_us: Option<u32>,
+    /// 99th percentile.
+    pub p99_us: Option<u32>,
+    /// CPU busy, percent of all cores.
+    pub cpu_pct: Option<f32>,
+    /// Memory in use, KiB.
+    pub mem_used_kib: u64,
+    /// Memory installed, KiB.
+    pub mem_total_kib: u64,
+    /// The agent's resident set, KiB.
+    pub rss_kib: u64,
+    /// Hottest thermal zone, °C.
+    pub temp_c: Option<f32>,
+    /// Data dir disk use, KiB.
+    pub disk_used_kib: u64,
+    /// Data dir disk size, KiB.
+    pub disk_total_kib: u64,
+    /// Reports waiting in the device's outbox.
+    pub outbox_queued: u32,
+    /// Top-1 agreement of a shadow candidate in the period.
+    pub shadow_agreement: Option<f64>,
+    /// Rolling accuracy from labels.
+    pub accuracy: Option<f64>,
+}
+
+impl Period {
+    /// The summary of one telemetry report.
+    pub fn of(t: &Telemetry) -> Period {
+        Period {
+            end_ms: t.end_ms,
+            length_ms: t.end_ms.saturating_sub(t.start_ms),
+            version: t.model.as_ref().map(|m| m.version),
+            inferences: t.inferences,
+            errors: t.errors.total(),
+            p50_us: t.latency.quantile(0.5),
+            p90_us: t.latency.quantile(0.9),
+            p99_us: t.latency.quantile(0.99),
+            cpu_pct: t.system.cpu_pct,
+            mem_used_kib: t.system.mem_used_kib,
+            mem_total_kib: t.system.mem_total_kib,
+            rss_kib: t.system.rss_kib,
+            temp_c: t.system.temp_c,
+            disk_used_kib: t.system.disk_used_kib,
+            disk_total_kib: t.system.disk_total_kib,
+            outbox_queued: t.outbox.queued,
+            shadow_agreement: t.shadow.as_ref().and_then(|s| s.top1_agreement()),
+            accuracy: t.quality.map(|q| q.accuracy),
+        }
+    }
+}
+
+/// Counts since the server first saw the device (Prometheus counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Inferences answered.
+    pub inferences: u64,
+    /// Errors: the input did not fit the model.
+    pub input_errors: u64,
+    /// Errors: the engine failed.
+    pub engine_errors: u64,
+    /// Errors: refused, the queue was full.
+    pub busy_errors: u64,
+    /// Errors: no model was served.
+    pub no_model_errors: u64,
+}
+
+impl Totals {
+    /// Every error.
+    pub fn errors(&self) -> u64 {
+        self.input_errors + self.engine_errors + self.busy_errors + self.no_model_errors
+    }
+}
+
+/// The device's latest judged drift window, summarised.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Drift {
+    /// Unix ms when the window closed.
+    pub end_ms: u64,
+    /// Model version it was compared for.
+    pub version: u64,
+    /// The drift score: the largest PSI over the window's features.
+    pub score: f64,
+    /// The features that drifted.
+    pub drifted: Vec<String>,
+    /// Samples in the window.
+    pub samples: u32,
+}
+
+impl Drift {
+    /// The summary of a judged window (`None` for a window with too few samples to judge).
+    pub fn of(w: &DriftWindow) -> Option<Drift> {
+        w.judged.then(|| Drift {
+            end_ms: w.end_ms,
+            version: w.model.version,
+            score: w.features.iter().map(|f| f.score.psi).filter(|p| p.is_finite()).fold(0.0, f64::max),
+            drifted: w.features.iter().filter(|f| f.score.drifted.is_some()).map(|f| f.name.to_string()).collect(),
+            samples: w.samples,
+        })
+    }
+}
+
+/// Where the newest report of a kind stood: what a repeated delivery is recognised by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// Outbox sequence number.
+    pub seq: u64,
+    /// Unix ms of its end.
+    pub end_ms: u64,
+}
+
+impl Mark {
+    /// Whether a report is new: later in the outbox, or a later period (a device whose data
+    /// dir was reset numbers its reports from 1 again).
+    fn admits(&self, seq: u64, end_ms: u64) -> bool {
+        seq > self.seq || end_ms > self.end_ms
+    }
+}
+
+/// One device, as the fleet server knows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    /// Device id.
+    pub id: String,
+    /// Unix ms of its first message here.
+    pub first_seen_ms: u64,
+    /// Unix ms of its latest message.
+    pub last_seen_ms: u64,
+    /// Connected, by its presence (retained status, Last Will).
+    pub online: bool,
+    /// Agent version.
+    pub agent: Option<String>,
+    /// Architecture.
+    pub arch: Option<String>,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// Model served.
+    pub model: Option<String>,
+    /// Its version.
+    pub version: Option<u64>,
+    /// The slot it is served from.
+    pub slot: Option<String>,
+    /// Agent uptime at its latest status, s.
+    pub uptime_s: u64,
+    /// The latest operation, in words (`iris v3: installed`).
+    pub operation: Option<String>,
+    /// The latest telemetry period.
+    pub last: Option<Period>,
+    /// Counts since first seen.
+    pub totals: Totals,
+    /// The latest judged drift window.
+    pub drift: Option<Drift>,
+    /// Newest telemetry report.
+    pub telemetry_mark: Mark,
+    /// Newest drift window.
+    pub drift_mark: Mark,
+    /// Newest event.
+    pub event_mark: Mark,
+    /// The latest period's latency histogram, for fleet-wide quantiles (not stored: rebuilt by
+    /// the next report).
+    #[serde(skip)]
+    pub latency: LatencyHistogram,
+}
+
+/// A device event the operator sees (its own alerts, and what the server saw happen).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetEvent {
+    /// Device id.
+    pub device: String,
+    /// Unix ms.
+    pub at_ms: u64,
+    /// `online`, `offline`, `operation`, or the device event's kind (`drift`, `retrain`, …).
+    pub kind: String,
+    /// In words.
+    pub text: String,
+}
+
+/// What a record changed, for the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The device's row.
+    Device(Box<Device>),
+    /// A point of its telemetry series.
+    Point(String, Period),
+    /// A judged drift window.
+    Drift(String, Drift),
+    /// An event.
+    Event(FleetEvent),
+}
+
+/// The fleet.
+#[derive(Debug, Default)]
+pub struct Registry {
+    devices: BTreeMap<String, Device>,
+}
+
+impl Registry {
+    /// A registry holding what the store kept.
+    pub fn from_devices(devices: impl IntoIterator<Item = Device>) -> Registry {
+        Registry { devices: devices.into_iter().map(|d| (d.id.clone(), d)).collect() }
+    }
+
+    /// The devices, by id.
+    pub fn devices(&self) -> impl Iterator<Item = &Device> {
+        self.devices.values()
+    }
+
+    /// One device.
+    pub fn device(&self, id: &str) -> Option<&Device> {
+        self.devices.get(id)
+    }
+
+    /// Applies a record from `device` that arrived at `now_ms`; returns what to store (nothing
+    /// for a repeated delivery).
+    pub fn apply(&mut self, now_ms: u64, device: &str, record: &Record) -> Vec<Change> {
+        let d = self.devices.entry(device.to_string()).or_insert_with(|| Device {
+            id: device.to_string(),
+            first_seen_ms: now_ms,
+            ..Device::default()
+        });
+        let mut out = Vec::new();
+        let mut event = |kind: &str, text: String| {
+            out.push(Change::Event(FleetEvent { device: device.to_string(), at_ms: now_ms, kind: kind.into(), text }))
+        };
+        match record {
+            Record::Status(s) => {
+                if s.online != d.online || d.last_seen_ms == 0 {
+                    let (kind, text) = if s.online { ("online", "came online") } else { ("offline", "went offline") };
+                    event(kind, text.to_string());
+                }
+                apply_status(d, s);
+            }
+            Record::Progress(p) => {
+                let text = describe_progress(p);
+                // Download progress moves every second: the table shows it, the event log
+                // keeps the steps.
+                let step = !matches!(p.phase, Phase::Downloading { .. });
+                if step && d.operation.as_deref() != Some(text.as_str()) {
+                    event("operation", text.clone());
+                }
+                d.operation = Some(text);
+            }
+            Record::Telemetry(t) => {
+                if !d.telemetry_mark.admits(t.seq, t.end_ms) {
+                    return Vec::new();
+                }
+                d.telemetry_mark = Mark { seq: t.seq, end_ms: t.end_ms };
+                let period = Period::of(t);
+                d.totals.inferences += t.inferences;
+                d.totals.input_errors += u64::from(t.errors.input);
+                d.totals.engine_errors += u64::from(t.errors.engine);
+                d.totals.busy_errors += u64::from(t.errors.busy);
+                d.totals.no_model_errors += u64::from(t.errors.no_model);
+                if let Some(m) = &t.model {
+                    d.model = Some(m.name.to_string());
+                    d.version = Some(m.version);
+                }
+                if let Some(slot) = t.slot {
+                    d.slot = Some(slot_name(slot).into());
+                }
+                d.latency = t.latency.clone();
+                d.last = Some(period.clone());
+                out.push(Change::Point(device.to_string(), period));
+            }
+            Record::Drift(w) => {
+                if !d.drift_mark.admits(w.seq, w.end_ms) {
+                    return Vec::new();
+                }
+                d.drift_mark = Mark { seq: w.seq, end_ms: w.end_ms };
+                if let Some(drift) = Drift::of(w) {
+                    d.drift = Some(drift.clone());
+                    out.push(Change::Drift(device.to_string(), drift));
+                }
+            }
+            Record::Event(e) => {
+                if !d.event_mark.admits(e.seq, e.at_ms) {
+                    return Vec::new();
+                }
+                d.event_mark = Mark { seq: e.seq, end_ms: e.at_ms };
+                out.push(Change::Event(FleetEvent {
+                    device: device.to_string(),
+                    at_ms: e.at_ms,
+                    kind: e.kind.name().into(),
+                    text: crate::cmd::alerts::describe(device, e),
+                }));
+            }
+        }
+        d.last_seen_ms = d.last_seen_ms.max(now_ms);
+        out.insert(0, Change::Device(Box::new(d.clone())));
+        out
+    }
+}
+
+fn apply_status(d: &mut Device, s: &Status) {
+    d.online = s.online;
+    d.agent = Some(s.agent.to_string());
+    d.arch = Some(s.arch.to_string());
+    d.groups = s.groups.iter().map(|g| g.to_string()).collect();
+    d.uptime_s = s.uptime_s;
+    // The Last Will is the status of the last connection with `online: false`: what it says
+    // about the model is still the device's latest word.
+    d.model = s.model.as_ref().map(|m| m.name.to_string());
+    d.version = s.model.as_ref().map(|m| m.version);
+    d.slot = s.slot.map(|s| slot_name(s).into());
+}
+
+fn slot_name(slot: Slot) -> &'static str {
+    match slot {
+        Slot::A => "a",
+        Slot::B => "b",
+    }
+}
+
+/// A device's latest operation in words.
+fn describe_progress(p: &Progress) -> String {
+    use drover_wire::message::Op;
+    let op = match &p.op {
+        Op::Bundle { name, version, .. } => format!("{name} v{version}"),
+        Op::Command { sequence, .. } => format!("command #{sequence}"),
+    };
+    let phase = match &p.phase {
+        Phase::Downloading { have, total } => format!("downloading {have}/{total}"),
+        Phase::Installing => "installing".into(),
+        Phase::Installed { slot } => format!("installed in slot {}", slot_name(*slot)),
+        Phase::Current => "already current".into(),
+        Phase::RolledBack { slot } => format!("rolled back to slot {}", slot_name(*slot)),
+        Phase::Staged => "staged as the candidate".into(),
+        Phase::Shadowing => "shadowing".into(),
+        Phase::ShadowStopped => "shadow stopped".into(),
+        Phase::Splitting => "splitting traffic".into(),
+        Phase::SplitStopped => "split ended".into(),
+        Phase::Failed { reason } => format!("failed: {reason}"),
+    };
+    format!("{op}: {phase}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_wire::Arch;
+    use drover_wire::manifest::AgentVersion;
+    use drover_wire::message::ModelRef;
+    use drover_wire::telemetry::{Errors, Outbox, System};
+
+    fn model(version: u64) -> ModelRef {
+        ModelRef { name: "iris".try_into().expect("name"), version }
+    }
+
+    pub(crate) fn status(online: bool, version: Option<u64>) -> Record {
+        Record::Status(Status {
+            online,
+            agent: AgentVersion { major: 0, minor: 1, patch: 0 },
+            arch: Arch::Aarch64,
+            groups: heapless::Vec::from_slice(&["lab".try_into().expect("group")]).expect("one group"),
+            model: version.map(model),
+            slot: version.map(|_| Slot::A),
+            uptime_s: 3,
+            at: 0,
+        })
+    }
+
+    pub(crate) fn telemetry(seq: u64, end_ms: u64, inferences: u64) -> Record {
+        let mut latency = LatencyHistogram::default();
+        for us in 1..=inferences {
+            latency.record(us as u32 * 10);
+        }
+        Record::Telemetry(Box::new(Telemetry {
+            seq,
+            start_ms: end_ms - 1000,
+            end_ms,
+            model: Some(model(3)),
+            slot: Some(Slot::B),
+            inferences,
+            errors: Errors { input: 1, engine: 0, busy: 2, no_model: 0 },
+            latency,
+            queue_max: 1,
+            queue_capacity: 64,
+            system: System { cpu_pct: Some(12.5), mem_used_kib: 1000, mem_total_kib: 4000, ..System::default() },
+            uptime_s: 10,
+            outbox: Outbox::default(),
+            quality: None,
+            shadow: None,
+            split: None,
+        }))
+    }
+
+    #[test]
+    fn presence_makes_devices_and_online_offline_events() {
+        let mut r = Registry::default();
+        let c = r.apply(1000, "pi-1", &status(true, Some(2)));
+        assert!(matches!(&c[1], Change::Event(e) if e.kind == "online"));
+        let d = r.device("pi-1").expect("known");
+        assert_eq!((d.online, d.version, d.groups.as_slice(), d.first_seen_ms), (true, Some(2), &["lab".to_string()][..], 1000));
+        assert_eq!(r.apply(2000, "pi-1", &status(true, Some(2))).len(), 1, "no new event: still online");
+        let c = r.apply(3000, "pi-1", &status(false, Some(2)));
+        assert!(matches!(&c[1], Change::Event(e) if e.kind == "offline"));
+        let d = r.device("pi-1").expect("known");
+        assert_eq!((d.online, d.version, d.last_seen_ms, d.first_seen_ms), (false, Some(2), 3000, 1000));
+    }
+
+    #[test]
+    fn telemetry_adds_up_and_a_repeated_delivery_changes_nothing() {
+        let mut r = Registry::default();
+        let c = r.apply(10, "pi-1", &telemetry(1, 5_000, 100));
+        assert!(matches!(&c[1], Change::Point(id, p) if id == "pi-1" && p.inferences == 100 && p.errors == 3));
+        assert!(r.apply(11, "pi-1", &telemetry(1, 5_000, 100)).is_empty(), "the same report again");
+        r.apply(12, "pi-1", &telemetry(2, 6_000, 50));
+        assert!(r.apply(13, "pi-1", &telemetry(1, 5_000, 100)).is_empty(), "an old report resent");
+        let d = r.device("pi-1").expect("known");
+        assert_eq!((d.totals.inferences, d.totals.errors(), d.totals.busy_errors), (150, 6, 4));
+        assert_eq!((d.version, d.slot.as_deref()), (Some(3), Some("b")), "telemetry says what is served");
+        let last = d.last.as_ref().expect("a period");
+        assert_eq!((last.end_ms, last.inferences, last.p50_us, last.cpu_pct), (6_000, 50, Some(250), Some(12.5)));
+        // A device whose data dir was reset counts from 1 again, in a later period.
+        assert_eq!(r.apply(14, "pi-1", &telemetry(1, 9_000, 7)).len(), 2);
+        assert_eq!(r.device("pi-1").expect("known").totals.inferences, 157);
+    }
+
+    #[test]
+    fn progress_becomes_an_operation_event_once() {
+        use drover_wire::message::{Digest, Op};
+        let p = Progress {
+            op: Op::Bundle { transfer: Digest([1; 32]), name: "iris".try_into().expect("n"), version: 4, issued_at: 1 },
+            phase: Phase::Failed { reason: "bad signature".try_into().expect("reason") },
+            at: 1,
+        };
+        let mut r = Registry::default();
+        let c = r.apply(5, "pi-1", &Record::Progress(p.clone()));
+        assert!(matches!(&c[1], Change::Event(e) if e.text == "iris v4: failed: bad signature"), "{c:?}");
+        assert_eq!(r.apply(6, "pi-1", &Record::Progress(p)).len(), 1, "the retained copy again: no event");
+    }
+}
