@@ -54,6 +54,17 @@ SEED_IRIS_REF = 2003
 SEED_DTYPES_REF = 2004
 SEED_CNN_CAL = 3001
 SEED_MLP_CAL = 3002
+SEED_SENSOR_TRAIN = 4001
+SEED_SENSOR_REF = 4002
+
+# The sensor model's input: firmware-shim's FeatureLayout(["ax", "ay", "az"], TIME + 4 bands) over
+# windows of 128 samples at 100 Hz (firmware-shim/example-firmware/src/app.rs). The features
+# below are computed exactly as firmware-shim/src/features.rs and fft.rs compute them.
+SENSOR_WINDOW = 128
+SENSOR_RATE_HZ = 100.0
+SENSOR_BANDS = 4
+SENSOR_CHANNELS = ["ax", "ay", "az"]
+SENSOR_CLASSES = ["idle", "walking", "vibration"]
 
 # Op types handed to the quantizer for the "standard ops only" QOperator models.
 # Gemm (-> com.microsoft::QGemm) and Add (-> com.microsoft::QLinearAdd) are
@@ -560,6 +571,85 @@ def make_iris() -> tuple[onnx.ModelProto, np.ndarray, LogisticRegression]:
     return onx, X, clf
 
 
+def sensor_features(window: np.ndarray) -> np.ndarray:
+    """[3, N] accelerometer window (g) -> the 24 features of the shim's layout, in its order:
+    per channel mean, rms, p2p, zero crossings of the mean-removed signal (exact zeros skipped),
+    then the one-sided power of bins 1..N/2 in 4 equal bands, scaled to add up to the variance."""
+    out = []
+    n = window.shape[1]
+    half = n // 2
+    for x in window.astype(np.float32).astype(np.float64):
+        mean = x.mean()
+        c = x - mean
+        signs = np.sign(c[c != 0])
+        zc = int(np.count_nonzero(signs[1:] != signs[:-1]))
+        spec = np.fft.fft(c)
+        power = (spec.real**2 + spec.imag**2) / (n * n)
+        weight = np.where(np.arange(n) == half, 1.0, 2.0)
+        bands = [
+            float(np.sum((power * weight)[1 + b * half // SENSOR_BANDS : 1 + (b + 1) * half // SENSOR_BANDS]))
+            for b in range(SENSOR_BANDS)
+        ]
+        out += [mean, np.sqrt(np.mean(x * x)), x.max() - x.min(), zc, *bands]
+    return np.array(out, dtype=np.float32)
+
+
+def sensor_window(rng: np.random.Generator, cls: int) -> np.ndarray:
+    """One synthetic MPU-6050 window (g; gravity on z) of class `cls`: 0 idle (sensor noise),
+    1 walking (1.5-2.5 Hz sway), 2 vibration (15-30 Hz, a motor). tests/sensor_input.rs plays the
+    same recipe through the shim."""
+    t = np.arange(SENSOR_WINDOW) / SENSOR_RATE_HZ
+    w = rng.normal(0.0, 0.01, size=(3, SENSOR_WINDOW))
+    w[2] += 1.0
+    if cls == 1:
+        f = rng.uniform(1.5, 2.5)
+        w[2] += rng.uniform(0.2, 0.4) * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
+        w[0] += rng.uniform(0.1, 0.2) * np.sin(np.pi * f * t + rng.uniform(0, 2 * np.pi))
+    elif cls == 2:
+        f = rng.uniform(15.0, 30.0)
+        for axis in range(3):
+            w[axis] += rng.uniform(0.1, 0.4) * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
+    return w
+
+
+def make_sensor() -> tuple[onnx.ModelProto, np.ndarray, LogisticRegression]:
+    rng = np.random.default_rng(SEED_SENSOR_TRAIN)
+    y = np.repeat(np.arange(len(SENSOR_CLASSES)), 200)
+    X = np.stack([sensor_features(sensor_window(rng, int(c))) for c in y])
+    clf = LogisticRegression(max_iter=5000)
+    clf.fit(X.astype(np.float64), y)
+    held_y = np.repeat(np.arange(len(SENSOR_CLASSES)), 50)
+    held_X = np.stack([sensor_features(sensor_window(rng, int(c))) for c in held_y])
+    accuracy = float(np.mean(clf.predict(held_X.astype(np.float64)) == held_y))
+    assert accuracy >= 0.98, accuracy
+    onx = convert_sklearn(
+        clf,
+        name="sensor_logreg",
+        initial_types=[("features", FloatTensorType([None, X.shape[1]]))],
+        options={id(clf): {"zipmap": False}},
+        target_opset={"": OPSET, "ai.onnx.ml": 1},
+    )
+    seen, imports = set(), []
+    for o in onx.opset_import:
+        if (o.domain or "") not in seen:
+            seen.add(o.domain or "")
+            imports.append(helper.make_opsetid(o.domain, o.version))
+    del onx.opset_import[:]
+    onx.opset_import.extend(imports)
+    for vi in list(onx.graph.input) + list(onx.graph.output):
+        d0 = vi.type.tensor_type.shape.dim[0]
+        assert not d0.HasField("dim_value") and not d0.dim_param
+        d0.dim_param = "N"
+    onx.producer_name = PRODUCER + " (skl2onnx " + skl2onnx.__version__ + ")"
+    onx.doc_string = (
+        "scikit-learn LogisticRegression(max_iter=5000) on synthetic MPU-6050 windows "
+        f"({', '.join(SENSOR_CLASSES)}): drover-shim's 24 features, skl2onnx, zipmap=False "
+        f"(held-out accuracy {accuracy:.3f})"
+    )
+    onnx.checker.check_model(onx, full_check=True)
+    return onx, X, clf
+
+
 # --------------------------------------------------------------------------- #
 # main
 # --------------------------------------------------------------------------- #
@@ -682,6 +772,35 @@ def main() -> int:
         write_reference("iris_logreg", {"float_input": iris_x}, out, {"label": 0, "probabilities": FLOAT_TOL}),
     )
 
+    # ---------------- sensor (sklearn on drover-shim's features) ----------------
+    sensor_model, sensor_X, sensor_clf = make_sensor()
+    sensor_sess = session(save(sensor_model, "sensor_logreg.onnx"))
+    data = HERE / "data"
+    with open(data / "sensor.train.jsonl", "w") as f:
+        for row in sensor_X:
+            f.write(json_array(row) + "\n")
+    names = [f"{c}.{k}" for c in SENSOR_CHANNELS for k in ["mean", "rms", "p2p", "zc", "band0", "band1", "band2", "band3"]]
+    (data / "sensor.features.txt").write_text(",".join(names) + "\n")
+    rng = np.random.default_rng(SEED_SENSOR_REF)
+    chosen = []
+    # fresh windows, each class in turn, kept only with a clear top-2 margin (as for iris)
+    while len(chosen) < SAMPLES:
+        cand = sensor_features(sensor_window(rng, len(chosen) % len(SENSOR_CLASSES)))
+        probs = run_batch(sensor_sess, {"features": cand[None]})["probabilities"][0]
+        top2 = np.sort(probs)[-2:]
+        if top2[1] - top2[0] >= 0.02:
+            chosen.append(cand)
+    sensor_x = np.stack(chosen)
+    out = run_batch(sensor_sess, {"features": sensor_x})
+    assert np.array_equal(out["label"], sensor_clf.predict(sensor_x.astype(np.float64)))
+    assert np.allclose(out["probabilities"], sensor_clf.predict_proba(sensor_x.astype(np.float64)), atol=1e-5)
+    entry(
+        "sensor_logreg",
+        "sklearn",
+        "symbolic",
+        write_reference("sensor_logreg", {"features": sensor_x}, out, {"label": 0, "probabilities": FLOAT_TOL}),
+    )
+
     # ---------------- dtypes ----------------
     dt_path = save(make_dtypes(), "dtypes.onnx")
     rng = np.random.default_rng(SEED_DTYPES_REF)
@@ -718,7 +837,7 @@ def main() -> int:
     order = [
         "cnn", "cnn_int8_qdq", "cnn_int8_qop", "cnn_int8_qop_msft",
         "mlp", "mlp_int8_qdq", "mlp_int8_qop", "mlp_int8_qop_msft",
-        "iris_logreg", "dtypes",
+        "iris_logreg", "sensor_logreg", "dtypes",
     ]  # fmt: skip
     by_name = {m["name"]: m for m in manifest_models}
     assert sorted(by_name) == sorted(order)

@@ -49,8 +49,63 @@ impl<const N: usize> Window<N> {
     }
 }
 
+/// A fixed-size tumbling window over `C` channels sampled together (the axes of one
+/// accelerometer), `N` samples each: the unit a [`FeatureLayout`](crate::FeatureLayout) turns
+/// into one model input.
+///
+/// Kept as arrays rather than vectors so the FFT can take a channel as `&[f32; N]` and the size
+/// is part of the type.
+#[derive(Debug, Clone)]
+pub struct MultiWindow<const C: usize, const N: usize> {
+    data: [[f32; N]; C],
+    len: usize,
+}
+
+impl<const C: usize, const N: usize> Default for MultiWindow<C, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const C: usize, const N: usize> MultiWindow<C, N> {
+    /// An empty window.
+    pub const fn new() -> Self {
+        MultiWindow { data: [[0.0; N]; C], len: 0 }
+    }
+
+    /// Adds one sample of every channel. Returns the completed window when this sample filled
+    /// it; the next push starts a new one (no sample counts twice).
+    pub fn push(&mut self, sample: [f32; C]) -> Option<&[[f32; N]; C]> {
+        if self.len >= N {
+            self.len = 0;
+        }
+        for (channel, v) in self.data.iter_mut().zip(sample) {
+            channel[self.len] = v;
+        }
+        self.len += 1;
+        (self.len == N).then_some(&self.data)
+    }
+
+    /// Every channel's samples; the first [`len`](Self::len) of each are the current window's.
+    pub fn channels(&self) -> &[[f32; N]; C] {
+        &self.data
+    }
+
+    /// Samples per channel in the current window (N right after it completed).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no sample is in the window.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
 
     #[test]
@@ -67,6 +122,19 @@ mod tests {
             }
         }
         assert_eq!(yielded, 3);
+    }
+
+    #[test]
+    fn multi_window_completes_every_n_samples_per_channel() {
+        let mut w: MultiWindow<2, 3> = MultiWindow::new();
+        let mut completed = std::vec::Vec::new();
+        for i in 0..7 {
+            if let Some(full) = w.push([i as f32, -(i as f32)]) {
+                completed.push(*full);
+            }
+        }
+        assert_eq!(completed, [[[0.0, 1.0, 2.0], [0.0, -1.0, -2.0]], [[3.0, 4.0, 5.0], [-3.0, -4.0, -5.0]]]);
+        assert_eq!(w.len(), 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod cmd;
 pub mod engine;
+pub mod input;
 pub mod link;
 pub mod outbox;
 pub mod reference;

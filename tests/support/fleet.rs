@@ -69,6 +69,7 @@ impl Fleet {
                         listen: drover_runtime::api::Listen::Off,
                         ..Default::default()
                     },
+                    input: Vec::new(),
                 };
                 Member { cfg, stop: None, inference: None, task: None }
             })

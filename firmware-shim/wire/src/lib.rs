@@ -20,6 +20,7 @@ mod arch;
 pub mod command;
 mod dtype;
 pub mod event;
+pub mod frame;
 pub mod manifest;
 pub mod message;
 pub mod telemetry;

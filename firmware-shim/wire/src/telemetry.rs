@@ -10,6 +10,7 @@ use drover_drift::{FeatureScore, LatencyHistogram, Sketch};
 use heapless::{String, Vec};
 use serde::{Deserialize, Serialize};
 
+use crate::frame::{DeviceStats, LinkStats};
 use crate::manifest::MAX_NAME;
 use crate::message::{ModelRef, Slot};
 
@@ -121,6 +122,90 @@ pub struct Telemetry {
     pub shadow: Option<Shadow>,
     /// How each variant of a traffic split did, while one runs.
     pub split: Option<Split>,
+    /// Each configured sensor input (`[[input]]`), in configuration order.
+    pub inputs: Vec<InputReport, MAX_INPUTS>,
+}
+
+/// Most sensor inputs one agent reports.
+pub const MAX_INPUTS: usize = 8;
+
+/// Most predicted classes an input report counts one by one; higher (and negative) classes
+/// share [`InputReport::other_classes`].
+pub const MAX_INPUT_CLASSES: usize = 16;
+
+/// One sensor input over a period: the serial link's health (frames, losses, corruption), the
+/// windows it delivered and what the model predicted for them, so an operator sees a flaky
+/// cable or a silent sensor next to the inferences it costs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputReport {
+    /// The input's name (its configured `name`, else its device path).
+    pub name: String<MAX_NAME>,
+    /// Whether the port or bus was open at the end of the period.
+    pub connected: bool,
+    /// Frames received, lost and rejected (serial inputs; zero for bus inputs).
+    pub link: LinkStats,
+    /// Complete windows received or sampled.
+    pub windows: u64,
+    /// Windows inferred.
+    pub inferred: u64,
+    /// Windows whose width or layout does not match the served model's input.
+    pub mismatched: u64,
+    /// Windows the inference service refused (no model, busy, engine error).
+    pub refused: u64,
+    /// Failed sensor reads (bus inputs; a microcontroller reports its own in `device`).
+    pub sensor_errors: u64,
+    /// Predictions per class: `classes[c]` windows were predicted class `c`.
+    pub classes: Vec<u64, MAX_INPUT_CLASSES>,
+    /// Predictions of classes past [`MAX_INPUT_CLASSES`] or negative.
+    pub other_classes: u64,
+    /// The microcontroller's last `Stats` frame (serial inputs).
+    pub device: Option<DeviceStats>,
+}
+
+impl InputReport {
+    /// An empty report for the input called `name` (cut to [`MAX_NAME`] bytes).
+    pub fn new(name: &str) -> InputReport {
+        let mut cut = name.len().min(MAX_NAME);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        InputReport {
+            name: String::try_from(&name[..cut]).unwrap_or_default(),
+            connected: false,
+            link: LinkStats::default(),
+            windows: 0,
+            inferred: 0,
+            mismatched: 0,
+            refused: 0,
+            sensor_errors: 0,
+            classes: Vec::new(),
+            other_classes: 0,
+            device: None,
+        }
+    }
+
+    /// Counts one prediction of `class`.
+    pub fn count_class(&mut self, class: i64) {
+        match usize::try_from(class) {
+            Ok(c) if c < MAX_INPUT_CLASSES => {
+                while self.classes.len() <= c {
+                    // Bounded by MAX_INPUT_CLASSES just above.
+                    let _ = self.classes.push(0);
+                }
+                self.classes[c] += 1;
+            }
+            _ => self.other_classes += 1,
+        }
+    }
+
+    /// This period's report, leaving `self` empty for the next one but still naming the input
+    /// and remembering whether it is connected and the device's last stats.
+    pub fn take(&mut self) -> InputReport {
+        let mut next = InputReport::new(&self.name);
+        next.connected = self.connected;
+        next.device = self.device;
+        core::mem::replace(self, next)
+    }
 }
 
 /// Most classes a split variant counts one by one; higher (and negative) classes share a bucket.
@@ -323,6 +408,22 @@ mod tests {
 
     fn model(version: u64) -> ModelRef {
         ModelRef { name: String::try_from("iris").unwrap_or_default(), version }
+    }
+
+    #[test]
+    fn input_reports_count_classes_and_start_each_period_empty() {
+        let mut r = InputReport::new("mpu-on-uart");
+        for class in [2, 2, 0, -1, MAX_INPUT_CLASSES as i64] {
+            r.count_class(class);
+        }
+        r.connected = true;
+        r.windows = 5;
+        assert_eq!((r.classes.as_slice(), r.other_classes), ([1, 0, 2].as_slice(), 2));
+        let period = r.take();
+        assert_eq!(period.windows, 5);
+        assert_eq!((r.windows, r.classes.len(), r.connected, r.name.as_str()), (0, 0, true, "mpu-on-uart"));
+        let long = "é".repeat(40);
+        assert_eq!(InputReport::new(&long).name.len(), 64, "cut on a char boundary");
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub struct AgentConfig {
     /// The local inference API.
     #[serde(default)]
     pub api: crate::api::ApiSettings,
+    /// Sensor inputs (`[[input]]`): frames from a microcontroller on a tty, or sensors on the
+    /// board's own I2C/SPI bus; each window is inferred by the served model.
+    #[serde(default)]
+    pub input: Vec<crate::input::InputSettings>,
 }
 
 /// The `[telemetry]` table.
@@ -261,6 +265,9 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("{0}")]
     Range(String),
+    /// An `[[input]]` table is unusable.
+    #[error("{0}")]
+    Input(#[from] crate::input::InputConfigError),
 }
 
 impl AgentConfig {
@@ -286,6 +293,7 @@ impl AgentConfig {
         if cfg.broker.max_packet < 4096 {
             return Err(ConfigError::Range("broker.max_packet must be at least 4096 bytes".into()));
         }
+        crate::input::check(&cfg.input)?;
         Ok(cfg)
     }
 
@@ -390,6 +398,14 @@ batch_delay_us = 200
 [api]
 listen = "unix:/run/drover/api.sock"
 max_body_kib = 1024
+[[input]]
+kind = "serial"
+path = "/dev/ttyACM0"
+baud = 230400
+[[input]]
+kind = "i2c"
+device = "/dev/i2c-1"
+part = "adxl345"
 "#,
         )
         .unwrap();
@@ -404,6 +420,8 @@ max_body_kib = 1024
         let b = s.batching.expect("batching on");
         assert_eq!((b.max_batch, b.max_delay), (16, std::time::Duration::from_micros(200)));
         assert_eq!(c.api.listen, crate::api::Listen::Unix("/run/drover/api.sock".into()));
+        assert_eq!(c.input.len(), 2);
+        assert!(matches!(&c.input[0], crate::input::InputSettings::Serial { baud: 230_400, .. }));
         let plain = AgentConfig::parse("device = \"pi\"\ndata_dir = \"/d\"").unwrap();
         assert_eq!(plain.serve_settings(Some(150)).thresholds.psi, 0.15, "then the bundle's");
         assert_eq!(plain.serve_settings(None).thresholds, drover_wire::drift::Thresholds::default());
@@ -421,6 +439,10 @@ max_body_kib = 1024
             ("device = \"pi\"\ndata_dir = \"/d\"\n[telemetry]\nperiod_s = 0", "period_s"),
             ("device = \"pi\"\ndata_dir = \"/d\"\n[drift]\npsy = 0.1", "unknown field"),
             ("device = \"pi\"\ndata_dir = \"/d\"\n[api]\nlisten = \"localhost\"", "HOST:PORT"),
+            (
+                "device = \"pi\"\ndata_dir = \"/d\"\n[[input]]\nkind = \"i2c\"\ndevice = \"/dev/i2c-1\"\npart = \"mpu6050\"\naddress = 0x53",
+                "two addresses",
+            ),
         ] {
             let e = AgentConfig::parse(text).unwrap_err().to_string();
             assert!(e.contains(expect), "{e} / {expect}");

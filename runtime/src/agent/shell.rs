@@ -136,6 +136,8 @@ struct Agent {
     /// Telemetry period from the bundle (the config's wins).
     bundle_period_s: Option<u32>,
     next_telemetry_ms: u64,
+    /// The sensor inputs (`[[input]]`), feeding `inference`.
+    inputs: crate::input::Inputs,
 }
 
 /// Runs one agent until `shutdown` resolves: boots the store (boot counter, verification,
@@ -211,6 +213,7 @@ pub async fn run_with(
     let pump = tokio::spawn(pump(eventloop, tx, seed, crate::link::pump::Acks::Report));
 
     let api = tokio::spawn(crate::api::run(cfg.api.clone(), inference.clone()));
+    let inputs = crate::input::Inputs::start(&cfg.input, &inference);
     let probe = SystemProbe::new("/", &cfg.data_dir);
     let mut agent = Agent {
         cfg,
@@ -225,6 +228,7 @@ pub async fn run_with(
         probe,
         bundle_period_s: None,
         next_telemetry_ms: 0,
+        inputs,
     };
     agent.reload().await;
     agent.probe.sample(); // the first CPU reading, so the first period reports usage
@@ -232,6 +236,7 @@ pub async fn run_with(
     let result = agent.serve(rx, shutdown).await;
     pump.abort();
     api.abort();
+    agent.inputs.stop();
     result
 }
 
@@ -377,6 +382,7 @@ impl Agent {
             let (period, quality) = self.inference.take_period(unix_ms);
             let shadow = self.inference.take_shadow();
             let split = self.inference.take_split();
+            let inputs = self.inputs.take_reports();
             let system = self.probe.sample();
             let serving = self.session.serving().clone();
             let queue_capacity = self.inference.queue_capacity();
@@ -401,6 +407,7 @@ impl Agent {
                     quality,
                     shadow,
                     split,
+                    inputs,
                 };
                 codec::encode(format, &t)
             });
