@@ -56,6 +56,9 @@ pub enum Verb {
     Alerts(cmd::alerts::AlertsArgs),
     /// Send the true labels of earlier predictions to a device.
     Feedback(cmd::feedback::FeedbackArgs),
+    /// The fleet server (`serve`) and its views: `status`, `watch`, `device`.
+    #[command(subcommand)]
+    Fleet(cmd::fleet::FleetCommand),
 }
 
 /// Runs a parsed command line at time `now_ms` (Unix milliseconds: the clock is read by the
@@ -79,6 +82,7 @@ pub fn run(cli: Cli, now_ms: u64) -> anyhow::Result<ExitCode> {
         Verb::Decode(args) => cmd::decode::run(&args).map(|_| true)?,
         Verb::Watch(args) => cmd::decode::watch(&args).map(|_| true)?,
         Verb::Alerts(args) => cmd::alerts::run(&args)?,
+        Verb::Fleet(c) => cmd::fleet::run(&c)?,
         Verb::Feedback(args) => {
             let n = cmd::feedback::run(&args)?;
             eprintln!("sent {n} labels to {}", args.device);

@@ -4,8 +4,8 @@
 pub mod broker;
 pub mod bundle_build;
 pub mod cli;
-pub mod fleet;
 pub mod cmd;
+pub mod fleet;
 pub mod keys;
 pub mod mlflow;
 pub mod publish;

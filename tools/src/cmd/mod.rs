@@ -9,6 +9,7 @@ pub mod command;
 pub mod decode;
 pub mod delegate;
 pub mod feedback;
+pub mod fleet;
 pub mod inspect;
 pub mod keygen;
 pub mod push;

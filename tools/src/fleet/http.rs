@@ -91,7 +91,10 @@ async fn guard(
             .map(str::trim);
         let given = bearer.or(q.get("token").map(String::as_str));
         if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
-            return error(StatusCode::UNAUTHORIZED, "a token is required: Authorization: Bearer TOKEN, or ?token=TOKEN");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "a token is required: Authorization: Bearer TOKEN, or ?token=TOKEN",
+            );
         }
     }
     next.run(request).await
@@ -108,9 +111,9 @@ async fn metrics(State(api): State<Api>) -> Response {
 
 /// The fleet table, optionally of one group.
 pub fn fleet_view(api: &Api, group: Option<&str>) -> FleetView {
-    let devices = api.hub.registry(|r| {
-        r.devices().filter(|d| group.is_none_or(|g| d.groups.iter().any(|x| x == g))).cloned().collect()
-    });
+    let devices = api
+        .hub
+        .registry(|r| r.devices().filter(|d| group.is_none_or(|g| d.groups.iter().any(|x| x == g))).cloned().collect());
     FleetView { generated_ms: (api.now_ms)(), devices }
 }
 
@@ -134,18 +137,21 @@ async fn device(State(api): State<Api>, Path(id): Path<String>) -> Response {
 async fn series(State(api): State<Api>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
     let number = |k: &str, default: u64| q.get(k).map_or(Ok(default), |v| v.parse::<u64>().map_err(|_| k.to_string()));
     let now = (api.now_ms)();
-    let (since, until, points) = match (number("since_ms", now.saturating_sub(3_600_000)), number("until_ms", now), number("max_points", 300)) {
-        (Ok(s), Ok(u), Ok(p)) => (s, u, p.clamp(1, 5000) as usize),
-        (Err(k), _, _) | (_, Err(k), _) | (_, _, Err(k)) => {
-            return error(StatusCode::BAD_REQUEST, &format!("'{k}' must be a whole number"));
-        }
-    };
+    let (since, until, points) =
+        match (number("since_ms", now.saturating_sub(3_600_000)), number("until_ms", now), number("max_points", 300)) {
+            (Ok(s), Ok(u), Ok(p)) => (s, u, p.clamp(1, 5000) as usize),
+            (Err(k), _, _) | (_, Err(k), _) | (_, _, Err(k)) => {
+                return error(StatusCode::BAD_REQUEST, &format!("'{k}' must be a whole number"));
+            }
+        };
     if api.hub.registry(|r| r.device(&id).is_none()) {
         return error(StatusCode::NOT_FOUND, &format!("no device '{id}' is known to this fleet server"));
     }
     let hub = api.hub.clone();
     let found = tokio::task::spawn_blocking(move || {
-        hub.storage(|s| Ok::<_, super::storage::StorageError>((s.series(&id, since, until, points)?, s.drift(&id, since, points)?)))
+        hub.storage(|s| {
+            Ok::<_, super::storage::StorageError>((s.series(&id, since, until, points)?, s.drift(&id, since, points)?))
+        })
     })
     .await;
     match found {
@@ -176,7 +182,8 @@ async fn stream(
     let wakes = BroadcastStream::new(api.hub.subscribe()).throttle(Duration::from_millis(500));
     let later = wakes.map(move |_| fleet_view(&api, group.as_deref()));
     let views = tokio_stream::once(first).chain(later);
-    let events = views.map(|view| Ok(SseEvent::default().event("fleet").data(serde_json::to_string(&view).unwrap_or_default())));
+    let events =
+        views.map(|view| Ok(SseEvent::default().event("fleet").data(serde_json::to_string(&view).unwrap_or_default())));
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 

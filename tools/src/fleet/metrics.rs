@@ -48,7 +48,11 @@ pub fn render<'a>(devices: impl Iterator<Item = &'a Device>, ingest: Ingest, rol
             e.1 += 1;
         }
     }
-    out.family("drover_fleet_devices", "gauge", "Devices known to the fleet server, by presence and served model version.");
+    out.family(
+        "drover_fleet_devices",
+        "gauge",
+        "Devices known to the fleet server, by presence and served model version.",
+    );
     for ((model, version), (online, offline)) in &by_version {
         for (state, n) in [("online", online), ("offline", offline)] {
             out.sample("drover_fleet_devices", &[("state", state), ("model", model), ("version", version)], *n as f64);
@@ -77,16 +81,23 @@ pub fn render<'a>(devices: impl Iterator<Item = &'a Device>, ingest: Ingest, rol
     for d in &devices {
         out.sample("drover_device_last_seen_seconds", &[("device", &d.id)], d.last_seen_ms as f64 / 1000.0);
     }
-    out.family("drover_device_inferences_total", "counter", "Inferences the device answered, since the server first saw it.");
+    out.family(
+        "drover_device_inferences_total",
+        "counter",
+        "Inferences the device answered, since the server first saw it.",
+    );
     for d in &devices {
         out.sample("drover_device_inferences_total", &[("device", &d.id)], d.totals.inferences as f64);
     }
     out.family("drover_device_errors_total", "counter", "Requests the device did not answer, by kind.");
     for d in &devices {
         let t = &d.totals;
-        for (kind, n) in
-            [("input", t.input_errors), ("engine", t.engine_errors), ("busy", t.busy_errors), ("no_model", t.no_model_errors)]
-        {
+        for (kind, n) in [
+            ("input", t.input_errors),
+            ("engine", t.engine_errors),
+            ("busy", t.busy_errors),
+            ("no_model", t.no_model_errors),
+        ] {
             out.sample("drover_device_errors_total", &[("device", &d.id), ("kind", kind)], n as f64);
         }
     }
@@ -103,13 +114,21 @@ pub fn render<'a>(devices: impl Iterator<Item = &'a Device>, ingest: Ingest, rol
             }
         }
     }
-    out.family("drover_device_drift_score", "gauge", "Largest PSI over the features of the device's latest judged drift window.");
+    out.family(
+        "drover_device_drift_score",
+        "gauge",
+        "Largest PSI over the features of the device's latest judged drift window.",
+    );
     for d in &devices {
         if let Some(w) = &d.drift {
             out.sample("drover_device_drift_score", &[("device", &d.id)], w.score);
         }
     }
-    out.family("drover_device_drifted_features", "gauge", "Features that drifted in the device's latest judged window.");
+    out.family(
+        "drover_device_drifted_features",
+        "gauge",
+        "Features that drifted in the device's latest judged window.",
+    );
     for d in &devices {
         if let Some(w) = &d.drift {
             out.sample("drover_device_drifted_features", &[("device", &d.id)], w.drifted.len() as f64);
@@ -119,7 +138,9 @@ pub fn render<'a>(devices: impl Iterator<Item = &'a Device>, ingest: Ingest, rol
         ("drover_device_cpu_ratio", "CPU busy over the latest period, share of all cores.", |d| {
             d.last.as_ref()?.cpu_pct.map(|c| f64::from(c) / 100.0)
         }),
-        ("drover_device_memory_used_bytes", "Host memory in use.", |d| d.last.as_ref().map(|p| p.mem_used_kib as f64 * 1024.0)),
+        ("drover_device_memory_used_bytes", "Host memory in use.", |d| {
+            d.last.as_ref().map(|p| p.mem_used_kib as f64 * 1024.0)
+        }),
         ("drover_device_agent_resident_bytes", "The agent's resident set.", |d| {
             d.last.as_ref().map(|p| p.rss_kib as f64 * 1024.0)
         }),
@@ -127,9 +148,11 @@ pub fn render<'a>(devices: impl Iterator<Item = &'a Device>, ingest: Ingest, rol
         ("drover_device_outbox_queued", "Reports waiting in the device's store-and-forward queue.", |d| {
             d.last.as_ref().map(|p| f64::from(p.outbox_queued))
         }),
-        ("drover_device_shadow_agreement_ratio", "Top-1 agreement of the shadow candidate over the latest period.", |d| {
-            d.last.as_ref()?.shadow_agreement
-        }),
+        (
+            "drover_device_shadow_agreement_ratio",
+            "Top-1 agreement of the shadow candidate over the latest period.",
+            |d| d.last.as_ref()?.shadow_agreement,
+        ),
     ];
     for (name, help, value) in gauges {
         out.family(name, "gauge", help);

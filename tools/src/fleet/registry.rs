@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use drover_drift::LatencyHistogram;
+use drover_wire::drift::LatencyHistogram;
 use drover_wire::message::{Phase, Progress, Slot, Status};
 use drover_wire::telemetry::{DriftWindow, Telemetry};
 use serde::{Deserialize, Serialize};
@@ -367,7 +367,7 @@ fn describe_progress(p: &Progress) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use drover_wire::Arch;
     use drover_wire::manifest::AgentVersion;
@@ -413,6 +413,7 @@ mod tests {
             quality: None,
             shadow: None,
             split: None,
+            inputs: heapless::Vec::new(),
         }))
     }
 
@@ -422,7 +423,10 @@ mod tests {
         let c = r.apply(1000, "pi-1", &status(true, Some(2)));
         assert!(matches!(&c[1], Change::Event(e) if e.kind == "online"));
         let d = r.device("pi-1").expect("known");
-        assert_eq!((d.online, d.version, d.groups.as_slice(), d.first_seen_ms), (true, Some(2), &["lab".to_string()][..], 1000));
+        assert_eq!(
+            (d.online, d.version, d.groups.as_slice(), d.first_seen_ms),
+            (true, Some(2), &["lab".to_string()][..], 1000)
+        );
         assert_eq!(r.apply(2000, "pi-1", &status(true, Some(2))).len(), 1, "no new event: still online");
         let c = r.apply(3000, "pi-1", &status(false, Some(2)));
         assert!(matches!(&c[1], Change::Event(e) if e.kind == "offline"));

@@ -53,7 +53,9 @@ pub enum ServeError {
         source: std::io::Error,
     },
     /// Open beyond loopback without a token.
-    #[error("refusing to serve {0} beyond loopback without a token: give --token-file, or put an authenticating proxy in front and listen on 127.0.0.1")]
+    #[error(
+        "refusing to serve {0} beyond loopback without a token: give --token-file, or put an authenticating proxy in front and listen on 127.0.0.1"
+    )]
     Open(SocketAddr),
     /// The MQTT settings.
     #[error(transparent)]
@@ -154,10 +156,7 @@ pub async fn serve(
     write_and_ack(&hub, &client, &mut unacked);
     let _ = client.disconnect().await;
     // Lets the disconnect (and the last acknowledgements) go out.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while eventloop.poll().await.is_ok() {}
-    })
-    .await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), async { while eventloop.poll().await.is_ok() {} }).await;
     let _ = stop_http.send(());
     let _ = http.await;
     result

@@ -76,7 +76,13 @@ pub trait Storage: Send {
     /// A device's telemetry periods ending in `[since_ms, until_ms]`, oldest first: the raw
     /// periods where they are still kept, five-minute roll-ups before that, merged down to at most
     /// `max_points` points.
-    fn series(&self, device: &str, since_ms: u64, until_ms: u64, max_points: usize) -> Result<Vec<Period>, StorageError>;
+    fn series(
+        &self,
+        device: &str,
+        since_ms: u64,
+        until_ms: u64,
+        max_points: usize,
+    ) -> Result<Vec<Period>, StorageError>;
     /// A device's judged drift windows since `since_ms`, oldest first, at most `limit` (the newest).
     fn drift(&self, device: &str, since_ms: u64, limit: usize) -> Result<Vec<Drift>, StorageError>;
     /// The newest `limit` events (of one device, or all), newest first.

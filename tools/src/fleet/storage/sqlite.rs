@@ -97,7 +97,8 @@ impl Storage for Sqlite {
                 "INSERT INTO devices (id, online, last_seen_ms, doc) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (id) DO UPDATE SET online = ?2, last_seen_ms = ?3, doc = ?4",
             )?;
-            let mut point = tx.prepare_cached("INSERT OR IGNORE INTO points (device, end_ms, doc) VALUES (?1, ?2, ?3)")?;
+            let mut point =
+                tx.prepare_cached("INSERT OR IGNORE INTO points (device, end_ms, doc) VALUES (?1, ?2, ?3)")?;
             let mut rollup = tx.prepare_cached(
                 "INSERT INTO rollups (device, bucket_ms, periods, length_ms, inferences, errors, p50_us, p90_us,
                     p99_us, cpu_sum, cpu_n, temp_max, mem_used_kib, rss_kib, version)
@@ -111,8 +112,10 @@ impl Storage for Sqlite {
                     temp_max = max(coalesce(temp_max, -1000), coalesce(?11, -1000)),
                     mem_used_kib = max(mem_used_kib, ?12), rss_kib = max(rss_kib, ?13), version = ?14",
             )?;
-            let mut drift = tx.prepare_cached("INSERT OR IGNORE INTO drift (device, end_ms, doc) VALUES (?1, ?2, ?3)")?;
-            let mut event = tx.prepare_cached("INSERT INTO events (device, at_ms, kind, text) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut drift =
+                tx.prepare_cached("INSERT OR IGNORE INTO drift (device, end_ms, doc) VALUES (?1, ?2, ?3)")?;
+            let mut event =
+                tx.prepare_cached("INSERT INTO events (device, at_ms, kind, text) VALUES (?1, ?2, ?3, ?4)")?;
             for change in changes {
                 match change {
                     Change::Device(d) => {
@@ -158,14 +161,20 @@ impl Storage for Sqlite {
         let mut out = Vec::new();
         for row in rows {
             let (id, doc) = row?;
-            let d: Device =
-                serde_json::from_str(&doc).map_err(|e| StorageError::Corrupt { id: id.clone(), reason: e.to_string() })?;
+            let d: Device = serde_json::from_str(&doc)
+                .map_err(|e| StorageError::Corrupt { id: id.clone(), reason: e.to_string() })?;
             out.push(d);
         }
         Ok(out)
     }
 
-    fn series(&self, device: &str, since_ms: u64, until_ms: u64, max_points: usize) -> Result<Vec<Period>, StorageError> {
+    fn series(
+        &self,
+        device: &str,
+        since_ms: u64,
+        until_ms: u64,
+        max_points: usize,
+    ) -> Result<Vec<Period>, StorageError> {
         let mut raw = self.conn.prepare_cached(
             "SELECT doc FROM points WHERE device = ?1 AND end_ms >= ?2 AND end_ms <= ?3 ORDER BY end_ms",
         )?;

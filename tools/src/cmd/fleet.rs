@@ -1,0 +1,311 @@
+//! `drover fleet`: run the fleet server (`serve`), and read it from a terminal (`status`,
+//! `watch`, `device`) through its HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::broker_args::BrokerArgs;
+use crate::fleet::http::FleetView;
+use crate::fleet::registry::{Device, FleetEvent};
+use crate::fleet::server::{self, ServeConfig};
+use crate::fleet::storage::Retention;
+
+/// The fleet server and its views.
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Run the fleet server: registry, telemetry store, dashboard, JSON API, /metrics.
+    Serve(ServeArgs),
+    /// Print the fleet table (exit 1 if no device is known).
+    Status(StatusArgs),
+    /// The fleet table, redrawn as it changes.
+    Watch(StatusArgs),
+    /// One device's details and recent events.
+    Device(DeviceArgs),
+}
+
+/// `drover fleet serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The broker.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// The SQLite database (created if missing).
+    #[arg(long, default_value = "fleet.db")]
+    pub db: PathBuf,
+    /// Where the dashboard, the API and /metrics listen (beyond loopback only with a token).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// A file holding the token every HTTP request must carry.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// MQTT client id (one per server instance: its persistent session holds what it missed).
+    #[arg(long, default_value = "drover-fleet")]
+    pub client_id: String,
+    /// How long every telemetry period is kept.
+    #[arg(long, default_value = "24h", value_parser = super::parse_duration)]
+    pub raw_retention: Duration,
+    /// How long five-minute roll-ups, drift windows and events are kept.
+    #[arg(long, default_value = "30d", value_parser = super::parse_duration)]
+    pub retention: Duration,
+    /// At most this many raw periods in the database (the oldest go first).
+    #[arg(long, default_value_t = 5_000_000)]
+    pub max_raw_rows: u64,
+}
+
+/// `drover fleet status` and `watch`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The fleet server.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "DROVER_FLEET")]
+    pub server: String,
+    /// A file holding the server's token.
+    #[arg(long, env = "DROVER_FLEET_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Only this group.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `drover fleet device`.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// The device id.
+    pub id: String,
+    /// The fleet server.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "DROVER_FLEET")]
+    pub server: String,
+    /// A file holding the server's token.
+    #[arg(long, env = "DROVER_FLEET_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a `drover fleet` command.
+pub fn run(cmd: &FleetCommand) -> anyhow::Result<bool> {
+    match cmd {
+        FleetCommand::Serve(args) => serve(args).map(|_| true),
+        FleetCommand::Status(args) => {
+            let view = fetch_fleet(args)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print!("{}", table(&view));
+            }
+            Ok(!view.devices.is_empty())
+        }
+        FleetCommand::Watch(args) => loop {
+            match fetch_fleet(args) {
+                Ok(view) => print!("\x1b[2J\x1b[H{}", table(&view)),
+                Err(e) => println!("\x1b[2J\x1b[H{e:#}"),
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        },
+        FleetCommand::Device(args) => device(args),
+    }
+}
+
+fn read_token(path: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    path.as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map(|t| t.trim().to_string())
+                .with_context(|| format!("token file {}", p.display()))
+        })
+        .transpose()
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let cfg = ServeConfig {
+        broker: args.broker.settings()?,
+        client_id: args.client_id.clone(),
+        db: Some(args.db.clone()),
+        http: args.http,
+        token: read_token(&args.token_file)?,
+        retention: Retention {
+            raw: args.raw_retention,
+            rollup: args.retention,
+            max_raw_rows: args.max_raw_rows,
+            ..Retention::default()
+        },
+        batch_max: 16,
+        batch_delay: Duration::from_millis(50),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let (running, listener) =
+            server::start(&cfg).await.with_context(|| format!("fleet server ({})", args.db.display()))?;
+        eprintln!(
+            "fleet server: http://{} (database {}, broker {})",
+            running.http,
+            args.db.display(),
+            cfg.broker.address()
+        );
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        server::serve(cfg.clone(), &running, listener, Arc::new(unix_ms), shutdown).await.context("fleet server")
+    })
+}
+
+/// Unix ms now: the server's clock.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(server: &str, path: &str, token: &Option<String>) -> anyhow::Result<T> {
+    let url = format!("{}{path}", server.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut req = agent.get(&url);
+    if let Some(t) = token {
+        req = req.header("authorization", &format!("Bearer {t}"));
+    }
+    let mut reply = req.call().with_context(|| format!("fleet server {url}"))?;
+    let status = reply.status();
+    let body = reply.body_mut().read_to_string().with_context(|| format!("fleet server {url}"))?;
+    if !status.is_success() {
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(body);
+        anyhow::bail!("fleet server {url}: {status}: {message}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("fleet server {url}: unexpected reply"))
+}
+
+fn fetch_fleet(args: &StatusArgs) -> anyhow::Result<FleetView> {
+    let token = read_token(&args.token_file)?;
+    let path = match &args.group {
+        Some(g) => format!("/api/fleet?group={g}"),
+        None => "/api/fleet".into(),
+    };
+    get_json(&args.server, &path, &token)
+}
+
+fn micros(us: Option<u32>) -> String {
+    match us {
+        None => "-".into(),
+        Some(us) if us >= 1000 => format!("{:.1} ms", f64::from(us) / 1000.0),
+        Some(us) => format!("{us} µs"),
+    }
+}
+
+fn ago(now_ms: u64, then_ms: u64) -> String {
+    let s = now_ms.saturating_sub(then_ms) / 1000;
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        _ => format!("{}h ago", s / 3600),
+    }
+}
+
+/// The fleet table as text.
+pub fn table(view: &FleetView) -> String {
+    let mut out = format!(
+        "{:<20} {:<12} {:<8} {:<12} {:>7} {:>9} {:>7} {:>14} {:>9}\n",
+        "DEVICE", "GROUPS", "ONLINE", "MODEL", "VERSION", "P99", "ERRORS", "DRIFT", "LAST SEEN"
+    );
+    for d in &view.devices {
+        let drift = d.drift.as_ref().map_or("-".into(), |w| {
+            if w.drifted.is_empty() { format!("{:.3}", w.score) } else { format!("{:.3} DRIFT", w.score) }
+        });
+        out += &format!(
+            "{:<20} {:<12} {:<8} {:<12} {:>7} {:>9} {:>7} {:>14} {:>9}\n",
+            d.id,
+            d.groups.join(","),
+            if d.online { "online" } else { "OFFLINE" },
+            d.model.as_deref().unwrap_or("-"),
+            d.version.map_or("-".into(), |v| format!("v{v}")),
+            micros(d.last.as_ref().and_then(|p| p.p99_us)),
+            d.totals.errors(),
+            drift,
+            ago(view.generated_ms, d.last_seen_ms),
+        );
+    }
+    let online = view.devices.iter().filter(|d| d.online).count();
+    out += &format!("{online} of {} devices online\n", view.devices.len());
+    out
+}
+
+#[derive(serde::Deserialize)]
+struct DeviceReply {
+    device: Device,
+    events: Vec<FleetEvent>,
+}
+
+fn device(args: &DeviceArgs) -> anyhow::Result<bool> {
+    let token = read_token(&args.token_file)?;
+    let reply: serde_json::Value = get_json(&args.server, &format!("/api/devices/{}", args.id), &token)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(true);
+    }
+    let DeviceReply { device: d, events } = serde_json::from_value(reply).context("fleet server: unexpected reply")?;
+    println!("device     {}", d.id);
+    println!("online     {}", d.online);
+    println!("groups     {}", d.groups.join(", "));
+    println!("model      {} {}", d.model.as_deref().unwrap_or("-"), d.version.map_or("".into(), |v| format!("v{v}")));
+    println!("slot       {}", d.slot.as_deref().unwrap_or("-"));
+    println!("agent      {} {}", d.agent.as_deref().unwrap_or("-"), d.arch.as_deref().unwrap_or(""));
+    println!("inferences {}", d.totals.inferences);
+    println!(
+        "errors     {} (input {}, engine {}, busy {}, no model {})",
+        d.totals.errors(),
+        d.totals.input_errors,
+        d.totals.engine_errors,
+        d.totals.busy_errors,
+        d.totals.no_model_errors
+    );
+    if let Some(p) = &d.last {
+        println!("latency    p50 {} p99 {}", micros(p.p50_us), micros(p.p99_us));
+    }
+    if let Some(w) = &d.drift {
+        println!(
+            "drift      {:.3} ({})",
+            w.score,
+            if w.drifted.is_empty() { "none drifted".into() } else { w.drifted.join(", ") }
+        );
+    }
+    println!("operation  {}", d.operation.as_deref().unwrap_or("-"));
+    println!("events:");
+    for e in events {
+        println!("  {} {:<10} {}", super::rfc3339(e.at_ms / 1000), e.kind, e.text);
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_each_device_and_the_online_count() {
+        let d = Device {
+            id: "pi-1".into(),
+            online: false,
+            groups: vec!["lab".into()],
+            model: Some("iris".into()),
+            version: Some(3),
+            last_seen_ms: 1_000,
+            ..Device::default()
+        };
+        let text = table(&FleetView { generated_ms: 121_000, devices: vec![d] });
+        let row = text.lines().nth(1).expect("a row");
+        for cell in ["pi-1", "lab", "OFFLINE", "iris", "v3", "2m ago"] {
+            assert!(row.contains(cell), "{cell} in {row}");
+        }
+        assert!(text.ends_with("0 of 1 devices online\n"));
+    }
+}
