@@ -162,7 +162,7 @@ fn embedded_broker_ab_split_by_routing_key() {
     let rel = trust_setup();
     let d = rel.path();
     ok("drover", d, &["keygen", "--role", "operator", "--out", "keys"]);
-    delegate(d, "--operator", "keys/operator.pub", "lab", "op.json");
+    delegate(d, "--operator", "keys/operator.pub", "lab,ab-*", "op.json");
     let (v1, v2) = (iris_bundle(d, "1"), iris_bundle(d, "2"));
     let fleet_dir = tempfile::tempdir().expect("tmp");
     let mut fleet = Fleet::new(fleet_dir.path(), "ab", 2, &["lab"], &d.join("root.json"), &settings(&broker));
@@ -208,7 +208,7 @@ fn embedded_broker_ab_split_by_routing_key() {
                 "parameters": {"routing_key": format!("user-{user}")},
                 "inputs": [{"name": "float_input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}],
             });
-            let r = post(&url, &request);
+            let r = post(&url, request.to_string().as_bytes());
             assert_eq!(r.status, 200, "{}", r.body);
             let body = r.json();
             let version = body["model_version"].as_str().expect("model_version").to_string();

@@ -478,9 +478,9 @@ impl Agent {
     async fn sync_split(&mut self, experiment: Option<&Experiment>) {
         let served = self.inference.model();
         let wanted = match experiment {
-            Some(Experiment::Split { name, a, b, b_ppm }) => heapless::String::try_from(name.as_str()).ok().map(|n| {
-                (ModelRef { name: n.clone(), version: *a }, ModelRef { name: n, version: *b }, *b_ppm)
-            }),
+            Some(Experiment::Split { name, a, b, b_ppm }) => heapless::String::try_from(name.as_str())
+                .ok()
+                .map(|n| (ModelRef { name: n.clone(), version: *a }, ModelRef { name: n, version: *b }, *b_ppm)),
             _ => None,
         };
         let Some((a, b, b_ppm)) = wanted.filter(|(a, _, _)| served.as_ref() == Some(a)) else {

@@ -816,7 +816,11 @@ mod tests {
         // Labels score the variant that answered (setosa is class 0: all right).
         assert!(s.label("q0", 0));
         assert!(s.label("q1", 1));
-        let wrong = s.infer_routed(None, Some("x"), vec![vec![Tensor::new(vec![2], TensorData::F32(vec![1.0; 2])).expect("t")]]);
+        let wrong = s.infer_routed(
+            None,
+            Some("x"),
+            vec![vec![Tensor::new(vec![2], TensorData::F32(vec![1.0; 2])).expect("t")]],
+        );
         assert!(matches!(wrong, Err(InferError::Input(_))));
         let report = s.take_split().expect("a report");
         assert_eq!(report.b_ppm, 300_000);

@@ -429,18 +429,18 @@ impl Store {
                 self.start_experiment(experiment.clone())?;
                 Ok(CommandOutcome::Experiment(experiment))
             }
-            Operation::StopShadow => Ok(CommandOutcome::ShadowStopped(
-                self.end_experiment_if(|e| matches!(e, Experiment::Shadow { .. }))?,
-            )),
+            Operation::StopShadow => {
+                Ok(CommandOutcome::ShadowStopped(self.end_experiment_if(|e| matches!(e, Experiment::Shadow { .. }))?))
+            }
             Operation::Split { a, b, b_ppm } => {
                 let name = self.state.active.and_then(|s| self.state.slot(s)).map(|m| m.name.to_string());
                 let experiment = Experiment::Split { name: name.unwrap_or_default(), a: *a, b: *b, b_ppm: *b_ppm };
                 self.start_experiment(experiment.clone())?;
                 Ok(CommandOutcome::Experiment(experiment))
             }
-            Operation::StopSplit => Ok(CommandOutcome::SplitStopped(
-                self.end_experiment_if(|e| matches!(e, Experiment::Split { .. }))?,
-            )),
+            Operation::StopSplit => {
+                Ok(CommandOutcome::SplitStopped(self.end_experiment_if(|e| matches!(e, Experiment::Split { .. }))?))
+            }
             Operation::Install { name, version } => {
                 let mut bundle = bundle.ok_or(InstallError::CommandBundle("the command needs its bundle".into()))?;
                 let header = read_header(&mut bundle, &self.cfg.limits)?;

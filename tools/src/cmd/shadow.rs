@@ -149,11 +149,9 @@ impl Order<'_> {
     pub fn send(self, op: Operation, what: &str, broker: &BrokerArgs, signed_at: u64) -> anyhow::Result<bool> {
         let settings = broker.settings()?;
         let expires = self.timeout + Duration::from_secs(60);
-        let (signed, key_id) =
-            super::command::sign(self.target, op, self.key, self.delegation, expires, signed_at)?;
+        let (signed, key_id) = super::command::sign(self.target, op, self.key, self.delegation, expires, signed_at)?;
         eprintln!("{what} for {} signed by operator key {key_id}", self.audience.describe());
-        let tracker =
-            Tracker::new(self.audience, 0, SETTLE.as_millis() as u64, self.timeout.as_millis() as u64);
+        let tracker = Tracker::new(self.audience, 0, SETTLE.as_millis() as u64, self.timeout.as_millis() as u64);
         let mut campaign = Campaign::new(Work::Command(Box::new(signed)), tracker, broker.payload);
         let outcome = drive(&mut campaign, &[], None, &settings)?;
         Ok(report(&campaign, &outcome, &settings.address()))
