@@ -69,25 +69,47 @@ fn shadow_runs(obs: &Observer, device: &str, picked: u64) -> Vec<Shadow> {
     }
 }
 
+/// Two agents of group `lab` serving iris v1 over a fresh broker, an operator key delegated for
+/// `targets`, and the v2 bundle ready to stage.
+struct Setup {
+    broker: Broker,
+    rel: tempfile::TempDir,
+    fleet_dir: tempfile::TempDir,
+    fleet: Fleet,
+    obs: Observer,
+    v2: String,
+}
+
+impl Setup {
+    fn start(kind: Kind, prefix: &str, targets: &str) -> Option<Setup> {
+        let broker = Broker::start(kind, Options::default())?;
+        let rel = trust_setup();
+        let d = rel.path();
+        ok("drover", d, &["keygen", "--role", "operator", "--out", "keys"]);
+        delegate(d, "--operator", "keys/operator.pub", targets, "op.json");
+        let (v1, v2) = (iris_bundle(d, "1"), iris_bundle(d, "2"));
+        let fleet_dir = tempfile::tempdir().expect("tmp");
+        let mut fleet = Fleet::new(fleet_dir.path(), prefix, 2, &["lab"], &d.join("root.json"), &settings(&broker));
+        for m in &mut fleet.members {
+            m.cfg.telemetry.period_s = Some(1);
+        }
+        fleet.start_all();
+        let obs = Observer::connect(broker.port, "drover/v1/dev/+/telemetry");
+        let addr = broker.address();
+        ok("drover", d, &["push", &v1, "--broker", &addr, "--group", "lab", "--timeout", "60s"]);
+        for i in 0..2 {
+            fleet.wait_for(i, Duration::from_secs(20), "iris v1", |f, i| f.inference(i).model().is_some());
+        }
+        Some(Setup { broker, rel, fleet_dir, fleet, obs, v2 })
+    }
+}
+
 fn shadow(kind: Kind) {
-    let Some(broker) = Broker::start(kind, Options::default()) else { return };
-    let rel = trust_setup();
+    let Some(Setup { broker, rel, fleet_dir: _fleet_dir, mut fleet, obs, v2 }) = Setup::start(kind, "pi", "lab") else {
+        return;
+    };
     let d = rel.path();
-    ok("drover", d, &["keygen", "--role", "operator", "--out", "keys"]);
-    delegate(d, "--operator", "keys/operator.pub", "lab", "op.json");
-    let (v1, v2) = (iris_bundle(d, "1"), iris_bundle(d, "2"));
-    let fleet_dir = tempfile::tempdir().expect("tmp");
-    let mut fleet = Fleet::new(fleet_dir.path(), "pi", 2, &["lab"], &d.join("root.json"), &settings(&broker));
-    for m in &mut fleet.members {
-        m.cfg.telemetry.period_s = Some(1);
-    }
-    fleet.start_all();
-    let obs = Observer::connect(broker.port, "drover/v1/dev/+/telemetry");
     let addr = broker.address();
-    ok("drover", d, &["push", &v1, "--broker", &addr, "--group", "lab", "--timeout", "60s"]);
-    for i in 0..2 {
-        fleet.wait_for(i, Duration::from_secs(20), "iris v1", |f, i| f.inference(i).model().is_some());
-    }
     let signer = ["--key", "keys/operator.key", "--delegation", "op.json", "--broker", &addr, "--timeout", "60s"];
 
     // A rate outside (0, 1] is refused before anything is sent.
@@ -158,24 +180,13 @@ fn split_reports(obs: &Observer, device: &str) -> Vec<Split> {
 
 #[test]
 fn embedded_broker_ab_split_by_routing_key() {
-    let Some(broker) = Broker::start(Kind::Embedded, Options::default()) else { return };
-    let rel = trust_setup();
+    let Some(Setup { broker, rel, fleet_dir: _fleet_dir, mut fleet, obs, v2 }) =
+        Setup::start(Kind::Embedded, "ab", "lab,ab-*")
+    else {
+        return;
+    };
     let d = rel.path();
-    ok("drover", d, &["keygen", "--role", "operator", "--out", "keys"]);
-    delegate(d, "--operator", "keys/operator.pub", "lab,ab-*", "op.json");
-    let (v1, v2) = (iris_bundle(d, "1"), iris_bundle(d, "2"));
-    let fleet_dir = tempfile::tempdir().expect("tmp");
-    let mut fleet = Fleet::new(fleet_dir.path(), "ab", 2, &["lab"], &d.join("root.json"), &settings(&broker));
-    for m in &mut fleet.members {
-        m.cfg.telemetry.period_s = Some(1);
-    }
-    fleet.start_all();
-    let obs = Observer::connect(broker.port, "drover/v1/dev/+/telemetry");
     let addr = broker.address();
-    ok("drover", d, &["push", &v1, "--broker", &addr, "--group", "lab", "--timeout", "60s"]);
-    for i in 0..2 {
-        fleet.wait_for(i, Duration::from_secs(20), "iris v1", |f, i| f.inference(i).model().is_some());
-    }
     let signer = ["--key", "keys/operator.key", "--delegation", "op.json", "--broker", &addr, "--timeout", "60s"];
 
     // B must be on the device: v2 is neither staged nor in a slot yet.
