@@ -84,6 +84,12 @@ impl Sqlite {
     }
 }
 
+/// A time or count as SQLite stores it (i64): `u64::MAX` ("no bound", or a device's nonsense)
+/// saturates rather than wrapping to a negative number.
+fn ms(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
 fn json<T: serde::Serialize>(value: &T) -> String {
     // Cannot fail: plain structs of numbers, strings and options.
     serde_json::to_string(value).unwrap_or_default()
@@ -119,34 +125,34 @@ impl Storage for Sqlite {
             for change in changes {
                 match change {
                     Change::Device(d) => {
-                        device.execute(params![d.id, d.online, d.last_seen_ms as i64, json(d.as_ref())])?;
+                        device.execute(params![d.id, d.online, ms(d.last_seen_ms), json(d.as_ref())])?;
                     }
                     Change::Point(id, p) => {
                         // A repeated period is stored once, and rolled up once.
-                        if point.execute(params![id, p.end_ms as i64, json(p)])? == 1 {
+                        if point.execute(params![id, ms(p.end_ms), json(p)])? == 1 {
                             rollup.execute(params![
                                 id,
-                                (p.end_ms - p.end_ms % ROLLUP_MS) as i64,
-                                p.length_ms as i64,
-                                p.inferences as i64,
-                                p.errors as i64,
+                                ms(p.end_ms - p.end_ms % ROLLUP_MS),
+                                ms(p.length_ms),
+                                ms(p.inferences),
+                                ms(p.errors),
                                 p.p50_us,
                                 p.p90_us,
                                 p.p99_us,
                                 f64::from(p.cpu_pct.unwrap_or(0.0)),
                                 i64::from(p.cpu_pct.is_some()),
                                 p.temp_c.map(f64::from),
-                                p.mem_used_kib as i64,
-                                p.rss_kib as i64,
-                                p.version.map(|v| v as i64),
+                                ms(p.mem_used_kib),
+                                ms(p.rss_kib),
+                                p.version.map(ms),
                             ])?;
                         }
                     }
                     Change::Drift(id, w) => {
-                        drift.execute(params![id, w.end_ms as i64, json(w)])?;
+                        drift.execute(params![id, ms(w.end_ms), json(w)])?;
                     }
                     Change::Event(e) => {
-                        event.execute(params![e.device, e.at_ms as i64, e.kind, e.text])?;
+                        event.execute(params![e.device, ms(e.at_ms), e.kind, e.text])?;
                     }
                 }
             }
@@ -179,7 +185,7 @@ impl Storage for Sqlite {
             "SELECT doc FROM points WHERE device = ?1 AND end_ms >= ?2 AND end_ms <= ?3 ORDER BY end_ms",
         )?;
         let mut points: Vec<Period> = raw
-            .query_map(params![device, since_ms as i64, until_ms as i64], |r| r.get::<_, String>(0))?
+            .query_map(params![device, ms(since_ms), ms(until_ms)], |r| r.get::<_, String>(0))?
             .filter_map(|doc| doc.ok().and_then(|d| serde_json::from_str(&d).ok()))
             .collect();
         // Before the oldest raw period still kept: the roll-ups.
@@ -188,14 +194,14 @@ impl Storage for Sqlite {
             .query_row("SELECT min(end_ms) FROM points WHERE device = ?1", params![device], |r| r.get(0))
             .optional()?
             .flatten();
-        let rollups_until = first_raw.map_or(until_ms as i64, |f| (f as u64 - f as u64 % ROLLUP_MS) as i64 - 1);
-        if (since_ms as i64) < rollups_until {
+        let rollups_until = first_raw.map_or(ms(until_ms), |f| (f as u64 - f as u64 % ROLLUP_MS) as i64 - 1);
+        if ms(since_ms) < rollups_until {
             let mut q = self.conn.prepare_cached(
                 "SELECT bucket_ms, length_ms, inferences, errors, p50_us, p90_us, p99_us, cpu_sum, cpu_n, temp_max,
                         mem_used_kib, rss_kib, version
                  FROM rollups WHERE device = ?1 AND bucket_ms >= ?2 AND bucket_ms <= ?3 ORDER BY bucket_ms",
             )?;
-            let since_bucket = (since_ms - since_ms % ROLLUP_MS) as i64;
+            let since_bucket = ms(since_ms - since_ms % ROLLUP_MS);
             let older: Vec<Period> = q
                 .query_map(params![device, since_bucket, rollups_until], |r| {
                     let cpu_n: i64 = r.get(8)?;
@@ -227,7 +233,7 @@ impl Storage for Sqlite {
             .conn
             .prepare_cached("SELECT doc FROM drift WHERE device = ?1 AND end_ms >= ?2 ORDER BY end_ms DESC LIMIT ?3")?;
         let mut out: Vec<Drift> = q
-            .query_map(params![device, since_ms as i64, limit as i64], |r| r.get::<_, String>(0))?
+            .query_map(params![device, ms(since_ms), limit as i64], |r| r.get::<_, String>(0))?
             .filter_map(|doc| doc.ok().and_then(|d| serde_json::from_str(&d).ok()))
             .collect();
         out.reverse();
