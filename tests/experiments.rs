@@ -6,7 +6,6 @@
 //! push. A/B: `drover ab --stage` splits the traffic of the local API by routing key, each
 //! answer names its variant, and telemetry counts both variants.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use drover_runtime::link::{BrokerSettings, codec};
@@ -14,7 +13,7 @@ use drover_runtime::serve::Inference;
 use drover_runtime::tensor::{Tensor, TensorData};
 use drover_tests::api::{LocalApi, post};
 use drover_tests::broker::{Broker, Kind, Options};
-use drover_tests::cli::{delegate, fails, ok, signed_bundle, trust_setup};
+use drover_tests::cli::{delegate, fails, iris_bundle, ok, trust_setup};
 use drover_tests::fleet::Fleet;
 use drover_tests::manifest::models_dir;
 use drover_tests::observer::Observer;
@@ -22,15 +21,6 @@ use drover_wire::telemetry::{Shadow, Split, Telemetry};
 
 fn settings(broker: &Broker) -> BrokerSettings {
     BrokerSettings { port: broker.port, ..BrokerSettings::default() }
-}
-
-fn iris_bundle(dir: &Path, version: &str) -> String {
-    let models = models_dir();
-    let m = |p: &str| models.join(p).to_string_lossy().into_owned();
-    let out = format!("iris-v{version}.drv");
-    let selftest = m("reference/iris_logreg.input.jsonl");
-    signed_bundle(dir, &m("iris_logreg.onnx"), "iris", version, &["--selftest", &selftest], &out);
-    dir.join(out).to_string_lossy().into_owned()
 }
 
 fn feed(inference: &Inference, n: usize) {
@@ -87,7 +77,7 @@ impl Setup {
         let d = rel.path();
         ok("drover", d, &["keygen", "--role", "operator", "--out", "keys"]);
         delegate(d, "--operator", "keys/operator.pub", targets, "op.json");
-        let (v1, v2) = (iris_bundle(d, "1"), iris_bundle(d, "2"));
+        let (v1, v2) = (iris_bundle(d, "1", false), iris_bundle(d, "2", false));
         let fleet_dir = tempfile::tempdir().expect("tmp");
         let mut fleet = Fleet::new(fleet_dir.path(), prefix, 2, &["lab"], &d.join("root.json"), &settings(&broker));
         for m in &mut fleet.members {

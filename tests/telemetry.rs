@@ -12,7 +12,7 @@ use drover_runtime::link::{BrokerSettings, codec};
 use drover_runtime::serve::Inference;
 use drover_runtime::tensor::{Tensor, TensorData};
 use drover_tests::broker::{Broker, Kind, Options};
-use drover_tests::cli::{ok, signed_bundle, trust_setup};
+use drover_tests::cli::{iris_bundle, ok, trust_setup};
 use drover_tests::fleet::Fleet;
 use drover_tests::manifest::models_dir;
 use drover_tests::observer::Observer;
@@ -50,29 +50,6 @@ fn feed(inference: &Inference, rows: &[[f32; 4]], rng: &mut Rng, n: usize, shift
             (p.request, p.class.expect("iris is a classifier"))
         })
         .collect()
-}
-
-/// The fleet's keys and the iris bundle with its reference statistics.
-fn iris_bundle(dir: &Path) -> String {
-    let models = models_dir();
-    let m = |p: &str| models.join(p).to_string_lossy().into_owned();
-    let names = std::fs::read_to_string(models.join("data/iris.features.txt")).expect("feature names");
-    signed_bundle(
-        dir,
-        &m("iris_logreg.onnx"),
-        "iris",
-        "1",
-        &[
-            "--selftest",
-            &m("reference/iris_logreg.input.jsonl"),
-            "--reference",
-            &m("data/iris.train.jsonl"),
-            "--feature-names",
-            names.trim(),
-        ],
-        "iris-v1.drv",
-    );
-    dir.join("iris-v1.drv").to_string_lossy().into_owned()
 }
 
 fn settings(broker: &Broker) -> BrokerSettings {
@@ -142,7 +119,7 @@ fn shifted_inputs_raise_an_alert_naming_the_feature(kind: Kind) {
     let Some(broker) = Broker::start(kind, Options::default()) else { return };
     let rel = trust_setup();
     let d = rel.path();
-    let bundle = iris_bundle(d);
+    let bundle = iris_bundle(d, "1", true);
     let fleet_dir = tempfile::tempdir().expect("tmp");
     let mut fleet = Fleet::new(fleet_dir.path(), "pi", 2, &["lab"], &d.join("root.json"), &settings(&broker));
     for m in &mut fleet.members {
@@ -249,7 +226,7 @@ fn a_sixty_second_outage_and_an_agent_restart_lose_no_telemetry() {
     let Some(mut broker) = Broker::start(Kind::Mosquitto, Options::default()) else { return };
     let rel = trust_setup();
     let d = rel.path();
-    let bundle = iris_bundle(d);
+    let bundle = iris_bundle(d, "1", true);
     let fleet_dir = tempfile::tempdir().expect("tmp");
     let mut fleet = Fleet::new(fleet_dir.path(), "pi", 1, &["lab"], &d.join("root.json"), &settings(&broker));
     fleet.members[0].cfg.telemetry.period_s = Some(1);

@@ -68,3 +68,20 @@ pub fn revoke_release(dir: &Path, out: &str) -> String {
     let base = ["root", "revoke", "--current", "root.json", "--key", "keys/root.key"];
     ok("drover", dir, &[&base[..], &["--release", "keys/release.pub", "--out", out]].concat())
 }
+
+/// The reference iris model signed into `iris-v{version}.drv` in `dir` (see [`trust_setup`]),
+/// with its self-test; with `reference`, also the training data's statistics and feature names,
+/// which drift monitoring compares live inputs against. Returns the bundle's path.
+pub fn iris_bundle(dir: &Path, version: &str, reference: bool) -> String {
+    let models = models_dir();
+    let m = |p: &str| models.join(p).to_string_lossy().into_owned();
+    let names = std::fs::read_to_string(models.join("data/iris.features.txt")).expect("feature names");
+    let mut extra = vec!["--selftest".to_string(), m("reference/iris_logreg.input.jsonl")];
+    if reference {
+        extra.extend(["--reference".into(), m("data/iris.train.jsonl"), "--feature-names".into(), names.trim().into()]);
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let out = format!("iris-v{version}.drv");
+    signed_bundle(dir, &m("iris_logreg.onnx"), "iris", version, &extra, &out);
+    dir.join(out).to_string_lossy().into_owned()
+}

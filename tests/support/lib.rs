@@ -1,12 +1,14 @@
 //! Shared parts of Drover's end-to-end tests: the reference-model manifest written by
 //! `models/make_models.py`, comparison against onnxruntime's outputs, and locating the real
 //! binaries and tools the tests drive, brokers (embedded and Mosquitto), in-process fleets of
-//! agents, and models of any size.
+//! agents, models of any size, the fleet server, Prometheus and a headless browser.
 
 #[cfg(feature = "mqtt")]
 pub mod api;
 #[cfg(feature = "mqtt")]
 pub mod broker;
+#[cfg(feature = "mqtt")]
+pub mod browser;
 pub mod cli;
 #[cfg(feature = "mqtt")]
 pub mod fleet;
@@ -16,4 +18,6 @@ pub mod observer;
 #[cfg(feature = "mqtt")]
 pub mod onnx_gen;
 pub mod parity;
+#[cfg(feature = "mqtt")]
+pub mod services;
 pub mod tools;

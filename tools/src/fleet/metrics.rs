@@ -6,7 +6,7 @@
 //! Label cardinality is bounded: per-device series carry only `device` (plus `quantile` or `kind`
 //! from a fixed set); model, version and groups appear on one `drover_device_info` series per
 //! device and on the fleet gauges, which have one series per model version. With D devices and
-//! V versions in service: 17·D + 2·V + a few series.
+//! V versions in service: at most 21·D + 2·V + a few series.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -103,16 +103,21 @@ pub fn render<'a>(devices: impl Iterator<Item = &'a Device>, ingest: Ingest, rol
     }
     out.family(
         "drover_device_latency_seconds",
-        "gauge",
-        "Inference latency quantiles over the device's latest telemetry period, queueing included.",
+        "summary",
+        "Inference latency with queueing: quantiles over the latest period; count and sum since first seen.",
     );
     for d in &devices {
-        let Some(p) = &d.last else { continue };
-        for (q, v) in [("0.5", p.p50_us), ("0.9", p.p90_us), ("0.99", p.p99_us)] {
-            if let Some(us) = v {
-                out.sample("drover_device_latency_seconds", &[("device", &d.id), ("quantile", q)], f64::from(us) / 1e6);
+        if let Some(p) = &d.last {
+            for (q, v) in [("0.5", p.p50_us), ("0.9", p.p90_us), ("0.99", p.p99_us)] {
+                if let Some(us) = v {
+                    let labels = [("device", d.id.as_str()), ("quantile", q)];
+                    out.sample("drover_device_latency_seconds", &labels, f64::from(us) / 1e6);
+                }
             }
         }
+        let labels = [("device", d.id.as_str())];
+        out.sample("drover_device_latency_seconds_sum", &labels, d.totals.latency_sum_us as f64 / 1e6);
+        out.sample("drover_device_latency_seconds_count", &labels, d.totals.latency_count as f64);
     }
     out.family(
         "drover_device_drift_score",
@@ -236,6 +241,10 @@ mod tests {
         assert!(text.contains("drover_device_errors_total{device=\"pi-1\",kind=\"busy\"} 2\n"));
         assert!(text.contains("drover_device_latency_seconds{device=\"pi-1\",quantile=\"0.5\"} 0.0005"), "{text}");
         assert!(text.contains("drover_fleet_ingest_messages_total{outcome=\"rejected\"} 1\n"));
+        assert!(text.contains("# TYPE drover_device_latency_seconds summary\n"));
+        assert!(text.contains("drover_device_latency_seconds_count{device=\"pi-1\"} 100\n"), "{text}");
+        // 1..=100 × 10 µs: 50 500 µs.
+        assert!(text.contains("drover_device_latency_seconds_sum{device=\"pi-1\"} 0.0505\n"), "{text}");
         assert_eq!(text.matches("# TYPE drover_device_up gauge").count(), 1);
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         assert_eq!((number(f64::NAN), number(f64::INFINITY), number(2.5)), ("NaN".into(), "+Inf".into(), "2.5".into()));

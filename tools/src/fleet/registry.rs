@@ -95,6 +95,12 @@ pub struct Totals {
     pub busy_errors: u64,
     /// Errors: no model was served.
     pub no_model_errors: u64,
+    /// Latencies measured (the count behind the latency summary).
+    #[serde(default)]
+    pub latency_count: u64,
+    /// Their sum, µs.
+    #[serde(default)]
+    pub latency_sum_us: u64,
 }
 
 impl Totals {
@@ -283,6 +289,8 @@ impl Registry {
                 d.totals.engine_errors += u64::from(t.errors.engine);
                 d.totals.busy_errors += u64::from(t.errors.busy);
                 d.totals.no_model_errors += u64::from(t.errors.no_model);
+                d.totals.latency_count += t.latency.count();
+                d.totals.latency_sum_us += t.latency.sum_us();
                 if let Some(m) = &t.model {
                     d.model = Some(m.name.to_string());
                     d.version = Some(m.version);

@@ -1,0 +1,262 @@
+//! The fleet server end to end: 20 real agents (in-process, each with its own data dir) on the
+//! embedded broker serving the reference iris model, the real `drover fleet serve` binary with its
+//! SQLite store, and four views of the fleet that must tell the same truth: `drover fleet status`,
+//! the web dashboard in a real headless Chromium, `/metrics` (checked by `promtool`, and scraped
+//! by a real Prometheus), and the Grafana dashboard's queries evaluated by that Prometheus.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use drover_runtime::link::BrokerSettings;
+use drover_runtime::serve::Inference;
+use drover_runtime::tensor::{Tensor, TensorData};
+use drover_tests::broker::{Broker, Kind, Options};
+use drover_tests::browser::Browser;
+use drover_tests::cli::{iris_bundle, ok, trust_setup};
+use drover_tests::fleet::Fleet;
+use drover_tests::manifest::models_dir;
+use drover_tests::services::{FleetServer, Prometheus, eventually, until};
+use drover_tests::tools::require_tool;
+use serde_json::Value;
+
+const DEVICES: usize = 20;
+/// Inferences each device answers: one drift window of 60 samples.
+const PER_DEVICE: usize = 60;
+/// The device fed inputs far from the training data.
+const DRIFTED: &str = "edge-07";
+/// The device that goes offline.
+const LEAVES: usize = 3;
+
+fn feed(inference: &Inference, n: usize, shift: f32) {
+    let text = std::fs::read_to_string(models_dir().join("data/iris.train.jsonl")).expect("iris.train.jsonl");
+    let rows: Vec<Vec<f32>> = text.lines().map(|l| serde_json::from_str(l).expect("row")).collect();
+    for i in 0..n {
+        let x = rows[(i * 7) % rows.len()].iter().map(|v| v + shift).collect();
+        let t = Tensor::new(vec![4], TensorData::F32(x)).expect("tensor");
+        inference.infer(None, &[t]).expect("served by the pushed model");
+    }
+}
+
+/// `/metrics` as `name{labels}` → value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `drover fleet status --json`, as a user's script reads it.
+fn status(dir: &std::path::Path, server: &FleetServer, extra: &[&str]) -> Value {
+    let out = ok("drover", dir, &[&["fleet", "status", "--json", "--server", &server.url][..], extra].concat());
+    serde_json::from_str(&out).expect("fleet status --json prints JSON")
+}
+
+fn device<'a>(view: &'a Value, id: &str) -> &'a Value {
+    view["devices"].as_array().and_then(|d| d.iter().find(|d| d["id"] == id)).expect("device listed")
+}
+
+/// Every PromQL expression of the Grafana dashboard, its variables set to "all".
+fn grafana_queries() -> Vec<(String, String)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/grafana/drover-fleet.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("the Grafana dashboard")).expect("dashboard JSON");
+    fn walk(panels: &Value, out: &mut Vec<(String, String)>) {
+        for p in panels.as_array().into_iter().flatten() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                if let Some(expr) = t["expr"].as_str() {
+                    out.push((p["title"].as_str().unwrap_or("").to_string(), expr.to_string()));
+                }
+            }
+            walk(&p["panels"], out);
+        }
+    }
+    let mut out = vec![];
+    walk(&dashboard["panels"], &mut out);
+    for (_, expr) in &mut out {
+        for (var, value) in [
+            ("$__rate_interval", "1m"),
+            ("${__rate_interval}", "1m"),
+            ("$__interval", "1m"),
+            ("$__range", "1m"),
+            ("${device:regex}", ".*"),
+            ("${device}", ".*"),
+            ("$device", ".*"),
+            ("${model:regex}", ".*"),
+            ("${model}", ".*"),
+            ("$model", ".*"),
+        ] {
+            *expr = expr.replace(var, value);
+        }
+    }
+    out
+}
+
+#[test]
+fn twenty_agents_one_truth_in_the_terminal_the_browser_and_prometheus() {
+    let Some(broker) = Broker::start(Kind::Embedded, Options::default()) else { return };
+    let rel = trust_setup();
+    let d = rel.path();
+    let server = FleetServer::start(d, &broker.address());
+
+    let fleet_dir = tempfile::tempdir().expect("tmp");
+    let settings = BrokerSettings { port: broker.port, ..BrokerSettings::default() };
+    let mut fleet = Fleet::new(fleet_dir.path(), "edge", DEVICES, &[], &d.join("root.json"), &settings);
+    for (i, m) in fleet.members.iter_mut().enumerate() {
+        m.cfg.groups = vec![if i < DEVICES / 2 { "north" } else { "south" }.to_string()];
+        m.cfg.telemetry.period_s = Some(1);
+        m.cfg.drift.window_samples = PER_DEVICE as u32;
+        m.cfg.drift.min_samples = 50;
+        m.cfg.drift.budget_pct = 0.0;
+    }
+    fleet.start_all();
+    let bundle = iris_bundle(d, "1", true);
+    for group in ["north", "south"] {
+        ok("drover", d, &["push", &bundle, "--broker", &broker.address(), "--group", group, "--timeout", "90s"]);
+    }
+    for i in 0..DEVICES {
+        fleet.wait_for(i, Duration::from_secs(30), "iris v1", |f, i| f.inference(i).model().is_some());
+        let shift = if fleet.members[i].cfg.device == DRIFTED { 5.0 } else { 0.0 };
+        feed(&fleet.inference(i), PER_DEVICE, shift);
+    }
+
+    // The terminal: every device, its model, what it answered, its drift.
+    let view = until(Duration::from_secs(60), "all 20 devices' telemetry and drift", || {
+        let view = status(d, &server, &[]);
+        let devices = view["devices"].as_array().ok_or("no devices")?;
+        if devices.len() != DEVICES {
+            return Err(format!("{} devices", devices.len()));
+        }
+        let waiting = devices.iter().find(|x| {
+            !(x["online"] == true
+                && x["version"] == 1
+                && x["totals"]["inferences"] == PER_DEVICE as u64
+                && x["drift"].is_object()
+                && x["last"]["p99_us"].is_u64())
+        });
+        match waiting {
+            Some(x) => Err(x.to_string()),
+            None => Ok(view.clone()),
+        }
+    });
+    for x in view["devices"].as_array().expect("devices") {
+        let drifted = !x["drift"]["drifted"].as_array().expect("drifted features").is_empty();
+        assert_eq!(drifted, x["id"] == DRIFTED, "only {DRIFTED} drifted: {x}");
+        assert_eq!(x["model"], "iris");
+    }
+    let north = status(d, &server, &["--group", "north"]);
+    assert_eq!(north["devices"].as_array().map(Vec::len), Some(DEVICES / 2));
+    let table = ok("drover", d, &["fleet", "status", "--server", &server.url]);
+    assert!(table.contains("20 of 20 devices online"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with(DRIFTED) && l.contains("DRIFT")), "{table}");
+
+    // /metrics: valid exposition, and the same figures.
+    let metrics = server.get("/metrics").expect("/metrics");
+    if let Some(promtool) = require_tool("promtool", "prometheus") {
+        let mut check = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn promtool");
+        check.stdin.take().expect("stdin").write_all(metrics.as_bytes()).expect("feed promtool");
+        let out = check.wait_with_output().expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let m = samples(&metrics);
+    assert_eq!(m.get(r#"drover_fleet_devices{state="online",model="iris",version="1"}"#), Some(&20.0), "{metrics}");
+    for x in view["devices"].as_array().expect("devices") {
+        let id = x["id"].as_str().expect("id");
+        let inferences = m.get(&format!(r#"drover_device_inferences_total{{device="{id}"}}"#));
+        assert_eq!(inferences, Some(&(PER_DEVICE as f64)), "{id}");
+        let score = m.get(&format!(r#"drover_device_drift_score{{device="{id}"}}"#)).expect("a drift score");
+        assert!((score - x["drift"]["score"].as_f64().expect("score")).abs() < 1e-9, "{id}");
+        let p99 = m.get(&format!(r#"drover_device_latency_seconds{{device="{id}",quantile="0.99"}}"#));
+        assert_eq!(p99.map(|s| (s * 1e6).round() as u64), x["last"]["p99_us"].as_u64(), "{id}");
+    }
+
+    // The browser: devices appear, one goes offline, its chart has points.
+    let prometheus = Prometheus::start(server.url.trim_start_matches("http://"));
+    let browser = Browser::start();
+    if let Some(b) = &browser {
+        b.goto(&format!("{}/", server.url));
+        let rows = b.wait_for(
+            Duration::from_secs(20),
+            "20 rows in the fleet table",
+            "const rows = [...document.querySelectorAll('#fleet tbody tr')];
+             return rows.length === 20 && rows.map(r => [...r.cells].map(c => c.textContent));",
+        );
+        for row in rows.as_array().expect("rows") {
+            let id = row[0].as_str().expect("id");
+            assert_eq!((row[2].as_str(), row[3].as_str(), row[4].as_str()), (Some("online"), Some("iris"), Some("v1")));
+            let score = device(&view, id)["drift"]["score"].as_f64().expect("score");
+            assert!(row[7].as_str().expect("drift cell").starts_with(&format!("{score:.3}")), "{row}");
+        }
+        let summary = b.eval("return document.getElementById('summary').textContent");
+        assert_eq!(summary, "20 of 20 devices online");
+    }
+    fleet.stop(LEAVES);
+    let gone = fleet.members[LEAVES].cfg.device.clone();
+    eventually(Duration::from_secs(20), "the stopped device offline in fleet status", || {
+        (device(&status(d, &server, &[]), &gone)["online"] == false).then_some(())
+    });
+    let m = samples(&server.get("/metrics").expect("/metrics"));
+    assert_eq!(m.get(&format!(r#"drover_device_up{{device="{gone}"}}"#)), Some(&0.0));
+    assert_eq!(m.get(r#"drover_fleet_devices{state="offline",model="iris",version="1"}"#), Some(&1.0));
+    let details = ok("drover", d, &["fleet", "device", &gone, "--server", &server.url]);
+    assert!(details.contains("offline"), "{details}");
+    if let Some(b) = &browser {
+        let cell = b.wait_for(
+            Duration::from_secs(10),
+            "the stopped device offline on the page (live update)",
+            &format!(
+                "const r = document.querySelector('#fleet tbody tr[data-device=\"{gone}\"]');
+                 return r && r.cells[2].textContent === 'offline' && document.getElementById('summary').textContent;"
+            ),
+        );
+        assert_eq!(cell, "19 of 20 devices online");
+        b.eval("location.hash = '#/device/edge-05'; return true");
+        let points = b.wait_for(
+            Duration::from_secs(10),
+            "the latency and drift charts of edge-05",
+            "const p = [...document.querySelectorAll('#latency-chart polyline, #drift-chart polyline')];
+             return p.length === 3 && p.map(l => Number(l.dataset.points));",
+        );
+        let points: Vec<u64> = serde_json::from_value(points).expect("counts");
+        assert!(points[0] >= 1 && points[1] >= 1, "p50 and p99 have points: {points:?}");
+        assert!(points[2] >= 1, "the drift chart has the judged window: {points:?}");
+        let title = b.eval("return document.getElementById('device-title').textContent");
+        assert_eq!(title, "edge-05 (online)");
+    }
+
+    // Prometheus scraped the same truth, and every Grafana panel's query evaluates to data.
+    if let Some(p) = &prometheus {
+        eventually(Duration::from_secs(30), "Prometheus to see 19 online and 1 offline", || {
+            let online = p.sum(r#"sum(drover_fleet_devices{state="online"})"#)?;
+            let offline = p.sum(r#"sum(drover_fleet_devices{state="offline"})"#)?;
+            (online == 19.0 && offline == 1.0).then_some(())
+        });
+        let total = p.sum("sum(drover_device_inferences_total)").expect("inference counters");
+        assert_eq!(total, (DEVICES * PER_DEVICE) as f64);
+        let drifted = p.sum("drover_device_drifted_features > 0").expect("the drifted device");
+        assert!(drifted >= 1.0);
+        let queries = grafana_queries();
+        assert!(queries.len() >= 10, "the dashboard has its panels: {queries:?}");
+        for (title, expr) in &queries {
+            let data = p.query(expr).unwrap_or_else(|e| panic!("Grafana panel '{title}': {e}"));
+            let empty = data["result"].as_array().is_some_and(Vec::is_empty);
+            // No rollout ran in this test: its panels may be empty, no other.
+            assert!(!empty || expr.contains("rollout"), "Grafana panel '{title}' shows nothing: {expr}");
+        }
+    }
+}
