@@ -101,7 +101,10 @@ fn twenty_agents_one_truth_in_the_terminal_the_browser_and_prometheus() {
     let Some(broker) = Broker::start(Kind::Embedded, Options::default()) else { return };
     let rel = trust_setup();
     let d = rel.path();
-    let server = FleetServer::start(d, &broker.address());
+    let bundle = iris_bundle(d, "1", true);
+    std::fs::create_dir(d.join("bundles")).expect("mkdir");
+    std::fs::copy(&bundle, d.join("bundles/iris-v1.drv")).expect("copy");
+    let server = FleetServer::start(d, &broker.address(), &["--bundles", "bundles"]);
 
     let fleet_dir = tempfile::tempdir().expect("tmp");
     let settings = BrokerSettings { port: broker.port, ..BrokerSettings::default() };
@@ -114,7 +117,6 @@ fn twenty_agents_one_truth_in_the_terminal_the_browser_and_prometheus() {
         m.cfg.drift.budget_pct = 0.0;
     }
     fleet.start_all();
-    let bundle = iris_bundle(d, "1", true);
     for group in ["north", "south"] {
         ok("drover", d, &["push", &bundle, "--broker", &broker.address(), "--group", group, "--timeout", "90s"]);
     }
@@ -136,7 +138,7 @@ fn twenty_agents_one_truth_in_the_terminal_the_browser_and_prometheus() {
                 && x["version"] == 1
                 && x["totals"]["inferences"] == PER_DEVICE as u64
                 && x["drift"].is_object()
-                && x["last"]["p99_us"].is_u64())
+                && x["latency_us"]["p99"].is_u64())
         });
         match waiting {
             Some(x) => Err(x.to_string()),
@@ -148,7 +150,25 @@ fn twenty_agents_one_truth_in_the_terminal_the_browser_and_prometheus() {
         assert_eq!(drifted, x["id"] == DRIFTED, "only {DRIFTED} drifted: {x}");
         assert_eq!(x["model"], "iris");
     }
+    // Merged across the fleet: north holds the drifted device, south none.
+    let merged = |view: &Value, group: Option<&str>| -> Value {
+        let found = view["drift"].as_array().and_then(|m| m.iter().find(|m| m["group"].as_str() == group).cloned());
+        found.unwrap_or_else(|| panic!("merged drift of {group:?}: {view}"))
+    };
+    let (all, north_drift, south_drift) =
+        (merged(&view, None), merged(&view, Some("north")), merged(&view, Some("south")));
+    assert_eq!(
+        (&all["model"], &all["version"], &all["devices"]),
+        (&Value::from("iris"), &Value::from(1), &Value::from(20))
+    );
+    assert_eq!(all["samples"], (DEVICES * PER_DEVICE) as u64);
+    assert_eq!((north_drift["devices"].as_u64(), south_drift["devices"].as_u64()), (Some(10), Some(10)));
+    let score = |m: &Value| m["score"].as_f64().expect("score");
+    assert!(score(&north_drift) > score(&south_drift), "{north_drift} vs {south_drift}");
+    let drifted = |m: &Value| m["features"].as_array().expect("features").iter().any(|f| !f["drifted"].is_null());
+    assert!(drifted(&north_drift) && !drifted(&south_drift), "{north_drift} vs {south_drift}");
     let north = status(d, &server, &["--group", "north"]);
+    assert_eq!(north["drift"].as_array().map(Vec::len), Some(1), "only north's merge: {}", north["drift"]);
     assert_eq!(north["devices"].as_array().map(Vec::len), Some(DEVICES / 2));
     let table = ok("drover", d, &["fleet", "status", "--server", &server.url]);
     assert!(table.contains("20 of 20 devices online"), "{table}");
@@ -174,6 +194,10 @@ fn twenty_agents_one_truth_in_the_terminal_the_browser_and_prometheus() {
         );
     }
     let m = samples(&metrics);
+    let fleet_score = m.get(r#"drover_fleet_drift_score{model="iris",version="1"}"#).expect("fleet drift");
+    assert!((fleet_score - score(&all)).abs() < 1e-9);
+    let north_score = m.get(r#"drover_group_drift_score{group="north",model="iris",version="1"}"#);
+    assert!((north_score.expect("north's drift") - score(&north_drift)).abs() < 1e-9);
     assert_eq!(m.get(r#"drover_fleet_devices{state="online",model="iris",version="1"}"#), Some(&20.0), "{metrics}");
     for x in view["devices"].as_array().expect("devices") {
         let id = x["id"].as_str().expect("id");
@@ -182,7 +206,7 @@ fn twenty_agents_one_truth_in_the_terminal_the_browser_and_prometheus() {
         let score = m.get(&format!(r#"drover_device_drift_score{{device="{id}"}}"#)).expect("a drift score");
         assert!((score - x["drift"]["score"].as_f64().expect("score")).abs() < 1e-9, "{id}");
         let p99 = m.get(&format!(r#"drover_device_latency_seconds{{device="{id}",quantile="0.99"}}"#));
-        assert_eq!(p99.map(|s| (s * 1e6).round() as u64), x["last"]["p99_us"].as_u64(), "{id}");
+        assert_eq!(p99.map(|s| (s * 1e6).round() as u64), x["latency_us"]["p99"].as_u64(), "{id}");
     }
 
     // The browser: devices appear, one goes offline, its chart has points.
@@ -202,6 +226,14 @@ fn twenty_agents_one_truth_in_the_terminal_the_browser_and_prometheus() {
             let score = device(&view, id)["drift"]["score"].as_f64().expect("score");
             assert!(row[7].as_str().expect("drift cell").starts_with(&format!("{score:.3}")), "{row}");
         }
+        let scopes = b.eval(
+            "return [...document.querySelectorAll('#fleet-drift tbody tr')].map(r => [r.dataset.scope, r.cells[5].textContent]);",
+        );
+        assert_eq!(scopes.as_array().map(Vec::len), Some(3), "{scopes}");
+        for (scope, want) in [("fleet", &all), ("group north", &north_drift), ("group south", &south_drift)] {
+            let row = scopes.as_array().and_then(|r| r.iter().find(|r| r[0] == scope)).expect("scope row");
+            assert_eq!(row[1].as_str(), Some(format!("{:.3}", score(want)).as_str()), "{scope}");
+        }
         let summary = b.eval("return document.getElementById('summary').textContent");
         assert_eq!(summary, "20 of 20 devices online");
     }
@@ -213,8 +245,12 @@ fn twenty_agents_one_truth_in_the_terminal_the_browser_and_prometheus() {
     let m = samples(&server.get("/metrics").expect("/metrics"));
     assert_eq!(m.get(&format!(r#"drover_device_up{{device="{gone}"}}"#)), Some(&0.0));
     assert_eq!(m.get(r#"drover_fleet_devices{state="offline",model="iris",version="1"}"#), Some(&1.0));
-    let details = ok("drover", d, &["fleet", "device", &gone, "--server", &server.url]);
-    assert!(details.contains("offline"), "{details}");
+    // The event log is written with the batch, a moment after the registry knows.
+    let details = eventually(Duration::from_secs(5), "the offline event in fleet device", || {
+        let details = ok("drover", d, &["fleet", "device", &gone, "--server", &server.url]);
+        details.contains("went offline").then_some(details)
+    });
+    assert!(details.contains("presence   OFFLINE"), "{details}");
     if let Some(b) = &browser {
         let cell = b.wait_for(
             Duration::from_secs(10),

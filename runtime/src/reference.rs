@@ -82,6 +82,27 @@ pub struct ReferenceStats {
     pub outputs: Vec<OutputStats>,
 }
 
+impl ReferenceStats {
+    /// The name drift reports give input feature `i`: the author's column name, else
+    /// `input[i]` (or `input[ci]` for an image channel). The agent and the fleet server both
+    /// name features this way, so the server can match a device's window to the reference.
+    pub fn feature_name(&self, i: usize) -> String {
+        match (&self.names, self.layout) {
+            (Some(n), _) if n.len() == self.features.len() => n[i].clone(),
+            (_, FeatureLayout::Elements) => format!("{}[{i}]", self.input),
+            (_, FeatureLayout::Channels) => format!("{}[c{i}]", self.input),
+        }
+    }
+
+    /// Input feature `i` as the drift monitor compares against it: its bins, and its moments
+    /// when it has spread (a constant feature has no variance to test).
+    pub fn feature_ref(&self, i: usize) -> Result<drover_drift::FeatureRef, drover_drift::RefError> {
+        let f = &self.features[i];
+        let r = drover_drift::FeatureRef::numeric(&f.edges, &f.counts)?;
+        Ok(if f.std > 0.0 { r.clone().with_moments(f.mean, f.std).unwrap_or(r) } else { r })
+    }
+}
+
 /// Why the profile could not be computed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReferenceError {

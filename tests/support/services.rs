@@ -43,9 +43,9 @@ pub struct FleetServer {
 }
 
 impl FleetServer {
-    /// Starts the server in `dir` against the broker at `broker` (`mqtt://…`) and waits until
-    /// its API answers.
-    pub fn start(dir: &Path, broker: &str) -> FleetServer {
+    /// Starts the server in `dir` against the broker at `broker`, with `extra` arguments, and
+    /// waits until its API answers.
+    pub fn start(dir: &Path, broker: &str, extra: &[&str]) -> FleetServer {
         let port = free_port();
         let db = dir.join("fleet.db");
         let child = Command::new(workspace_bin("drover"))
@@ -54,6 +54,7 @@ impl FleetServer {
             .arg("--db")
             .arg(&db)
             .args(["--client-id", &format!("fleet-{port}")])
+            .args(extra)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -99,16 +99,10 @@ impl Observer {
         }
         let mut refs = Vec::new();
         let mut names = Vec::new();
-        for (i, f) in reference.features.iter().take(room).enumerate() {
-            let name = match (&reference.names, reference.layout) {
-                (Some(n), _) if n.len() == reference.features.len() => n[i].clone(),
-                (_, FeatureLayout::Elements) => format!("{}[{i}]", reference.input),
-                (_, FeatureLayout::Channels) => format!("{}[c{i}]", reference.input),
-            };
-            let r = FeatureRef::numeric(&f.edges, &f.counts)
-                .map_err(|error| ObserverError::Reference { feature: name.clone(), error })?;
-            // A constant reference feature has no spread to test a variance against.
-            let r = if f.std > 0.0 { r.clone().with_moments(f.mean, f.std).unwrap_or(r) } else { r };
+        for i in 0..reference.features.len().min(room) {
+            let name = reference.feature_name(i);
+            let r =
+                reference.feature_ref(i).map_err(|error| ObserverError::Reference { feature: name.clone(), error })?;
             refs.push(r);
             names.push((name, Source::Input));
         }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::broker_args::BrokerArgs;
+use crate::fleet::drift::Catalog;
 use crate::fleet::http::FleetView;
 use crate::fleet::registry::{Device, FleetEvent};
 use crate::fleet::server::{self, ServeConfig};
@@ -37,6 +38,10 @@ pub struct ServeArgs {
     /// The SQLite database (created if missing).
     #[arg(long, default_value = "fleet.db")]
     pub db: PathBuf,
+    /// A directory of the bundles in service: their reference statistics let the server merge
+    /// the devices' drift windows per model version and group.
+    #[arg(long)]
+    pub bundles: Option<PathBuf>,
     /// Where the dashboard, the API and /metrics listen (beyond loopback only with a token).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
@@ -125,7 +130,18 @@ fn read_token(path: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let catalog = match &args.bundles {
+        None => Catalog::default(),
+        Some(dir) => {
+            let (catalog, skipped) = Catalog::load_dir(dir).context("--bundles")?;
+            for s in skipped {
+                log::warn!("{s}");
+            }
+            catalog
+        }
+    };
     let cfg = ServeConfig {
+        catalog,
         broker: args.broker.settings()?,
         client_id: args.client_id.clone(),
         db: Some(args.db.clone()),
@@ -228,7 +244,7 @@ pub fn table(view: &FleetView) -> String {
             if d.online { "online" } else { "OFFLINE" },
             d.model.as_deref().unwrap_or("-"),
             d.version.map_or("-".into(), |v| format!("v{v}")),
-            micros(d.last.as_ref().and_then(|p| p.p99_us)),
+            micros(d.latency_us.map(|l| l.p99)),
             d.totals.errors(),
             drift,
             ago(view.generated_ms, d.last_seen_ms),
@@ -236,6 +252,19 @@ pub fn table(view: &FleetView) -> String {
     }
     let online = view.devices.iter().filter(|d| d.online).count();
     out += &format!("{online} of {} devices online\n", view.devices.len());
+    for m in &view.drift {
+        let drifted: Vec<&str> = m.features.iter().filter(|f| f.drifted.is_some()).map(|f| f.name.as_str()).collect();
+        out += &format!(
+            "drift {} v{} {}: {:.3} over {} devices, {} samples{}\n",
+            m.model,
+            m.version,
+            m.group.as_deref().map_or("fleet-wide".to_string(), |g| format!("group {g}")),
+            m.score,
+            m.devices,
+            m.samples,
+            if drifted.is_empty() { String::new() } else { format!(", DRIFTED: {}", drifted.join(", ")) }
+        );
+    }
     out
 }
 
@@ -254,7 +283,7 @@ fn device(args: &DeviceArgs) -> anyhow::Result<bool> {
     }
     let DeviceReply { device: d, events } = serde_json::from_value(reply).context("fleet server: unexpected reply")?;
     println!("device     {}", d.id);
-    println!("online     {}", d.online);
+    println!("presence   {}", if d.online { "online" } else { "OFFLINE" });
     println!("groups     {}", d.groups.join(", "));
     println!("model      {} {}", d.model.as_deref().unwrap_or("-"), d.version.map_or("".into(), |v| format!("v{v}")));
     println!("slot       {}", d.slot.as_deref().unwrap_or("-"));
@@ -268,8 +297,8 @@ fn device(args: &DeviceArgs) -> anyhow::Result<bool> {
         d.totals.busy_errors,
         d.totals.no_model_errors
     );
-    if let Some(p) = &d.last {
-        println!("latency    p50 {} p99 {}", micros(p.p50_us), micros(p.p99_us));
+    if let Some(l) = &d.latency_us {
+        println!("latency    p50 {} p99 {}", micros(Some(l.p50)), micros(Some(l.p99)));
     }
     if let Some(w) = &d.drift {
         println!(
@@ -301,7 +330,7 @@ mod tests {
             last_seen_ms: 1_000,
             ..Device::default()
         };
-        let text = table(&FleetView { generated_ms: 121_000, devices: vec![d] });
+        let text = table(&FleetView { generated_ms: 121_000, devices: vec![d], drift: vec![] });
         let row = text.lines().nth(1).expect("a row");
         for cell in ["pi-1", "lab", "OFFLINE", "iris", "v3", "2m ago"] {
             assert!(row.contains(cell), "{cell} in {row}");

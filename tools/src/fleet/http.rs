@@ -42,6 +42,9 @@ pub struct FleetView {
     pub generated_ms: u64,
     /// The devices, by id.
     pub devices: Vec<Device>,
+    /// Their latest drift windows merged per model version, fleet-wide and per group.
+    #[serde(default)]
+    pub drift: Vec<super::drift::MergedDrift>,
 }
 
 /// The routes.
@@ -111,10 +114,15 @@ async fn metrics(State(api): State<Api>) -> Response {
 
 /// The fleet table, optionally of one group.
 pub fn fleet_view(api: &Api, group: Option<&str>) -> FleetView {
-    let devices = api
-        .hub
-        .registry(|r| r.devices().filter(|d| group.is_none_or(|g| d.groups.iter().any(|x| x == g))).cloned().collect());
-    FleetView { generated_ms: (api.now_ms)(), devices }
+    let devices = api.hub.registry(|r| {
+        r.devices()
+            .filter(|d| group.is_none_or(|g| d.groups.iter().any(|x| x == g)))
+            // The sketches are for the merge, not for every view of the table.
+            .map(|d| Device { window: None, ..d.clone() })
+            .collect()
+    });
+    let drift = api.hub.drift().into_iter().filter(|m| group.is_none() || m.group.as_deref() == group).collect();
+    FleetView { generated_ms: (api.now_ms)(), devices, drift }
 }
 
 async fn fleet(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Response {

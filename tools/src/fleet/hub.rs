@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
 
+use drover_wire::drift::Thresholds;
+
+use super::drift::{self, Catalog, MergedDrift};
 use super::metrics::{self, Ingest};
 use super::record::{self, RecordError};
 use super::registry::{Change, Registry};
@@ -28,6 +31,7 @@ pub struct Hub {
     pending: Mutex<Vec<Change>>,
     ingest: Mutex<Ingest>,
     updates: broadcast::Sender<()>,
+    catalog: Mutex<Catalog>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -36,8 +40,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// A hub over `storage`, its registry rebuilt from what the store kept.
-    pub fn new(storage: Box<dyn Storage>) -> Result<Arc<Hub>, StorageError> {
+    /// A hub over `storage`, its registry rebuilt from what the store kept; `catalog` holds the
+    /// references fleet-wide drift is judged against.
+    pub fn new(storage: Box<dyn Storage>, catalog: Catalog) -> Result<Arc<Hub>, StorageError> {
         let registry = Registry::from_devices(storage.devices()?);
         Ok(Arc::new(Hub {
             registry: Mutex::new(registry),
@@ -45,6 +50,7 @@ impl Hub {
             pending: Mutex::new(Vec::new()),
             ingest: Mutex::new(Ingest::default()),
             updates: broadcast::channel(16).0,
+            catalog: Mutex::new(catalog),
         }))
     }
 
@@ -106,11 +112,18 @@ impl Hub {
         self.updates.subscribe()
     }
 
+    /// Every device's latest judged window merged per model version, fleet-wide and per group.
+    pub fn drift(&self) -> Vec<MergedDrift> {
+        let catalog = lock(&self.catalog);
+        drift::merge(lock(&self.registry).devices(), &catalog, &Thresholds::default())
+    }
+
     /// The Prometheus exposition.
     pub fn metrics(&self) -> String {
         let ingest = *lock(&self.ingest);
+        let merged = self.drift();
         let registry = lock(&self.registry);
-        metrics::render(registry.devices(), ingest, &[])
+        metrics::render(registry.devices(), ingest, &[], &merged)
     }
 
     /// The ingest counters.
@@ -122,12 +135,13 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::drift::Catalog;
     use crate::fleet::storage::Sqlite;
     use drover_runtime::link::codec::{self, PayloadFormat};
 
     #[test]
     fn messages_are_stored_in_batches_and_bad_ones_are_counted_and_change_nothing() {
-        let hub = Hub::new(Box::new(Sqlite::in_memory().expect("db"))).expect("hub");
+        let hub = Hub::new(Box::new(Sqlite::in_memory().expect("db")), Catalog::default()).expect("hub");
         let mut woken = hub.subscribe();
         let crate::fleet::record::Record::Status(s) = crate::fleet::registry::tests::status(true, Some(1)) else {
             unreachable!()

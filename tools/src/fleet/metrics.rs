@@ -6,11 +6,12 @@
 //! Label cardinality is bounded: per-device series carry only `device` (plus `quantile` or `kind`
 //! from a fixed set); model, version and groups appear on one `drover_device_info` series per
 //! device and on the fleet gauges, which have one series per model version. With D devices and
-//! V versions in service: at most 21·D + 2·V + a few series.
+//! V versions in service and G groups: at most 21·D + 4·V + G·V + a few series.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use super::drift::MergedDrift;
 use super::registry::Device;
 
 /// Counts of the server's own ingest, for its series.
@@ -34,7 +35,12 @@ pub struct RolloutStage {
 }
 
 /// Renders the exposition.
-pub fn render<'a>(devices: impl Iterator<Item = &'a Device>, ingest: Ingest, rollouts: &[RolloutStage]) -> String {
+pub fn render<'a>(
+    devices: impl Iterator<Item = &'a Device>,
+    ingest: Ingest,
+    rollouts: &[RolloutStage],
+    drift: &[MergedDrift],
+) -> String {
     let devices: Vec<&Device> = devices.collect();
     let mut out = Out::default();
 
@@ -104,15 +110,13 @@ pub fn render<'a>(devices: impl Iterator<Item = &'a Device>, ingest: Ingest, rol
     out.family(
         "drover_device_latency_seconds",
         "summary",
-        "Inference latency with queueing: quantiles over the latest period; count and sum since first seen.",
+        "Inference latency with queueing: quantiles of the latest busy period; count and sum since first seen.",
     );
     for d in &devices {
-        if let Some(p) = &d.last {
-            for (q, v) in [("0.5", p.p50_us), ("0.9", p.p90_us), ("0.99", p.p99_us)] {
-                if let Some(us) = v {
-                    let labels = [("device", d.id.as_str()), ("quantile", q)];
-                    out.sample("drover_device_latency_seconds", &labels, f64::from(us) / 1e6);
-                }
+        if let Some(l) = &d.latency_us {
+            for (q, us) in [("0.5", l.p50), ("0.9", l.p90), ("0.99", l.p99)] {
+                let labels = [("device", d.id.as_str()), ("quantile", q)];
+                out.sample("drover_device_latency_seconds", &labels, f64::from(us) / 1e6);
             }
         }
         let labels = [("device", d.id.as_str())];
@@ -165,6 +169,34 @@ pub fn render<'a>(devices: impl Iterator<Item = &'a Device>, ingest: Ingest, rol
             if let Some(v) = value(d) {
                 out.sample(name, &[("device", &d.id)], v);
             }
+        }
+    }
+
+    out.family(
+        "drover_fleet_drift_score",
+        "gauge",
+        "Largest PSI over the features of every device's latest window, merged per model version.",
+    );
+    for m in drift.iter().filter(|m| m.group.is_none()) {
+        let version = m.version.to_string();
+        out.sample("drover_fleet_drift_score", &[("model", &m.model), ("version", &version)], m.score);
+    }
+    out.family(
+        "drover_fleet_drifted_features",
+        "gauge",
+        "Features that drifted in the merged windows of a model version.",
+    );
+    for m in drift.iter().filter(|m| m.group.is_none()) {
+        let version = m.version.to_string();
+        let n = m.features.iter().filter(|f| f.drifted.is_some()).count();
+        out.sample("drover_fleet_drifted_features", &[("model", &m.model), ("version", &version)], n as f64);
+    }
+    out.family("drover_group_drift_score", "gauge", "The merged drift score of one group's devices.");
+    for m in drift {
+        if let Some(g) = &m.group {
+            let version = m.version.to_string();
+            let labels = [("group", g.as_str()), ("model", &m.model), ("version", &version)];
+            out.sample("drover_group_drift_score", &labels, m.score);
         }
     }
 
@@ -233,7 +265,7 @@ mod tests {
         r.apply(1, "pi-1", &status(true, Some(3)));
         r.apply(2, "pi-1", &telemetry(1, 10_000, 100));
         r.apply(3, "pi-2", &status(false, Some(2)));
-        let text = render(r.devices(), Ingest { stored: 3, rejected: 1, repeated: 0 }, &[]);
+        let text = render(r.devices(), Ingest { stored: 3, rejected: 1, repeated: 0 }, &[], &[]);
         assert!(text.contains("drover_fleet_devices{state=\"online\",model=\"iris\",version=\"3\"} 1\n"), "{text}");
         assert!(text.contains("drover_fleet_devices{state=\"offline\",model=\"iris\",version=\"2\"} 1\n"));
         assert!(text.contains("drover_device_up{device=\"pi-2\"} 0\n"));

@@ -5,6 +5,7 @@
 //! `record` decodes, `registry` is the pure fleet state, `storage` keeps it, `hub` ties them
 //! together for the shell (`server`) and the HTTP side (`http`, `metrics`).
 
+pub mod drift;
 pub mod http;
 pub mod hub;
 pub mod metrics;

@@ -110,6 +110,19 @@ impl Totals {
     }
 }
 
+/// Latency quantiles of one telemetry period, µs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quantiles {
+    /// Unix ms when the period ended.
+    pub end_ms: u64,
+    /// Median.
+    pub p50: u32,
+    /// 90th percentile.
+    pub p90: u32,
+    /// 99th percentile.
+    pub p99: u32,
+}
+
 /// The device's latest judged drift window, summarised.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Drift {
@@ -184,6 +197,10 @@ pub struct Device {
     pub operation: Option<String>,
     /// The latest telemetry period.
     pub last: Option<Period>,
+    /// The latest period that answered anything: what its latency was (an idle period has
+    /// none, and the table should not go blank between bursts).
+    #[serde(default)]
+    pub latency_us: Option<Quantiles>,
     /// Counts since first seen.
     pub totals: Totals,
     /// The latest judged drift window.
@@ -194,6 +211,9 @@ pub struct Device {
     pub drift_mark: Mark,
     /// Newest event.
     pub event_mark: Mark,
+    /// The latest judged drift window whole, for the fleet-wide merge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<super::drift::DeviceWindow>,
     /// The latest period's latency histogram, for fleet-wide quantiles (not stored: rebuilt by
     /// the next report).
     #[serde(skip)]
@@ -298,6 +318,9 @@ impl Registry {
                 if let Some(slot) = t.slot {
                     d.slot = Some(slot_name(slot).into());
                 }
+                if let (Some(p50), Some(p90), Some(p99)) = (period.p50_us, period.p90_us, period.p99_us) {
+                    d.latency_us = Some(Quantiles { end_ms: t.end_ms, p50, p90, p99 });
+                }
                 d.latency = t.latency.clone();
                 d.last = Some(period.clone());
                 out.push(Change::Point(device.to_string(), period));
@@ -308,6 +331,11 @@ impl Registry {
                 }
                 d.drift_mark = Mark { seq: w.seq, end_ms: w.end_ms };
                 if let Some(drift) = Drift::of(w) {
+                    d.window = Some(super::drift::DeviceWindow {
+                        model: w.model.name.to_string(),
+                        version: w.model.version,
+                        features: w.features.iter().map(|f| (f.name.to_string(), f.sketch.clone())).collect(),
+                    });
                     d.drift = Some(drift.clone());
                     out.push(Change::Drift(device.to_string(), drift));
                 }
@@ -458,6 +486,14 @@ pub(crate) mod tests {
         // 50 latencies 10..500 µs: the median is 250 µs, within the histogram's bucket error.
         let p50 = last.p50_us.expect("a median");
         assert!(p50.abs_diff(250) <= 250 / 20, "p50 {p50}");
+        // An idle period has no latency; the device's latest latency stays that of the last
+        // busy one.
+        r.apply(13, "pi-1", &telemetry(3, 7_000, 0));
+        let d = r.device("pi-1").expect("known");
+        assert_eq!(
+            (d.last.as_ref().and_then(|p| p.p50_us), d.latency_us.map(|l| (l.end_ms, l.p50))),
+            (None, Some((6_000, p50)))
+        );
         // A device whose data dir was reset counts from 1 again, in a later period.
         assert_eq!(r.apply(14, "pi-1", &telemetry(1, 9_000, 7)).len(), 2);
         assert_eq!(r.device("pi-1").expect("known").totals.inferences, 157);

@@ -26,6 +26,8 @@ pub struct ServeConfig {
     pub client_id: String,
     /// The SQLite file (`None`: in memory, for the demo and tests that want nothing on disk).
     pub db: Option<PathBuf>,
+    /// Reference statistics of the model versions in service, for fleet-wide drift.
+    pub catalog: super::drift::Catalog,
     /// Where the dashboard, API and `/metrics` listen.
     pub http: SocketAddr,
     /// Required on every HTTP request, when set.
@@ -82,7 +84,7 @@ pub async fn start(cfg: &ServeConfig) -> Result<(Running, TcpListener), ServeErr
         Some(path) => Box::new(Sqlite::open(path)?),
         None => Box::new(Sqlite::in_memory()?),
     };
-    let hub = Hub::new(storage)?;
+    let hub = Hub::new(storage, cfg.catalog.clone())?;
     let listener = TcpListener::bind(cfg.http).await.map_err(|source| ServeError::Listen { addr: cfg.http, source })?;
     let http = listener.local_addr().map_err(|source| ServeError::Listen { addr: cfg.http, source })?;
     Ok((Running { http, hub }, listener))

@@ -45,12 +45,21 @@ function renderFleet() {
     el("td", { class: d.online ? "online" : "offline" }, d.online ? "online" : "offline"),
     el("td", {}, d.model || "—"),
     el("td", {}, d.version == null ? "—" : "v" + d.version),
-    el("td", {}, micros(d.last && d.last.p99_us)),
+    el("td", {}, micros(d.latency_us && d.latency_us.p99)),
     el("td", {}, String(errors(d))),
     el("td", { class: d.drift && d.drift.drifted.length ? "drifted" : "" },
       d.drift ? d.drift.score.toFixed(3) + (d.drift.drifted.length ? " (" + d.drift.drifted.join(", ") + ")" : "") : ""),
     el("td", {}, d.operation || ""),
     el("td", {}, ago(d.last_seen_ms)))));
+  const merged = (fleet.drift || []).filter((m) => !group || m.group === group || m.group == null);
+  document.querySelector("#fleet-drift tbody").replaceChildren(...merged.map((m) => {
+    const drifted = m.features.filter((f) => f.drifted).map((f) => f.name);
+    const scope = m.group == null ? "fleet" : "group " + m.group;
+    return el("tr", { "data-scope": scope, class: drifted.length ? "drifted" : "" },
+      el("td", {}, m.model), el("td", {}, "v" + m.version), el("td", {}, scope),
+      el("td", {}, String(m.devices)), el("td", {}, String(m.samples)),
+      el("td", {}, m.score.toFixed(3)), el("td", {}, drifted.join(", ")));
+  }));
   const online = fleet.devices.filter((d) => d.online).length;
   document.getElementById("summary").textContent = online + " of " + fleet.devices.length + " devices online";
 }
