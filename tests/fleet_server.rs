@@ -111,6 +111,7 @@ fn twenty_agents_one_truth_in_the_terminal_the_browser_and_prometheus() {
     let mut fleet = Fleet::new(fleet_dir.path(), "edge", DEVICES, &[], &d.join("root.json"), &settings);
     for (i, m) in fleet.members.iter_mut().enumerate() {
         m.cfg.groups = vec![if i < DEVICES / 2 { "north" } else { "south" }.to_string()];
+        m.cfg.labels.insert("site".into(), if i % 2 == 0 { "berlin" } else { "paris" }.into());
         m.cfg.telemetry.period_s = Some(1);
         m.cfg.drift.window_samples = PER_DEVICE as u32;
         m.cfg.drift.min_samples = 50;
@@ -170,6 +171,11 @@ fn twenty_agents_one_truth_in_the_terminal_the_browser_and_prometheus() {
     let north = status(d, &server, &["--group", "north"]);
     assert_eq!(north["drift"].as_array().map(Vec::len), Some(1), "only north's merge: {}", north["drift"]);
     assert_eq!(north["devices"].as_array().map(Vec::len), Some(DEVICES / 2));
+    let paris = status(d, &server, &["--label", "site=paris"]);
+    let paris: Vec<&str> =
+        paris["devices"].as_array().expect("devices").iter().filter_map(|x| x["id"].as_str()).collect();
+    assert_eq!(paris.len(), DEVICES / 2);
+    assert!(paris.iter().all(|id| id.ends_with(['1', '3', '5', '7', '9'])), "{paris:?}");
     let table = ok("drover", d, &["fleet", "status", "--server", &server.url]);
     assert!(table.contains("20 of 20 devices online"), "{table}");
     assert!(table.lines().any(|l| l.starts_with(DRIFTED) && l.contains("DRIFT")), "{table}");
@@ -203,6 +209,13 @@ fn twenty_agents_one_truth_in_the_terminal_the_browser_and_prometheus() {
         let id = x["id"].as_str().expect("id");
         let inferences = m.get(&format!(r#"drover_device_inferences_total{{device="{id}"}}"#));
         assert_eq!(inferences, Some(&(PER_DEVICE as f64)), "{id}");
+        let site = x["labels"]["site"].as_str().expect("site label");
+        let info = format!(r#"drover_device_info{{device="{id}",agent="#);
+        let info = m.keys().find(|k| k.starts_with(&info)).expect("info series");
+        assert!(
+            info.contains(&format!(r#"groups="{}",labels="site={site}""#, x["groups"][0].as_str().expect("group"))),
+            "{info}"
+        );
         let score = m.get(&format!(r#"drover_device_drift_score{{device="{id}"}}"#)).expect("a drift score");
         assert!((score - x["drift"]["score"].as_f64().expect("score")).abs() < 1e-9, "{id}");
         let p99 = m.get(&format!(r#"drover_device_latency_seconds{{device="{id}",quantile="0.99"}}"#));
@@ -223,6 +236,13 @@ fn twenty_agents_one_truth_in_the_terminal_the_browser_and_prometheus() {
         for row in rows.as_array().expect("rows") {
             let id = row[0].as_str().expect("id");
             assert_eq!((row[2].as_str(), row[3].as_str(), row[4].as_str()), (Some("online"), Some("iris"), Some("v1")));
+            let x = device(&view, id);
+            let groups = format!(
+                "{}, site={}",
+                x["groups"][0].as_str().expect("group"),
+                x["labels"]["site"].as_str().expect("site")
+            );
+            assert_eq!(row[1].as_str(), Some(groups.as_str()));
             let score = device(&view, id)["drift"]["score"].as_f64().expect("score");
             assert!(row[7].as_str().expect("drift cell").starts_with(&format!("{score:.3}")), "{row}");
         }

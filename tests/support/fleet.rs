@@ -56,6 +56,7 @@ impl Fleet {
                 let cfg = AgentConfig {
                     device,
                     groups: groups.iter().map(|g| g.to_string()).collect(),
+                    labels: Default::default(),
                     data_dir,
                     payload: if i % 2 == 0 { PayloadFormat::Postcard } else { PayloadFormat::Json },
                     broker: broker.clone(),

@@ -131,6 +131,25 @@ pub struct Status {
     pub uptime_s: u64,
     /// Unix seconds when this status was made.
     pub at: u64,
+    /// The operator's `key=value` labels from the agent's config (site, rack, customer), so a
+    /// fleet view can be filtered by what groups do not say.
+    pub labels: Vec<Label, MAX_LABELS>,
+}
+
+/// Most labels a device carries.
+pub const MAX_LABELS: usize = 8;
+/// Longest label key.
+pub const MAX_LABEL_KEY: usize = 32;
+/// Longest label value.
+pub const MAX_LABEL_VALUE: usize = 64;
+
+/// One `key=value` label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    /// `[a-z0-9_.-]`, 1..=32 bytes.
+    pub key: String<MAX_LABEL_KEY>,
+    /// Printable, up to 64 bytes.
+    pub value: String<MAX_LABEL_VALUE>,
 }
 
 /// The announcement of a bundle to a device, a group or the fleet (retained): enough for a

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use drover_wire::message::{Label, MAX_LABELS};
 use drover_wire::topic::Name;
 use serde::Deserialize;
 
@@ -17,6 +18,10 @@ pub struct AgentConfig {
     /// Groups this device belongs to (group pushes and commands reach it).
     #[serde(default)]
     pub groups: Vec<String>,
+    /// `[labels]`: the operator's key = "value" pairs (site, rack), reported with presence so
+    /// the fleet views can filter by them. Up to 8; keys `[a-z0-9_.-]`.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// The data directory: slots, state, trust, transfers.
     pub data_dir: PathBuf,
     /// How this agent encodes what it publishes (`postcard` or `json`).
@@ -275,6 +280,7 @@ impl AgentConfig {
     pub fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
         let cfg: AgentConfig = toml::from_str(text)?;
         cfg.names()?;
+        cfg.labels()?;
         if !(cfg.transfer.stall_s.is_finite() && cfg.transfer.stall_s > 0.0) {
             return Err(ConfigError::Range("transfer.stall_s must be above 0".into()));
         }
@@ -339,6 +345,31 @@ impl AgentConfig {
         }
     }
 
+    /// The labels, checked: at most [`MAX_LABELS`], keys of `[a-z0-9_.-]` up to 32 bytes, values of
+    /// printable characters up to 64 bytes.
+    pub fn labels(&self) -> Result<heapless::Vec<Label, MAX_LABELS>, ConfigError> {
+        if self.labels.len() > MAX_LABELS {
+            return Err(ConfigError::Range(format!("at most {MAX_LABELS} labels, not {}", self.labels.len())));
+        }
+        let bad = |k: &str, why: &str| ConfigError::Range(format!("label '{k}': {why}"));
+        let mut out = heapless::Vec::new();
+        for (k, v) in &self.labels {
+            let key_ok =
+                !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+            if !key_ok {
+                return Err(bad(k, "keys are 1 to 32 of a-z 0-9 _ . -"));
+            }
+            if v.chars().any(char::is_control) {
+                return Err(bad(k, "the value has a control character"));
+            }
+            let key = k.as_str().try_into().map_err(|_| bad(k, "keys are 1 to 32 of a-z 0-9 _ . -"))?;
+            let value = v.as_str().try_into().map_err(|_| bad(k, "values are at most 64 bytes"))?;
+            // Cannot overflow: the count was checked above.
+            let _ = out.push(Label { key, value });
+        }
+        Ok(out)
+    }
+
     /// The device id and groups as checked topic levels.
     pub fn names(&self) -> Result<(Name, Vec<Name>), ConfigError> {
         let device = Name::new(&self.device).map_err(|reason| ConfigError::Name {
@@ -372,6 +403,9 @@ groups = ["lab", "floor-2"]
 data_dir = "/tmp/d"
 payload = "json"
 status_every_s = 30
+[labels]
+site = "berlin"
+rack = "r-3"
 [broker]
 host = "broker.local"
 port = 8883
@@ -413,6 +447,8 @@ part = "adxl345"
         assert_eq!(c.payload, PayloadFormat::Json);
         assert_eq!(c.transfer.stall_s, 0.5);
         assert_eq!(c.names().unwrap().1.len(), 2);
+        let labels = c.labels().unwrap();
+        assert_eq!((labels[0].key.as_str(), labels[1].value.as_str()), ("rack", "berlin"));
         let s = c.serve_settings(Some(100));
         assert_eq!((s.queue, s.window.samples, s.window.millis, s.sustain), (8, 200, 300_000, 2));
         assert_eq!(s.thresholds.psi, 0.25, "the config's threshold wins over the bundle's");
@@ -439,6 +475,12 @@ part = "adxl345"
             ("device = \"pi\"\ndata_dir = \"/d\"\n[telemetry]\nperiod_s = 0", "period_s"),
             ("device = \"pi\"\ndata_dir = \"/d\"\n[drift]\npsy = 0.1", "unknown field"),
             ("device = \"pi\"\ndata_dir = \"/d\"\n[api]\nlisten = \"localhost\"", "HOST:PORT"),
+            ("device = \"pi\"\ndata_dir = \"/d\"\n[labels]\nSite = \"x\"", "label 'Site'"),
+            ("device = \"pi\"\ndata_dir = \"/d\"\n[labels]\nsite = \"a\\nb\"", "control character"),
+            (
+                "device = \"pi\"\ndata_dir = \"/d\"\n[labels]\nsite = \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"",
+                "at most 64",
+            ),
             (
                 "device = \"pi\"\ndata_dir = \"/d\"\n[[input]]\nkind = \"i2c\"\ndevice = \"/dev/i2c-1\"\npart = \"mpu6050\"\naddress = 0x53",
                 "two addresses",

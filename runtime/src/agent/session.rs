@@ -9,6 +9,7 @@ use drover_wire::command::SignedCommand;
 use drover_wire::event::Feedback;
 use drover_wire::manifest::AgentVersion;
 use drover_wire::message::{Announce, Chunk, Digest, ModelRef, Op, Phase, Progress, Slot, Status, Want};
+use drover_wire::message::{Label, MAX_LABELS};
 use drover_wire::topic::{self, DeviceLeaf, GroupLeaf, Name, Parsed};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,8 @@ pub struct Identity {
     pub agent: AgentVersion,
     /// The device's architecture.
     pub arch: Arch,
+    /// The operator's labels.
+    pub labels: heapless::Vec<Label, MAX_LABELS>,
 }
 
 /// What the device serves, from the store; the session reports it and checks announcements
@@ -214,6 +217,7 @@ impl Session {
             slot: self.serving.slot,
             uptime_s: now.ms.saturating_sub(self.started_ms) / 1000,
             at: now.unix,
+            labels: self.me.labels.clone(),
         }
     }
 

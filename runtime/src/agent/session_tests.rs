@@ -14,6 +14,7 @@ fn me() -> Identity {
         groups: vec![Name::new("lab").unwrap()],
         agent: AgentVersion { major: 0, minor: 1, patch: 0 },
         arch: Arch::Aarch64,
+        labels: heapless::Vec::new(),
     }
 }
 

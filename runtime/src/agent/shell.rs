@@ -162,7 +162,9 @@ pub async fn run_with(
     let (device, groups) = cfg.names()?;
     let agent_version =
         AgentVersion::parse(env!("CARGO_PKG_VERSION")).unwrap_or(AgentVersion { major: 0, minor: 0, patch: 0 });
-    let me = Identity { device, groups, agent: agent_version, arch: Arch::current().unwrap_or(Arch::X86_64) };
+    let labels = cfg.labels()?;
+    let arch = Arch::current().unwrap_or(Arch::X86_64);
+    let me = Identity { device, groups, agent: agent_version, arch, labels };
 
     let mut store = Store::open(StoreConfig::new(&cfg.data_dir))?;
     let (store, booted) = tokio::task::spawn_blocking(move || {

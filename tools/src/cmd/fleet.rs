@@ -74,6 +74,9 @@ pub struct StatusArgs {
     /// Only this group.
     #[arg(long)]
     pub group: Option<String>,
+    /// Only devices with this label (KEY=VALUE, from the agents' `[labels]`).
+    #[arg(long)]
+    pub label: Option<String>,
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -181,10 +184,15 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn get_json<T: serde::de::DeserializeOwned>(server: &str, path: &str, token: &Option<String>) -> anyhow::Result<T> {
+fn get_json<T: serde::de::DeserializeOwned>(
+    server: &str,
+    path: &str,
+    query: &[(&str, &str)],
+    token: &Option<String>,
+) -> anyhow::Result<T> {
     let url = format!("{}{path}", server.trim_end_matches('/'));
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut req = agent.get(&url);
+    let mut req = agent.get(&url).query_pairs(query.iter().copied());
     if let Some(t) = token {
         req = req.header("authorization", &format!("Bearer {t}"));
     }
@@ -203,11 +211,15 @@ fn get_json<T: serde::de::DeserializeOwned>(server: &str, path: &str, token: &Op
 
 fn fetch_fleet(args: &StatusArgs) -> anyhow::Result<FleetView> {
     let token = read_token(&args.token_file)?;
-    let path = match &args.group {
-        Some(g) => format!("/api/fleet?group={g}"),
-        None => "/api/fleet".into(),
-    };
-    get_json(&args.server, &path, &token)
+    let mut query: Vec<(&str, &str)> = Vec::new();
+    if let Some(g) = &args.group {
+        query.push(("group", g));
+    }
+    if let Some(l) = &args.label {
+        anyhow::ensure!(l.contains('='), "--label must be KEY=VALUE, not '{l}'");
+        query.push(("label", l));
+    }
+    get_json(&args.server, "/api/fleet", &query, &token)
 }
 
 fn micros(us: Option<u32>) -> String {
@@ -276,7 +288,8 @@ struct DeviceReply {
 
 fn device(args: &DeviceArgs) -> anyhow::Result<bool> {
     let token = read_token(&args.token_file)?;
-    let reply: serde_json::Value = get_json(&args.server, &format!("/api/devices/{}", args.id), &token)?;
+    drover_wire::topic::Name::new(&args.id).map_err(|e| anyhow::anyhow!("device id '{}': {e}", args.id))?;
+    let reply: serde_json::Value = get_json(&args.server, &format!("/api/devices/{}", args.id), &[], &token)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
         return Ok(true);
@@ -285,6 +298,10 @@ fn device(args: &DeviceArgs) -> anyhow::Result<bool> {
     println!("device     {}", d.id);
     println!("presence   {}", if d.online { "online" } else { "OFFLINE" });
     println!("groups     {}", d.groups.join(", "));
+    if !d.labels.is_empty() {
+        let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("labels     {}", labels.join(", "));
+    }
     println!("model      {} {}", d.model.as_deref().unwrap_or("-"), d.version.map_or("".into(), |v| format!("v{v}")));
     println!("slot       {}", d.slot.as_deref().unwrap_or("-"));
     println!("agent      {} {}", d.agent.as_deref().unwrap_or("-"), d.arch.as_deref().unwrap_or(""));

@@ -112,11 +112,39 @@ async fn metrics(State(api): State<Api>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], api.hub.metrics()).into_response()
 }
 
-/// The fleet table, optionally of one group.
-pub fn fleet_view(api: &Api, group: Option<&str>) -> FleetView {
+/// Which devices a view shows: `?group=G` and `?label=KEY=VALUE`.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only members of this group.
+    pub group: Option<String>,
+    /// Only devices with this label (key, value).
+    pub label: Option<(String, String)>,
+}
+
+impl Filter {
+    fn of(q: &HashMap<String, String>) -> Result<Filter, Response> {
+        let label = match q.get("label") {
+            None => None,
+            Some(l) => match l.split_once('=') {
+                Some((k, v)) => Some((k.to_string(), v.to_string())),
+                None => return Err(error(StatusCode::BAD_REQUEST, "'label' must be KEY=VALUE")),
+            },
+        };
+        Ok(Filter { group: q.get("group").cloned(), label })
+    }
+
+    fn admits(&self, d: &Device) -> bool {
+        self.group.as_ref().is_none_or(|g| d.groups.contains(g))
+            && self.label.as_ref().is_none_or(|(k, v)| d.labels.get(k) == Some(v))
+    }
+}
+
+/// The fleet table, filtered.
+pub fn fleet_view(api: &Api, filter: &Filter) -> FleetView {
+    let group = filter.group.as_deref();
     let devices = api.hub.registry(|r| {
         r.devices()
-            .filter(|d| group.is_none_or(|g| d.groups.iter().any(|x| x == g)))
+            .filter(|d| filter.admits(d))
             // The sketches are for the merge, not for every view of the table.
             .map(|d| Device { window: None, ..d.clone() })
             .collect()
@@ -126,7 +154,10 @@ pub fn fleet_view(api: &Api, group: Option<&str>) -> FleetView {
 }
 
 async fn fleet(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Response {
-    json(&fleet_view(&api, q.get("group").map(String::as_str)))
+    match Filter::of(&q) {
+        Ok(filter) => json(&fleet_view(&api, &filter)),
+        Err(response) => response,
+    }
 }
 
 async fn device(State(api): State<Api>, Path(id): Path<String>) -> Response {
@@ -185,10 +216,12 @@ async fn stream(
     State(api): State<Api>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let group = q.get("group").cloned();
-    let first = fleet_view(&api, group.as_deref());
+    // A bad label filter shows everything rather than nothing: the page's own requests are
+    // well-formed, and an event stream has no error status to give.
+    let filter = Filter::of(&q).unwrap_or_default();
+    let first = fleet_view(&api, &filter);
     let wakes = BroadcastStream::new(api.hub.subscribe()).throttle(Duration::from_millis(500));
-    let later = wakes.map(move |_| fleet_view(&api, group.as_deref()));
+    let later = wakes.map(move |_| fleet_view(&api, &filter));
     let views = tokio_stream::once(first).chain(later);
     let events =
         views.map(|view| Ok(SseEvent::default().event("fleet").data(serde_json::to_string(&view).unwrap_or_default())));

@@ -72,11 +72,14 @@ pub fn render<'a>(
     out.family("drover_device_info", "gauge", "Always 1: the device's agent, architecture, groups and served model.");
     for d in &devices {
         let version = d.version.map(|v| v.to_string()).unwrap_or_default();
+        let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let labels = labels.join(",");
         let labels = [
             ("device", d.id.as_str()),
             ("agent", d.agent.as_deref().unwrap_or("")),
             ("arch", d.arch.as_deref().unwrap_or("")),
             ("groups", &d.groups.join(",")),
+            ("labels", &labels),
             ("model", d.model.as_deref().unwrap_or("")),
             ("version", &version),
             ("slot", d.slot.as_deref().unwrap_or("")),
@@ -269,6 +272,7 @@ mod tests {
         assert!(text.contains("drover_fleet_devices{state=\"online\",model=\"iris\",version=\"3\"} 1\n"), "{text}");
         assert!(text.contains("drover_fleet_devices{state=\"offline\",model=\"iris\",version=\"2\"} 1\n"));
         assert!(text.contains("drover_device_up{device=\"pi-2\"} 0\n"));
+        assert!(text.contains(r#"groups="lab",labels="site=berlin \"north\"",model="iris""#), "{text}");
         assert!(text.contains("drover_device_inferences_total{device=\"pi-1\"} 100\n"));
         assert!(text.contains("drover_device_errors_total{device=\"pi-1\",kind=\"busy\"} 2\n"));
         assert!(text.contains("drover_device_latency_seconds{device=\"pi-1\",quantile=\"0.5\"} 0.0005"), "{text}");

@@ -98,6 +98,7 @@ mod tests {
             slot: None,
             uptime_s: 5,
             at: 1_700_000_000,
+            labels: heapless::Vec::new(),
         }
     }
 

@@ -185,6 +185,9 @@ pub struct Device {
     pub arch: Option<String>,
     /// Groups.
     pub groups: Vec<String>,
+    /// The operator's labels from the agent's config.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// Model served.
     pub model: Option<String>,
     /// Its version.
@@ -364,6 +367,7 @@ fn apply_status(d: &mut Device, s: &Status) {
     d.agent = Some(s.agent.to_string());
     d.arch = Some(s.arch.to_string());
     d.groups = s.groups.iter().map(|g| g.to_string()).collect();
+    d.labels = s.labels.iter().map(|l| (l.key.to_string(), l.value.to_string())).collect();
     d.uptime_s = s.uptime_s;
     // The Last Will is the status of the last connection with `online: false`: what it says
     // about the model is still the device's latest word.
@@ -424,6 +428,11 @@ pub(crate) mod tests {
             slot: version.map(|_| Slot::A),
             uptime_s: 3,
             at: 0,
+            labels: heapless::Vec::from_slice(&[drover_wire::message::Label {
+                key: "site".try_into().expect("key"),
+                value: "berlin \"north\"".try_into().expect("value"),
+            }])
+            .expect("one label"),
         })
     }
 
@@ -458,6 +467,7 @@ pub(crate) mod tests {
         let mut r = Registry::default();
         let c = r.apply(1000, "pi-1", &status(true, Some(2)));
         assert!(matches!(&c[1], Change::Event(e) if e.kind == "online"));
+        assert_eq!(r.device("pi-1").expect("known").labels["site"], "berlin \"north\"");
         let d = r.device("pi-1").expect("known");
         assert_eq!(
             (d.online, d.version, d.groups.as_slice(), d.first_seen_ms),

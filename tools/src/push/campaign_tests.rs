@@ -84,6 +84,7 @@ fn a_push_reaches_every_device_of_the_group_through_losses_and_corruption() {
                 groups: vec![name("lab")],
                 agent: drover_wire::AgentVersion { major: 0, minor: 1, patch: 0 },
                 arch: Arch::X86_64,
+                labels: heapless::Vec::new(),
             };
             Session::new(
                 me,

@@ -184,6 +184,7 @@ mod tests {
             slot: None,
             uptime_s: 0,
             at: 0,
+            labels: heapless::Vec::new(),
         }
     }
 

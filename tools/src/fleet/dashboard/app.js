@@ -21,6 +21,8 @@ function ago(ms) {
 
 function micros(us) { return us == null ? "" : us >= 1000 ? (us / 1000).toFixed(1) + " ms" : us + " µs"; }
 
+function labels(d) { return Object.entries(d.labels || {}).map(([k, v]) => k + "=" + v); }
+
 function errors(d) {
   const t = d.totals;
   return t.input_errors + t.engine_errors + t.busy_errors + t.no_model_errors;
@@ -36,12 +38,12 @@ function renderFleet() {
     if (![...select.options].some((o) => o.value === g)) select.append(el("option", { value: g }, g));
   }
   const rows = fleet.devices.filter((d) =>
-    (!text || d.id.toLowerCase().includes(text) || (d.model || "").toLowerCase().includes(text)) &&
+    (!text || [d.id, d.model || "", ...labels(d)].some((s) => s.toLowerCase().includes(text))) &&
     (!group || d.groups.includes(group)) && (!onlineOnly || d.online));
   const body = document.querySelector("#fleet tbody");
   body.replaceChildren(...rows.map((d) => el("tr", { "data-device": d.id },
     el("td", {}, el("a", { href: "#/device/" + encodeURIComponent(d.id) }, d.id)),
-    el("td", {}, d.groups.join(", ")),
+    el("td", {}, [...d.groups, ...labels(d)].join(", ")),
     el("td", { class: d.online ? "online" : "offline" }, d.online ? "online" : "offline"),
     el("td", {}, d.model || "—"),
     el("td", {}, d.version == null ? "—" : "v" + d.version),
@@ -100,7 +102,7 @@ async function renderDevice(id) {
     getJson("/api/devices/" + encodeURIComponent(id) + "/series?since_ms=0"),
   ]);
   document.getElementById("device-title").textContent = device.id + (device.online ? " (online)" : " (offline)");
-  const facts = [["Groups", device.groups.join(", ")], ["Model", (device.model || "—") + (device.version != null ? " v" + device.version : "")],
+  const facts = [["Groups", device.groups.join(", ")], ["Labels", labels(device).join(", ") || "—"], ["Model", (device.model || "—") + (device.version != null ? " v" + device.version : "")],
     ["Slot", device.slot || "—"], ["Agent", (device.agent || "") + " " + (device.arch || "")],
     ["Inferences", String(device.totals.inferences)], ["Errors", String(errors(device))],
     ["Operation", device.operation || "—"], ["Last seen", ago(device.last_seen_ms)]];
