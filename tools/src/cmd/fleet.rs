@@ -20,7 +20,7 @@ use crate::fleet::storage::Retention;
 #[derive(Debug, Subcommand)]
 pub enum FleetCommand {
     /// Run the fleet server: registry, telemetry store, dashboard, JSON API, /metrics.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the fleet table (exit 1 if no device is known).
     Status(StatusArgs),
     /// The fleet table, redrawn as it changes.

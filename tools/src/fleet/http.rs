@@ -122,12 +122,12 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn of(q: &HashMap<String, String>) -> Result<Filter, Response> {
+    fn of(q: &HashMap<String, String>) -> Result<Filter, &'static str> {
         let label = match q.get("label") {
             None => None,
             Some(l) => match l.split_once('=') {
                 Some((k, v)) => Some((k.to_string(), v.to_string())),
-                None => return Err(error(StatusCode::BAD_REQUEST, "'label' must be KEY=VALUE")),
+                None => return Err("'label' must be KEY=VALUE"),
             },
         };
         Ok(Filter { group: q.get("group").cloned(), label })
@@ -156,7 +156,7 @@ pub fn fleet_view(api: &Api, filter: &Filter) -> FleetView {
 async fn fleet(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Response {
     match Filter::of(&q) {
         Ok(filter) => json(&fleet_view(&api, &filter)),
-        Err(response) => response,
+        Err(why) => error(StatusCode::BAD_REQUEST, why),
     }
 }
 

@@ -146,7 +146,7 @@ pub fn render<'a>(
             out.sample("drover_device_drifted_features", &[("device", &d.id)], w.drifted.len() as f64);
         }
     }
-    let gauges: [(&str, &str, fn(&Device) -> Option<f64>); 6] = [
+    let gauges: [Gauge; 6] = [
         ("drover_device_cpu_ratio", "CPU busy over the latest period, share of all cores.", |d| {
             d.last.as_ref()?.cpu_pct.map(|c| f64::from(c) / 100.0)
         }),
@@ -213,6 +213,9 @@ pub fn render<'a>(
     }
     out.text
 }
+
+/// A per-device gauge: name, help, and its value for a device (none: no sample).
+type Gauge = (&'static str, &'static str, fn(&Device) -> Option<f64>);
 
 #[derive(Default)]
 struct Out {

@@ -419,7 +419,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn status(online: bool, version: Option<u64>) -> Record {
-        Record::Status(Status {
+        Record::Status(Box::new(Status {
             online,
             agent: AgentVersion { major: 0, minor: 1, patch: 0 },
             arch: Arch::Aarch64,
@@ -433,7 +433,7 @@ pub(crate) mod tests {
                 value: "berlin \"north\"".try_into().expect("value"),
             }])
             .expect("one label"),
-        })
+        }))
     }
 
     pub(crate) fn telemetry(seq: u64, end_ms: u64, inferences: u64) -> Record {
@@ -518,8 +518,8 @@ pub(crate) mod tests {
             at: 1,
         };
         let mut r = Registry::default();
-        let c = r.apply(5, "pi-1", &Record::Progress(p.clone()));
+        let c = r.apply(5, "pi-1", &Record::Progress(Box::new(p.clone())));
         assert!(matches!(&c[1], Change::Event(e) if e.text == "iris v4: failed: bad signature"), "{c:?}");
-        assert_eq!(r.apply(6, "pi-1", &Record::Progress(p)).len(), 1, "the retained copy again: no event");
+        assert_eq!(r.apply(6, "pi-1", &Record::Progress(Box::new(p))).len(), 1, "the retained copy again: no event");
     }
 }
