@@ -10,4 +10,5 @@ pub mod keys;
 pub mod mlflow;
 pub mod publish;
 pub mod push;
+pub mod rollout;
 pub mod trust_docs;
