@@ -42,6 +42,12 @@ pub struct ServeArgs {
     /// the devices' drift windows per model version and group.
     #[arg(long)]
     pub bundles: Option<PathBuf>,
+    /// The operator key rollouts sign their commands with (without it the server runs none).
+    #[arg(long)]
+    pub operator_key: Option<PathBuf>,
+    /// The operator key's delegation.
+    #[arg(long)]
+    pub delegation: Option<PathBuf>,
     /// Where the dashboard, the API and /metrics listen (beyond loopback only with a token).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
@@ -143,7 +149,15 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             catalog
         }
     };
+    let signer = match (&args.operator_key, &args.delegation) {
+        (Some(key), Some(delegation)) => {
+            Some(crate::fleet::rollouts::Signer { key: key.clone(), delegation: delegation.clone() })
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("--operator-key and --delegation go together"),
+    };
     let cfg = ServeConfig {
+        signer,
         catalog,
         broker: args.broker.settings()?,
         client_id: args.client_id.clone(),

@@ -33,6 +33,52 @@ pub struct Api {
     pub token: Option<Arc<str>>,
     /// The clock.
     pub now_ms: UnixMs,
+    /// Runs rollouts' actions (`None`: the server has no operator key and runs no rollout).
+    pub executor: Option<super::rollouts::Executor>,
+}
+
+async fn rollouts(State(api): State<Api>) -> Response {
+    json(&api.hub.rollouts())
+}
+
+async fn rollout(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match api.hub.rollouts().into_iter().find(|r| r.plan.id == id) {
+        Some(r) => json(&r),
+        None => error(StatusCode::NOT_FOUND, &format!("no rollout '{id}'")),
+    }
+}
+
+async fn create_rollout(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+    if api.executor.is_none() {
+        return error(StatusCode::CONFLICT, &super::rollouts::CreateError::NoSigner.to_string());
+    }
+    let req: super::rollouts::CreateRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("not a rollout request: {e}")),
+    };
+    let hub = api.hub.clone();
+    let now = (api.now_ms)();
+    match tokio::task::spawn_blocking(move || hub.create_rollout(req, now)).await {
+        Ok(Ok(r)) => (StatusCode::CREATED, json(&r)).into_response(),
+        Ok(Err(e @ super::hub::RolloutError::Storage(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn control_rollout(State(api): State<Api>, Path((id, verb)): Path<(String, String)>) -> Response {
+    use super::hub::RolloutError;
+    match api.hub.control(&id, &verb, (api.now_ms)()) {
+        Ok((r, actions, bundle)) => {
+            if let (Some(e), false) = (&api.executor, actions.is_empty()) {
+                e.spawn(&r, actions, bundle);
+            }
+            json(&r)
+        }
+        Err(e @ RolloutError::Unknown(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e @ (RolloutError::Verb(_) | RolloutError::State { .. })) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }
 
 /// The fleet table, as `/api/fleet` and the event stream send it.
@@ -59,6 +105,11 @@ pub fn router(api: Api) -> Router {
         .route("/api/devices/{id}/series", get(series))
         .route("/api/events", get(events))
         .route("/api/stream", get(stream))
+        .route("/api/rollouts", get(rollouts).post(create_rollout))
+        .route("/api/rollouts/{id}", get(rollout))
+        .route("/api/rollouts/{id}/{verb}", axum::routing::post(control_rollout))
+        // A rollout's request carries its bundle.
+        .layer(axum::extract::DefaultBodyLimit::max(512 * 1024 * 1024))
         .layer(axum::middleware::from_fn_with_state(api.clone(), guard))
         .with_state(api)
 }

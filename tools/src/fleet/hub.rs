@@ -10,6 +10,8 @@ use tokio::sync::broadcast;
 use drover_wire::drift::Thresholds;
 
 use super::drift::{self, Catalog, MergedDrift};
+use super::rollouts::{CreateError, CreateRequest, Entry, Rollouts};
+use crate::rollout::{Action, Rollout};
 use super::metrics::{self, Ingest};
 use super::record::{self, RecordError};
 use super::registry::{Change, Registry};
@@ -24,6 +26,31 @@ pub enum Taken {
     Nothing,
 }
 
+/// Why a rollout request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// The request.
+    #[error(transparent)]
+    Create(#[from] CreateError),
+    /// The store.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// No such rollout.
+    #[error("no rollout '{0}'")]
+    Unknown(String),
+    /// Not pause, resume or abort.
+    #[error("'{0}' is not pause, resume or abort")]
+    Verb(String),
+    /// Not in a state where the verb applies.
+    #[error("rollout {id} cannot {verb} now")]
+    State {
+        /// Which.
+        id: String,
+        /// The verb.
+        verb: String,
+    },
+}
+
 /// The state behind the server.
 pub struct Hub {
     registry: Mutex<Registry>,
@@ -32,6 +59,7 @@ pub struct Hub {
     ingest: Mutex<Ingest>,
     updates: broadcast::Sender<()>,
     catalog: Mutex<Catalog>,
+    rollouts: Mutex<Rollouts>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -44,6 +72,13 @@ impl Hub {
     /// references fleet-wide drift is judged against.
     pub fn new(storage: Box<dyn Storage>, catalog: Catalog) -> Result<Arc<Hub>, StorageError> {
         let registry = Registry::from_devices(storage.devices()?);
+        let mut catalog = catalog;
+        let mut entries = Vec::new();
+        for (rollout, bundle) in storage.rollouts()? {
+            // Its reference judges the fleet's drift on that version too.
+            let _ = catalog.add_bundle(&bundle);
+            entries.push(Entry { rollout, bundle: Arc::new(bundle), busy: false });
+        }
         Ok(Arc::new(Hub {
             registry: Mutex::new(registry),
             storage: Mutex::new(storage),
@@ -51,6 +86,7 @@ impl Hub {
             ingest: Mutex::new(Ingest::default()),
             updates: broadcast::channel(16).0,
             catalog: Mutex::new(catalog),
+            rollouts: Mutex::new(Rollouts::from_entries(entries)),
         }))
     }
 
@@ -112,6 +148,83 @@ impl Hub {
         self.updates.subscribe()
     }
 
+    /// Starts a rollout (stored before it first acts); its bundle's reference joins the catalog.
+    pub fn create_rollout(&self, req: CreateRequest, now_ms: u64) -> Result<Rollout, RolloutError> {
+        let entry = lock(&self.rollouts).create(req, now_ms)?;
+        let _ = lock(&self.catalog).add_bundle(&entry.bundle);
+        if let Err(e) = lock(&self.storage).save_rollout(&entry.rollout, &entry.bundle) {
+            lock(&self.rollouts).remove(&entry.rollout.plan.id);
+            return Err(e.into());
+        }
+        let _ = self.updates.send(());
+        Ok(entry.rollout)
+    }
+
+    /// Every rollout, oldest first.
+    pub fn rollouts(&self) -> Vec<Rollout> {
+        lock(&self.rollouts).all().map(|e| e.rollout.clone()).collect()
+    }
+
+    /// Pauses, resumes or aborts a rollout; returns it and, for an abort, what to undo.
+    pub fn control(&self, id: &str, verb: &str, now_ms: u64) -> Result<(Rollout, Vec<Action>, Arc<Vec<u8>>), RolloutError> {
+        let mut rollouts = lock(&self.rollouts);
+        let e = rollouts.get_mut(id).ok_or_else(|| RolloutError::Unknown(id.to_string()))?;
+        let (done, actions) = match verb {
+            "pause" => (e.rollout.pause(now_ms), Vec::new()),
+            "resume" => (e.rollout.resume(now_ms), Vec::new()),
+            "abort" => {
+                let was_over = e.rollout.is_over();
+                (!was_over, e.rollout.abort(now_ms))
+            }
+            other => return Err(RolloutError::Verb(other.to_string())),
+        };
+        if !done {
+            return Err(RolloutError::State { id: id.to_string(), verb: verb.to_string() });
+        }
+        let out = (e.rollout.clone(), actions, e.bundle.clone());
+        drop(rollouts);
+        lock(&self.storage).save_rollout(&out.0, &out.2)?;
+        let _ = self.updates.send(());
+        Ok(out)
+    }
+
+    /// Ticks the rollouts; returns the actions to carry out, per rollout.
+    pub fn tick_rollouts(&self, now_ms: u64) -> Vec<(Rollout, Vec<Action>, Arc<Vec<u8>>)> {
+        let (work, changed) = {
+            let registry = lock(&self.registry);
+            lock(&self.rollouts).tick(now_ms, &registry)
+        };
+        self.save_rollouts(&changed);
+        let rollouts = lock(&self.rollouts);
+        work.into_iter()
+            .filter_map(|(id, actions, bundle)| rollouts.get(&id).map(|e| (e.rollout.clone(), actions, bundle)))
+            .collect()
+    }
+
+    /// Records how a batch of a rollout's actions went and lets it tick again.
+    pub fn rollout_done(&self, id: &str, now_ms: u64, notes: Vec<String>) {
+        lock(&self.rollouts).done(id, now_ms, notes);
+        self.save_rollouts(&[id.to_string()]);
+    }
+
+    fn save_rollouts(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let entries: Vec<Entry> = {
+            let rollouts = lock(&self.rollouts);
+            ids.iter().filter_map(|id| rollouts.get(id).cloned()).collect()
+        };
+        let mut storage = lock(&self.storage);
+        for e in entries {
+            if let Err(err) = storage.save_rollout(&e.rollout, &e.bundle) {
+                log::error!("fleet database: rollout {}: {err}", e.rollout.plan.id);
+            }
+        }
+        drop(storage);
+        let _ = self.updates.send(());
+    }
+
     /// Every device's latest judged window merged per model version, fleet-wide and per group.
     pub fn drift(&self) -> Vec<MergedDrift> {
         let catalog = lock(&self.catalog);
@@ -122,8 +235,18 @@ impl Hub {
     pub fn metrics(&self) -> String {
         let ingest = *lock(&self.ingest);
         let merged = self.drift();
+        let stages: Vec<metrics::RolloutStage> = lock(&self.rollouts)
+            .all()
+            .map(|e| metrics::RolloutStage {
+                id: e.rollout.plan.id.clone(),
+                stage: match e.rollout.state {
+                    crate::rollout::State::Halted { .. } | crate::rollout::State::Aborted => -1,
+                    _ => e.rollout.stage as i64,
+                },
+            })
+            .collect();
         let registry = lock(&self.registry);
-        metrics::render(registry.devices(), ingest, &[], &merged)
+        metrics::render(registry.devices(), ingest, &stages, &merged)
     }
 
     /// The ingest counters.

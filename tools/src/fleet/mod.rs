@@ -11,5 +11,6 @@ pub mod hub;
 pub mod metrics;
 pub mod record;
 pub mod registry;
+pub mod rollouts;
 pub mod server;
 pub mod storage;

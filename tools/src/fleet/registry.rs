@@ -110,6 +110,26 @@ impl Totals {
     }
 }
 
+/// A model version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelVersion {
+    /// Model name.
+    pub name: String,
+    /// Version.
+    pub version: u64,
+}
+
+/// A shadow candidate's comparisons with the served model, summed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowTotals {
+    /// The candidate.
+    pub candidate: ModelVersion,
+    /// Samples judged: classified by both, or failed by the candidate.
+    pub judged: u64,
+    /// Of those, the ones where both named the same class.
+    pub agreed: u64,
+}
+
 /// Latency quantiles of one telemetry period, µs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quantiles {
@@ -214,6 +234,15 @@ pub struct Device {
     pub drift_mark: Mark,
     /// Newest event.
     pub event_mark: Mark,
+    /// The version it holds as its staged candidate (a stage push it reported staged).
+    #[serde(default)]
+    pub candidate: Option<ModelVersion>,
+    /// The latest bundle operation that failed on it, and why (a rollout halts on it).
+    #[serde(default)]
+    pub failed: Option<(ModelVersion, String)>,
+    /// Shadow comparisons of its current candidate, summed over its telemetry.
+    #[serde(default)]
+    pub shadow: Option<ShadowTotals>,
     /// The latest judged drift window whole, for the fleet-wide merge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<super::drift::DeviceWindow>,
@@ -300,6 +329,14 @@ impl Registry {
                     event("operation", text.clone());
                 }
                 d.operation = Some(text);
+                if let drover_wire::message::Op::Bundle { name, version, .. } = &p.op {
+                    let mv = ModelVersion { name: name.to_string(), version: *version };
+                    match &p.phase {
+                        Phase::Staged => d.candidate = Some(mv),
+                        Phase::Failed { reason } => d.failed = Some((mv, reason.to_string())),
+                        _ => {}
+                    }
+                }
             }
             Record::Telemetry(t) => {
                 if !d.telemetry_mark.admits(t.seq, t.end_ms) {
@@ -323,6 +360,17 @@ impl Registry {
                 }
                 if let (Some(p50), Some(p90), Some(p99)) = (period.p50_us, period.p90_us, period.p99_us) {
                     d.latency_us = Some(Quantiles { end_ms: t.end_ms, p50, p90, p99 });
+                }
+                if let Some(s) = &t.shadow {
+                    let candidate = ModelVersion { name: s.candidate.name.to_string(), version: s.candidate.version };
+                    let totals = d
+                        .shadow
+                        .get_or_insert_with(|| ShadowTotals { candidate: candidate.clone(), ..Default::default() });
+                    if totals.candidate != candidate {
+                        *totals = ShadowTotals { candidate, ..Default::default() };
+                    }
+                    totals.judged += s.classified + s.failed;
+                    totals.agreed += s.agreed;
                 }
                 d.latency = t.latency.clone();
                 d.last = Some(period.clone());
@@ -510,6 +558,41 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn shadow_comparisons_add_up_per_candidate() {
+        let shadowed = |seq: u64, version: u64, classified: u64, agreed: u64| {
+            let Record::Telemetry(mut t) = telemetry(seq, seq * 1000, 10) else { unreachable!() };
+            t.shadow = Some(drover_wire::telemetry::Shadow {
+                candidate: model(version),
+                sample_ppm: 1_000_000,
+                compared: classified + 1,
+                skipped: 0,
+                failed: 1,
+                classified,
+                agreed,
+                abs_diff_sum: 0.0,
+                abs_diff_count: 0,
+                max_abs_diff: 0.0,
+                candidate_us: 0,
+                served_us: 0,
+                served_samples: 0,
+            });
+            Record::Telemetry(t)
+        };
+        let mut r = Registry::default();
+        r.apply(1, "pi-1", &shadowed(1, 4, 9, 8));
+        r.apply(2, "pi-1", &shadowed(2, 4, 9, 9));
+        let s = r.device("pi-1").and_then(|d| d.shadow.clone()).expect("shadow totals");
+        assert_eq!(
+            (s.candidate.version, s.judged, s.agreed),
+            (4, 20, 17),
+            "a candidate failure counts as disagreement"
+        );
+        r.apply(3, "pi-1", &shadowed(3, 5, 9, 1));
+        let s = r.device("pi-1").and_then(|d| d.shadow.clone()).expect("shadow totals");
+        assert_eq!((s.candidate.version, s.judged, s.agreed), (5, 10, 1), "a new candidate counts afresh");
+    }
+
+    #[test]
     fn progress_becomes_an_operation_event_once() {
         use drover_wire::message::{Digest, Op};
         let p = Progress {
@@ -520,6 +603,15 @@ pub(crate) mod tests {
         let mut r = Registry::default();
         let c = r.apply(5, "pi-1", &Record::Progress(Box::new(p.clone())));
         assert!(matches!(&c[1], Change::Event(e) if e.text == "iris v4: failed: bad signature"), "{c:?}");
-        assert_eq!(r.apply(6, "pi-1", &Record::Progress(Box::new(p))).len(), 1, "the retained copy again: no event");
+        assert_eq!(
+            r.apply(6, "pi-1", &Record::Progress(Box::new(p.clone()))).len(),
+            1,
+            "the retained copy again: no event"
+        );
+        let iris4 = ModelVersion { name: "iris".into(), version: 4 };
+        assert_eq!(r.device("pi-1").expect("known").failed, Some((iris4.clone(), "bad signature".into())));
+        let staged = Progress { phase: Phase::Staged, ..p };
+        r.apply(7, "pi-1", &Record::Progress(Box::new(staged)));
+        assert_eq!(r.device("pi-1").expect("known").candidate, Some(iris4));
     }
 }

@@ -28,6 +28,8 @@ pub struct ServeConfig {
     pub db: Option<PathBuf>,
     /// Reference statistics of the model versions in service, for fleet-wide drift.
     pub catalog: super::drift::Catalog,
+    /// The operator key rollouts sign their commands with (`None`: the server runs none).
+    pub signer: Option<super::rollouts::Signer>,
     /// Where the dashboard, API and `/metrics` listen.
     pub http: SocketAddr,
     /// Required on every HTTP request, when set.
@@ -99,7 +101,18 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let hub = running.hub.clone();
-    let api = Api { hub: hub.clone(), token: cfg.token.as_deref().map(Arc::from), now_ms: now_ms.clone() };
+    let executor = cfg.signer.clone().map(|signer| super::rollouts::Executor {
+        broker: cfg.broker.clone(),
+        signer,
+        hub: hub.clone(),
+        now_ms: now_ms.clone(),
+    });
+    let api = Api {
+        hub: hub.clone(),
+        token: cfg.token.as_deref().map(Arc::from),
+        now_ms: now_ms.clone(),
+        executor: executor.clone(),
+    };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         let app = router(api);
@@ -116,6 +129,7 @@ pub async fn serve(
     let mut unacked: Vec<Publish> = Vec::new();
     let mut flush_tick = tokio::time::interval(cfg.batch_delay.max(Duration::from_millis(1)));
     let mut prune_tick = tokio::time::interval(Duration::from_secs(600));
+    let mut rollout_tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
@@ -150,6 +164,11 @@ pub async fn serve(
                     Ok(p) if p.raw + p.old + p.devices > 0 => log::info!("pruned {p:?}"),
                     Ok(_) => {}
                     Err(e) => log::warn!("prune: {e}"),
+                }
+            }
+            _ = rollout_tick.tick() => {
+                if let Some(e) = &executor {
+                    e.tick();
                 }
             }
             () = &mut shutdown => break Ok(()),

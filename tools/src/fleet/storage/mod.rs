@@ -89,6 +89,10 @@ pub trait Storage: Send {
     fn events(&self, device: Option<&str>, limit: usize) -> Result<Vec<FleetEvent>, StorageError>;
     /// Drops what `retention` no longer keeps, as of `now_ms`.
     fn prune(&mut self, now_ms: u64, retention: &Retention) -> Result<Pruned, StorageError>;
+    /// Keeps a rollout (its controller as JSON, and its bundle).
+    fn save_rollout(&mut self, rollout: &crate::rollout::Rollout, bundle: &[u8]) -> Result<(), StorageError>;
+    /// Every rollout kept, with its bundle, oldest first.
+    fn rollouts(&self) -> Result<Vec<(crate::rollout::Rollout, Vec<u8>)>, StorageError>;
 }
 
 /// Merges consecutive periods into at most `max_points` points: sums of counts, the largest p99

@@ -11,8 +11,9 @@ use super::{Pruned, ROLLUP_MS, Retention, Storage, StorageError, downsample};
 use crate::fleet::registry::{Change, Device, Drift, FleetEvent, Period};
 
 /// The schema, one step per version; a step is never edited once released, only added to.
-const MIGRATIONS: &[M<'static>] = &[M::up(
-    "CREATE TABLE devices (
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(
+        "CREATE TABLE devices (
         id TEXT PRIMARY KEY,
         online INTEGER NOT NULL,
         last_seen_ms INTEGER NOT NULL,
@@ -57,7 +58,16 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
         text TEXT NOT NULL
     );
     CREATE INDEX events_by_device ON events (device, id);",
-)];
+    ),
+    M::up(
+        "CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY,
+        created_ms INTEGER NOT NULL,
+        doc TEXT NOT NULL,
+        bundle BLOB NOT NULL
+    );",
+    ),
+];
 
 /// The SQLite store.
 pub struct Sqlite {
@@ -250,6 +260,29 @@ impl Storage for Sqlite {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn save_rollout(&mut self, rollout: &crate::rollout::Rollout, bundle: &[u8]) -> Result<(), StorageError> {
+        let created = rollout.log.first().map_or(0, |e| e.at_ms);
+        self.conn.execute(
+            "INSERT INTO rollouts (id, created_ms, doc, bundle) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET doc = ?3",
+            params![rollout.plan.id, ms(created), json(rollout), bundle],
+        )?;
+        Ok(())
+    }
+
+    fn rollouts(&self) -> Result<Vec<(crate::rollout::Rollout, Vec<u8>)>, StorageError> {
+        let mut q = self.conn.prepare("SELECT id, doc, bundle FROM rollouts ORDER BY created_ms, id")?;
+        let rows =
+            q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, doc, bundle) = row?;
+            let r = serde_json::from_str(&doc).map_err(|e| StorageError::Corrupt { id, reason: e.to_string() })?;
+            out.push((r, bundle));
+        }
+        Ok(out)
+    }
+
     fn prune(&mut self, now_ms: u64, retention: &Retention) -> Result<Pruned, StorageError> {
         let raw_before = now_ms.saturating_sub(retention.raw.as_millis() as u64) as i64;
         let old_before = now_ms.saturating_sub(retention.rollup.as_millis() as u64) as i64;
@@ -311,6 +344,21 @@ mod tests {
         let events = s.events(Some("pi-1"), 10).expect("events");
         assert_eq!(events[0].kind, "online");
         assert!(s.events(Some("pi-2"), 10).expect("events").is_empty());
+    }
+
+    #[test]
+    fn rollouts_are_kept_with_their_bundle() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("fleet.db");
+        let mut r = crate::rollout::Rollout::new(crate::rollout::plan::tests::plan(), 5);
+        {
+            let mut s = Sqlite::open(&path).expect("open");
+            s.save_rollout(&r, b"bundle bytes").expect("save");
+            r.pause(6);
+            s.save_rollout(&r, b"ignored: a rollout's bundle never changes").expect("save again");
+        }
+        let s = Sqlite::open(&path).expect("reopen");
+        assert_eq!(s.rollouts().expect("rollouts"), vec![(r, b"bundle bytes".to_vec())]);
     }
 
     #[test]
