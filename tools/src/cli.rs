@@ -59,6 +59,9 @@ pub enum Verb {
     /// The fleet server (`serve`) and its views: `status`, `watch`, `device`.
     #[command(subcommand)]
     Fleet(cmd::fleet::FleetCommand),
+    /// Staged rollouts run by the fleet server: `create`, `status`, `pause`, `resume`, `abort`.
+    #[command(subcommand)]
+    Rollout(cmd::rollout::RolloutCommand),
 }
 
 /// Runs a parsed command line at time `now_ms` (Unix milliseconds: the clock is read by the
@@ -83,6 +86,7 @@ pub fn run(cli: Cli, now_ms: u64) -> anyhow::Result<ExitCode> {
         Verb::Watch(args) => cmd::decode::watch(&args).map(|_| true)?,
         Verb::Alerts(args) => cmd::alerts::run(&args)?,
         Verb::Fleet(c) => cmd::fleet::run(&c)?,
+        Verb::Rollout(c) => cmd::rollout::run(&c)?,
         Verb::Feedback(args) => {
             let n = cmd::feedback::run(&args)?;
             eprintln!("sent {n} labels to {}", args.device);

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::broker_args::BrokerArgs;
+use super::fleet_client::{get_json, read_token};
 use crate::fleet::drift::Catalog;
 use crate::fleet::http::FleetView;
 use crate::fleet::registry::{Device, FleetEvent};
@@ -128,16 +129,6 @@ pub fn run(cmd: &FleetCommand) -> anyhow::Result<bool> {
     }
 }
 
-fn read_token(path: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
-    path.as_ref()
-        .map(|p| {
-            std::fs::read_to_string(p)
-                .map(|t| t.trim().to_string())
-                .with_context(|| format!("token file {}", p.display()))
-        })
-        .transpose()
-}
-
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let catalog = match &args.bundles {
         None => Catalog::default(),
@@ -196,31 +187,6 @@ pub fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
-}
-
-fn get_json<T: serde::de::DeserializeOwned>(
-    server: &str,
-    path: &str,
-    query: &[(&str, &str)],
-    token: &Option<String>,
-) -> anyhow::Result<T> {
-    let url = format!("{}{path}", server.trim_end_matches('/'));
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut req = agent.get(&url).query_pairs(query.iter().copied());
-    if let Some(t) = token {
-        req = req.header("authorization", &format!("Bearer {t}"));
-    }
-    let mut reply = req.call().with_context(|| format!("fleet server {url}"))?;
-    let status = reply.status();
-    let body = reply.body_mut().read_to_string().with_context(|| format!("fleet server {url}"))?;
-    if !status.is_success() {
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or(body);
-        anyhow::bail!("fleet server {url}: {status}: {message}");
-    }
-    serde_json::from_str(&body).with_context(|| format!("fleet server {url}: unexpected reply"))
 }
 
 fn fetch_fleet(args: &StatusArgs) -> anyhow::Result<FleetView> {

@@ -10,12 +10,12 @@ use tokio::sync::broadcast;
 use drover_wire::drift::Thresholds;
 
 use super::drift::{self, Catalog, MergedDrift};
-use super::rollouts::{CreateError, CreateRequest, Entry, Rollouts};
-use crate::rollout::{Action, Rollout};
 use super::metrics::{self, Ingest};
 use super::record::{self, RecordError};
 use super::registry::{Change, Registry};
+use super::rollouts::{CreateError, CreateRequest, Entry, Rollouts};
 use super::storage::{Pruned, Retention, Storage, StorageError};
+use crate::rollout::{Action, Rollout};
 
 /// What became of one message.
 #[derive(Debug, PartialEq)]
@@ -166,7 +166,12 @@ impl Hub {
     }
 
     /// Pauses, resumes or aborts a rollout; returns it and, for an abort, what to undo.
-    pub fn control(&self, id: &str, verb: &str, now_ms: u64) -> Result<(Rollout, Vec<Action>, Arc<Vec<u8>>), RolloutError> {
+    pub fn control(
+        &self,
+        id: &str,
+        verb: &str,
+        now_ms: u64,
+    ) -> Result<(Rollout, Vec<Action>, Arc<Vec<u8>>), RolloutError> {
         let mut rollouts = lock(&self.rollouts);
         let e = rollouts.get_mut(id).ok_or_else(|| RolloutError::Unknown(id.to_string()))?;
         let (done, actions) = match verb {

@@ -263,10 +263,9 @@ pub async fn execute(
             Action::StopShadow { devices } => {
                 command(devices, Operation::StopShadow, plan, broker, signer, &now_ms).await
             }
-            Action::Activate { devices } => {
-                let op = Operation::Install { name: short(&plan.model), version: plan.version };
-                command(devices, op, plan, broker, signer, &now_ms).await
-            }
+            // The agent has no order that promotes its staged candidate without the bundle: the
+            // bundle goes again as an install push (the device verifies it again, too).
+            Action::Activate { devices } => deploy(plan, devices, false, bundle, broker, signer, &now_ms).await,
             Action::Rollback { devices } => command(devices, Operation::Rollback, plan, broker, signer, &now_ms).await,
         };
         if let Err(e) = result {
@@ -312,7 +311,8 @@ async fn deploy(
         drover_wire::message::Announce { purpose: if shadow { Purpose::Stage } else { base.purpose }, ..base };
     let timeout = plan.install_timeout_ms;
     let tracker = Tracker::new(audience(devices)?, 0, 1500, timeout);
-    let mut campaign = Campaign::new(Work::Bundle { announce }, tracker, drover_runtime::link::PayloadFormat::default());
+    let mut campaign =
+        Campaign::new(Work::Bundle { announce }, tracker, drover_runtime::link::PayloadFormat::default());
     crate::push::run::execute(&mut campaign, bundle, None, broker, |_, _| {}).await?;
     if shadow {
         let op = Operation::Shadow { name: short(&plan.model), version: plan.version, sample_ppm: 1_000_000 };
@@ -345,7 +345,8 @@ async fn command(
                 signed_at,
             )?;
             let tracker = Tracker::new(audience(std::slice::from_ref(d))?, 0, 1500, timeout.as_millis() as u64);
-            let mut campaign = Campaign::new(Work::Command(Box::new(signed)), tracker, drover_runtime::link::PayloadFormat::default());
+            let mut campaign =
+                Campaign::new(Work::Command(Box::new(signed)), tracker, drover_runtime::link::PayloadFormat::default());
             crate::push::run::execute(&mut campaign, &[], None, broker, |_, _| {}).await.map(|_| ())
         }
     });
