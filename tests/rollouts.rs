@@ -115,9 +115,9 @@ fn a_good_candidate_reaches_the_whole_group_and_a_bad_one_stops_at_its_first_sha
         "--stages",
         "10,50,100",
         "--shadow-first",
-        "3s",
+        "2s",
         "--soak",
-        "3s",
+        "2s",
         "--install-timeout",
         "60s",
         "--min-requests",
@@ -159,6 +159,19 @@ fn a_good_candidate_reaches_the_whole_group_and_a_bad_one_stops_at_its_first_sha
     assert!(!out.status.success(), "a halted rollout's status exits 1");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("HALTED at stage 1: shadow agreement"), "{text}");
+    // The dashboard's rollouts table, in a real browser.
+    if let Some(b) = drover_tests::browser::Browser::start() {
+        b.goto(&format!("{}/", server.url));
+        let rows = b.wait_for(
+            Duration::from_secs(20),
+            "both rollouts on the dashboard",
+            "const rows = [...document.querySelectorAll('#rollouts tbody tr')];
+             return rows.length === 2 && rows.map(r => [r.dataset.rollout, r.querySelector('.state').textContent]);",
+        );
+        assert_eq!(rows[0][0], bad.as_str(), "newest first");
+        assert!(rows[0][1].as_str().is_some_and(|s| s.starts_with("halted: shadow agreement")), "{rows}");
+        assert_eq!(rows[1], serde_json::json!([good, "completed"]));
+    }
     let metrics = server.get("/metrics").expect("/metrics");
     assert!(metrics.contains(&format!("drover_rollout_stage{{rollout=\"{bad}\"}} -1")), "{metrics}");
     assert!(metrics.contains(&format!("drover_rollout_stage{{rollout=\"{good}\"}} 2")), "{metrics}");

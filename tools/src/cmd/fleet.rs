@@ -327,7 +327,7 @@ mod tests {
             last_seen_ms: 1_000,
             ..Device::default()
         };
-        let text = table(&FleetView { generated_ms: 121_000, devices: vec![d], drift: vec![] });
+        let text = table(&FleetView { generated_ms: 121_000, devices: vec![d], drift: vec![], rollouts: vec![] });
         let row = text.lines().nth(1).expect("a row");
         for cell in ["pi-1", "lab", "OFFLINE", "iris", "v3", "2m ago"] {
             assert!(row.contains(cell), "{cell} in {row}");

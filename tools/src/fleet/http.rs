@@ -69,11 +69,12 @@ async fn create_rollout(State(api): State<Api>, body: axum::body::Bytes) -> Resp
 async fn control_rollout(State(api): State<Api>, Path((id, verb)): Path<(String, String)>) -> Response {
     use super::hub::RolloutError;
     match api.hub.control(&id, &verb, (api.now_ms)()) {
-        Ok((r, actions, bundle)) => {
-            if let (Some(e), false) = (&api.executor, actions.is_empty()) {
-                e.spawn(&r, actions, bundle);
+        Ok(work) => {
+            let reply = json(&work.rollout);
+            if let (Some(e), false) = (&api.executor, work.actions.is_empty()) {
+                e.spawn(work);
             }
-            json(&r)
+            reply
         }
         Err(e @ RolloutError::Unknown(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
         Err(e @ (RolloutError::Verb(_) | RolloutError::State { .. })) => error(StatusCode::CONFLICT, &e.to_string()),
@@ -91,6 +92,9 @@ pub struct FleetView {
     /// Their latest drift windows merged per model version, fleet-wide and per group.
     #[serde(default)]
     pub drift: Vec<super::drift::MergedDrift>,
+    /// The rollouts, oldest first (of the group, when filtered by one).
+    #[serde(default)]
+    pub rollouts: Vec<crate::rollout::Rollout>,
 }
 
 /// The routes.
@@ -201,7 +205,8 @@ pub fn fleet_view(api: &Api, filter: &Filter) -> FleetView {
             .collect()
     });
     let drift = api.hub.drift().into_iter().filter(|m| group.is_none() || m.group.as_deref() == group).collect();
-    FleetView { generated_ms: (api.now_ms)(), devices, drift }
+    let rollouts = api.hub.rollouts().into_iter().filter(|r| group.is_none_or(|g| r.plan.group == g)).collect();
+    FleetView { generated_ms: (api.now_ms)(), devices, drift, rollouts }
 }
 
 async fn fleet(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Response {

@@ -13,9 +13,9 @@ use super::drift::{self, Catalog, MergedDrift};
 use super::metrics::{self, Ingest};
 use super::record::{self, RecordError};
 use super::registry::{Change, Registry};
-use super::rollouts::{CreateError, CreateRequest, Entry, Rollouts};
+use super::rollouts::{CreateError, CreateRequest, Entry, Rollouts, Work};
 use super::storage::{Pruned, Retention, Storage, StorageError};
-use crate::rollout::{Action, Rollout};
+use crate::rollout::Rollout;
 
 /// What became of one message.
 #[derive(Debug, PartialEq)]
@@ -166,12 +166,7 @@ impl Hub {
     }
 
     /// Pauses, resumes or aborts a rollout; returns it and, for an abort, what to undo.
-    pub fn control(
-        &self,
-        id: &str,
-        verb: &str,
-        now_ms: u64,
-    ) -> Result<(Rollout, Vec<Action>, Arc<Vec<u8>>), RolloutError> {
+    pub fn control(&self, id: &str, verb: &str, now_ms: u64) -> Result<Work, RolloutError> {
         let mut rollouts = lock(&self.rollouts);
         let e = rollouts.get_mut(id).ok_or_else(|| RolloutError::Unknown(id.to_string()))?;
         let (done, actions) = match verb {
@@ -186,24 +181,21 @@ impl Hub {
         if !done {
             return Err(RolloutError::State { id: id.to_string(), verb: verb.to_string() });
         }
-        let out = (e.rollout.clone(), actions, e.bundle.clone());
+        let out = Work { rollout: e.rollout.clone(), actions, bundle: e.bundle.clone() };
         drop(rollouts);
-        lock(&self.storage).save_rollout(&out.0, &out.2)?;
+        lock(&self.storage).save_rollout(&out.rollout, &out.bundle)?;
         let _ = self.updates.send(());
         Ok(out)
     }
 
     /// Ticks the rollouts; returns the actions to carry out, per rollout.
-    pub fn tick_rollouts(&self, now_ms: u64) -> Vec<(Rollout, Vec<Action>, Arc<Vec<u8>>)> {
+    pub fn tick_rollouts(&self, now_ms: u64) -> Vec<Work> {
         let (work, changed) = {
             let registry = lock(&self.registry);
             lock(&self.rollouts).tick(now_ms, &registry)
         };
         self.save_rollouts(&changed);
-        let rollouts = lock(&self.rollouts);
-        work.into_iter()
-            .filter_map(|(id, actions, bundle)| rollouts.get(&id).map(|e| (e.rollout.clone(), actions, bundle)))
-            .collect()
+        work
     }
 
     /// Records how a batch of a rollout's actions went and lets it tick again.

@@ -16,7 +16,7 @@ use drover_wire::topic::Name;
 use serde::{Deserialize, Serialize};
 
 use super::registry::{Device, Registry};
-use crate::push::{Audience, Campaign, Tracker, Work};
+use crate::push::{Audience, Campaign, Tracker};
 use crate::rollout::{Action, DeviceView, Plan, Rollout};
 
 /// The operator key rollout commands are signed with.
@@ -37,6 +37,17 @@ pub struct Entry {
     pub bundle: Arc<Vec<u8>>,
     /// Actions are being carried out: the controller waits for them before its next tick.
     pub busy: bool,
+}
+
+/// Actions a rollout asked for, to carry out in order.
+#[derive(Debug, Clone)]
+pub struct Work {
+    /// The rollout as it stood when it asked.
+    pub rollout: Rollout,
+    /// What to do.
+    pub actions: Vec<Action>,
+    /// Its bundle.
+    pub bundle: Arc<Vec<u8>>,
 }
 
 /// What `POST /api/rollouts` takes.
@@ -164,11 +175,7 @@ impl Rollouts {
 
     /// Ticks every running rollout that is not busy; returns the ones that asked for something
     /// (now marked busy) with their actions, and the ids whose state changed (to store).
-    pub fn tick(
-        &mut self,
-        now_ms: u64,
-        registry: &Registry,
-    ) -> (Vec<(String, Vec<Action>, Arc<Vec<u8>>)>, Vec<String>) {
+    pub fn tick(&mut self, now_ms: u64, registry: &Registry) -> (Vec<Work>, Vec<String>) {
         let mut work = Vec::new();
         let mut changed = Vec::new();
         for (id, e) in &mut self.entries {
@@ -183,7 +190,7 @@ impl Rollouts {
             }
             if !actions.is_empty() {
                 e.busy = true;
-                work.push((id.clone(), actions, e.bundle.clone()));
+                work.push(Work { rollout: e.rollout.clone(), actions, bundle: e.bundle.clone() });
             }
         }
         (work, changed)
@@ -229,9 +236,10 @@ pub struct Executor {
 
 impl Executor {
     /// Carries out `actions` of `rollout` on a task of its own.
-    pub fn spawn(&self, rollout: &Rollout, actions: Vec<Action>, bundle: Arc<Vec<u8>>) {
+    pub fn spawn(&self, work: Work) {
         let this = self.clone();
-        let plan = rollout.plan.clone();
+        let Work { rollout, actions, bundle } = work;
+        let plan = rollout.plan;
         tokio::spawn(async move {
             let clock = this.now_ms.clone();
             let notes = execute(&plan, actions, &bundle, &this.broker, &this.signer, move || clock()).await;
@@ -241,8 +249,8 @@ impl Executor {
 
     /// Ticks every rollout and starts what they ask for.
     pub fn tick(&self) {
-        for (rollout, actions, bundle) in self.hub.tick_rollouts((self.now_ms)()) {
-            self.spawn(&rollout, actions, bundle);
+        for work in self.hub.tick_rollouts((self.now_ms)()) {
+            self.spawn(work);
         }
     }
 }
@@ -312,7 +320,7 @@ async fn deploy(
     let timeout = plan.install_timeout_ms;
     let tracker = Tracker::new(audience(devices)?, 0, 1500, timeout);
     let mut campaign =
-        Campaign::new(Work::Bundle { announce }, tracker, drover_runtime::link::PayloadFormat::default());
+        Campaign::new(crate::push::Work::Bundle { announce }, tracker, drover_runtime::link::PayloadFormat::default());
     crate::push::run::execute(&mut campaign, bundle, None, broker, |_, _| {}).await?;
     if shadow {
         let op = Operation::Shadow { name: short(&plan.model), version: plan.version, sample_ppm: 1_000_000 };
@@ -345,8 +353,11 @@ async fn command(
                 signed_at,
             )?;
             let tracker = Tracker::new(audience(std::slice::from_ref(d))?, 0, 1500, timeout.as_millis() as u64);
-            let mut campaign =
-                Campaign::new(Work::Command(Box::new(signed)), tracker, drover_runtime::link::PayloadFormat::default());
+            let mut campaign = Campaign::new(
+                crate::push::Work::Command(Box::new(signed)),
+                tracker,
+                drover_runtime::link::PayloadFormat::default(),
+            );
             crate::push::run::execute(&mut campaign, &[], None, broker, |_, _| {}).await.map(|_| ())
         }
     });

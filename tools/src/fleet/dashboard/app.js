@@ -62,6 +62,19 @@ function renderFleet() {
       el("td", {}, String(m.devices)), el("td", {}, String(m.samples)),
       el("td", {}, m.score.toFixed(3)), el("td", {}, drifted.join(", ")));
   }));
+  document.querySelector("#rollouts tbody").replaceChildren(...(fleet.rollouts || []).slice().reverse().map((r) => {
+    const p = r.plan, g = p.gates, st = r.state.state;
+    const gates = [g.min_shadow_agreement != null && "agreement ≥ " + (g.min_shadow_agreement * 100) + " %",
+      g.max_error_rate != null && "errors ≤ " + (g.max_error_rate * 100) + " %",
+      g.max_p99_increase != null && "p99 ≤ +" + (g.max_p99_increase * 100) + " %",
+      g.max_drift_increase != null && "drift ≤ +" + g.max_drift_increase].filter(Boolean).join(", ");
+    const last = r.log.length ? r.log[r.log.length - 1].text : "";
+    return el("tr", { "data-rollout": p.id, class: st === "halted" || st === "aborted" ? "drifted" : "" },
+      el("td", {}, p.id), el("td", {}, p.model + " v" + p.version), el("td", {}, p.group),
+      el("td", { class: "state" }, st === "halted" ? "halted: " + r.state.reason : st),
+      el("td", {}, (r.stage + 1) + "/" + p.stages.length + " (" + p.stages[r.stage] + " %)" + (st === "running" ? ", " + r.phase : "")),
+      el("td", {}, gates), el("td", {}, last));
+  }));
   const online = fleet.devices.filter((d) => d.online).length;
   document.getElementById("summary").textContent = online + " of " + fleet.devices.length + " devices online";
 }
