@@ -109,6 +109,10 @@ fn a_good_candidate_reaches_the_whole_group_and_a_bad_one_stops_at_its_first_sha
     let server =
         FleetServer::start(d, &broker.address(), &["--operator-key", "keys/operator.key", "--delegation", "op.json"]);
     let _traffic = Traffic::start(&fleet);
+    // A persistent alert session: what the rollouts tell while it is away waits for it.
+    let alerts =
+        ["alerts", "--session", "ops", "--idle", "1", "--json", "--kind", "rollout", "--broker", &broker.address()];
+    ok("drover", d, &alerts);
     let plan = [
         "--group",
         "lab",
@@ -159,6 +163,20 @@ fn a_good_candidate_reaches_the_whole_group_and_a_bad_one_stops_at_its_first_sha
     assert!(!out.status.success(), "a halted rollout's status exits 1");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("HALTED at stage 1: shadow agreement"), "{text}");
+    // Every step reached the alert stream, in order.
+    let told: Vec<Value> =
+        ok("drover", d, &alerts).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let texts = |id: &str| -> Vec<String> {
+        told.iter()
+            .filter(|a| a["rollout"] == id)
+            .filter_map(|a| a["event"]["event"]["text"].as_str().map(String::from))
+            .collect()
+    };
+    let (good_told, bad_told) = (texts(&good), texts(&bad));
+    assert!(good_told.first().is_some_and(|t| t.starts_with("created")), "{good_told:#?}");
+    assert!(good_told.last().is_some_and(|t| t.starts_with("completed")), "{good_told:#?}");
+    assert!(bad_told.iter().any(|t| t.starts_with("halted: shadow agreement 0.0 %")), "{bad_told:#?}");
+
     // The dashboard's rollouts table, in a real browser.
     if let Some(b) = drover_tests::browser::Browser::start() {
         b.goto(&format!("{}/", server.url));

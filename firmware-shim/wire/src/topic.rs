@@ -145,6 +145,8 @@ pub enum Parsed {
     Fleet(GroupLeaf),
     /// `drover/v1/xfer/{transfer}/chunk`: the chunks of one bundle transfer.
     Chunk(String<16>),
+    /// `drover/v1/rollout/{id}/event`: a staged rollout's steps, from the fleet server.
+    Rollout(Name),
 }
 
 fn build(parts: &[&str]) -> Topic {
@@ -182,6 +184,16 @@ pub fn chunks(transfer: &crate::message::Digest) -> Topic {
     build(&["xfer", &id, "chunk"])
 }
 
+/// `drover/v1/rollout/{id}/event`: where the fleet server tells each step of a rollout.
+pub fn rollout_events(id: &Name) -> Topic {
+    build(&["rollout", id.as_str(), "event"])
+}
+
+/// `drover/v1/rollout/+/event`: every rollout's steps, for `drover alerts`.
+pub fn every_rollout() -> Topic {
+    build(&["rollout", "+", "event"])
+}
+
 /// `drover/v1/dev/+/{leaf}`: one leaf of every device, for the operator's tools.
 pub fn every_device(leaf: DeviceLeaf) -> Topic {
     build(&["dev", "+", leaf.as_str()])
@@ -204,6 +216,13 @@ pub fn parse(topic: &str) -> Option<Parsed> {
             Parsed::Group(name, GroupLeaf::parse(levels.next()?)?)
         }
         "fleet" => Parsed::Fleet(GroupLeaf::parse(levels.next()?)?),
+        "rollout" => {
+            let id = Name::new(levels.next()?).ok()?;
+            if levels.next()? != "event" {
+                return None;
+            }
+            Parsed::Rollout(id)
+        }
         "xfer" => {
             let id = levels.next()?;
             if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) || levels.next()? != "chunk" {
@@ -243,6 +262,9 @@ mod tests {
         for leaf in [GroupLeaf::Bundle, GroupLeaf::Cmd] {
             assert_eq!(parse(&group(&lab, leaf)), Some(Parsed::Group(lab.clone(), leaf)));
             assert_eq!(parse(&fleet(leaf)), Some(Parsed::Fleet(leaf)));
+            let id = Name::new("iris-v2-1").expect("id");
+            assert_eq!(parse(&rollout_events(&id)), Some(Parsed::Rollout(id)));
+            assert_eq!(parse("drover/v1/rollout/iris-v2-1/other"), None);
         }
         let d = crate::message::Digest([0xab; 32]);
         assert_eq!(chunks(&d).as_str(), "drover/v1/xfer/abababababababab/chunk");

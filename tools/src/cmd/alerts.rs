@@ -17,6 +17,7 @@ use drover_wire::topic::{self, DeviceLeaf, Name, Parsed};
 use serde_json::json;
 
 use super::broker_args::BrokerArgs;
+use crate::rollout::controller::Announcement;
 
 /// Arguments of `drover alerts`.
 #[derive(Debug, clap::Args)]
@@ -35,7 +36,7 @@ pub struct AlertsArgs {
     /// Only this device's events.
     #[arg(long)]
     pub device: Option<String>,
-    /// Only these kinds (drift, concept_drift, degraded, retrain, dropped), comma-separated.
+    /// Only these kinds (drift, concept_drift, degraded, retrain, dropped, rollout), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub kind: Vec<String>,
     /// A persistent subscription under this name: events raised while away are delivered next time.
@@ -106,6 +107,7 @@ pub fn run(args: &AlertsArgs) -> anyhow::Result<bool> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let idle = Duration::from_secs_f64(args.idle.max(0.1));
     let mut seen: HashSet<(String, u64)> = HashSet::new();
+    let mut seen_rollouts: HashSet<(String, usize)> = HashSet::new();
     let mut all_ok = true;
     rt.block_on(async {
         let mut connected = false;
@@ -121,9 +123,40 @@ pub fn run(args: &AlertsArgs) -> anyhow::Result<bool> {
             match polled {
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                     client.subscribe(filter.as_str(), QoS::AtLeastOnce).await?;
+                    if args.device.is_none() {
+                        client.subscribe(topic::every_rollout().as_str(), QoS::AtLeastOnce).await?;
+                    }
                     connected = true;
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                    if let Some(Parsed::Rollout(id)) = topic::parse(&p.topic) {
+                        let a: Announcement = match serde_json::from_slice(&p.payload) {
+                            Ok(a) => a,
+                            Err(e) => {
+                                log::warn!("{}: {e}", p.topic);
+                                continue;
+                            }
+                        };
+                        if !seen_rollouts.insert((id.as_str().to_string(), a.index))
+                            || (!args.kind.is_empty() && !args.kind.iter().any(|k| k == "rollout"))
+                        {
+                            continue;
+                        }
+                        let j = json!({"rollout": a.rollout, "kind": "rollout", "event": a});
+                        if args.json {
+                            println!("{j}");
+                        } else {
+                            let at = humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH + Duration::from_millis(a.event.at_ms),
+                            );
+                            println!("{at}  {}  rollout       {}", a.rollout, a.event.text);
+                        }
+                        let _ = std::io::stdout().flush();
+                        if let Some(cmd) = &args.exec {
+                            all_ok &= hook(cmd, "", "rollout", &j);
+                        }
+                        continue;
+                    }
                     let Some(Parsed::Device(device, DeviceLeaf::Events)) = topic::parse(&p.topic) else { continue };
                     let event: Event = match codec::decode(&p.payload) {
                         Ok(e) => e,

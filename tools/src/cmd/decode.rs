@@ -55,6 +55,8 @@ pub fn to_json(topic_str: &str, payload: &[u8]) -> anyhow::Result<Value> {
         Parsed::Device(_, DeviceLeaf::Drift) => j(codec::decode::<DriftWindow>(payload)),
         Parsed::Device(_, DeviceLeaf::Events) => j(codec::decode::<Event>(payload)),
         Parsed::Device(_, DeviceLeaf::Feedback) => j(codec::decode::<Feedback>(payload)),
+        // The fleet server writes these in JSON, for people and scripts.
+        Parsed::Rollout(_) => Ok(serde_json::from_slice(payload)?),
     }
 }
 

@@ -204,6 +204,29 @@ impl Hub {
         self.save_rollouts(&[id.to_string()]);
     }
 
+    /// The rollouts' steps not yet told on the alert stream, as (topic, JSON payload).
+    pub fn rollout_announcements(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut changed = Vec::new();
+        {
+            let mut rollouts = lock(&self.rollouts);
+            let ids: Vec<String> = rollouts.all().map(|e| e.rollout.plan.id.clone()).collect();
+            for id in ids {
+                let Some(e) = rollouts.get_mut(&id) else { continue };
+                let told = e.rollout.announce();
+                if told.is_empty() {
+                    continue;
+                }
+                changed.push(id.clone());
+                let Ok(name) = drover_wire::topic::Name::new(&id) else { continue };
+                let topic = drover_wire::topic::rollout_events(&name).to_string();
+                out.extend(told.iter().filter_map(|a| serde_json::to_vec(a).ok()).map(|p| (topic.clone(), p)));
+            }
+        }
+        self.save_rollouts(&changed);
+        out
+    }
+
     fn save_rollouts(&self, ids: &[String]) {
         if ids.is_empty() {
             return;

@@ -170,6 +170,12 @@ pub async fn serve(
                 if let Some(e) = &executor {
                     e.tick();
                 }
+                // Each step of a rollout goes out on the alert stream (best effort: the log keeps it).
+                for (topic, payload) in hub.rollout_announcements() {
+                    if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+                        log::warn!("rollout event: {e}");
+                    }
+                }
             }
             () = &mut shutdown => break Ok(()),
         }

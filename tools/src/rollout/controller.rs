@@ -145,6 +145,37 @@ pub struct RolloutEvent {
     pub text: String,
 }
 
+/// A step of a rollout as the fleet server tells it on `drover/v1/rollout/{id}/event` (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The rollout.
+    pub rollout: String,
+    /// The entry's place in the rollout's log (a repeated delivery has the same).
+    pub index: usize,
+    /// The entry.
+    pub event: RolloutEvent,
+    /// The rollout's state after it.
+    pub state: State,
+}
+
+impl Rollout {
+    /// The log entries not yet told, marked told.
+    pub fn announce(&mut self) -> Vec<Announcement> {
+        let start = self.announced.min(self.log.len());
+        self.announced = self.log.len();
+        self.log[start..]
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Announcement {
+                rollout: self.plan.id.clone(),
+                index: start + i,
+                event: e.clone(),
+                state: self.state.clone(),
+            })
+            .collect()
+    }
+}
+
 /// A rollout and where it stands: serialisable, so the fleet server keeps it across restarts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
@@ -172,6 +203,9 @@ pub struct Rollout {
     pub log: Vec<RolloutEvent>,
     /// Whether the current stage's deploy was sent.
     pub sent: bool,
+    /// Entries of the log already told on the alert stream (the fleet server's bookkeeping).
+    #[serde(default)]
+    pub announced: usize,
 }
 
 impl Rollout {
@@ -190,6 +224,7 @@ impl Rollout {
             paused_at_ms: None,
             log: Vec::new(),
             sent: false,
+            announced: 0,
         };
         let text = format!(
             "created: {} v{} to group {}, stages {:?} %",
