@@ -19,7 +19,7 @@ use crate::fleet::storage::Retention;
 #[derive(Debug, Subcommand)]
 pub enum FleetCommand {
     /// Run the fleet server: registry, telemetry store, dashboard, JSON API, /metrics.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the fleet table (exit 1 if no device is known).
     Status(StatusArgs),
     /// The fleet table, redrawn as it changes.
@@ -137,8 +137,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             max_raw_rows: args.max_raw_rows,
             ..Retention::default()
         },
-        batch_max: 16,
-        batch_delay: Duration::from_millis(50),
+        batch_max: server::DEFAULT_BATCH_MAX,
+        batch_delay: server::DEFAULT_BATCH_DELAY,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {

@@ -16,8 +16,11 @@ use super::registry::Device;
 /// Counts of the server's own ingest, for its series.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ingest {
-    /// Messages stored.
+    /// Messages stored: taken into the registry, their changes pending or written.
     pub stored: u64,
+    /// Of those, the messages whose changes are written (and so acknowledged to the broker): what
+    /// a restarted server still has. `stored - written` is what waits for the next batch.
+    pub written: u64,
     /// Messages refused (bad topic or payload).
     pub rejected: u64,
     /// Messages recognised as repeated deliveries.
@@ -32,6 +35,9 @@ pub struct RolloutStage {
     /// Stage index (0 = first), or -1 once halted.
     pub stage: i64,
 }
+
+/// A per-device gauge family: name, help, and the device's value (absent: no sample).
+type Gauge = (&'static str, &'static str, fn(&Device) -> Option<f64>);
 
 /// Renders the exposition.
 pub fn render<'a>(devices: impl Iterator<Item = &'a Device>, ingest: Ingest, rollouts: &[RolloutStage]) -> String {
@@ -134,7 +140,7 @@ pub fn render<'a>(devices: impl Iterator<Item = &'a Device>, ingest: Ingest, rol
             out.sample("drover_device_drifted_features", &[("device", &d.id)], w.drifted.len() as f64);
         }
     }
-    let gauges: [(&str, &str, fn(&Device) -> Option<f64>); 6] = [
+    let gauges: [Gauge; 6] = [
         ("drover_device_cpu_ratio", "CPU busy over the latest period, share of all cores.", |d| {
             d.last.as_ref()?.cpu_pct.map(|c| f64::from(c) / 100.0)
         }),
@@ -171,6 +177,12 @@ pub fn render<'a>(devices: impl Iterator<Item = &'a Device>, ingest: Ingest, rol
     for (outcome, n) in [("stored", ingest.stored), ("rejected", ingest.rejected), ("repeated", ingest.repeated)] {
         out.sample("drover_fleet_ingest_messages_total", &[("outcome", outcome)], n as f64);
     }
+    out.family(
+        "drover_fleet_ingest_unwritten_messages",
+        "gauge",
+        "Stored messages whose changes wait for the next database write (not yet acknowledged).",
+    );
+    out.sample("drover_fleet_ingest_unwritten_messages", &[], ingest.stored.saturating_sub(ingest.written) as f64);
     out.text
 }
 
@@ -228,7 +240,7 @@ mod tests {
         r.apply(1, "pi-1", &status(true, Some(3)));
         r.apply(2, "pi-1", &telemetry(1, 10_000, 100));
         r.apply(3, "pi-2", &status(false, Some(2)));
-        let text = render(r.devices(), Ingest { stored: 3, rejected: 1, repeated: 0 }, &[]);
+        let text = render(r.devices(), Ingest { stored: 3, written: 1, rejected: 1, repeated: 0 }, &[]);
         assert!(text.contains("drover_fleet_devices{state=\"online\",model=\"iris\",version=\"3\"} 1\n"), "{text}");
         assert!(text.contains("drover_fleet_devices{state=\"offline\",model=\"iris\",version=\"2\"} 1\n"));
         assert!(text.contains("drover_device_up{device=\"pi-2\"} 0\n"));
@@ -236,6 +248,7 @@ mod tests {
         assert!(text.contains("drover_device_errors_total{device=\"pi-1\",kind=\"busy\"} 2\n"));
         assert!(text.contains("drover_device_latency_seconds{device=\"pi-1\",quantile=\"0.5\"} 0.0005"), "{text}");
         assert!(text.contains("drover_fleet_ingest_messages_total{outcome=\"rejected\"} 1\n"));
+        assert!(text.contains("drover_fleet_ingest_unwritten_messages 2\n"), "{text}");
         assert_eq!(text.matches("# TYPE drover_device_up gauge").count(), 1);
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         assert_eq!((number(f64::NAN), number(f64::INFINITY), number(2.5)), ("NaN".into(), "+Inf".into(), "2.5".into()));

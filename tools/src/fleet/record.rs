@@ -8,19 +8,21 @@ use drover_wire::message::{Progress, Status};
 use drover_wire::telemetry::{DriftWindow, Telemetry};
 use drover_wire::topic::{self, DeviceLeaf, Parsed};
 
-/// A device's message the fleet server keeps.
+/// A device's message the fleet server keeps. Every variant is boxed: the messages are hundreds
+/// of bytes each (heapless strings and histograms inline), and a record moves from the decoder
+/// through the registry once per message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     /// Presence (retained; the Last Will says offline).
-    Status(Status),
+    Status(Box<Status>),
     /// The latest operation and its phase (retained).
-    Progress(Progress),
+    Progress(Box<Progress>),
     /// One telemetry period.
     Telemetry(Box<Telemetry>),
     /// A closed drift window.
     Drift(Box<DriftWindow>),
     /// An alert or other event.
-    Event(Event),
+    Event(Box<Event>),
 }
 
 impl Record {
@@ -71,11 +73,11 @@ pub fn decode(topic_name: &str, payload: &[u8]) -> Result<Option<(String, Record
     }
     let bad = |source| RecordError::Payload { topic: topic_name.to_string(), source };
     let record = match leaf {
-        DeviceLeaf::Status => Record::Status(codec::decode(payload).map_err(bad)?),
-        DeviceLeaf::Progress => Record::Progress(codec::decode(payload).map_err(bad)?),
+        DeviceLeaf::Status => Record::Status(Box::new(codec::decode(payload).map_err(bad)?)),
+        DeviceLeaf::Progress => Record::Progress(Box::new(codec::decode(payload).map_err(bad)?)),
         DeviceLeaf::Telemetry => Record::Telemetry(Box::new(codec::decode(payload).map_err(bad)?)),
         DeviceLeaf::Drift => Record::Drift(Box::new(codec::decode(payload).map_err(bad)?)),
-        DeviceLeaf::Events => Record::Event(codec::decode(payload).map_err(bad)?),
+        DeviceLeaf::Events => Record::Event(Box::new(codec::decode(payload).map_err(bad)?)),
         _ => return Err(RecordError::Topic(topic_name.to_string())),
     };
     Ok(Some((device.as_str().to_string(), record)))
@@ -107,7 +109,7 @@ mod tests {
             let payload = codec::encode(format, &status(true));
             let (device, record) = decode("drover/v1/dev/pi-7/status", &payload).expect("decodes").expect("a record");
             assert_eq!(device, "pi-7");
-            assert_eq!(record, Record::Status(status(true)));
+            assert_eq!(record, Record::Status(Box::new(status(true))));
         }
     }
 

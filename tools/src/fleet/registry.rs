@@ -379,7 +379,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn status(online: bool, version: Option<u64>) -> Record {
-        Record::Status(Status {
+        Record::Status(Box::new(Status {
             online,
             agent: AgentVersion { major: 0, minor: 1, patch: 0 },
             arch: Arch::Aarch64,
@@ -388,7 +388,7 @@ pub(crate) mod tests {
             slot: version.map(|_| Slot::A),
             uptime_s: 3,
             at: 0,
-        })
+        }))
     }
 
     pub(crate) fn telemetry(seq: u64, end_ms: u64, inferences: u64) -> Record {
@@ -464,8 +464,8 @@ pub(crate) mod tests {
             at: 1,
         };
         let mut r = Registry::default();
-        let c = r.apply(5, "pi-1", &Record::Progress(p.clone()));
+        let c = r.apply(5, "pi-1", &Record::Progress(Box::new(p.clone())));
         assert!(matches!(&c[1], Change::Event(e) if e.text == "iris v4: failed: bad signature"), "{c:?}");
-        assert_eq!(r.apply(6, "pi-1", &Record::Progress(p)).len(), 1, "the retained copy again: no event");
+        assert_eq!(r.apply(6, "pi-1", &Record::Progress(Box::new(p))).len(), 1, "the retained copy again: no event");
     }
 }
