@@ -161,8 +161,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             max_raw_rows: args.max_raw_rows,
             ..Retention::default()
         },
-        batch_max: 16,
-        batch_delay: Duration::from_millis(50),
+        batch_max: server::DEFAULT_BATCH_MAX,
+        batch_delay: server::DEFAULT_BATCH_DELAY,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {

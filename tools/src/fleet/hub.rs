@@ -55,7 +55,8 @@ pub enum RolloutError {
 pub struct Hub {
     registry: Mutex<Registry>,
     storage: Mutex<Box<dyn Storage>>,
-    pending: Mutex<Vec<Change>>,
+    /// The changes waiting for the next write, and how many stored messages they came from.
+    pending: Mutex<(Vec<Change>, u64)>,
     ingest: Mutex<Ingest>,
     updates: broadcast::Sender<()>,
     catalog: Mutex<Catalog>,
@@ -82,7 +83,7 @@ impl Hub {
         Ok(Arc::new(Hub {
             registry: Mutex::new(registry),
             storage: Mutex::new(storage),
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new((Vec::new(), 0)),
             ingest: Mutex::new(Ingest::default()),
             updates: broadcast::channel(16).0,
             catalog: Mutex::new(catalog),
@@ -107,23 +108,27 @@ impl Hub {
             return Ok(Taken::Nothing);
         }
         ingest.stored += 1;
-        lock(&self.pending).extend(changes);
+        let mut pending = lock(&self.pending);
+        pending.0.extend(changes);
+        pending.1 += 1;
         Ok(Taken::Pending)
     }
 
     /// Writes the pending changes in one transaction and tells the live views. On error the
     /// changes stay pending (and the messages unacknowledged) for the next attempt.
     pub fn flush(&self) -> Result<usize, StorageError> {
-        let changes = std::mem::take(&mut *lock(&self.pending));
+        let (changes, messages) = std::mem::take(&mut *lock(&self.pending));
         if changes.is_empty() {
             return Ok(0);
         }
         if let Err(e) = lock(&self.storage).write(&changes) {
             let mut pending = lock(&self.pending);
-            let later = std::mem::replace(&mut *pending, changes);
-            pending.extend(later);
+            let (later, later_messages) = std::mem::replace(&mut *pending, (changes, messages));
+            pending.0.extend(later);
+            pending.1 += later_messages;
             return Err(e);
         }
+        lock(&self.ingest).written += messages;
         let _ = self.updates.send(());
         Ok(changes.len())
     }
@@ -294,11 +299,12 @@ mod tests {
         assert!(hub.take(2, "drover/v1/dev/pi-1/telemetry", b"\xd1\x00").is_err());
         assert!(hub.take(2, "drover/v1/dev/pi-2/status", b"{not json").is_err());
         assert_eq!(hub.storage(|s| s.devices().expect("devices").len()), 0, "nothing written before the flush");
+        assert_eq!(hub.ingest().written, 0);
         assert!(hub.flush().expect("flush") > 0);
         assert!(woken.try_recv().is_ok(), "live views are told");
         assert_eq!(hub.storage(|s| s.devices().expect("devices").len()), 1);
         assert_eq!(hub.registry(|r| r.devices().count()), 1, "the garbled messages made no device");
-        assert_eq!(hub.ingest(), Ingest { stored: 1, rejected: 2, repeated: 0 });
+        assert_eq!(hub.ingest(), Ingest { stored: 1, written: 1, rejected: 2, repeated: 0 });
         assert_eq!(hub.flush().expect("flush"), 0);
     }
 }

@@ -17,8 +17,11 @@ use super::registry::Device;
 /// Counts of the server's own ingest, for its series.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ingest {
-    /// Messages stored.
+    /// Messages stored: taken into the registry, their changes pending or written.
     pub stored: u64,
+    /// Of those, the messages whose changes are written (and so acknowledged to the broker): what
+    /// a restarted server still has. `stored - written` is what waits for the next batch.
+    pub written: u64,
     /// Messages refused (bad topic or payload).
     pub rejected: u64,
     /// Messages recognised as repeated deliveries.
@@ -211,6 +214,12 @@ pub fn render<'a>(
     for (outcome, n) in [("stored", ingest.stored), ("rejected", ingest.rejected), ("repeated", ingest.repeated)] {
         out.sample("drover_fleet_ingest_messages_total", &[("outcome", outcome)], n as f64);
     }
+    out.family(
+        "drover_fleet_ingest_unwritten_messages",
+        "gauge",
+        "Stored messages whose changes wait for the next database write (not yet acknowledged).",
+    );
+    out.sample("drover_fleet_ingest_unwritten_messages", &[], ingest.stored.saturating_sub(ingest.written) as f64);
     out.text
 }
 
@@ -271,7 +280,7 @@ mod tests {
         r.apply(1, "pi-1", &status(true, Some(3)));
         r.apply(2, "pi-1", &telemetry(1, 10_000, 100));
         r.apply(3, "pi-2", &status(false, Some(2)));
-        let text = render(r.devices(), Ingest { stored: 3, rejected: 1, repeated: 0 }, &[], &[]);
+        let text = render(r.devices(), Ingest { stored: 3, written: 1, rejected: 1, repeated: 0 }, &[], &[]);
         assert!(text.contains("drover_fleet_devices{state=\"online\",model=\"iris\",version=\"3\"} 1\n"), "{text}");
         assert!(text.contains("drover_fleet_devices{state=\"offline\",model=\"iris\",version=\"2\"} 1\n"));
         assert!(text.contains("drover_device_up{device=\"pi-2\"} 0\n"));
@@ -284,6 +293,7 @@ mod tests {
         assert!(text.contains("drover_device_latency_seconds_count{device=\"pi-1\"} 100\n"), "{text}");
         // 1..=100 × 10 µs: 50 500 µs.
         assert!(text.contains("drover_device_latency_seconds_sum{device=\"pi-1\"} 0.0505\n"), "{text}");
+        assert!(text.contains("drover_fleet_ingest_unwritten_messages 2\n"), "{text}");
         assert_eq!(text.matches("# TYPE drover_device_up gauge").count(), 1);
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         assert_eq!((number(f64::NAN), number(f64::INFINITY), number(2.5)), ("NaN".into(), "+Inf".into(), "2.5".into()));

@@ -8,7 +8,9 @@ use drover_wire::message::{Progress, Status};
 use drover_wire::telemetry::{DriftWindow, Telemetry};
 use drover_wire::topic::{self, DeviceLeaf, Parsed};
 
-/// A device's message the fleet server keeps.
+/// A device's message the fleet server keeps. Every variant is boxed: the messages are hundreds
+/// of bytes each (heapless strings and histograms inline), and a record moves from the decoder
+/// through the registry once per message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     /// Presence (retained; the Last Will says offline).

@@ -3,19 +3,27 @@
 //! prune timer. A message is acknowledged to the broker only once its batch is written: a server
 //! killed mid-stream gets the unwritten ones again.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use drover_runtime::link::BrokerSettings;
-use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
 use tokio::net::TcpListener;
 
 use super::http::{Api, UnixMs, router};
 use super::hub::Hub;
 use super::record;
 use super::storage::{Retention, Sqlite, StorageError};
+
+/// [`ServeConfig::batch_max`] of `drover fleet serve`: shared so that the ingest benchmark
+/// measures the batching operators get.
+pub const DEFAULT_BATCH_MAX: usize = 16;
+
+/// [`ServeConfig::batch_delay`] of `drover fleet serve` (see [`DEFAULT_BATCH_MAX`]).
+pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(50);
 
 /// How the server runs.
 #[derive(Clone)]
@@ -127,18 +135,25 @@ pub async fn serve(
     options.set_manual_acks(true);
     let (client, mut eventloop) = AsyncClient::new(options, cfg.batch_max.max(16) * 2);
     let mut unacked: Vec<Publish> = Vec::new();
+    let mut acks = Acks::default();
+    let mut subscribe_due = false;
     let mut flush_tick = tokio::time::interval(cfg.batch_delay.max(Duration::from_millis(1)));
     let mut prune_tick = tokio::time::interval(Duration::from_secs(600));
     let mut rollout_tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     let result = loop {
+        // The client's request queue drains only while its event loop is polled: what did not
+        // fit on an earlier turn goes now (never awaited here, which would stop the polling).
+        if subscribe_due {
+            let filters = record::filters().into_iter().map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce));
+            subscribe_due = client.try_subscribe_many(filters).is_err();
+        }
+        acks.hand_over(&client);
         tokio::select! {
             polled = eventloop.poll() => match polled {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     log::info!("fleet server connected to {}", cfg.broker.address());
-                    for filter in record::filters() {
-                        client.subscribe(filter, QoS::AtLeastOnce).await?;
-                    }
+                    subscribe_due = true;
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if let Err(e) = hub.take(now_ms(), &p.topic, &p.payload) {
@@ -146,19 +161,22 @@ pub async fn serve(
                     }
                     unacked.push(p);
                     if unacked.len() >= cfg.batch_max {
-                        write_and_ack(&hub, &client, &mut unacked);
+                        write_and_ack(&hub, &mut acks, &mut unacked);
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
                     log::warn!("{}: {e}", cfg.broker.address());
-                    // Unwritten messages come again on the resumed session; drop them here.
-                    write_and_ack(&hub, &client, &mut unacked);
+                    // Unwritten messages, and written ones whose acknowledgement did not go out,
+                    // come again on the resumed session (the registry knows the written ones
+                    // for repeats); drop them here.
+                    write_and_ack(&hub, &mut acks, &mut unacked);
                     unacked.clear();
+                    acks.clear();
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             },
-            _ = flush_tick.tick() => write_and_ack(&hub, &client, &mut unacked),
+            _ = flush_tick.tick() => write_and_ack(&hub, &mut acks, &mut unacked),
             _ = prune_tick.tick() => {
                 match hub.prune(now_ms(), &cfg.retention) {
                     Ok(p) if p.raw + p.old + p.devices > 0 => log::info!("pruned {p:?}"),
@@ -180,25 +198,58 @@ pub async fn serve(
             () = &mut shutdown => break Ok(()),
         }
     };
-    write_and_ack(&hub, &client, &mut unacked);
-    let _ = client.disconnect().await;
-    // Lets the disconnect (and the last acknowledgements) go out.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async { while eventloop.poll().await.is_ok() {} }).await;
+    write_and_ack(&hub, &mut acks, &mut unacked);
+    // Lets the last acknowledgements, then the disconnect, go out.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let mut disconnecting = false;
+        loop {
+            acks.hand_over(&client);
+            if acks.is_empty() && !disconnecting {
+                disconnecting = client.try_disconnect().is_ok();
+            }
+            if eventloop.poll().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
     let _ = stop_http.send(());
     let _ = http.await;
     result
 }
 
 /// Writes the pending changes; acknowledges the messages behind them only if that worked.
-fn write_and_ack(hub: &Hub, client: &AsyncClient, unacked: &mut Vec<Publish>) {
+fn write_and_ack(hub: &Hub, acks: &mut Acks, unacked: &mut Vec<Publish>) {
     match hub.flush() {
-        Ok(_) => {
-            for p in unacked.drain(..) {
-                if let Err(e) = client.try_ack(&p) {
-                    log::warn!("ack: {e}");
-                }
-            }
-        }
+        Ok(_) => acks.0.extend(unacked.drain(..)),
         Err(e) => log::error!("fleet database: {e}; the messages stay unacknowledged"),
+    }
+}
+
+/// Written messages whose acknowledgements wait for room in the client's request queue, oldest
+/// first. None may be dropped or skipped: the queue fills whenever a burst from the broker is
+/// still being read (the event loop takes no requests then), and rumqttd takes acknowledgements
+/// strictly in order, so one lost ack makes it count a later one against the wrong message,
+/// which is then lost.
+#[derive(Default)]
+struct Acks(VecDeque<Publish>);
+
+impl Acks {
+    /// Queues as many acknowledgements as the client takes now.
+    fn hand_over(&mut self, client: &AsyncClient) {
+        while let Some(p) = self.0.front() {
+            if client.try_ack(p).is_err() {
+                break;
+            }
+            self.0.pop_front();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
     }
 }
