@@ -13,6 +13,7 @@ pub mod outbox;
 pub mod reference;
 pub mod samples;
 pub mod serve;
+pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod tensor;

@@ -8,7 +8,10 @@
 //!          bundle (phase Installing), and until all 20 installed it (signature checks, slot
 //!          write, model load, self-test).
 //!
-//! `cargo bench -p drover-tools --bench transfer`. Prints one table; medians of 3 rounds.
+//! `cargo bench -p drover-tools --bench transfer`. Prints one table; medians of 3 rounds. The
+//! scale run of docs/scaling.md sets `DROVER_BENCH_DEVICES=1000 DROVER_BENCH_ROUNDS=1
+//! DROVER_BENCH_SIZES=512000 DROVER_BENCH_BROKERS=mosquitto` (rumqttd forwards at most 100
+//! retained presences to a subscriber, so a group push there sees only 100 of 1,000 devices).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -26,9 +29,17 @@ use drover_wire::message::Phase;
 use drover_wire::topic::Name;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-const DEVICES: usize = 20;
 const CHUNK: u32 = 32 * 1024;
-const ROUNDS: u64 = 3;
+
+/// A number from the environment, or the default.
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Agents (and raw subscribers): `DROVER_BENCH_DEVICES`, default 20.
+static DEVICES: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| env_or("DROVER_BENCH_DEVICES", 20));
+/// Rounds per size: `DROVER_BENCH_ROUNDS`, default 3.
+static ROUNDS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| env_or("DROVER_BENCH_ROUNDS", 3) as u64);
 
 fn drover(args: &[&str]) {
     let cli = drover_tools::cli::Cli::parse_from(std::iter::once("drover").chain(args.iter().copied()));
@@ -63,7 +74,7 @@ fn release(dir: &Path) {
 /// Bundles of about `weight_bytes`, one per round, versions `first..first + ROUNDS`.
 fn bundles(dir: &Path, weight_bytes: usize, first: u64) -> Vec<std::path::PathBuf> {
     let d = |s: &str| dir.join(s).to_string_lossy().into_owned();
-    (first..first + ROUNDS)
+    (first..first + *ROUNDS)
         .map(|v| {
             let model = dir.join(format!("big-{v}.onnx"));
             write_matmul_model(&model, weight_bytes + v as usize * 256);
@@ -88,10 +99,10 @@ async fn raw_fanout(port: u16, size: usize, round: u64) -> Duration {
         o.set_inflight(32);
         o
     };
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Instant>(DEVICES);
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(DEVICES);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Instant>(*DEVICES);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(*DEVICES);
     let mut subs = Vec::new();
-    for i in 0..DEVICES {
+    for i in 0..*DEVICES {
         let (client, mut el) = AsyncClient::new(opts(format!("raw-sub-{round}-{i}")), 64);
         let (topic, done, ready) = (topic.clone(), done_tx.clone(), ready_tx.clone());
         subs.push(tokio::spawn(async move {
@@ -116,7 +127,7 @@ async fn raw_fanout(port: u16, size: usize, round: u64) -> Duration {
             }
         }));
     }
-    for _ in 0..DEVICES {
+    for _ in 0..*DEVICES {
         ready_rx.recv().await.expect("subscriber ready");
     }
     let (publisher, mut el) = AsyncClient::new(opts(format!("raw-pub-{round}")), 64);
@@ -127,7 +138,7 @@ async fn raw_fanout(port: u16, size: usize, round: u64) -> Duration {
         publisher.publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone()).await.expect("publish");
     }
     let mut last = start;
-    for _ in 0..DEVICES {
+    for _ in 0..*DEVICES {
         last = last.max(done_rx.recv().await.expect("subscriber done"));
     }
     pumping.abort();
@@ -139,7 +150,7 @@ async fn raw_fanout(port: u16, size: usize, round: u64) -> Duration {
 
 /// A push to the fleet: (all started, all downloaded, all installed).
 async fn push(bundle: &[u8], version: u64, port: u16) -> (Duration, Duration, Duration) {
-    let devices: BTreeSet<Name> = (0..DEVICES).map(|i| Name::new(&format!("dev-{i:02}")).expect("name")).collect();
+    let devices: BTreeSet<Name> = (0..*DEVICES).map(|i| Name::new(&format!("dev-{i:02}")).expect("name")).collect();
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let announce = drover_tools::push::campaign::announce(bundle, "big", version, CHUNK, now).expect("announce");
@@ -183,23 +194,34 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// the fixed cost of announcing amortises.
 const SIZES: [usize; 2] = [500 * 1024, 4 * 1024 * 1024];
 
+/// `DROVER_BENCH_SIZES` (comma-separated bytes), else [`SIZES`].
+fn sizes() -> Vec<usize> {
+    match std::env::var("DROVER_BENCH_SIZES") {
+        Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        Err(_) => SIZES.to_vec(),
+    }
+}
+
 fn main() {
     let dir = tempfile::tempdir().expect("tmp");
     release(dir.path());
     let sets: Vec<Vec<std::path::PathBuf>> =
-        SIZES.iter().enumerate().map(|(i, w)| bundles(dir.path(), *w, 1 + i as u64 * ROUNDS)).collect();
+        sizes().iter().enumerate().map(|(i, w)| bundles(dir.path(), *w, 1 + i as u64 * *ROUNDS)).collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    println!("Transfer benchmark: bundles in {CHUNK}-byte chunks to {DEVICES} agents; medians of {ROUNDS} rounds");
-    println!("raw       = the broker fanning the same bytes out to {DEVICES} plain subscribers (QoS 1, one publisher)");
-    println!("announced = drover push: connect, announce, until all {DEVICES} agents reported it");
-    println!("drover    = ... then requests and hash-checked chunks on disk, until all {DEVICES} hold the bundle");
-    println!("installed = ... then digest, signatures, slot write, model load and self-test on all {DEVICES}");
+    let (devices, rounds) = (*DEVICES, *ROUNDS);
+    println!("Transfer benchmark: bundles in {CHUNK}-byte chunks to {devices} agents; medians of {rounds} rounds");
+    println!("raw       = the broker fanning the same bytes out to {devices} plain subscribers (QoS 1, one publisher)");
+    println!("announced = drover push: connect, announce, until all {devices} agents reported it");
+    println!("drover    = ... then requests and hash-checked chunks on disk, until all {devices} hold the bundle");
+    println!("installed = ... then digest, signatures, slot write, model load and self-test on all {devices}");
     println!();
     println!(
         "{:<20} {:>9} {:>8} {:>12} {:>10} {:>12} {:>7} {:>12}",
         "broker", "bytes", "raw ms", "announced ms", "drover ms", "drover MB/s*", "ratio", "installed ms"
     );
-    for kind in [Kind::Embedded, Kind::Mosquitto] {
+    let brokers = std::env::var("DROVER_BENCH_BROKERS").unwrap_or_else(|_| "embedded,mosquitto".into());
+    let kinds = [(Kind::Embedded, "embedded"), (Kind::Mosquitto, "mosquitto")];
+    for kind in kinds.iter().filter(|(_, n)| brokers.split(',').any(|b| b.trim() == *n)).map(|(k, _)| *k) {
         let (port, _guard): (u16, Option<Broker>) = match kind {
             Kind::Embedded => {
                 let port = free_port();
@@ -219,14 +241,14 @@ fn main() {
         let fleet_dir = tempfile::tempdir().expect("tmp");
         let settings = BrokerSettings { port, ..BrokerSettings::default() };
         let mut fleet =
-            Fleet::new(fleet_dir.path(), "dev", DEVICES, &["bench"], &dir.path().join("root.json"), &settings);
+            Fleet::new(fleet_dir.path(), "dev", *DEVICES, &["bench"], &dir.path().join("root.json"), &settings);
         fleet.start_all();
-        std::thread::sleep(Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_millis(1500 + 10 * devices as u64));
         let name = match kind {
             Kind::Embedded => "embedded (rumqttd)",
             Kind::Mosquitto => "Mosquitto (Debian)",
         };
-        for (set, first) in sets.iter().zip((1..).step_by(ROUNDS as usize)) {
+        for (set, first) in sets.iter().zip((1..).step_by(*ROUNDS as usize)) {
             let size = std::fs::metadata(&set[0]).expect("bundle").len() as usize;
             let (mut raw, mut start, mut down, mut inst) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for (round, bundle) in set.iter().enumerate() {
@@ -246,7 +268,7 @@ fn main() {
                 ms(raw),
                 ms(start),
                 ms(down),
-                (size * DEVICES) as f64 / down.as_secs_f64() / 1e6,
+                (size * *DEVICES) as f64 / down.as_secs_f64() / 1e6,
                 down.as_secs_f64() / raw.as_secs_f64(),
                 ms(inst)
             );
@@ -254,5 +276,5 @@ fn main() {
         drop(fleet);
     }
     println!();
-    println!("* MB/s delivered: bundle size x {DEVICES} devices / drover ms. ratio = drover ms / raw ms");
+    println!("* MB/s delivered: bundle size x {devices} devices / drover ms. ratio = drover ms / raw ms");
 }

@@ -18,6 +18,12 @@ pub struct Cli {
 /// The verbs that exist today.
 #[derive(Debug, Subcommand)]
 pub enum Verb {
+    /// The whole life cycle on this machine in one process: broker, fleet server, simulated
+    /// devices, a push, drift, a staged rollout (prints the dashboard's URL).
+    Demo(cmd::demo::DemoArgs),
+    /// Run many real agents in this process against a broker, with a traffic and fault profile
+    /// (prints the fleet's figures, memory per device among them).
+    Simulate(cmd::simulate::SimulateArgs),
     /// Show what a bundle or an ONNX model holds (exit 1 for a model the agent cannot run).
     Inspect(cmd::inspect::InspectArgs),
     /// Make an Ed25519 key pair (root, release or operator).
@@ -69,6 +75,8 @@ pub enum Verb {
 pub fn run(cli: Cli, now_ms: u64) -> anyhow::Result<ExitCode> {
     let now = now_ms / 1000;
     let ok = match cli.command {
+        Verb::Demo(args) => cmd::demo::run(&args, now_ms)?,
+        Verb::Simulate(args) => cmd::simulate::run(&args)?,
         Verb::Inspect(args) => cmd::inspect::run(&args)?,
         Verb::Keygen(args) => cmd::keygen::run(&args).map(|_| true)?,
         Verb::Root(c) => cmd::root::run(&c, now).map(|_| true)?,

@@ -6,12 +6,20 @@ use clap::Parser;
 use drover_tools::cli::{Cli, run};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    // rumqttd (the embedded broker) reports its tracing spans as error-level log records, one per
+    // packet: off unless RUST_LOG asks. The demo tells what its agents' warnings say in its own
+    // words, so it shows only errors.
+    let default = match cli.command {
+        drover_tools::cli::Verb::Demo(_) => "error,rumqttd=off",
+        _ => "warn,rumqttd=off",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    match run(Cli::parse(), now_ms) {
+    match run(cli, now_ms) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -276,6 +276,27 @@ pub enum ConfigError {
 }
 
 impl AgentConfig {
+    /// A device's configuration with every default, its local API off: what a program that
+    /// runs many agents in one process starts from (they would all want the API's one port).
+    pub fn new(device: impl Into<String>, data_dir: impl Into<PathBuf>) -> AgentConfig {
+        AgentConfig {
+            device: device.into(),
+            groups: Vec::new(),
+            labels: Default::default(),
+            data_dir: data_dir.into(),
+            payload: PayloadFormat::default(),
+            broker: BrokerSettings::default(),
+            transfer: TransferSettings::default(),
+            status_every_s: default_status_every(),
+            telemetry: TelemetrySettings::default(),
+            drift: DriftSettings::default(),
+            quality: QualitySettings::default(),
+            inference: InferenceSettings::default(),
+            api: crate::api::ApiSettings { listen: crate::api::Listen::Off, ..Default::default() },
+            input: Vec::new(),
+        }
+    }
+
     /// Parses and checks a configuration.
     pub fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
         let cfg: AgentConfig = toml::from_str(text)?;

@@ -87,7 +87,7 @@ pub enum AgentError {
 }
 
 const LEDGER: &str = "link.json";
-const TRANSFER: &str = "transfer";
+pub(crate) const TRANSFER: &str = "transfer";
 const OUTBOX: &str = "outbox";
 /// Telemetry period when neither the config nor the bundle sets one.
 const DEFAULT_PERIOD_S: u32 = 60;

@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 use super::chunkset::ChunkSet;
 
 const ANNOUNCE: &str = "announce.json";
-const PART: &str = "bundle.part";
+pub(crate) const PART: &str = "bundle.part";
 const JOURNAL: &str = "chunks.log";
 const RECORD: usize = 4 + 32;
 /// Chunks written between two syncs: a crash loses at most this many (they are fetched again).

@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod command;
 pub mod decode;
 pub mod delegate;
+pub mod demo;
 pub mod feedback;
 pub mod fleet;
 pub mod fleet_client;
@@ -19,6 +20,7 @@ pub mod rollout;
 pub mod root;
 pub mod shadow;
 pub mod sign;
+pub mod simulate;
 pub mod verify;
 
 /// Parses a duration such as `90d`, `12h`, `30m` or `3600s` (humantime syntax).

@@ -147,7 +147,9 @@ impl Tracker {
 
     /// Whether the operation is over, and how.
     pub fn end(&self, now_ms: u64) -> Option<End> {
-        let settled = self.connected_ms.is_some_and(|c| now_ms >= c + self.settle_ms);
+        // Named devices are known from the start: only a group or the fleet waits for presence.
+        let settle_ms = if matches!(self.audience, Audience::Devices(_)) { 0 } else { self.settle_ms };
+        let settled = self.connected_ms.is_some_and(|c| now_ms >= c + settle_ms);
         let all_final = self.devices.values().all(|v| v.phase.as_ref().is_some_and(Phase::is_final));
         if settled && self.devices.is_empty() {
             return Some(End::NoDevices);
@@ -224,6 +226,18 @@ mod tests {
         assert_eq!(t.end(4999), None);
         assert_eq!(t.end(5000), Some(End::TimedOut));
         assert_eq!(t.devices()[&name("b")], DeviceView::default());
+    }
+
+    #[test]
+    fn named_devices_end_as_soon_as_all_report_without_settling() {
+        let ids = [name("a"), name("b")].into_iter().collect();
+        let mut t = Tracker::new(Audience::Devices(ids), 0, 1500, 60_000);
+        assert_eq!(t.end(100), None, "not connected yet");
+        t.on_connected(100);
+        t.on_progress(&name("a"), &op(5), Phase::Current, ours, 150);
+        assert_eq!(t.end(200), None, "b has not reported");
+        t.on_progress(&name("b"), &op(5), Phase::Installed { slot: Slot::A }, ours, 250);
+        assert_eq!(t.end(300), Some(End::AllFinished), "no settling for a known audience");
     }
 
     #[test]
