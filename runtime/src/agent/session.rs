@@ -383,7 +383,13 @@ impl Session {
             log::info!("ignoring a stale announcement of {} v{}", a.name, a.version);
             return;
         }
-        if self.receiver.as_ref().is_some_and(|r| r.announce().transfer == a.transfer) {
+        if let Some(r) = self.receiver.as_mut().filter(|r| r.announce().transfer == a.transfer) {
+            // The same bytes again: a newer order takes over the transfer under way (and is the
+            // one the operator waits to hear about); a repeat of the current one changes nothing.
+            if a.issued_at > r.announce().issued_at && r.reannounce(a.clone()) {
+                let (have, total) = (r.have().count(), a.chunk_count() as u32);
+                self.report(bundle_op(&a), Phase::Downloading { have, total }, now, out);
+            }
             return;
         }
         if let Some(reason) = self.refuse(&a) {

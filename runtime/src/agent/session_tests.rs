@@ -279,6 +279,32 @@ fn a_newer_announcement_supersedes_and_a_stale_one_is_ignored() {
 }
 
 #[test]
+fn a_newer_order_for_the_same_bytes_takes_over_the_transfer_under_way() {
+    // A push whose sender died left the device waiting for chunks; the operator pushes the same
+    // bundle again. The device must answer the new push (its operator waits for that one), keep
+    // the chunks it holds, and finish under the new order.
+    let data = bundle();
+    let old = announce(&data, 2, T0.unix);
+    let new = Announce { issued_at: T0.unix + 30, ..old.clone() };
+    let mut s = session(Serving::default(), Ledger::default());
+    connected(&mut s);
+    s.handle(msg(BUNDLE_TOPIC, &codec::encode(PayloadFormat::Postcard, &old)), T0);
+    s.handle(msg(&topic::chunks(&old.transfer).to_string(), &chunk_payload(&old, &data, 0)), T0);
+    let actions = s.handle(msg(BUNDLE_TOPIC, &codec::encode(PayloadFormat::Postcard, &new)), at(2_000));
+    assert!(!actions.iter().any(|a| matches!(a, Action::DiscardTransfer | Action::StartTransfer(_))), "{actions:?}");
+    let p: Progress = codec::decode(&published(&actions, "/progress")[0]).unwrap();
+    assert_eq!(p.op, bundle_op(&new), "reported under the new order");
+    assert_eq!(p.phase, Phase::Downloading { have: 1, total: 5 }, "the chunk held still counts");
+    // The old order delivered again changes nothing.
+    assert_eq!(s.handle(msg(BUNDLE_TOPIC, &codec::encode(PayloadFormat::Postcard, &old)), at(2_100)), vec![]);
+    let mut last = Vec::new();
+    for i in 1..5 {
+        last = s.handle(msg(&topic::chunks(&new.transfer).to_string(), &chunk_payload(&new, &data, i)), at(2_200));
+    }
+    assert!(last.iter().any(|a| matches!(a, Action::Install(x) if x.issued_at == new.issued_at)), "{last:?}");
+}
+
+#[test]
 fn commands_are_handed_to_the_store_and_their_outcome_reported() {
     let mut s = session(Serving::default(), Ledger::default());
     connected(&mut s);

@@ -55,6 +55,17 @@ impl Receiver {
         &self.announce
     }
 
+    /// A newer order for the same bytes (the operator pushed again, or a rollout moved from
+    /// staging to installing): the chunks held still count, the new order is the one reported
+    /// and carried out. Another transfer is refused (`false`).
+    pub fn reannounce(&mut self, announce: Announce) -> bool {
+        if announce.transfer != self.announce.transfer || announce.size != self.announce.size {
+            return false;
+        }
+        self.announce = announce;
+        true
+    }
+
     /// The chunks held.
     pub fn have(&self) -> &ChunkSet {
         &self.have

@@ -1,6 +1,7 @@
 //! The I/O shell of an operation: one MQTT connection (rumqttc), the clock, and the bundle's
 //! bytes, around a pure [`Campaign`].
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use drover_runtime::link::BrokerSettings;
@@ -44,8 +45,9 @@ pub async fn execute(
         format!("drover-cli-{}-{}", std::process::id(), seed("cli", start.elapsed().as_nanos() as u64) % 1_000_000);
     let options = broker.mqtt_options(&client_id, true)?;
     let (client, eventloop) = AsyncClient::new(options, 64);
-    let (tx, mut rx) = mpsc::channel(1024);
+    let (tx, rx) = mpsc::channel(1024);
     let pumping = tokio::spawn(pump(eventloop, tx, seed(&client_id, 0), drover_runtime::link::pump::Acks::Ignore));
+    let mut conn = Conn { client, rx, backlog: VecDeque::new() };
     let announce = match campaign.work() {
         Work::Bundle { announce } => Some(announce.clone()),
         Work::Command(_) => None,
@@ -67,17 +69,19 @@ pub async fn execute(
         // With chunks to send (and no rate to wait for), go straight back to sending; otherwise
         // wait for the connection or the next tick.
         let sending = online && campaign.has_chunks() && rate.is_none();
-        let wake = if sending {
+        let wake = if let Some(l) = conn.backlog.pop_front() {
+            Wake::Link(l)
+        } else if sending {
             // Let the connection task run between batches.
             tokio::task::yield_now().await;
-            match rx.try_recv() {
+            match conn.rx.try_recv() {
                 Ok(l) => Wake::Link(l),
                 Err(mpsc::error::TryRecvError::Empty) => Wake::Idle,
                 Err(mpsc::error::TryRecvError::Disconnected) => Wake::Closed,
             }
         } else {
             tokio::select! {
-                link = rx.recv() => link.map_or(Wake::Closed, Wake::Link),
+                link = conn.rx.recv() => link.map_or(Wake::Closed, Wake::Link),
                 _ = tick.tick() => Wake::Idle,
             }
         };
@@ -103,7 +107,7 @@ pub async fn execute(
             }
         };
         for a in actions {
-            perform(&client, a, campaign, &mut on_change).await;
+            perform(&mut conn, a, campaign, &mut on_change).await;
         }
         // Serve requested chunks a few at a time, so progress reports keep flowing meanwhile.
         if let (true, Some(a)) = (online, &announce) {
@@ -119,7 +123,7 @@ pub async fn execute(
                 }
                 let Some(i) = campaign.next_chunk() else { break };
                 let payload = super::campaign::chunk_payload(a, bundle, i);
-                if client.publish(topic.as_str(), QoS::AtLeastOnce, false, payload).await.is_err() {
+                if conn.publish(&topic, false, payload).await.is_err() {
                     break;
                 }
             }
@@ -127,10 +131,10 @@ pub async fn execute(
     };
     if online {
         for a in campaign.closing() {
-            perform(&client, a, campaign, &mut on_change).await;
+            perform(&mut conn, a, campaign, &mut on_change).await;
         }
-        let _ = client.disconnect().await;
-        wait_closed(&mut rx, Duration::from_secs(3)).await;
+        let _ = conn.client.try_disconnect();
+        wait_closed(&mut conn.rx, Duration::from_secs(3)).await;
     }
     pumping.abort();
     Ok(Outcome { end, last_error, connected, chunks_sent: campaign.chunks_sent(), elapsed: start.elapsed() })
@@ -146,21 +150,55 @@ enum Wake {
     Idle,
 }
 
-async fn perform(
-    client: &AsyncClient,
-    action: Action,
-    campaign: &Campaign,
-    on_change: &mut impl FnMut(&Name, &DeviceView),
-) {
+/// The connection as the loop sees it: requests into rumqttc, and what the connection task
+/// reported. A request never waits on a full rumqttc queue while the connection task waits on a
+/// full report queue: what it reports meanwhile is moved aside (`backlog`, read first), so the
+/// two always make progress (with a thousand devices answering at once, they would otherwise
+/// wait on each other for good).
+struct Conn {
+    client: AsyncClient,
+    rx: mpsc::Receiver<Link>,
+    backlog: VecDeque<Link>,
+}
+
+impl Conn {
+    /// Waits for room in rumqttc's queue, draining the reports meanwhile.
+    async fn room(&mut self) {
+        while let Ok(l) = self.rx.try_recv() {
+            self.backlog.push_back(l);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    async fn publish(&mut self, topic: &str, retain: bool, payload: Vec<u8>) -> Result<(), rumqttc::ClientError> {
+        loop {
+            match self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload.clone()) {
+                Err(rumqttc::ClientError::TryRequest(_)) if !self.rx.is_closed() => self.room().await,
+                other => return other,
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, filters: Vec<SubscribeFilter>) -> Result<(), rumqttc::ClientError> {
+        loop {
+            match self.client.try_subscribe_many(filters.clone()) {
+                Err(rumqttc::ClientError::TryRequest(_)) if !self.rx.is_closed() => self.room().await,
+                other => return other,
+            }
+        }
+    }
+}
+
+async fn perform(conn: &mut Conn, action: Action, campaign: &Campaign, on_change: &mut impl FnMut(&Name, &DeviceView)) {
     match action {
         Action::Subscribe(filters) => {
             let filters: Vec<_> = filters.into_iter().map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce)).collect();
-            if let Err(e) = client.subscribe_many(filters).await {
+            if let Err(e) = conn.subscribe(filters).await {
                 log::warn!("subscribe: {e}");
             }
         }
         Action::Publish { topic, payload, retain } => {
-            if let Err(e) = client.publish(topic.as_str(), QoS::AtLeastOnce, retain, payload).await {
+            if let Err(e) = conn.publish(&topic, retain, payload).await {
                 log::warn!("publish to {topic}: {e}");
             }
         }
