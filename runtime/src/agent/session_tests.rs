@@ -289,7 +289,7 @@ fn a_newer_order_for_the_same_bytes_takes_over_the_transfer_under_way() {
     let mut s = session(Serving::default(), Ledger::default());
     connected(&mut s);
     s.handle(msg(BUNDLE_TOPIC, &codec::encode(PayloadFormat::Postcard, &old)), T0);
-    s.handle(msg(&topic::chunks(&old.transfer).to_string(), &chunk_payload(&old, &data, 0)), T0);
+    s.handle(msg(topic::chunks(&old.transfer).as_ref(), &chunk_payload(&old, &data, 0)), T0);
     let actions = s.handle(msg(BUNDLE_TOPIC, &codec::encode(PayloadFormat::Postcard, &new)), at(2_000));
     assert!(!actions.iter().any(|a| matches!(a, Action::DiscardTransfer | Action::StartTransfer(_))), "{actions:?}");
     let p: Progress = codec::decode(&published(&actions, "/progress")[0]).unwrap();
@@ -299,7 +299,7 @@ fn a_newer_order_for_the_same_bytes_takes_over_the_transfer_under_way() {
     assert_eq!(s.handle(msg(BUNDLE_TOPIC, &codec::encode(PayloadFormat::Postcard, &old)), at(2_100)), vec![]);
     let mut last = Vec::new();
     for i in 1..5 {
-        last = s.handle(msg(&topic::chunks(&new.transfer).to_string(), &chunk_payload(&new, &data, i)), at(2_200));
+        last = s.handle(msg(topic::chunks(&new.transfer).as_ref(), &chunk_payload(&new, &data, i)), at(2_200));
     }
     assert!(last.iter().any(|a| matches!(a, Action::Install(x) if x.issued_at == new.issued_at)), "{last:?}");
 }
