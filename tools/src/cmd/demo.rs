@@ -1,8 +1,6 @@
 //! `drover demo`: the whole life cycle on this machine (see [`crate::demo`]).
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::demo::{DemoOptions, run as run_demo};
@@ -35,18 +33,7 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 
 /// Runs the demo; true when every step ran and worked, or Ctrl-C / the duration cut it short.
 pub fn run(args: &DemoArgs, now_ms: u64) -> anyhow::Result<bool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    // Ctrl-C ends the demo cleanly instead of killing the process mid-write.
-    std::thread::Builder::new().name("ctrl-c".into()).spawn(move || {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            rt.block_on(async {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    flag.store(true, Ordering::Relaxed);
-                }
-            });
-        }
-    })?;
+    let stop = super::stop_on_ctrl_c()?;
     let opts =
         DemoOptions { devices: args.devices, duration: args.duration, keep: args.keep.clone(), http_port: args.port };
     let outcome = run_demo(&opts, &stop, &mut std::io::stdout(), now_ms / 1000)?;

@@ -32,3 +32,20 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 pub fn rfc3339(unix: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix)).to_string()
 }
+
+/// A flag that Ctrl-C sets, so a long-running command (demo, simulate) ends cleanly instead of
+/// being killed mid-write.
+pub fn stop_on_ctrl_c() -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::Builder::new().name("ctrl-c".into()).spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            rt.block_on(async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    })?;
+    Ok(stop)
+}

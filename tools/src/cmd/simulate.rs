@@ -4,8 +4,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -104,17 +103,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<bool> {
         None => Some(tempfile::Builder::new().prefix("drover-sim-").tempdir().context("make a temporary directory")?),
     };
     let dir = args.dir.clone().or_else(|| temp.as_ref().map(|t| t.path().to_path_buf())).context("a directory")?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::Builder::new().name("ctrl-c".into()).spawn(move || {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            rt.block_on(async {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    flag.store(true, Ordering::Relaxed);
-                }
-            });
-        }
-    })?;
+    let stop = super::stop_on_ctrl_c()?;
 
     let rss_before = rss_bytes().unwrap_or(0);
     let spec = FleetSpec {
