@@ -1,9 +1,10 @@
 //! The fleet server's shared state: the registry, the store, the ingest counters, and a channel
 //! that tells live views (the dashboard's event stream, `drover fleet watch`) that something
-//! changed. Messages go in one at a time; their changes are written in batches, one transaction
-//! each, and only a written batch is acknowledged to the broker.
+//! changed. Messages go in one at a time; their changes are submitted in batches to the
+//! [`Writer`]'s thread, and only a written batch is acknowledged to the broker.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::broadcast;
 
@@ -15,6 +16,7 @@ use super::record::{self, RecordError};
 use super::registry::{Change, Registry};
 use super::rollouts::{CreateError, CreateRequest, Entry, Rollouts, Work};
 use super::storage::{Pruned, Retention, Storage, StorageError};
+use super::writer::{Batch, Sinks, WaitError, Writer};
 use crate::rollout::Rollout;
 
 /// What became of one message.
@@ -51,13 +53,23 @@ pub enum RolloutError {
     },
 }
 
+/// The changes taken since the last submission.
+#[derive(Default)]
+struct Pending {
+    changes: Vec<Change>,
+    /// How many stored messages they came from.
+    messages: u64,
+    /// The latest submission's ticket.
+    ticket: u64,
+}
+
 /// The state behind the server.
 pub struct Hub {
     registry: Mutex<Registry>,
-    storage: Mutex<Box<dyn Storage>>,
-    /// The changes waiting for the next write, and how many stored messages they came from.
-    pending: Mutex<(Vec<Change>, u64)>,
-    ingest: Mutex<Ingest>,
+    storage: Arc<Mutex<Box<dyn Storage>>>,
+    pending: Mutex<Pending>,
+    writer: Writer,
+    ingest: Arc<Mutex<Ingest>>,
     updates: broadcast::Sender<()>,
     catalog: Mutex<Catalog>,
     rollouts: Mutex<Rollouts>,
@@ -80,12 +92,18 @@ impl Hub {
             let _ = catalog.add_bundle(&bundle);
             entries.push(Entry { rollout, bundle: Arc::new(bundle), busy: false });
         }
+        let storage = Arc::new(Mutex::new(storage));
+        let ingest = Arc::new(Mutex::new(Ingest::default()));
+        let updates = broadcast::channel(16).0;
+        let writer =
+            Writer::start(Sinks { storage: storage.clone(), ingest: ingest.clone(), updates: updates.clone() });
         Ok(Arc::new(Hub {
             registry: Mutex::new(registry),
-            storage: Mutex::new(storage),
-            pending: Mutex::new((Vec::new(), 0)),
-            ingest: Mutex::new(Ingest::default()),
-            updates: broadcast::channel(16).0,
+            storage,
+            pending: Mutex::new(Pending::default()),
+            writer,
+            ingest,
+            updates,
             catalog: Mutex::new(catalog),
             rollouts: Mutex::new(Rollouts::from_entries(entries)),
         }))
@@ -101,36 +119,47 @@ impl Hub {
             }
         };
         let Some((device, rec)) = decoded else { return Ok(Taken::Nothing) };
-        let changes = lock(&self.registry).apply(now_ms, &device, &rec);
-        let mut ingest = lock(&self.ingest);
-        if changes.is_empty() {
-            ingest.repeated += 1;
+        // Under the registry's lock to the end: a submission sees a device's row and the
+        // message's other changes together.
+        let mut registry = lock(&self.registry);
+        let Some(changes) = registry.apply(now_ms, &device, &rec) else {
+            lock(&self.ingest).repeated += 1;
             return Ok(Taken::Nothing);
-        }
-        ingest.stored += 1;
+        };
+        lock(&self.ingest).stored += 1;
         let mut pending = lock(&self.pending);
-        pending.0.extend(changes);
-        pending.1 += 1;
+        pending.changes.extend(changes);
+        pending.messages += 1;
         Ok(Taken::Pending)
     }
 
-    /// Writes the pending changes in one transaction and tells the live views. On error the
-    /// changes stay pending (and the messages unacknowledged) for the next attempt.
-    pub fn flush(&self) -> Result<usize, StorageError> {
-        let (changes, messages) = std::mem::take(&mut *lock(&self.pending));
-        if changes.is_empty() {
-            return Ok(0);
+    /// Hands what was taken since the last call to the writer; returns the ticket that is written
+    /// once it is (the previous ticket when there was nothing to hand over).
+    pub fn submit(&self) -> u64 {
+        let mut registry = lock(&self.registry);
+        let mut pending = lock(&self.pending);
+        let rows = registry.touched();
+        if pending.changes.is_empty() && rows.is_empty() {
+            return pending.ticket;
         }
-        if let Err(e) = lock(&self.storage).write(&changes) {
-            let mut pending = lock(&self.pending);
-            let (later, later_messages) = std::mem::replace(&mut *pending, (changes, messages));
-            pending.0.extend(later);
-            pending.1 += later_messages;
-            return Err(e);
-        }
-        lock(&self.ingest).written += messages;
-        let _ = self.updates.send(());
-        Ok(changes.len())
+        pending.ticket += 1;
+        // The rows go last: coalesced with a later batch's, the newest is the one kept.
+        let mut changes = std::mem::take(&mut pending.changes);
+        changes.extend(rows);
+        let batch = Batch { ticket: pending.ticket, changes, messages: std::mem::take(&mut pending.messages) };
+        self.writer.submit(batch);
+        pending.ticket
+    }
+
+    /// The highest ticket written, as a watch: the messages behind it can be acknowledged.
+    pub fn written(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.writer.written()
+    }
+
+    /// Submits what is pending and waits until it is written, for at most `patience`.
+    pub fn flush(&self, patience: Duration) -> Result<(), WaitError> {
+        let ticket = self.submit();
+        self.writer.wait(ticket, patience)
     }
 
     /// Drops what the retention no longer keeps.
@@ -300,11 +329,16 @@ mod tests {
         assert!(hub.take(2, "drover/v1/dev/pi-2/status", b"{not json").is_err());
         assert_eq!(hub.storage(|s| s.devices().expect("devices").len()), 0, "nothing written before the flush");
         assert_eq!(hub.ingest().written, 0);
-        assert!(hub.flush().expect("flush") > 0);
+        hub.flush(Duration::from_secs(10)).expect("flush");
         assert!(woken.try_recv().is_ok(), "live views are told");
         assert_eq!(hub.storage(|s| s.devices().expect("devices").len()), 1);
         assert_eq!(hub.registry(|r| r.devices().count()), 1, "the garbled messages made no device");
         assert_eq!(hub.ingest(), Ingest { stored: 1, written: 1, rejected: 2, repeated: 0 });
-        assert_eq!(hub.flush().expect("flush"), 0);
+        assert_eq!(hub.submit(), 1, "nothing new to submit: the same ticket");
+        assert_eq!(hub.take(3, "drover/v1/dev/pi-1/status", &payload).expect("taken"), Taken::Pending);
+        assert_eq!(hub.submit(), 2);
+        assert_eq!(*hub.written().borrow(), 1, "a watch on what is written");
+        hub.flush(Duration::from_secs(10)).expect("flush");
+        assert_eq!(hub.storage(|s| s.devices().expect("devices")[0].last_seen_ms), 3);
     }
 }

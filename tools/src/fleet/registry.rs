@@ -6,7 +6,7 @@
 //! Delivery is at least once (QoS 1, the devices' outboxes resend until acknowledged): a report
 //! already seen is recognised by its sequence number and period and changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use drover_wire::drift::LatencyHistogram;
 use drover_wire::message::{Phase, Progress, Slot, Status};
@@ -282,12 +282,14 @@ pub enum Change {
 #[derive(Debug, Default)]
 pub struct Registry {
     devices: BTreeMap<String, Device>,
+    /// Devices changed since their rows were last handed out ([`Registry::touched`]).
+    dirty: BTreeSet<String>,
 }
 
 impl Registry {
     /// A registry holding what the store kept.
     pub fn from_devices(devices: impl IntoIterator<Item = Device>) -> Registry {
-        Registry { devices: devices.into_iter().map(|d| (d.id.clone(), d)).collect() }
+        Registry { devices: devices.into_iter().map(|d| (d.id.clone(), d)).collect(), dirty: BTreeSet::new() }
     }
 
     /// The devices, by id.
@@ -300,9 +302,10 @@ impl Registry {
         self.devices.get(id)
     }
 
-    /// Applies a record from `device` that arrived at `now_ms`; returns what to store (nothing
-    /// for a repeated delivery).
-    pub fn apply(&mut self, now_ms: u64, device: &str, record: &Record) -> Vec<Change> {
+    /// Applies a record from `device` that arrived at `now_ms`; returns what to store besides
+    /// the device's own row (which [`Registry::touched`] hands out once per batch), or `None` for
+    /// a repeated delivery, which changes nothing.
+    pub fn apply(&mut self, now_ms: u64, device: &str, record: &Record) -> Option<Vec<Change>> {
         let d = self.devices.entry(device.to_string()).or_insert_with(|| Device {
             id: device.to_string(),
             first_seen_ms: now_ms,
@@ -340,7 +343,7 @@ impl Registry {
             }
             Record::Telemetry(t) => {
                 if !d.telemetry_mark.admits(t.seq, t.end_ms) {
-                    return Vec::new();
+                    return None;
                 }
                 d.telemetry_mark = Mark { seq: t.seq, end_ms: t.end_ms };
                 let period = Period::of(t);
@@ -378,7 +381,7 @@ impl Registry {
             }
             Record::Drift(w) => {
                 if !d.drift_mark.admits(w.seq, w.end_ms) {
-                    return Vec::new();
+                    return None;
                 }
                 d.drift_mark = Mark { seq: w.seq, end_ms: w.end_ms };
                 if let Some(drift) = Drift::of(w) {
@@ -393,7 +396,7 @@ impl Registry {
             }
             Record::Event(e) => {
                 if !d.event_mark.admits(e.seq, e.at_ms) {
-                    return Vec::new();
+                    return None;
                 }
                 d.event_mark = Mark { seq: e.seq, end_ms: e.at_ms };
                 out.push(Change::Event(FleetEvent {
@@ -405,8 +408,20 @@ impl Registry {
             }
         }
         d.last_seen_ms = d.last_seen_ms.max(now_ms);
-        out.insert(0, Change::Device(Box::new(d.clone())));
-        out
+        if !self.dirty.contains(device) {
+            self.dirty.insert(device.to_string());
+        }
+        Some(out)
+    }
+
+    /// The rows of the devices changed since the last call, each once and as it stands now: a
+    /// batch writes a device's row once, however many of its messages it holds (a row carries
+    /// the device's whole state, the costliest write of a message).
+    pub fn touched(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|id| self.devices.get(&id).map(|d| Change::Device(Box::new(d.clone()))))
+            .collect()
     }
 }
 
@@ -513,17 +528,23 @@ pub(crate) mod tests {
     #[test]
     fn presence_makes_devices_and_online_offline_events() {
         let mut r = Registry::default();
-        let c = r.apply(1000, "pi-1", &status(true, Some(2)));
-        assert!(matches!(&c[1], Change::Event(e) if e.kind == "online"));
+        let c = r.apply(1000, "pi-1", &status(true, Some(2))).expect("new");
+        assert!(matches!(&c[0], Change::Event(e) if e.kind == "online"));
+        assert!(matches!(&r.touched()[..], [Change::Device(d)] if d.id == "pi-1" && d.online));
+        assert!(r.touched().is_empty(), "handed out once");
         assert_eq!(r.device("pi-1").expect("known").labels["site"], "berlin \"north\"");
         let d = r.device("pi-1").expect("known");
         assert_eq!(
             (d.online, d.version, d.groups.as_slice(), d.first_seen_ms),
             (true, Some(2), &["lab".to_string()][..], 1000)
         );
-        assert_eq!(r.apply(2000, "pi-1", &status(true, Some(2))).len(), 1, "no new event: still online");
-        let c = r.apply(3000, "pi-1", &status(false, Some(2)));
-        assert!(matches!(&c[1], Change::Event(e) if e.kind == "offline"));
+        assert_eq!(r.apply(2000, "pi-1", &status(true, Some(2))), Some(vec![]), "no new event: still online");
+        let c = r.apply(3000, "pi-1", &status(false, Some(2))).expect("new");
+        assert!(matches!(&c[0], Change::Event(e) if e.kind == "offline"));
+        assert!(
+            matches!(&r.touched()[..], [Change::Device(d)] if !d.online && d.last_seen_ms == 3000),
+            "two messages, one row: the newest state"
+        );
         let d = r.device("pi-1").expect("known");
         assert_eq!((d.online, d.version, d.last_seen_ms, d.first_seen_ms), (false, Some(2), 3000, 1000));
     }
@@ -531,11 +552,13 @@ pub(crate) mod tests {
     #[test]
     fn telemetry_adds_up_and_a_repeated_delivery_changes_nothing() {
         let mut r = Registry::default();
-        let c = r.apply(10, "pi-1", &telemetry(1, 5_000, 100));
-        assert!(matches!(&c[1], Change::Point(id, p) if id == "pi-1" && p.inferences == 100 && p.errors == 3));
-        assert!(r.apply(11, "pi-1", &telemetry(1, 5_000, 100)).is_empty(), "the same report again");
+        let c = r.apply(10, "pi-1", &telemetry(1, 5_000, 100)).expect("new");
+        assert!(matches!(&c[0], Change::Point(id, p) if id == "pi-1" && p.inferences == 100 && p.errors == 3));
+        r.touched();
+        assert_eq!(r.apply(11, "pi-1", &telemetry(1, 5_000, 100)), None, "the same report again");
+        assert!(r.touched().is_empty(), "a repeat touches no row");
         r.apply(12, "pi-1", &telemetry(2, 6_000, 50));
-        assert!(r.apply(13, "pi-1", &telemetry(1, 5_000, 100)).is_empty(), "an old report resent");
+        assert_eq!(r.apply(13, "pi-1", &telemetry(1, 5_000, 100)), None, "an old report resent");
         let d = r.device("pi-1").expect("known");
         assert_eq!((d.totals.inferences, d.totals.errors(), d.totals.busy_errors), (150, 6, 4));
         assert_eq!((d.version, d.slot.as_deref()), (Some(3), Some("b")), "telemetry says what is served");
@@ -553,7 +576,7 @@ pub(crate) mod tests {
             (None, Some((6_000, p50)))
         );
         // A device whose data dir was reset counts from 1 again, in a later period.
-        assert_eq!(r.apply(14, "pi-1", &telemetry(1, 9_000, 7)).len(), 2);
+        assert_eq!(r.apply(14, "pi-1", &telemetry(1, 9_000, 7)).map(|c| c.len()), Some(1));
         assert_eq!(r.device("pi-1").expect("known").totals.inferences, 157);
     }
 
@@ -601,11 +624,11 @@ pub(crate) mod tests {
             at: 1,
         };
         let mut r = Registry::default();
-        let c = r.apply(5, "pi-1", &Record::Progress(Box::new(p.clone())));
-        assert!(matches!(&c[1], Change::Event(e) if e.text == "iris v4: failed: bad signature"), "{c:?}");
+        let c = r.apply(5, "pi-1", &Record::Progress(Box::new(p.clone()))).expect("new");
+        assert!(matches!(&c[0], Change::Event(e) if e.text == "iris v4: failed: bad signature"), "{c:?}");
         assert_eq!(
-            r.apply(6, "pi-1", &Record::Progress(Box::new(p.clone()))).len(),
-            1,
+            r.apply(6, "pi-1", &Record::Progress(Box::new(p.clone()))),
+            Some(vec![]),
             "the retained copy again: no event"
         );
         let iris4 = ModelVersion { name: "iris".into(), version: 4 };

@@ -2,6 +2,11 @@
 //! while the server is down wait for it) feeding the [`Hub`], the HTTP listener, the clock and the
 //! prune timer. A message is acknowledged to the broker only once its batch is written: a server
 //! killed mid-stream gets the unwritten ones again.
+//!
+//! Batching adapts to the load (group commit): while the writer is idle, each message is handed
+//! over at once; while it writes, messages gather (up to [`ServeConfig::batch_max`]) and go
+//! together when it is done. The broker's window of unacknowledged messages (rumqttd's 100,
+//! Mosquitto's `max_inflight_messages`) bounds how many can gather.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -20,10 +25,13 @@ use super::storage::{Retention, Sqlite, StorageError};
 
 /// [`ServeConfig::batch_max`] of `drover fleet serve`: shared so that the ingest benchmark
 /// measures the batching operators get.
-pub const DEFAULT_BATCH_MAX: usize = 16;
+pub const DEFAULT_BATCH_MAX: usize = 500;
 
 /// [`ServeConfig::batch_delay`] of `drover fleet serve` (see [`DEFAULT_BATCH_MAX`]).
 pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(50);
+
+/// How long a stopping server waits for its last batch to be written.
+const FINAL_WRITE: Duration = Duration::from_secs(10);
 
 /// How the server runs.
 #[derive(Clone)]
@@ -44,9 +52,9 @@ pub struct ServeConfig {
     pub token: Option<String>,
     /// What the store keeps.
     pub retention: Retention,
-    /// Most messages written (and acknowledged) per transaction.
+    /// Most messages gathered while the writer is busy before they are handed over anyway.
     pub batch_max: usize,
-    /// Longest a message waits to be written.
+    /// Longest a message waits to be handed to the writer.
     pub batch_delay: Duration,
 }
 
@@ -134,7 +142,8 @@ pub async fn serve(
     let mut options = cfg.broker.mqtt_options(&cfg.client_id, false)?;
     options.set_manual_acks(true);
     let (client, mut eventloop) = AsyncClient::new(options, cfg.batch_max.max(16) * 2);
-    let mut unacked: Vec<Publish> = Vec::new();
+    let mut written = hub.written();
+    let mut batches = Batches::default();
     let mut acks = Acks::default();
     let mut subscribe_due = false;
     let mut flush_tick = tokio::time::interval(cfg.batch_delay.max(Duration::from_millis(1)));
@@ -159,24 +168,36 @@ pub async fn serve(
                     if let Err(e) = hub.take(now_ms(), &p.topic, &p.payload) {
                         log::warn!("dropped: {e}");
                     }
-                    unacked.push(p);
-                    if unacked.len() >= cfg.batch_max {
-                        write_and_ack(&hub, &mut acks, &mut unacked);
+                    batches.gathering.push(p);
+                    let done = *written.borrow();
+                    if batches.gathering.len() >= cfg.batch_max || batches.writer_idle(done) {
+                        batches.submit(&hub, done, &mut acks);
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
                     log::warn!("{}: {e}", cfg.broker.address());
-                    // Unwritten messages, and written ones whose acknowledgement did not go out,
-                    // come again on the resumed session (the registry knows the written ones
-                    // for repeats); drop them here.
-                    write_and_ack(&hub, &mut acks, &mut unacked);
-                    unacked.clear();
+                    // What was taken is still written (the registry holds it already), but
+                    // unacknowledged messages come again on the resumed session, where the
+                    // registry knows the written ones for repeats: forget their acks here.
+                    hub.submit();
+                    batches.clear();
                     acks.clear();
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             },
-            _ = flush_tick.tick() => write_and_ack(&hub, &mut acks, &mut unacked),
+            Ok(()) = written.changed() => {
+                let done = *written.borrow_and_update();
+                batches.written(done, &mut acks);
+                if !batches.gathering.is_empty() {
+                    batches.submit(&hub, done, &mut acks);
+                }
+            }
+            _ = flush_tick.tick() => {
+                if !batches.gathering.is_empty() {
+                    batches.submit(&hub, *written.borrow(), &mut acks);
+                }
+            }
             _ = prune_tick.tick() => {
                 match hub.prune(now_ms(), &cfg.retention) {
                     Ok(p) if p.raw + p.old + p.devices > 0 => log::info!("pruned {p:?}"),
@@ -198,7 +219,12 @@ pub async fn serve(
             () = &mut shutdown => break Ok(()),
         }
     };
-    write_and_ack(&hub, &mut acks, &mut unacked);
+    batches.submit(&hub, *written.borrow(), &mut acks);
+    let last = batches.last_ticket();
+    match tokio::time::timeout(FINAL_WRITE, written.wait_for(|w| *w >= last)).await {
+        Ok(Ok(_)) => batches.written(last, &mut acks),
+        _ => log::error!("fleet database: the last batch was not written; its messages stay unacknowledged"),
+    }
     // Lets the last acknowledgements, then the disconnect, go out.
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         let mut disconnecting = false;
@@ -218,11 +244,47 @@ pub async fn serve(
     result
 }
 
-/// Writes the pending changes; acknowledges the messages behind them only if that worked.
-fn write_and_ack(hub: &Hub, acks: &mut Acks, unacked: &mut Vec<Publish>) {
-    match hub.flush() {
-        Ok(_) => acks.0.extend(unacked.drain(..)),
-        Err(e) => log::error!("fleet database: {e}; the messages stay unacknowledged"),
+/// The messages taken and not yet acknowledged: those gathering for the next submission, and
+/// those submitted, by ticket, oldest first.
+#[derive(Default)]
+struct Batches {
+    gathering: Vec<Publish>,
+    submitted: VecDeque<(u64, Vec<Publish>)>,
+}
+
+impl Batches {
+    /// Hands the gathered messages' changes to the writer, which has written up to `written`.
+    fn submit(&mut self, hub: &Hub, written: u64, acks: &mut Acks) {
+        let ticket = hub.submit();
+        if !self.gathering.is_empty() {
+            // Repeats and garbled messages changed nothing: they ride on the latest ticket (maybe
+            // written already), so that acknowledgements still go out in order.
+            self.submitted.push_back((ticket, std::mem::take(&mut self.gathering)));
+        }
+        self.written(written, acks);
+    }
+
+    /// Whether the writer has written everything submitted (then the next message goes at once).
+    fn writer_idle(&self, written: u64) -> bool {
+        self.submitted.back().is_none_or(|(t, _)| *t <= written)
+    }
+
+    /// Moves the messages of the batches written up to `ticket` to the acknowledgements.
+    fn written(&mut self, ticket: u64, acks: &mut Acks) {
+        while self.submitted.front().is_some_and(|(t, _)| *t <= ticket) {
+            if let Some((_, done)) = self.submitted.pop_front() {
+                acks.0.extend(done);
+            }
+        }
+    }
+
+    fn last_ticket(&self) -> u64 {
+        self.submitted.back().map_or(0, |(t, _)| *t)
+    }
+
+    fn clear(&mut self) {
+        self.gathering.clear();
+        self.submitted.clear();
     }
 }
 
@@ -251,5 +313,58 @@ impl Acks {
 
     fn clear(&mut self) {
         self.0.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::drift::Catalog;
+    use drover_runtime::link::codec::{self, PayloadFormat};
+
+    fn status(online: bool) -> Publish {
+        let crate::fleet::record::Record::Status(s) = crate::fleet::registry::tests::status(online, Some(1)) else {
+            unreachable!()
+        };
+        let mut p =
+            Publish::new("drover/v1/dev/pi-1/status", QoS::AtLeastOnce, codec::encode(PayloadFormat::Postcard, &s));
+        p.pkid = 1;
+        p
+    }
+
+    #[test]
+    fn messages_are_acknowledged_in_order_and_only_once_their_batch_is_written() {
+        let hub = Hub::new(Box::new(Sqlite::in_memory().expect("db")), Catalog::default()).expect("hub");
+        let (mut batches, mut acks) = (Batches::default(), Acks::default());
+        let take = |batches: &mut Batches, p: Publish| {
+            let _ = hub.take(1, &p.topic, &p.payload);
+            batches.gathering.push(p);
+        };
+        take(&mut batches, status(true));
+        assert!(batches.writer_idle(0));
+        batches.submit(&hub, 0, &mut acks);
+        assert!(!batches.writer_idle(0), "ticket 1 is out");
+        take(&mut batches, status(false));
+        // A garbled message changes nothing, but is acknowledged after the ones before it.
+        let mut garbled = status(true);
+        garbled.payload = b"\xd1\x00".to_vec().into();
+        take(&mut batches, garbled);
+        batches.submit(&hub, 0, &mut acks);
+        assert_eq!((batches.last_ticket(), acks.0.len()), (2, 0), "nothing written yet, nothing acknowledged");
+        hub.flush(Duration::from_secs(10)).expect("written");
+        let written = *hub.written().borrow();
+        assert_eq!(written, 2);
+        batches.written(1, &mut acks);
+        assert_eq!(acks.0.len(), 1, "ticket 1's message");
+        batches.written(written, &mut acks);
+        assert_eq!(acks.0.len(), 3);
+        assert!(batches.writer_idle(written));
+        // Nothing new to write: it rides on the written ticket and is acknowledged at once.
+        let mut garbled = status(true);
+        garbled.payload = b"{".to_vec().into();
+        take(&mut batches, garbled);
+        batches.submit(&hub, written, &mut acks);
+        assert_eq!(acks.0.len(), 4);
+        assert_eq!(hub.registry(|r| r.device("pi-1").map(|d| d.online)), Some(false));
     }
 }

@@ -318,7 +318,8 @@ mod tests {
     use crate::fleet::registry::tests::{status, telemetry};
 
     fn ingest(r: &mut Registry, s: &mut Sqlite, now: u64, rec: &crate::fleet::record::Record) {
-        let changes = r.apply(now, "pi-1", rec);
+        let mut changes = r.apply(now, "pi-1", rec).unwrap_or_default();
+        changes.extend(r.touched());
         s.write(&changes).expect("write");
     }
 
@@ -367,7 +368,7 @@ mod tests {
         let mut r = Registry::default();
         ingest(&mut r, &mut s, 1, &telemetry(1, 10_000, 10));
         // The registry of a restarted server may not know it: the store still keeps it once.
-        let again = Registry::default().apply(2, "pi-1", &telemetry(1, 10_000, 10));
+        let again = Registry::default().apply(2, "pi-1", &telemetry(1, 10_000, 10)).expect("new to it");
         s.write(&again).expect("write");
         let n: i64 = s.conn.query_row("SELECT count(*) FROM points", [], |r| r.get(0)).expect("count");
         let inferences: i64 = s.conn.query_row("SELECT inferences FROM rollups", [], |r| r.get(0)).expect("rollup");
