@@ -16,7 +16,7 @@ use super::record::{self, RecordError};
 use super::registry::{Change, Registry};
 use super::rollouts::{CreateError, CreateRequest, Entry, Rollouts, Work};
 use super::storage::{Pruned, Retention, Storage, StorageError};
-use super::writer::{Batch, Sinks, WaitError, Writer};
+use super::writer::{Batch, SharedStorage, Sinks, WaitError, Writer};
 use crate::rollout::Rollout;
 
 /// What became of one message.
@@ -66,7 +66,7 @@ struct Pending {
 /// The state behind the server.
 pub struct Hub {
     registry: Mutex<Registry>,
-    storage: Arc<Mutex<Box<dyn Storage>>>,
+    storage: SharedStorage,
     pending: Mutex<Pending>,
     writer: Writer,
     ingest: Arc<Mutex<Ingest>>,

@@ -63,10 +63,13 @@ struct Shared {
     failing: Option<String>,
 }
 
+/// The store as the hub and the writer share it.
+pub type SharedStorage = Arc<Mutex<Box<dyn Storage>>>;
+
 /// The shared parts of the hub the writer updates.
 pub struct Sinks {
     /// The store.
-    pub storage: Arc<Mutex<Box<dyn Storage>>>,
+    pub storage: SharedStorage,
     /// The ingest counters (`written`).
     pub ingest: Arc<Mutex<Ingest>>,
     /// Woken after each transaction, for the live views.
@@ -278,9 +281,9 @@ mod tests {
         }
     }
 
-    fn writer(refusals: usize) -> (Writer, Arc<Mutex<Box<dyn Storage>>>, Arc<Mutex<Ingest>>) {
+    fn writer(refusals: usize) -> (Writer, SharedStorage, Arc<Mutex<Ingest>>) {
         let inner = Sqlite::in_memory().expect("db");
-        let storage: Arc<Mutex<Box<dyn Storage>>> = Arc::new(Mutex::new(Box::new(Flaky { refusals, inner })));
+        let storage: SharedStorage = Arc::new(Mutex::new(Box::new(Flaky { refusals, inner })));
         let ingest = Arc::new(Mutex::new(Ingest::default()));
         let sinks = Sinks { storage: storage.clone(), ingest: ingest.clone(), updates: broadcast::channel(4).0 };
         (Writer::start(sinks), storage, ingest)
