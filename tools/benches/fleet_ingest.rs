@@ -298,10 +298,36 @@ fn raw(port: u16, load: &Load, round: usize) -> f64 {
     telemetry as f64 / (end - start).as_secs_f64()
 }
 
-/// One server measurement: messages per second taken and written.
+/// One server measurement: messages per second taken and written, and the CPU time each of the
+/// process's threads spent from the first publish until the last message was written.
 struct Served {
     stored: f64,
     written: f64,
+    cpu: ThreadCpu,
+}
+
+/// CPU time per thread name (µs), summed over the threads of that name.
+type ThreadCpu = std::collections::BTreeMap<String, f64>;
+
+/// This process's threads' CPU time so far (utime + stime from `/proc/self/task/*/stat`, in
+/// clock ticks of 10 ms): where a message's time goes when the server is the bottleneck.
+fn thread_cpu() -> ThreadCpu {
+    let mut out = ThreadCpu::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+        *out.entry(name).or_default() += ticks * 10_000.0;
+    }
+    out
+}
+
+/// `after - before`, per thread name.
+fn cpu_delta(before: &ThreadCpu, after: &ThreadCpu) -> ThreadCpu {
+    after.iter().map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0))).collect()
 }
 
 /// Runs the fleet server on its own thread and runtime (as `drover fleet serve` does), publishes
@@ -321,7 +347,7 @@ fn served(port: u16, load: &Load, db: Option<&Path>, round: usize) -> Served {
     };
     let (hub_tx, hub) = std::sync::mpsc::channel::<Arc<Hub>>();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
+    let thread = std::thread::Builder::new().name("fleet-server".into()).spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
             let (running, listener) = server::start(&cfg).await.expect("fleet server");
@@ -332,6 +358,7 @@ fn served(port: u16, load: &Load, db: Option<&Path>, round: usize) -> Served {
             server::serve(cfg, &running, listener, Arc::new(unix_ms), shutdown).await.expect("fleet server");
         });
     });
+    let thread = thread.expect("fleet server thread");
     let hub = hub.recv().expect("fleet server started");
     let wait_for = |what: &str, target: u64, count: &dyn Fn() -> u64| {
         let deadline = Instant::now() + PATIENCE;
@@ -359,15 +386,17 @@ fn served(port: u16, load: &Load, db: Option<&Path>, round: usize) -> Served {
     let total = before.stored + load.telemetry.len() as u64;
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let cpu_before = thread_cpu();
     let start = rt.block_on(publish(port, &format!("bench-pub-fleet-{round}"), &load.telemetry, false));
     let stored = wait_for("stored", total, &|| hub.ingest().stored);
     let written = wait_for("written", total, &|| hub.ingest().written);
+    let cpu = cpu_delta(&cpu_before, &thread_cpu());
     let _ = stop.send(());
     thread.join().expect("fleet server thread");
 
     check(&hub, load, total);
     let n = load.telemetry.len() as f64;
-    Served { stored: n / (stored - start).as_secs_f64(), written: n / (written - start).as_secs_f64() }
+    Served { stored: n / (stored - start).as_secs_f64(), written: n / (written - start).as_secs_f64(), cpu }
 }
 
 /// Fails the bench (exit 1) unless the server kept exactly what was sent.
@@ -560,6 +589,22 @@ fn main() {
             spread(&stored),
         );
     }
+    println!();
+    println!("CPU µs per message by thread, server with its SQLite file (all rounds; 10 ms ticks):");
+    let n = (load.telemetry.len() * files.len()) as f64;
+    let mut by_thread = ThreadCpu::new();
+    for f in &files {
+        for (name, us) in &f.cpu {
+            *by_thread.entry(name.clone()).or_default() += us;
+        }
+    }
+    let mut threads: Vec<(String, f64)> = by_thread.into_iter().filter(|(_, us)| *us / n >= 0.05).collect();
+    threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = threads.iter().map(|(_, us)| us / n).sum();
+    println!(
+        "{}; all {total:.1}",
+        threads.iter().map(|(name, us)| format!("{name} {:.1}", us / n)).collect::<Vec<_>>().join(", ")
+    );
     println!();
     println!(
         "msgs/s = received (raw) or written (server); ratio = server msgs/s / raw msgs/s (medians). Goal for the SQLite file >= 0.50: {}",

@@ -3,9 +3,9 @@
 //! prune timer. A message is acknowledged to the broker only once its batch is written: a server
 //! killed mid-stream gets the unwritten ones again.
 //!
-//! Batching adapts to the load (group commit): while the writer is idle, each message is handed
-//! over at once; while it writes, messages gather (up to [`ServeConfig::batch_max`]) and go
-//! together when it is done. The broker's window of unacknowledged messages (rumqttd's 100,
+//! Batching adapts to the load (group commit): messages gather while the writer is busy or more
+//! are waiting to be read, and go to the writer together once it is idle and nothing more is
+//! waiting (or [`ServeConfig::batch_max`] gathered). The broker's window of unacknowledged messages (rumqttd's 100,
 //! Mosquitto's `max_inflight_messages`) bounds how many can gather.
 
 use std::collections::VecDeque;
@@ -158,41 +158,17 @@ pub async fn serve(
             subscribe_due = client.try_subscribe_many(filters).is_err();
         }
         acks.hand_over(&client);
+        let done = *written.borrow();
+        // Hand over what gathered once nothing more is waiting to be read and the writer is idle:
+        // everything already here goes in one transaction.
+        let hand_over = !batches.gathering.is_empty() && batches.writer_idle(done);
         tokio::select! {
-            polled = eventloop.poll() => match polled {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    log::info!("fleet server connected to {}", cfg.broker.address());
-                    subscribe_due = true;
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Err(e) = hub.take(now_ms(), &p.topic, &p.payload) {
-                        log::warn!("dropped: {e}");
-                    }
-                    batches.gathering.push(p);
-                    let done = *written.borrow();
-                    if batches.gathering.len() >= cfg.batch_max || batches.writer_idle(done) {
-                        batches.submit(&hub, done, &mut acks);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    log::warn!("{}: {e}", cfg.broker.address());
-                    // What was taken is still written (the registry holds it already), but
-                    // unacknowledged messages come again on the resumed session, where the
-                    // registry knows the written ones for repeats: forget their acks here.
-                    hub.submit();
-                    batches.clear();
-                    acks.clear();
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            },
+            biased;
             Ok(()) = written.changed() => {
                 let done = *written.borrow_and_update();
                 batches.written(done, &mut acks);
-                if !batches.gathering.is_empty() {
-                    batches.submit(&hub, done, &mut acks);
-                }
             }
+            () = &mut shutdown => break Ok(()),
             _ = flush_tick.tick() => {
                 if !batches.gathering.is_empty() {
                     batches.submit(&hub, *written.borrow(), &mut acks);
@@ -216,7 +192,35 @@ pub async fn serve(
                     }
                 }
             }
-            () = &mut shutdown => break Ok(()),
+            // After the timers, which so run while messages keep coming; the hand-over last, when
+            // nothing else is ready.
+            polled = eventloop.poll() => match polled {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    log::info!("fleet server connected to {}", cfg.broker.address());
+                    subscribe_due = true;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Err(e) = hub.take(now_ms(), &p.topic, &p.payload) {
+                        log::warn!("dropped: {e}");
+                    }
+                    batches.gathering.push(p);
+                    if batches.gathering.len() >= cfg.batch_max {
+                        batches.submit(&hub, done, &mut acks);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    log::warn!("{}: {e}", cfg.broker.address());
+                    // What was taken is still written (the registry holds it already), but
+                    // unacknowledged messages come again on the resumed session, where the
+                    // registry knows the written ones for repeats: forget their acks here.
+                    hub.submit();
+                    batches.clear();
+                    acks.clear();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+            () = std::future::ready(()), if hand_over => batches.submit(&hub, done, &mut acks),
         }
     };
     batches.submit(&hub, *written.borrow(), &mut acks);

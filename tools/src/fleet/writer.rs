@@ -170,6 +170,7 @@ fn run(
         let ticket = group.last().map_or(0, |b| b.ticket);
         let messages: u64 = group.iter().map(|b| b.messages).sum();
         let changes = coalesce(group.into_iter().flat_map(|b| b.changes));
+        let started = Instant::now();
         loop {
             let result = lock(&sinks.storage).write(&changes);
             match result {
@@ -185,6 +186,7 @@ fn run(
                 }
             }
         }
+        log::trace!("wrote {messages} messages ({} rows) in {:?}", changes.len(), started.elapsed());
         lock(&sinks.ingest).written += messages;
         {
             let mut s = lock(&shared.0);

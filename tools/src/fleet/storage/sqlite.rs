@@ -484,4 +484,3 @@ mod tests {
         assert_eq!(gone.devices, 1, "a device not heard from in 30 days is forgotten");
     }
 }
-
