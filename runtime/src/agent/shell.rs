@@ -260,7 +260,10 @@ async fn run_notifying(
     agent.reload().await;
     agent.probe.sample(); // the first CPU reading, so the first period reports usage
     agent.next_telemetry_ms = now.ms + agent.period_ms();
-    let serving = agent.inference.model().map_or_else(|| "no model yet".to_string(), |m| format!("serving {} v{}", m.name, m.version));
+    let serving = agent
+        .inference
+        .model()
+        .map_or_else(|| "no model yet".to_string(), |m| format!("serving {} v{}", m.name, m.version));
     agent.notifier.ready(&format!("{serving}; connecting to {}", agent.cfg.broker.address()));
     let result = agent.serve(rx, shutdown).await;
     pump.abort();

@@ -159,7 +159,12 @@ pub fn install_one(host: &Host, s: &Settings) -> std::result::Result<String, Fla
 }
 
 /// Flashes every host, `s.parallel` at a time; with a `watcher`, each waits to be online.
-pub fn flash_all(hosts: &[Host], s: &Settings, watcher: Option<&Watcher>, report: &(dyn Fn(&Outcome) + Sync)) -> Vec<Outcome> {
+pub fn flash_all(
+    hosts: &[Host],
+    s: &Settings,
+    watcher: Option<&Watcher>,
+    report: &(dyn Fn(&Outcome) + Sync),
+) -> Vec<Outcome> {
     let queue = Mutex::new(hosts.iter().cloned().collect::<VecDeque<_>>());
     let done = Mutex::new(Vec::new());
     std::thread::scope(|scope| {

@@ -54,7 +54,10 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_refused_by_number() {
-        assert_eq!(parse("pi@a\n", Path::new(".")).unwrap_err(), "line 1: expected `USER@HOST PROVISION_DIR`, got `pi@a`");
+        assert_eq!(
+            parse("pi@a\n", Path::new(".")).unwrap_err(),
+            "line 1: expected `USER@HOST PROVISION_DIR`, got `pi@a`"
+        );
         assert!(parse("a d\na e\n", Path::new(".")).unwrap_err().contains("line 2: a is listed twice"));
         assert!(parse("-oProxyCommand=x d\n", Path::new(".")).unwrap_err().contains("not a host"));
         assert!(parse("# nothing\n", Path::new(".")).is_err());

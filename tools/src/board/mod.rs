@@ -4,6 +4,7 @@
 //! from the parts that run `dpkg-deb`, `ssh` and `scp`, so they are unit-tested without them.
 
 pub mod elf;
+pub mod flash;
 pub mod hosts;
 pub mod install;
 pub mod online;
@@ -15,4 +16,3 @@ pub mod ssh;
 pub mod target;
 pub mod unit;
 pub mod watch;
-pub mod flash;

@@ -60,8 +60,8 @@ pub struct Package {
 /// Checks that `agent` is an executable for `target` (or infers the target from it).
 pub fn check_agent(agent: &Path, target: Option<Target>) -> Result<ElfFacts, PackageError> {
     let bytes = std::fs::read(agent).map_err(io(agent))?;
-    let facts = elf::inspect(&bytes)
-        .map_err(|e| PackageError::Agent { path: agent.to_path_buf(), reason: e.to_string() })?;
+    let facts =
+        elf::inspect(&bytes).map_err(|e| PackageError::Agent { path: agent.to_path_buf(), reason: e.to_string() })?;
     if let Some(t) = target
         && t != facts.target
     {
@@ -77,7 +77,8 @@ pub fn check_agent(agent: &Path, target: Option<Target>) -> Result<ElfFacts, Pac
 /// the current directory, and returns the binary's path (from cargo's own report).
 pub fn build_agent(target: Target) -> Result<PathBuf, PackageError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let tool = |reason: String| PackageError::Tool { tool: format!("{cargo} build --target {}", target.triple()), reason };
+    let tool =
+        |reason: String| PackageError::Tool { tool: format!("{cargo} build --target {}", target.triple()), reason };
     log::info!("building drover-agent for {}", target.triple());
     let out = Command::new(&cargo)
         .args(["build", "--release", "--target", target.triple(), "-p", "drover-runtime", "--bin", "drover-agent"])
@@ -153,7 +154,10 @@ pub fn package(agent: &Path, target: Target, version: &str, out_dir: &Path) -> R
         .arg(&tree)
         .arg(&path)
         .output()
-        .map_err(|e| PackageError::Tool { tool: "dpkg-deb".into(), reason: format!("{e} (apt-get install dpkg)") })?;
+        .map_err(|e| PackageError::Tool {
+        tool: "dpkg-deb".into(),
+        reason: format!("{e} (apt-get install dpkg)"),
+    })?;
     if !out.status.success() {
         return Err(PackageError::Tool {
             tool: "dpkg-deb --build".into(),

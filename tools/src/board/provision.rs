@@ -171,7 +171,8 @@ pub fn config_text(spec: &Spec, has_cert: bool, has_password: bool, has_broker_c
 /// written. Nothing is written when the inputs are wrong; existing files are kept unless
 /// `spec.force`.
 pub fn provision(spec: &Spec, out: &Path, now_unix: u64) -> Result<Vec<PathBuf>, ProvisionError> {
-    let read = |path: &Path| std::fs::read(path).map_err(|error| ProvisionError::Read { path: path.to_path_buf(), error });
+    let read =
+        |path: &Path| std::fs::read(path).map_err(|error| ProvisionError::Read { path: path.to_path_buf(), error });
     if spec.broker.tls && spec.broker_ca.is_none() && spec.credentials.ca.is_none() {
         return Err(ProvisionError::Invalid(format!(
             "{}:{} is TLS (mqtts://): give --broker-ca PEM or --ca DIR (the fleet CA) to authenticate it",
@@ -194,7 +195,10 @@ pub fn provision(spec: &Spec, out: &Path, now_unix: u64) -> Result<Vec<PathBuf>,
             let text = read(p)?;
             let line = text.split(|b| *b == b'\n').next().unwrap_or_default().to_vec();
             if line.is_empty() {
-                return Err(ProvisionError::Invalid(format!("{}: the first line (the password) is empty", p.display())));
+                return Err(ProvisionError::Invalid(format!(
+                    "{}: the first line (the password) is empty",
+                    p.display()
+                )));
             }
             Some(line)
         }
@@ -305,7 +309,10 @@ mod tests {
         let mode = |f: &str| std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(CLIENT_KEY), 0o600);
         assert_eq!(mode(CLIENT_CERT), 0o644);
-        assert_eq!(std::fs::read_to_string(out.join(BROKER_CA)).unwrap(), std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(out.join(BROKER_CA)).unwrap(),
+            std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap()
+        );
         let key_before = std::fs::read(out.join(CLIENT_KEY)).unwrap();
         let again = provision(&s, &out, 1_780_000_000).unwrap_err();
         assert!(again.to_string().contains("exists (use --force"), "{again}");

@@ -126,7 +126,10 @@ mod tests {
     #[test]
     fn a_missing_host_fails_with_the_step_and_host_named() {
         if std::process::Command::new("ssh").arg("-V").output().is_err() {
-            assert!(std::env::var("CI").map_or(true, |v| v != "true"), "ssh is required in CI: apt-get install openssh-client");
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "ssh is required in CI: apt-get install openssh-client"
+            );
             eprintln!("SKIPPED: no ssh client (apt-get install openssh-client)");
             return;
         }

@@ -233,7 +233,7 @@ mod tests {
         assert!(p.contains("systemd-sysusers --root=\"$root\""));
         assert!(p.contains("install -d -m 0750 \"$root/var/lib/drover\""));
         // Every systemctl call sits behind "no DPKG_ROOT".
-        let guarded = p.split("if [ -z \"$root\" ]; then").nth(2).unwrap_or("");
+        let guarded = p.split("if [ -z \"$root\" ]; then").nth(1).unwrap_or("");
         assert!(guarded.contains("systemctl enable"), "{p}");
         assert!(!p.split("if [ -z \"$root\" ]; then").next().unwrap().contains("systemctl"));
         assert!(postrm().contains("rm -rf \"$root/var/lib/drover\" \"$root/etc/drover\""));

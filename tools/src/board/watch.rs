@@ -40,7 +40,11 @@ pub struct Watcher {
 
 impl Watcher {
     /// Connects, subscribes to each device's status and returns once subscribed.
-    pub fn start(settings: &BrokerSettings, devices: &[Name], connect_timeout: Duration) -> Result<Watcher, WatchError> {
+    pub fn start(
+        settings: &BrokerSettings,
+        devices: &[Name],
+        connect_timeout: Duration,
+    ) -> Result<Watcher, WatchError> {
         let id = format!("drover-flash-{}", std::process::id());
         let options = settings.mqtt_options(&id, true).map_err(|e| WatchError::Settings(e.to_string()))?;
         let topics: Vec<String> = devices.iter().map(|d| topic::device(d, DeviceLeaf::Status).to_string()).collect();

@@ -61,7 +61,11 @@ pub fn run(args: &FlashArgs) -> anyhow::Result<bool> {
         (None, Some(_), Some(_)) => anyhow::bail!("--provision goes with --host; a hosts file names each board's"),
         _ => anyhow::bail!("give --host USER@HOST with --provision DIR, or --hosts FILE"),
     };
-    anyhow::ensure!(args.package.is_file(), "{}: no such package (make it with `drover package`)", args.package.display());
+    anyhow::ensure!(
+        args.package.is_file(),
+        "{}: no such package (make it with `drover package`)",
+        args.package.display()
+    );
     let root = match &args.root {
         Some(r) if !r.is_absolute() => anyhow::bail!("--root {}: must be an absolute path on the board", r.display()),
         r => r.clone(),
@@ -81,7 +85,10 @@ pub fn run(args: &FlashArgs) -> anyhow::Result<bool> {
         None
     } else {
         let b = args.broker.settings()?;
-        Some(Watcher::start(&b, &devices, Duration::from_secs(10)).context("watching the devices come online (or --no-wait)")?)
+        Some(
+            Watcher::start(&b, &devices, Duration::from_secs(10))
+                .context("watching the devices come online (or --no-wait)")?,
+        )
     };
     eprintln!("flashing {} board(s), {} at a time", list.len(), settings.parallel.max(1));
     let outcomes = flash::flash_all(&list, &settings, watcher.as_ref(), &|o| {
