@@ -8,6 +8,7 @@ pub enum Target {
     /// 32-bit Arm, hard float: Raspberry Pi OS 32-bit. A glibc agent (gnueabihf).
     Armv7,
     /// x86_64 PCs and VMs (and the tests' own machine). A static musl agent.
+    #[value(name = "x86_64")]
     X86_64,
 }
 
