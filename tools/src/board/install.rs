@@ -187,6 +187,26 @@ mod tests {
     }
 
     #[test]
+    fn both_scripts_are_valid_posix_shell() {
+        use std::io::Write;
+        for mode in [Mode::Systemd, Mode::Root("/tmp/r".into())] {
+            let mut sh = std::process::Command::new("sh")
+                .arg("-n")
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            sh.stdin.take().unwrap().write_all(script(&mode).as_bytes()).unwrap();
+            let out = sh.wait_with_output().unwrap();
+            assert!(out.status.success(), "{mode:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        for text in [crate::board::unit::postinst(), crate::board::unit::prerm(), crate::board::unit::postrm()] {
+            let st = std::process::Command::new("sh").args(["-n", "-c", &text]).status().unwrap();
+            assert!(st.success(), "{text}");
+        }
+    }
+
+    #[test]
     fn a_rooted_config_points_inside_the_root() {
         let text = "device = \"pi-1\"\ndata_dir = \"/var/lib/drover\"\n[broker]\nhost = \"b\"\nca = \"/etc/drover/ca.pem\"\n\
                     password_file = \"/etc/drover/password\"\n[api]\nlisten = \"unix:/run/drover/api.sock\"\n";
