@@ -59,7 +59,7 @@ fn run_agent(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the runtime")?;
     rt.block_on(async {
         let clock = std::sync::Arc::new(drover_runtime::agent::SystemClock::default());
-        drover_runtime::agent::run(cfg, clock, stop_signal()).await
+        drover_runtime::agent::run_service(cfg, clock, stop_signal()).await
     })
     .with_context(|| format!("agent with {}", args.config.display()))?;
     Ok(ExitCode::SUCCESS)

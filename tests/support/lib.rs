@@ -20,4 +20,5 @@ pub mod onnx_gen;
 pub mod parity;
 #[cfg(feature = "mqtt")]
 pub mod services;
+pub mod sshd;
 pub mod tools;

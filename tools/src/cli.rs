@@ -65,6 +65,17 @@ pub enum Verb {
     /// The fleet server (`serve`) and its views: `status`, `watch`, `device`.
     #[command(subcommand)]
     Fleet(cmd::fleet::FleetCommand),
+    /// The agent as a Debian package for a board (static aarch64, armv7, x86_64), with its
+    /// systemd unit.
+    Package(cmd::package::PackageArgs),
+    /// The fleet's certificate authority: `init`, `server` (the broker's certificate).
+    #[command(subcommand)]
+    Ca(cmd::ca::CaCommand),
+    /// One device's configuration, credentials and trust root, to a directory.
+    Provision(cmd::provision::ProvisionArgs),
+    /// Install the package and a device's provisioning on boards over SSH, start the agent and
+    /// wait until it is online (exit 1 if any board is not).
+    Flash(cmd::flash::FlashArgs),
     /// Staged rollouts run by the fleet server: `create`, `status`, `pause`, `resume`, `abort`.
     #[command(subcommand)]
     Rollout(cmd::rollout::RolloutCommand),
@@ -95,6 +106,10 @@ pub fn run(cli: Cli, now_ms: u64) -> anyhow::Result<ExitCode> {
         Verb::Alerts(args) => cmd::alerts::run(&args)?,
         Verb::Fleet(c) => cmd::fleet::run(&c)?,
         Verb::Rollout(c) => cmd::rollout::run(&c)?,
+        Verb::Package(args) => cmd::package::run(&args).map(|_| true)?,
+        Verb::Ca(c) => cmd::ca::run(&c, now).map(|_| true)?,
+        Verb::Provision(args) => cmd::provision::run(&args, now).map(|_| true)?,
+        Verb::Flash(args) => cmd::flash::run(&args)?,
         Verb::Feedback(args) => {
             let n = cmd::feedback::run(&args)?;
             eprintln!("sent {n} labels to {}", args.device);

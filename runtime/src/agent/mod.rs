@@ -3,9 +3,10 @@
 //! I/O around it, `config.rs` the agent's configuration file.
 
 pub mod config;
+pub mod notify;
 pub mod session;
 pub mod shell;
 
 pub use config::{AgentConfig, ConfigError};
 pub use session::{Identity, Ledger, Now, Serving, Session};
-pub use shell::{AgentError, Clock, SystemClock, run, run_with};
+pub use shell::{AgentError, Clock, SystemClock, run, run_service, run_with};

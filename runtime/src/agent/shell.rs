@@ -19,6 +19,7 @@ use rumqttc::{AsyncClient, LastWill, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
 
 use super::config::AgentConfig;
+use super::notify::ServiceNotifier;
 use super::session::{Action, Identity, Input, Ledger, Now, Serving, Session, SessionLimits};
 use crate::link::codec;
 use crate::link::pump::{Link, pump, wait_closed};
@@ -138,6 +139,8 @@ struct Agent {
     next_telemetry_ms: u64,
     /// The sensor inputs (`[[input]]`), feeding `inference`.
     inputs: crate::input::Inputs,
+    /// systemd's notifications (a no-op for in-process agents).
+    notifier: ServiceNotifier,
 }
 
 /// Runs one agent until `shutdown` resolves: boots the store (boot counter, verification,
@@ -151,6 +154,17 @@ pub async fn run(
     run_with(cfg, clock, inference, shutdown).await
 }
 
+/// [`run`] as a systemd service (`drover-agent run`): READY=1 once serving, watchdog pings
+/// from the main loop, STOPPING=1 when `shutdown` resolves (see [`ServiceNotifier`]).
+pub async fn run_service(
+    cfg: AgentConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let inference = Inference::new(cfg.serve_settings(None), clock.clone());
+    run_notifying(cfg, clock, inference, shutdown, ServiceNotifier::from_env()).await
+}
+
 /// [`run`] with an inference service the caller keeps a handle to (the local API, sensor
 /// sources, the simulator and the tests send it requests and labels).
 pub async fn run_with(
@@ -158,6 +172,16 @@ pub async fn run_with(
     clock: Arc<dyn Clock>,
     inference: Inference,
     shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    run_notifying(cfg, clock, inference, shutdown, ServiceNotifier::disabled()).await
+}
+
+async fn run_notifying(
+    cfg: AgentConfig,
+    clock: Arc<dyn Clock>,
+    inference: Inference,
+    shutdown: impl std::future::Future<Output = ()>,
+    notifier: ServiceNotifier,
 ) -> Result<(), AgentError> {
     let (device, groups) = cfg.names()?;
     let agent_version =
@@ -231,10 +255,16 @@ pub async fn run_with(
         bundle_period_s: None,
         next_telemetry_ms: 0,
         inputs,
+        notifier,
     };
     agent.reload().await;
     agent.probe.sample(); // the first CPU reading, so the first period reports usage
     agent.next_telemetry_ms = now.ms + agent.period_ms();
+    let serving = agent
+        .inference
+        .model()
+        .map_or_else(|| "no model yet".to_string(), |m| format!("serving {} v{}", m.name, m.version));
+    agent.notifier.ready(&format!("{serving}; connecting to {}", agent.cfg.broker.address()));
     let result = agent.serve(rx, shutdown).await;
     pump.abort();
     api.abort();
@@ -261,6 +291,7 @@ impl Agent {
                     Some(Link::Up { session_present, dropped_fresh }) => {
                         online = true;
                         log::info!("{}: connected to {}", self.me.device, self.cfg.broker.address());
+                        self.notifier.status(&format!("online: connected to {}", self.cfg.broker.address()));
                         self.outbox.delivery().up(session_present, dropped_fresh);
                         self.feed(Input::Connected).await;
                     }
@@ -275,6 +306,9 @@ impl Agent {
                             log::warn!("{}: connection to {} lost: {e}", self.me.device, self.cfg.broker.address());
                         } else {
                             log::debug!("{}: cannot reach {}: {e}", self.me.device, self.cfg.broker.address());
+                        }
+                        if online {
+                            self.notifier.status(&format!("offline: {e}"));
                         }
                         online = false;
                         self.outbox.delivery().down();
@@ -296,7 +330,9 @@ impl Agent {
                 },
             }
             self.flush();
+            self.notifier.tick(Instant::now());
         }
+        self.notifier.stopping();
         // A clean stop: say so (the Last Will is only for vanishing), then disconnect.
         if online {
             let payload = codec::encode(self.cfg.payload, &self.session.status(false, self.clock.now()));
