@@ -2,7 +2,7 @@
 //! ask for, follow their progress) or a signed command (publish, follow the reports). The
 //! shell (`run.rs`) owns the connection and the clock and feeds this.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use drover_runtime::link::codec::{self, PayloadFormat};
 use drover_wire::command::SignedCommand;
@@ -64,12 +64,31 @@ pub struct Campaign {
     format: PayloadFormat,
     queue: BTreeSet<u32>,
     sent: u64,
+    /// When each chunk was last published (ms), by index.
+    sent_at: BTreeMap<u32, u64>,
+    /// Devices that asked for chunks already.
+    asked: BTreeSet<Name>,
 }
+
+/// A device's first request follows its subscription to the chunks by a moment: a chunk
+/// published this recently may well have reached it, and is not published again for that
+/// request (the device asks again after a stall if it did not). Without this, a thousand
+/// devices answering an announcement one after another each had every chunk published anew,
+/// to all of them: the bytes on the wire grew with the square of the fleet.
+pub const FRESH_MS: u64 = 250;
 
 impl Campaign {
     /// Starts `work` for the tracker's audience; payloads in `format`.
     pub fn new(work: Work, tracker: Tracker, format: PayloadFormat) -> Campaign {
-        Campaign { work, tracker, format, queue: BTreeSet::new(), sent: 0 }
+        Campaign {
+            work,
+            tracker,
+            format,
+            queue: BTreeSet::new(),
+            sent: 0,
+            sent_at: BTreeMap::new(),
+            asked: BTreeSet::new(),
+        }
     }
 
     /// What is being done.
@@ -142,8 +161,13 @@ impl Campaign {
             DeviceLeaf::Want => match (codec::decode::<Want>(payload), &self.work) {
                 (Ok(w), Work::Bundle { announce }) if w.transfer == announce.transfer => {
                     let count = u32::try_from(announce.chunk_count()).unwrap_or(u32::MAX);
+                    let first = self.asked.insert(device);
                     for r in &w.ranges {
-                        self.queue.extend(r.start.min(count)..r.end.min(count));
+                        let fresh = |i: &u32| {
+                            first && self.sent_at.get(i).is_some_and(|t| now_ms.saturating_sub(*t) < FRESH_MS)
+                        };
+                        let wanted: Vec<u32> = (r.start.min(count)..r.end.min(count)).filter(|i| !fresh(i)).collect();
+                        self.queue.extend(wanted);
                     }
                 }
                 (Ok(_), _) => {}
@@ -170,11 +194,12 @@ impl Campaign {
         !self.queue.is_empty()
     }
 
-    /// The next chunk some device asked for (lowest index first), once: a chunk asked for by
-    /// twenty devices is published once and reaches them all.
-    pub fn next_chunk(&mut self) -> Option<u32> {
+    /// The next chunk some device asked for (lowest index first), once, published at `now_ms`:
+    /// a chunk asked for by twenty devices is published once and reaches them all.
+    pub fn next_chunk(&mut self, now_ms: u64) -> Option<u32> {
         let next = self.queue.pop_first()?;
         self.sent += 1;
+        self.sent_at.insert(next, now_ms);
         Some(next)
     }
 

@@ -57,7 +57,7 @@ fn overlapping_requests_send_each_chunk_once() {
     for (dev, ranges) in [("pi-1", vec![(0, 20)]), ("pi-2", vec![(0, 20)]), ("pi-3", vec![(5, 7), (18, 99)])] {
         c.handle(Input::Message { topic: &format!("drover/v1/dev/{dev}/want"), payload: &want(&c, &ranges) }, 10);
     }
-    let sent: Vec<u32> = std::iter::from_fn(|| c.next_chunk()).collect();
+    let sent: Vec<u32> = std::iter::from_fn(|| c.next_chunk(10)).collect();
     assert_eq!(sent, (0..20).collect::<Vec<_>>(), "once each, in order, clamped to the bundle");
     // A request for another transfer, or a garbled one, sends nothing.
     let other = Want { transfer: Digest([0; 32]), ranges: [ChunkRange { start: 0, end: 3 }].into_iter().collect() };
@@ -66,7 +66,30 @@ fn overlapping_requests_send_each_chunk_once() {
         20,
     );
     c.handle(Input::Message { topic: "drover/v1/dev/pi-1/want", payload: b"\xd1\xff\xff" }, 20);
-    assert_eq!(c.next_chunk(), None);
+    assert_eq!(c.next_chunk(20), None);
+}
+
+#[test]
+fn devices_answering_one_after_another_do_not_each_get_every_chunk_again() {
+    let mut c = push("lab", &bundle());
+    c.handle(Input::Connected, 0);
+    let ask = |c: &mut Campaign, dev: &str, ranges: &[(u32, u32)], now: u64| {
+        c.handle(Input::Message { topic: &format!("drover/v1/dev/{dev}/want"), payload: &want(c, ranges) }, now);
+    };
+    ask(&mut c, "pi-1", &[(0, 20)], 0);
+    let first: Vec<u32> = (0..10).filter_map(|_| c.next_chunk(100)).collect();
+    assert_eq!(first, (0..10).collect::<Vec<_>>());
+    // pi-2 subscribed while those went out: its first request does not bring them back.
+    ask(&mut c, "pi-2", &[(0, 20)], 100 + FRESH_MS / 2);
+    let rest: Vec<u32> = std::iter::from_fn(|| c.next_chunk(200)).collect();
+    assert_eq!(rest, (10..20).collect::<Vec<_>>());
+    // A later request (a stall, a damaged chunk) is served whatever was sent when.
+    ask(&mut c, "pi-2", &[(3, 4)], 210);
+    assert_eq!(c.next_chunk(220), Some(3));
+    // A first request long after the chunks went out is served whole.
+    ask(&mut c, "pi-3", &[(0, 20)], 200 + FRESH_MS * 4);
+    assert_eq!(std::iter::from_fn(|| c.next_chunk(2000)).count(), 20);
+    assert_eq!(c.chunks_sent(), 41);
 }
 
 /// Both ends of the protocol, wired together without a network: a sender and three devices of
@@ -129,7 +152,7 @@ fn a_push_reaches_every_device_of_the_group_through_losses_and_corruption() {
         }
         let Work::Bundle { announce } = &c.work else { panic!() };
         let announce = announce.clone();
-        while let Some(i) = c.next_chunk() {
+        while let Some(i) = c.next_chunk(now) {
             sent += 1;
             let mut p = chunk_payload(&announce, &data, i);
             if sent.is_multiple_of(5) {

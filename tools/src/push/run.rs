@@ -121,7 +121,7 @@ pub async fn execute(
                 {
                     break;
                 }
-                let Some(i) = campaign.next_chunk() else { break };
+                let Some(i) = campaign.next_chunk(ms(Instant::now())) else { break };
                 let payload = super::campaign::chunk_payload(a, bundle, i);
                 if conn.publish(&topic, false, payload).await.is_err() {
                     break;
