@@ -98,7 +98,7 @@ echo "devices online after $((SECONDS - start)) s"
 
 echo "push iris v1 to the group (${devices} devices):"
 push_start=$(date +%s.%N)
-"$drover" push iris-v1.drv --group sim --broker "$broker" --timeout 300s >push.log 2>&1 || { tail -30 push.log; exit 1; }
+"$drover" push iris-v1.drv --group sim --broker "$broker" --timeout 240s >push.log 2>&1 || echo "the push did not reach every device (see below)" 
 push_end=$(date +%s.%N)
 tail -4 push.log
 printf 'push: %.1f s for %s devices\n' "$(echo "$push_end - $push_start" | bc)" "$devices"
