@@ -42,7 +42,7 @@ max_queued_messages 100000
 CONF
 mosquitto -c mosquitto.conf >mosquitto.log 2>&1 &
 pids+=($!)
-broker="mqtt://127.0.0.1:$mqtt_port"
+broker="127.0.0.1:$mqtt_port"
 
 "$drover" keygen --role root --out keys >/dev/null
 "$drover" keygen --role release --out keys >/dev/null
