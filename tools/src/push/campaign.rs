@@ -68,13 +68,15 @@ pub struct Campaign {
     sent_at: BTreeMap<u32, u64>,
     /// Devices that asked for chunks already.
     asked: BTreeSet<Name>,
+    /// Chunks asked for again, and when they may go out again (ms).
+    deferred: BTreeMap<u32, u64>,
 }
 
 /// A device's first request follows its subscription to the chunks by a moment: a chunk
-/// published this recently may well have reached it, and is not published again for that
-/// request (the device asks again after a stall if it did not). Without this, a thousand
-/// devices answering an announcement one after another each had every chunk published anew,
-/// to all of them: the bytes on the wire grew with the square of the fleet.
+/// published this recently may or may not have reached it, so it goes out again only this long
+/// after it last did. Devices answering an announcement one after another then share each
+/// re-send; without this, each had every chunk published anew to all of them, and the bytes on
+/// the wire grew with the square of the fleet.
 pub const FRESH_MS: u64 = 250;
 
 impl Campaign {
@@ -88,6 +90,7 @@ impl Campaign {
             sent: 0,
             sent_at: BTreeMap::new(),
             asked: BTreeSet::new(),
+            deferred: BTreeMap::new(),
         }
     }
 
@@ -162,13 +165,17 @@ impl Campaign {
                 (Ok(w), Work::Bundle { announce }) if w.transfer == announce.transfer => {
                     let count = u32::try_from(announce.chunk_count()).unwrap_or(u32::MAX);
                     let first = self.asked.insert(device);
-                    for r in &w.ranges {
-                        let fresh = |i: &u32| {
-                            first && self.sent_at.get(i).is_some_and(|t| now_ms.saturating_sub(*t) < FRESH_MS)
-                        };
-                        let wanted: Vec<u32> = (r.start.min(count)..r.end.min(count)).filter(|i| !fresh(i)).collect();
-                        self.queue.extend(wanted);
+                    for i in w.ranges.iter().flat_map(|r| r.start.min(count)..r.end.min(count)) {
+                        match self.sent_at.get(&i) {
+                            Some(&t) if first && now_ms.saturating_sub(t) < FRESH_MS => {
+                                self.deferred.entry(i).or_insert(t + FRESH_MS);
+                            }
+                            _ => {
+                                self.queue.insert(i);
+                            }
+                        }
                     }
+                    self.release_due(now_ms);
                 }
                 (Ok(_), _) => {}
                 (Err(e), _) => log::warn!("{topic_str}: {e}"),
@@ -189,7 +196,16 @@ impl Campaign {
         }
     }
 
-    /// Whether some device waits for a chunk.
+    /// Moves the deferred chunks whose time has come to the send queue.
+    pub fn release_due(&mut self, now_ms: u64) {
+        let due: Vec<u32> = self.deferred.iter().filter(|(_, t)| **t <= now_ms).map(|(i, _)| *i).collect();
+        for i in due {
+            self.deferred.remove(&i);
+            self.queue.insert(i);
+        }
+    }
+
+    /// Whether some device waits for a chunk now (deferred ones wait for [`Campaign::release_due`]).
     pub fn has_chunks(&self) -> bool {
         !self.queue.is_empty()
     }
@@ -200,6 +216,8 @@ impl Campaign {
         let next = self.queue.pop_first()?;
         self.sent += 1;
         self.sent_at.insert(next, now_ms);
+        // Going out now serves whoever waited for it later too.
+        self.deferred.remove(&next);
         Some(next)
     }
 

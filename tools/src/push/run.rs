@@ -66,6 +66,7 @@ pub async fn execute(
         if let Some(end) = campaign.end(now) {
             break end;
         }
+        campaign.release_due(now);
         // With chunks to send (and no rate to wait for), go straight back to sending; otherwise
         // wait for the connection or the next tick.
         let sending = online && campaign.has_chunks() && rate.is_none();
