@@ -348,6 +348,7 @@ fn tls_and_passwords(kind: Kind) {
         users: vec![("pi-00".into(), "s3cret".into()), ("operator".into(), "op-pass".into())],
         tls: Some((pki.clone(), tls_port)),
         require_client_cert: kind == Kind::Mosquitto,
+        ..Options::default()
     };
     let Some(broker) = Broker::start(kind, opts) else { return };
     let rel = Release::new();

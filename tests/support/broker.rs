@@ -89,6 +89,8 @@ pub struct Options {
     pub tls: Option<(Pki, u16)>,
     /// Mosquitto only: require a client certificate on the TLS listener.
     pub require_client_cert: bool,
+    /// Mosquitto only: more lines for its configuration (limits a large fleet needs raised).
+    pub extra: String,
 }
 
 /// A running broker.
@@ -157,6 +159,7 @@ impl Broker {
                         self.opts.require_client_cert
                     );
                 }
+                text += &self.opts.extra;
                 if self.opts.users.is_empty() {
                     text += "allow_anonymous true\n";
                 } else {

@@ -233,7 +233,14 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(300));
                 (port, None)
             }
-            Kind::Mosquitto => match Broker::start(Kind::Mosquitto, Options::default()) {
+            // `DROVER_BENCH_MOSQUITTO_CONF`: configuration lines for Mosquitto (its limits).
+            Kind::Mosquitto => match Broker::start(
+                Kind::Mosquitto,
+                Options {
+                    extra: std::env::var("DROVER_BENCH_MOSQUITTO_CONF").unwrap_or_default().replace("\\n", "\n"),
+                    ..Options::default()
+                },
+            ) {
                 Some(b) => (b.port, Some(b)),
                 None => continue,
             },
