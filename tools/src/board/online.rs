@@ -40,20 +40,9 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_wire::{AgentVersion, Arch};
 
     fn status(online: bool, uptime_s: u64) -> Status {
-        Status {
-            online,
-            agent: AgentVersion { major: 0, minor: 1, patch: 0 },
-            arch: Arch::Aarch64,
-            groups: heapless::Vec::new(),
-            model: None,
-            slot: None,
-            uptime_s,
-            at: 0,
-            labels: heapless::Vec::new(),
-        }
+        Status { uptime_s, at: 0, ..crate::fleet::record::tests::status(online) }
     }
 
     #[test]

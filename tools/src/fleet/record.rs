@@ -84,7 +84,7 @@ pub fn decode(topic_name: &str, payload: &[u8]) -> Result<Option<(String, Record
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use drover_runtime::link::codec::PayloadFormat;
     use drover_wire::Arch;
