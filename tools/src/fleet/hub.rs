@@ -337,8 +337,10 @@ mod tests {
         assert_eq!(hub.submit(), 1, "nothing new to submit: the same ticket");
         assert_eq!(hub.take(3, "drover/v1/dev/pi-1/status", &payload).expect("taken"), Taken::Pending);
         assert_eq!(hub.submit(), 2);
-        assert_eq!(*hub.written().borrow(), 1, "a watch on what is written");
+        let written = hub.written();
+        assert!(*written.borrow() >= 1, "the first batch is written; the second may be by now");
         hub.flush(Duration::from_secs(10)).expect("flush");
+        assert_eq!(*written.borrow(), 2, "the watch follows what is written");
         assert_eq!(hub.storage(|s| s.devices().expect("devices")[0].last_seen_ms), 3);
     }
 }

@@ -187,15 +187,16 @@ fn run(
             }
         }
         log::trace!("wrote {messages} messages ({} rows) in {:?}", changes.len(), started.elapsed());
+        // Everything a waiter may look at once `wait` returns is updated before it is woken.
         lock(&sinks.ingest).written += messages;
+        tell.send_replace(ticket);
+        let _ = sinks.updates.send(());
         {
             let mut s = lock(&shared.0);
             s.written = ticket;
             s.failing = None;
         }
         shared.1.notify_all();
-        tell.send_replace(ticket);
-        let _ = sinks.updates.send(());
     }
 }
 
