@@ -29,6 +29,17 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         // `--workspace --bins --tests` resolves features exactly as `cargo test --workspace`
         // does, so after the test build this is a no-op instead of a second build of the agent.
         cmd.args(["build", "--quiet", "--workspace", "--bins", "--tests"]);
+        // Cargo gives a test the variables of its package; build scripts that watch one (ring
+        // watches CARGO_MANIFEST_DIR) would see a change and rebuild half the tree, twice per run.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let per_package = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_", "CARGO_CRATE_", "CARGO_PRIMARY_"]
+                .iter()
+                .any(|p| key.starts_with(p));
+            if per_package || key == "CARGO_TARGET_TMPDIR" || key == "OUT_DIR" {
+                cmd.env_remove(key.as_ref());
+            }
+        }
         if release {
             cmd.arg("--release");
         }
