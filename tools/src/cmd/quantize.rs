@@ -258,7 +258,8 @@ mod tests {
     #[test]
     fn a_model_with_nothing_to_quantize_is_refused_without_output() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = fails(&models("iris_logreg.onnx"), &models("reference/iris_logreg.input.jsonl"), &dir.path().join("q"));
+        let err =
+            fails(&models("iris_logreg.onnx"), &models("reference/iris_logreg.input.jsonl"), &dir.path().join("q"));
         assert!(err.contains("nothing to quantize") || err.contains("opset"), "{err}");
     }
 
@@ -292,7 +293,17 @@ mod tests {
 
     #[test]
     fn a_percentile_outside_50_to_100_is_a_usage_error() {
-        let parsed = Cli::try_parse_from(["drover", "quantize", "m.onnx", "--calibration", "c.npy", "--out", "o", "--percentile", "120"]);
+        let parsed = Cli::try_parse_from([
+            "drover",
+            "quantize",
+            "m.onnx",
+            "--calibration",
+            "c.npy",
+            "--out",
+            "o",
+            "--percentile",
+            "120",
+        ]);
         assert!(parsed.is_err());
     }
 }

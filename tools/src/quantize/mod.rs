@@ -192,9 +192,7 @@ pub fn quantize(model: &[u8], samples: &[Sample], options: &Options) -> Result<Q
         ("drover.quantize.calibration_samples", samples.len().to_string()),
     ];
     proto.metadata_props.retain(|p| !p.key.starts_with("drover.quantize."));
-    proto.metadata_props.extend(
-        meta.into_iter().map(|(k, v)| StringStringEntryProto { key: k.to_string(), value: v }),
-    );
+    proto.metadata_props.extend(meta.into_iter().map(|(k, v)| StringStringEntryProto { key: k.to_string(), value: v }));
     Ok(Quantized { bytes: proto.encode_to_vec(), quantized_nodes: plan.compute.len(), notes })
 }
 
@@ -202,4 +200,51 @@ pub fn quantize(model: &[u8], samples: &[Sample], options: &Options) -> Result<Q
 fn keep_known_value_info(g: &mut tract_onnx::pb::GraphProto) {
     let present: std::collections::BTreeSet<String> = g.node.iter().flat_map(|n| n.output.iter().cloned()).collect();
     g.value_info.retain(|v| present.contains(&v.name));
+}
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use drover_runtime::engine::Model;
+    use proptest::prelude::*;
+
+    fn mlp() -> (Vec<u8>, Vec<Sample>) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let bytes = std::fs::read(dir.join("mlp.onnx")).expect("committed model");
+        let signature = Model::from_bytes(&bytes).expect("loads").signature().clone();
+        let samples = read_samples(&dir.join("reference/mlp.input.npy"), &signature).expect("samples");
+        (bytes, samples[..4].to_vec())
+    }
+
+    fn options(qoperator: bool) -> Options {
+        let format = if qoperator { Format::QOperator } else { Format::Qdq };
+        Options { format, per_channel: false, method: Method::MinMax }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// A corrupted model quantizes or fails with an error; the process survives either way.
+        #[test]
+        fn a_corrupted_model_quantizes_or_errors(at in any::<prop::sample::Index>(), byte in any::<u8>(), qop in any::<bool>()) {
+            let (mut bytes, samples) = mlp();
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+            let _ = quantize(&bytes, &samples, &options(qop));
+        }
+
+        /// So does a truncated one.
+        #[test]
+        fn a_truncated_model_quantizes_or_errors(cut in any::<prop::sample::Index>(), qop in any::<bool>()) {
+            let (bytes, samples) = mlp();
+            let cut = cut.index(bytes.len());
+            let _ = quantize(&bytes[..cut], &samples, &options(qop));
+        }
+    }
+
+    #[test]
+    fn no_samples_is_an_error() {
+        let (bytes, _) = mlp();
+        assert!(matches!(quantize(&bytes, &[], &options(false)), Err(QuantizeError::NoSamples)));
+    }
 }

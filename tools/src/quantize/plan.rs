@@ -73,11 +73,8 @@ pub fn normalize(graph: &mut GraphProto, format: Format) {
     let mut names = Names::of(graph);
     let mut nodes = Vec::with_capacity(graph.node.len());
     let mut added = Vec::new();
-    let index_initializers: BTreeMap<String, graph::FloatTensor> = graph
-        .initializer
-        .iter()
-        .filter_map(|t| graph::float_tensor(t).map(|f| (t.name.clone(), f)))
-        .collect();
+    let index_initializers: BTreeMap<String, graph::FloatTensor> =
+        graph.initializer.iter().filter_map(|t| graph::float_tensor(t).map(|f| (t.name.clone(), f))).collect();
     for node in std::mem::take(&mut graph.node) {
         match split_gemm(&node, &index_initializers, &mut names) {
             Some((matmul, add, weight)) => {
@@ -190,7 +187,8 @@ pub fn plan(graph: &GraphProto, format: Format) -> Plan {
                     quantized.insert(node.output[0].clone());
                     plan.shared.insert(node.output[0].clone(), node.input[0].clone());
                 } else if !NEUTRAL.contains(&op) {
-                    plan.notes.push(format!("{op} '{}': stays fp32 (not an operator the quantizer handles)", node.name));
+                    plan.notes
+                        .push(format!("{op} '{}': stays fp32 (not an operator the quantizer handles)", node.name));
                 }
             }
             Err(why) => plan.notes.push(format!("{op} '{}': stays fp32 ({why})", node.name)),
@@ -204,12 +202,7 @@ pub fn plan(graph: &GraphProto, format: Format) -> Plan {
 
 /// The quantizable form of a Conv, Gemm or MatMul node; `Ok(None)` for other ops, `Err` with the
 /// reason for one of these ops that cannot be quantized.
-fn compute(
-    index: &Index<'_>,
-    i: usize,
-    node: &NodeProto,
-    format: Format,
-) -> Result<Option<Compute>, String> {
+fn compute(index: &Index<'_>, i: usize, node: &NodeProto, format: Format) -> Result<Option<Compute>, String> {
     let op = node.op_type.as_str();
     if !matches!(op, "Conv" | "Gemm" | "MatMul") {
         return Ok(None);
@@ -232,7 +225,10 @@ fn compute(
         }
         "Gemm" => {
             if format == Format::QOperator {
-                return Err("alpha, beta, transA, or a weight or bias that is not constant, keep it from becoming a MatMul".into());
+                return Err(
+                    "alpha, beta, transA, or a weight or bias that is not constant, keep it from becoming a MatMul"
+                        .into(),
+                );
             }
             let plain = graph::get_float(node, "alpha", 1.0) == 1.0
                 && graph::get_float(node, "beta", 1.0) == 1.0
@@ -281,8 +277,15 @@ mod tests {
         let mut gemm = node("Gemm", "fc", &["x", "w", "b"], &["g"], vec![graph::int_attr("transB", 1)]);
         gemm.attribute.push(graph::int_attr("transA", 0));
         GraphProto {
-            node: vec![gemm, node("Relu", "relu", &["g"], &["r"], vec![]), node("Softmax", "sm", &["r"], &["y"], vec![])],
-            initializer: vec![f32_tensor("w", &[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), f32_tensor("b", &[3], &[0.1, 0.2, 0.3])],
+            node: vec![
+                gemm,
+                node("Relu", "relu", &["g"], &["r"], vec![]),
+                node("Softmax", "sm", &["r"], &["y"], vec![]),
+            ],
+            initializer: vec![
+                f32_tensor("w", &[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+                f32_tensor("b", &[3], &[0.1, 0.2, 0.3]),
+            ],
             input: vec![value("x")],
             output: vec![value("y")],
             ..GraphProto::default()

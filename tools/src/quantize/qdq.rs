@@ -36,14 +36,26 @@ pub fn emit(
         let (w, w_scales) = em.weight(c, &op)?;
         let w_out = em.names.fresh(&format!("{}_DequantizeLinear_Output", c.weight));
         let w_dq_name = em.names.fresh(&format!("{}_DequantizeLinear", c.weight));
-        prelude.push(node("DequantizeLinear", &w_dq_name, &[&w.q, &w.scale, &w.zero_point], &[&w_out], axis_attr(w.axis)));
+        prelude.push(node(
+            "DequantizeLinear",
+            &w_dq_name,
+            &[&w.q, &w.scale, &w.zero_point],
+            &[&w_out],
+            axis_attr(w.axis),
+        ));
         let input_scale = em.act(&c.input)?.params.scale;
         let b_out = match em.bias(c, input_scale, &w_scales)? {
             Some(b) => {
                 let base = c.bias.as_deref().unwrap_or("bias");
                 let out = em.names.fresh(&format!("{base}_DequantizeLinear_Output"));
                 let name = em.names.fresh(&format!("{base}_DequantizeLinear"));
-                prelude.push(node("DequantizeLinear", &name, &[&b.q, &b.scale, &b.zero_point], &[&out], axis_attr(b.axis)));
+                prelude.push(node(
+                    "DequantizeLinear",
+                    &name,
+                    &[&b.q, &b.scale, &b.zero_point],
+                    &[&out],
+                    axis_attr(b.axis),
+                ));
                 Some(out)
             }
             None => None,
@@ -155,7 +167,8 @@ mod tests {
             ..GraphProto::default()
         };
         let p = plan(&g, Format::Qdq);
-        let params = BTreeMap::from([("x".to_string(), activation(-1.0, 1.0)), ("y".to_string(), activation(0.0, 3.0))]);
+        let params =
+            BTreeMap::from([("x".to_string(), activation(-1.0, 1.0)), ("y".to_string(), activation(0.0, 3.0))]);
         let (out, notes) = emit(&g, &p, &params, false).expect("emits");
         assert!(notes.is_empty());
         let ops: Vec<(&str, &str)> = out.node.iter().map(|n| (n.op_type.as_str(), n.name.as_str())).collect();

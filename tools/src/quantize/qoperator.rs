@@ -85,8 +85,16 @@ pub fn emit(
             let (w, w_scales) = f.em.weight(c, &original.op_type)?;
             let ya = f.em.act(&c.output)?;
             let y = f.produce_quantized(&c.output);
-            let mut inputs: Vec<&str> =
-                vec![x.as_str(), xa.scale.as_str(), xa.zero_point.as_str(), w.q.as_str(), w.scale.as_str(), w.zero_point.as_str(), ya.scale.as_str(), ya.zero_point.as_str()];
+            let mut inputs: Vec<&str> = vec![
+                x.as_str(),
+                xa.scale.as_str(),
+                xa.zero_point.as_str(),
+                w.q.as_str(),
+                w.scale.as_str(),
+                w.zero_point.as_str(),
+                ya.scale.as_str(),
+                ya.zero_point.as_str(),
+            ];
             let n = if original.op_type == "Conv" {
                 let bias = f.em.bias(c, xa.params.scale, &w_scales)?;
                 let b = bias.map(|b| b.q);

@@ -21,7 +21,7 @@ pub fn activation(min: f32, max: f32) -> ActParams {
     let rmin = if min.is_finite() { min.min(0.0) } else { 0.0 };
     let rmax = if max.is_finite() { max.max(0.0) } else { 0.0 };
     let scale = (rmax - rmin) / 255.0;
-    if !(scale >= TINY) || !scale.is_finite() {
+    if scale.is_nan() || scale < TINY || !scale.is_finite() {
         return ActParams { scale: 1.0, zero_point: 0 };
     }
     let zero_point = (-rmin / scale).round_ties_even().clamp(0.0, 255.0) as u8;

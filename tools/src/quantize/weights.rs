@@ -119,7 +119,12 @@ impl<'a> Emitter<'a> {
     }
 
     /// The int32 bias of a compute node at scale `input_scale × weight_scale`.
-    pub fn bias(&mut self, c: &Compute, input_scale: f32, weight_scales: &[f32]) -> Result<Option<QConst>, QuantizeError> {
+    pub fn bias(
+        &mut self,
+        c: &Compute,
+        input_scale: f32,
+        weight_scales: &[f32],
+    ) -> Result<Option<QConst>, QuantizeError> {
         let Some(b) = &c.bias else { return Ok(None) };
         let bias =
             self.index.float(b).ok_or_else(|| QuantizeError::Graph(format!("bias '{b}' is not a float32 constant")))?;
