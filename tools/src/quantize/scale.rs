@@ -87,7 +87,7 @@ pub fn quantize_bias(bias: &[f32], input_scale: f32, weight_scales: &[f32]) -> (
     (codes, scales, clamped)
 }
 
-/// Widens a calibrated bound away from zero to 10 significant bits.
+/// Widens a calibrated bound away from zero onto a grid of 10 mantissa bits.
 ///
 /// tract picks its float kernels per CPU (AVX2, AVX-512, NEON), so the same calibration can end
 /// a few ULPs apart on two machines; snapping the bounds to a coarse grid makes the written model
