@@ -103,15 +103,14 @@ pub fn quantize_to_file(args: &QuantizeArgs) -> anyhow::Result<Report> {
     let fp32 = Model::from_bytes(&bytes)
         .with_context(|| format!("{}: not a model the agent can run, so not one to quantize", args.model.display()))?;
     let signature = fp32.signature().clone();
-    let mut calibration = quantize::read_samples(&args.calibration, &signature)
-        .with_context(|| format!("calibration file {}", args.calibration.display()))?;
+    let mut calibration =
+        quantize::read_samples(&args.calibration, &signature).context("reading the calibration samples")?;
     if calibration.is_empty() {
         bail!("calibration file {} holds no samples", args.calibration.display());
     }
     let (holdout, from) = match &args.holdout {
         Some(path) => {
-            let samples = quantize::read_samples(path, &signature)
-                .with_context(|| format!("held-out file {}", path.display()))?;
+            let samples = quantize::read_samples(path, &signature).context("reading the held-out samples")?;
             if samples.is_empty() {
                 bail!("held-out file {} holds no samples", path.display());
             }
@@ -236,9 +235,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("q.onnx");
         let err = fails(&models("cnn.onnx"), &models("data/mlp.calibration.npy"), &out);
-        assert!(err.contains("calibration file") && err.contains("image"), "{err}");
+        assert!(err.contains("calibration samples") && err.contains("image"), "{err}");
         let err = fails(&models("mlp.onnx"), &models("reference/cnn.input.jsonl"), &out);
-        assert!(err.contains("calibration file") && err.contains("line 1"), "{err}");
+        assert!(err.contains("calibration samples") && err.contains("line 1"), "{err}");
     }
 
     #[test]
