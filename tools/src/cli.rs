@@ -26,6 +26,9 @@ pub enum Verb {
     Simulate(cmd::simulate::SimulateArgs),
     /// Show what a bundle or an ONNX model holds (exit 1 for a model the agent cannot run).
     Inspect(cmd::inspect::InspectArgs),
+    /// Quantize an fp32 ONNX model to int8 (static, calibrated through tract), standard ONNX
+    /// operators only; prints the size saved and the accuracy lost on held-out samples.
+    Quantize(cmd::quantize::QuantizeArgs),
     /// Make an Ed25519 key pair (root, release or operator).
     Keygen(cmd::keygen::KeygenArgs),
     /// Start, rotate or revoke within the fleet's root of trust.
@@ -89,6 +92,7 @@ pub fn run(cli: Cli, now_ms: u64) -> anyhow::Result<ExitCode> {
         Verb::Demo(args) => cmd::demo::run(&args, now_ms)?,
         Verb::Simulate(args) => cmd::simulate::run(&args)?,
         Verb::Inspect(args) => cmd::inspect::run(&args)?,
+        Verb::Quantize(args) => cmd::quantize::run(&args)?,
         Verb::Keygen(args) => cmd::keygen::run(&args).map(|_| true)?,
         Verb::Root(c) => cmd::root::run(&c, now).map(|_| true)?,
         Verb::Delegate(args) => cmd::delegate::run(&args, now).map(|_| true)?,

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod mlflow;
 pub mod publish;
 pub mod push;
+pub mod quantize;
 pub mod rollout;
 pub mod sim;
 pub mod trust_docs;

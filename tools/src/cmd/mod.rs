@@ -19,6 +19,7 @@ pub mod keygen;
 pub mod package;
 pub mod provision;
 pub mod push;
+pub mod quantize;
 pub mod rollback;
 pub mod rollout;
 pub mod root;
