@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnxruntime as ort
 
 HERE = Path(__file__).resolve().parent
@@ -51,6 +52,20 @@ MODELS = [
     ("mlp_int8_drover_qdq", "mlp", []),
     ("mlp_int8_drover_qop", "mlp", ["--format", "qoperator"]),
 ]
+
+
+def output_step(model: onnx.ModelProto) -> float:
+    """One quantization step of the output: the scale of the DequantizeLinear it comes from,
+    through a bias Add, Relu, Flatten or Identity (the tolerance of the parity tests)."""
+    g = model.graph
+    consts = {t.name: t for t in g.initializer}
+    tensor = g.output[0].name
+    while True:
+        node = next(n for n in g.node if tensor in n.output)
+        if node.op_type == "DequantizeLinear":
+            return float(onnx.numpy_helper.to_array(consts[node.input[1]]).reshape(-1)[0])
+        assert node.op_type in ("Add", "Relu", "Flatten", "Identity"), node.op_type
+        tensor = next(i for i in node.input if i not in consts)
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -94,6 +109,7 @@ def main() -> None:
                 "holdout": f"reference/{source}.input.npy",
                 "args": args,
                 "output_npy": f"reference/{name}.output.logits.npy",
+                "output_step": output_step(model),
             }
         )
     manifest = {

@@ -78,6 +78,31 @@ fn symbolic_batch_models_match_in_batches() {
     assert!(checked >= 4, "mlp variants, iris and dtypes have a symbolic batch");
 }
 
+/// The int8 models written by `drover quantize` give onnxruntime's outputs within one output
+/// step. On x86_64 they are identical (0 difference); under qemu this shows whether the ARM
+/// kernels round the same way, and the printed difference says how far they are from identical.
+#[test]
+fn drover_quantized_models_match_onnxruntime_within_one_output_step() {
+    let quantized = manifest::load_quantized().models;
+    assert!(quantized.len() >= 6, "quantize.json lists the CNN and MLP in both formats");
+    for q in quantized {
+        let mut model = Model::load(&resolve(&q.file)).unwrap_or_else(|e| panic!("{}: {e}", q.name));
+        let samples = read_all(&model, &q.holdout);
+        let got: Vec<Tensor> = samples
+            .chunks(1)
+            .map(|s| model.run_samples(s).unwrap_or_else(|e| panic!("{}: {e}", q.name)).remove(0).remove(0))
+            .collect();
+        let expected = manifest::ReferenceOutput {
+            name: "logits".into(),
+            dtype: "float32".into(),
+            npy: q.output_npy.clone(),
+            tolerance: q.output_step * 1.0001,
+        };
+        let worst = check_output(&q.name, &expected, &got);
+        eprintln!("{:<24} logits: max abs diff {worst:.3e} (one output step {:.3e})", q.name, q.output_step);
+    }
+}
+
 #[test]
 fn microsoft_op_models_are_refused_with_every_op_named() {
     let refused: Vec<ReferenceModel> = manifest::load().models.into_iter().filter(|m| m.refused).collect();

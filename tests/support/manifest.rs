@@ -92,3 +92,33 @@ impl ReferenceModel {
 pub fn resolve(relative: &str) -> PathBuf {
     models_dir().join(relative)
 }
+
+/// The int8 models `drover quantize` made, with onnxruntime's outputs on them
+/// (`models/reference/quantize.json`, written by `models/make_quantize_reference.py`).
+#[derive(Debug, Deserialize)]
+pub struct Quantized {
+    /// Every quantized model.
+    pub models: Vec<QuantizedModel>,
+}
+
+/// One model `drover quantize` wrote.
+#[derive(Debug, Deserialize)]
+pub struct QuantizedModel {
+    /// Short name (`cnn_int8_drover_qdq`…).
+    pub name: String,
+    /// File name under `models/`.
+    pub file: String,
+    /// The inputs onnxruntime ran, relative to `models/`.
+    pub holdout: String,
+    /// onnxruntime's `logits` for them, relative to `models/`.
+    pub output_npy: String,
+    /// One quantization step of the output: what rounding on another CPU may move a value by.
+    pub output_step: f64,
+}
+
+/// Loads `quantize.json`; panics with the path if it is missing or malformed (a broken checkout).
+pub fn load_quantized() -> Quantized {
+    let path = models_dir().join("reference").join("quantize.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
