@@ -148,13 +148,14 @@ async fn raw_fanout(port: u16, size: usize, round: u64) -> Duration {
     last - start
 }
 
-/// A push to the fleet: (all started, all downloaded, all installed).
-async fn push(bundle: &[u8], version: u64, port: u16) -> (Duration, Duration, Duration) {
+/// A push to the fleet: (all started, all downloaded, all installed, publications per chunk).
+async fn push(bundle: &[u8], version: u64, port: u16) -> (Duration, Duration, Duration, f64) {
     let devices: BTreeSet<Name> = (0..*DEVICES).map(|i| Name::new(&format!("dev-{i:02}")).expect("name")).collect();
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let announce = drover_tools::push::campaign::announce(bundle, "big", version, CHUNK, now).expect("announce");
     let tracker = Tracker::new(Audience::Devices(devices), 0, 0, 120_000);
+    let chunks = announce.chunk_count() as f64;
     let mut campaign = Campaign::new(Work::Bundle { announce }, tracker, PayloadFormat::Postcard);
     let start = Instant::now();
     let mut started: BTreeMap<Name, Duration> = BTreeMap::new();
@@ -182,7 +183,7 @@ async fn push(bundle: &[u8], version: u64, port: u16) -> (Duration, Duration, Du
     .expect("push");
     assert!(campaign.tracker().all_succeeded(), "push v{version}: {:?}", outcome.end);
     let max = |m: &BTreeMap<Name, Duration>| m.values().max().copied().unwrap_or_default();
-    (max(&started), max(&downloaded), max(&installed))
+    (max(&started), max(&downloaded), max(&installed), campaign.chunks_sent() as f64 / chunks)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -216,8 +217,8 @@ fn main() {
     println!("installed = ... then digest, signatures, slot write, model load and self-test on all {devices}");
     println!();
     println!(
-        "{:<20} {:>9} {:>8} {:>12} {:>10} {:>12} {:>7} {:>12}",
-        "broker", "bytes", "raw ms", "announced ms", "drover ms", "drover MB/s*", "ratio", "installed ms"
+        "{:<20} {:>9} {:>8} {:>12} {:>10} {:>12} {:>7} {:>12} {:>10}",
+        "broker", "bytes", "raw ms", "announced ms", "drover ms", "drover MB/s*", "ratio", "installed ms", "sends**"
     );
     let brokers = std::env::var("DROVER_BENCH_BROKERS").unwrap_or_else(|_| "embedded,mosquitto".into());
     let kinds = [(Kind::Embedded, "embedded"), (Kind::Mosquitto, "mosquitto")];
@@ -258,10 +259,12 @@ fn main() {
         for (set, first) in sets.iter().zip((1..).step_by(*ROUNDS as usize)) {
             let size = std::fs::metadata(&set[0]).expect("bundle").len() as usize;
             let (mut raw, mut start, mut down, mut inst) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let mut sends = Vec::new();
             for (round, bundle) in set.iter().enumerate() {
                 let bytes = Arc::new(std::fs::read(bundle).expect("bundle"));
                 raw.push(rt.block_on(raw_fanout(port, size, first + round as u64)));
-                let (s, d, i) = rt.block_on(push(&bytes, first + round as u64, port));
+                let (s, d, i, per_chunk) = rt.block_on(push(&bytes, first + round as u64, port));
+                sends.push(per_chunk);
                 start.push(s);
                 down.push(d);
                 inst.push(i);
@@ -269,7 +272,7 @@ fn main() {
             let (raw, start, down, inst) = (median(raw), median(start), median(down), median(inst));
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             println!(
-                "{:<20} {:>9} {:>8.1} {:>12.1} {:>10.1} {:>12.1} {:>7.2} {:>12.1}",
+                "{:<20} {:>9} {:>8.1} {:>12.1} {:>10.1} {:>12.1} {:>7.2} {:>12.1} {:>10.2}",
                 name,
                 size,
                 ms(raw),
@@ -277,11 +280,13 @@ fn main() {
                 ms(down),
                 (size * *DEVICES) as f64 / down.as_secs_f64() / 1e6,
                 down.as_secs_f64() / raw.as_secs_f64(),
-                ms(inst)
+                ms(inst),
+                sends.iter().sum::<f64>() / sends.len() as f64
             );
         }
         drop(fleet);
     }
     println!();
     println!("* MB/s delivered: bundle size x {devices} devices / drover ms. ratio = drover ms / raw ms");
+    println!("** publications per chunk (1.00: every chunk went out once and reached every device)");
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use drover_runtime::link::codec::{self, PayloadFormat};
 use drover_wire::command::SignedCommand;
-use drover_wire::message::{Announce, Chunk, Digest, Op, Progress, Status, Want};
+use drover_wire::message::{Announce, Chunk, Digest, Op, Phase, Progress, Status, Want};
 use drover_wire::topic::{self, DeviceLeaf, GroupLeaf, Name, Parsed};
 use sha2::{Digest as _, Sha256};
 
@@ -68,8 +68,13 @@ pub struct Campaign {
     sent_at: BTreeMap<u32, u64>,
     /// Devices that asked for chunks already.
     asked: BTreeSet<Name>,
-    /// Chunks asked for again, and when they may go out again (ms).
+    /// Chunks asked for by devices' first requests, and when they may go out (ms); they wait
+    /// for the gathering too ([`Campaign::release_due`]).
     deferred: BTreeMap<u32, u64>,
+    /// When the latest device sent its first request (ms).
+    last_asker_ms: u64,
+    /// Since when first requests have been gathering (ms), while any are deferred.
+    gathering_since: Option<u64>,
 }
 
 /// A device's first request follows its subscription to the chunks by a moment: a chunk
@@ -78,6 +83,15 @@ pub struct Campaign {
 /// re-send; without this, each had every chunk published anew to all of them, and the bytes on
 /// the wire grew with the square of the fleet.
 pub const FRESH_MS: u64 = 250;
+
+/// Devices answer an announcement over a stretch of time (a thousand of them over seconds):
+/// chunks for first requests go out once no new device has asked for this long, or once every
+/// device known to be online has asked, so that one publication serves them all.
+pub const QUIET_MS: u64 = 100;
+
+/// The longest first requests wait for the gathering: a fleet that keeps trickling in is
+/// served in rounds this far apart.
+pub const MAX_GATHER_MS: u64 = 1_000;
 
 impl Campaign {
     /// Starts `work` for the tracker's audience; payloads in `format`.
@@ -91,6 +105,8 @@ impl Campaign {
             sent_at: BTreeMap::new(),
             asked: BTreeSet::new(),
             deferred: BTreeMap::new(),
+            last_asker_ms: 0,
+            gathering_since: None,
         }
     }
 
@@ -165,14 +181,18 @@ impl Campaign {
                 (Ok(w), Work::Bundle { announce }) if w.transfer == announce.transfer => {
                     let count = u32::try_from(announce.chunk_count()).unwrap_or(u32::MAX);
                     let first = self.asked.insert(device);
+                    if first {
+                        self.last_asker_ms = now_ms;
+                    }
                     for i in w.ranges.iter().flat_map(|r| r.start.min(count)..r.end.min(count)) {
-                        match self.sent_at.get(&i) {
-                            Some(&t) if first && now_ms.saturating_sub(t) < FRESH_MS => {
-                                self.deferred.entry(i).or_insert(t + FRESH_MS);
-                            }
-                            _ => {
-                                self.queue.insert(i);
-                            }
+                        if !first {
+                            // A stall or a damaged chunk: this device waits for it alone.
+                            self.deferred.remove(&i);
+                            self.queue.insert(i);
+                        } else if !self.queue.contains(&i) {
+                            let due = self.sent_at.get(&i).map_or(now_ms, |t| t + FRESH_MS);
+                            self.deferred.entry(i).or_insert(due);
+                            self.gathering_since.get_or_insert(now_ms);
                         }
                     }
                     self.release_due(now_ms);
@@ -196,13 +216,35 @@ impl Campaign {
         }
     }
 
-    /// Moves the deferred chunks whose time has come to the send queue.
+    /// Moves the deferred chunks whose time has come to the send queue, once the gathering of
+    /// first requests is over: quiet for [`QUIET_MS`], every online device asked, or
+    /// [`MAX_GATHER_MS`] passed.
     pub fn release_due(&mut self, now_ms: u64) {
+        let Some(since) = self.gathering_since else { return };
+        let gathered =
+            now_ms >= self.last_asker_ms + QUIET_MS || now_ms >= since + MAX_GATHER_MS || self.awaited_devices() == 0;
+        if !gathered {
+            return;
+        }
         let due: Vec<u32> = self.deferred.iter().filter(|(_, t)| **t <= now_ms).map(|(i, _)| *i).collect();
         for i in due {
             self.deferred.remove(&i);
             self.queue.insert(i);
         }
+        self.gathering_since = if self.deferred.is_empty() { None } else { Some(now_ms) };
+    }
+
+    /// Devices known to be online and still to ask for their first chunks.
+    fn awaited_devices(&self) -> usize {
+        self.tracker
+            .devices()
+            .iter()
+            .filter(|(name, view)| {
+                view.online == Some(true)
+                    && matches!(view.phase, None | Some(Phase::Downloading { .. }))
+                    && !self.asked.contains(*name)
+            })
+            .count()
     }
 
     /// Whether some device waits for a chunk now (deferred ones wait for [`Campaign::release_due`]).

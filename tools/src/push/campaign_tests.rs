@@ -94,6 +94,75 @@ fn devices_answering_one_after_another_share_each_resend() {
     assert_eq!(c.chunks_sent(), 31);
 }
 
+fn online(c: &mut Campaign, dev: &str, now: u64) {
+    let status = Status {
+        online: true,
+        agent: drover_wire::AgentVersion { major: 0, minor: 1, patch: 0 },
+        arch: Arch::X86_64,
+        groups: ["lab".try_into().unwrap()].into_iter().collect(),
+        model: None,
+        slot: None,
+        uptime_s: 0,
+        at: 0,
+        labels: heapless::Vec::new(),
+    };
+    let topic = format!("drover/v1/dev/{dev}/status");
+    c.handle(Input::Message { topic: &topic, payload: &codec::encode(PayloadFormat::Json, &status) }, now);
+}
+
+#[test]
+fn first_requests_are_gathered_so_one_publication_serves_the_group() {
+    let mut c = push("lab", &bundle());
+    c.handle(Input::Connected, 0);
+    for dev in ["pi-1", "pi-2", "pi-3", "pi-4"] {
+        online(&mut c, dev, 0);
+    }
+    let ask = |c: &mut Campaign, dev: &str, now: u64| {
+        c.handle(Input::Message { topic: &format!("drover/v1/dev/{dev}/want"), payload: &want(c, &[(0, 20)]) }, now);
+    };
+    // Three of four asked, each within QUIET_MS of the one before: nothing goes out yet.
+    for (k, dev) in ["pi-1", "pi-2", "pi-3"].iter().enumerate() {
+        ask(&mut c, dev, k as u64 * 60);
+        c.release_due(k as u64 * 60 + 1);
+        assert_eq!(c.next_chunk(k as u64 * 60 + 1), None, "{dev}: still gathering");
+    }
+    // The last one asks: everyone online has, so every chunk goes out once, at once.
+    ask(&mut c, "pi-4", 150);
+    let sent: Vec<u32> = std::iter::from_fn(|| c.next_chunk(150)).collect();
+    assert_eq!(sent, (0..20).collect::<Vec<_>>());
+
+    // A device that never asks holds the others up only until the requests go quiet.
+    let mut c = push("lab", &bundle());
+    c.handle(Input::Connected, 0);
+    for dev in ["pi-1", "pi-2", "silent"] {
+        online(&mut c, dev, 0);
+    }
+    ask(&mut c, "pi-1", 0);
+    ask(&mut c, "pi-2", 50);
+    c.release_due(50 + QUIET_MS - 1);
+    assert_eq!(c.next_chunk(50 + QUIET_MS - 1), None);
+    c.release_due(50 + QUIET_MS);
+    assert_eq!(c.next_chunk(50 + QUIET_MS), Some(0));
+
+    // A fleet that keeps trickling in is served every MAX_GATHER_MS.
+    let mut c = push("lab", &bundle());
+    c.handle(Input::Connected, 0);
+    let devices: Vec<String> = (0..40).map(|k| format!("pi-{k}")).collect();
+    for dev in &devices {
+        online(&mut c, dev, 0);
+    }
+    let mut first_send = None;
+    for (k, dev) in devices.iter().enumerate() {
+        let now = k as u64 * (QUIET_MS / 2);
+        ask(&mut c, dev, now);
+        c.release_due(now);
+        if first_send.is_none() && c.next_chunk(now).is_some() {
+            first_send = Some(now);
+        }
+    }
+    assert_eq!(first_send, Some(MAX_GATHER_MS), "served in rounds, not held back for good");
+}
+
 /// Both ends of the protocol, wired together without a network: a sender and three devices of
 /// the group, where the "broker" loses every fifth chunk on its way and corrupts one.
 #[test]
