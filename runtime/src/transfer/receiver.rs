@@ -121,6 +121,9 @@ impl Receiver {
             return Verdict::Foreign;
         }
         if self.have.contains(index) {
+            // The sender is serving this transfer (to others): what is missing here may be on
+            // its way, so asking again waits for a stall of the whole transfer.
+            self.last_activity = now_ms;
             return Verdict::Duplicate;
         }
         let intact = chunk.data.len() as u64 == self.announce.chunk_len(index)
@@ -233,6 +236,20 @@ mod tests {
         assert_eq!(w.ranges.as_slice(), &[ChunkRange { start: 2, end: 5 }, ChunkRange { start: 6, end: 8 }]);
         assert_eq!(r.poll(1500), None, "just asked");
         assert!(r.poll(2200).is_some());
+    }
+
+    #[test]
+    fn chunks_still_flowing_to_others_postpone_asking_again() {
+        let data = bundle(8192);
+        let a = announce(&data, 1024);
+        let mut r = receiver(&a);
+        r.request(0);
+        r.on_chunk(&chunk(&a, &data, 0), 100);
+        // Copies of a chunk held, re-sent for other devices: the sender is busy, not gone.
+        assert_eq!(r.on_chunk(&chunk(&a, &data, 0), 900), Verdict::Duplicate);
+        assert_eq!(r.poll(1500), None, "the transfer is alive");
+        assert_eq!(r.quiet_ms(1500), 1400, "but nothing new came: the give-up clock runs on");
+        assert!(r.poll(1900).is_some(), "a stall of the whole transfer");
     }
 
     #[test]

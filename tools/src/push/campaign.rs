@@ -84,6 +84,11 @@ pub struct Campaign {
 /// the wire grew with the square of the fleet.
 pub const FRESH_MS: u64 = 250;
 
+/// A chunk asked for again (a stall, damage) goes out at most once this often: with a thousand
+/// devices on a busy broker, a copy can take seconds to reach them all, and re-sending it for
+/// every device that grew impatient meanwhile made the push hundreds of times the bundle.
+pub const RESEND_MS: u64 = 1_000;
+
 /// Devices answer an announcement over a stretch of time (a thousand of them over seconds):
 /// chunks for first requests go out once no new device has asked for this long, or once every
 /// device known to be online has asked, so that one publication serves them all.
@@ -185,11 +190,24 @@ impl Campaign {
                         self.last_asker_ms = now_ms;
                     }
                     for i in w.ranges.iter().flat_map(|r| r.start.min(count)..r.end.min(count)) {
+                        if self.queue.contains(&i) {
+                            continue;
+                        }
                         if !first {
-                            // A stall or a damaged chunk: this device waits for it alone.
-                            self.deferred.remove(&i);
-                            self.queue.insert(i);
-                        } else if !self.queue.contains(&i) {
+                            // A stall or a damaged chunk. Devices that fell behind ask for the
+                            // same chunks again and again while the broker still delivers the
+                            // last copy: one re-send per RESEND_MS serves them all.
+                            match self.sent_at.get(&i) {
+                                Some(&t) if now_ms.saturating_sub(t) < RESEND_MS => {
+                                    self.deferred.entry(i).or_insert(t + RESEND_MS);
+                                    self.gathering_since.get_or_insert(now_ms);
+                                }
+                                _ => {
+                                    self.deferred.remove(&i);
+                                    self.queue.insert(i);
+                                }
+                            }
+                        } else {
                             let due = self.sent_at.get(&i).map_or(now_ms, |t| t + FRESH_MS);
                             self.deferred.entry(i).or_insert(due);
                             self.gathering_since.get_or_insert(now_ms);

@@ -88,10 +88,20 @@ fn devices_answering_one_after_another_share_each_resend() {
     c.release_due(100 + FRESH_MS);
     let again: Vec<u32> = std::iter::from_fn(|| c.next_chunk(100 + FRESH_MS)).collect();
     assert_eq!(again, (0..10).collect::<Vec<_>>(), "once for both");
-    // A later request (a stall, a damaged chunk) is served at once.
-    ask(&mut c, "pi-2", &[(3, 4)], 100 + FRESH_MS + 1);
-    assert_eq!(c.next_chunk(100 + FRESH_MS + 2), Some(3));
-    assert_eq!(c.chunks_sent(), 31);
+    // A later request (a stall, a damaged chunk) for a chunk not sent lately is served at once.
+    let later = 200 + RESEND_MS;
+    ask(&mut c, "pi-2", &[(15, 16)], later);
+    assert_eq!(c.next_chunk(later), Some(15));
+    // Impatient devices asking again for a chunk just re-sent share one more copy, RESEND_MS on.
+    for (k, dev) in ["pi-1", "pi-2", "pi-3"].iter().enumerate() {
+        ask(&mut c, dev, &[(15, 16)], later + 10 * k as u64);
+        c.release_due(later + 10 * k as u64);
+        assert_eq!(c.next_chunk(later + 10 * k as u64), None, "{dev}: the copy is on its way");
+    }
+    c.release_due(later + RESEND_MS);
+    assert_eq!(c.next_chunk(later + RESEND_MS), Some(15));
+    assert_eq!(c.next_chunk(later + RESEND_MS), None);
+    assert_eq!(c.chunks_sent(), 32);
 }
 
 fn online(c: &mut Campaign, dev: &str, now: u64) {
