@@ -138,10 +138,17 @@ impl Model {
 
         let dir = dir.and_then(Path::to_str);
         let rewrite_start = Instant::now();
+        // Contained like tract's stages: a rewrite bug on a hostile file must not stop the agent.
         let rewritten = options.qdq_rewrite.then(|| {
-            let mut copy = proto.clone();
-            let done = qdq::rewrite(&mut copy);
-            done.any().then_some((copy, done))
+            contain(|| {
+                let mut copy = proto.clone();
+                let done = qdq::rewrite(&mut copy);
+                done.any().then_some((copy, done))
+            })
+            .unwrap_or_else(|message| {
+                log::warn!("QDQ rewrite crashed (contained), loading the model as written: {message}");
+                None
+            })
         });
         let mut rewrites = QdqRewrites::default();
         let compiled = match rewritten.flatten() {

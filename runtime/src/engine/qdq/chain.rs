@@ -18,7 +18,7 @@
 //! `1/s` is computed as tract's own QuantizeLinear does (`f32::recip`), so results are the same
 //! integers as before the rewrite, not merely close.
 
-use tract_onnx::pb::{AttributeProto, GraphProto, NodeProto};
+use tract_onnx::pb::{AttributeProto, GraphProto, NodeProto, ValueInfoProto, type_proto};
 
 use super::graph::{consumers, fresh, is_graph_output, rename_uses};
 use super::params::{self, QuantParams, f32_scalar};
@@ -41,9 +41,13 @@ pub(super) fn rewrite_quantize(graph: &mut GraphProto) -> Chains {
     let mut i = 0;
     while i < graph.node.len() {
         let node = &graph.node[i];
-        let params = (node.op_type == "QuantizeLinear" && node.domain.is_empty() && node.input.len() >= 2)
-            .then(|| params::of_node(graph, node))
-            .flatten();
+        let params = (node.op_type == "QuantizeLinear"
+            && node.domain.is_empty()
+            && node.input.len() >= 2
+            && node.output.len() == 1
+            && worth_rewriting(graph, &node.input[0]))
+        .then(|| params::of_node(graph, node))
+        .flatten();
         let Some(p) = params else {
             i += 1;
             continue;
@@ -64,6 +68,29 @@ pub(super) fn rewrite_quantize(graph: &mut GraphProto) -> Chains {
     done
 }
 
+/// Whether tract will run a chain on `x` in one vectorised pass. With every graph input of fixed
+/// shape it fuses the chain into the producing matmul's epilogue or into one `OptBinChain`.
+/// With a symbolic axis (an MLP's batch) it does so only right after a Conv, MatMul, Gemm or
+/// (bias) Add; elsewhere it runs each of the six operators on its own (~1 µs each on a 64-wide
+/// row), which costs more than its scalar QuantizeLinear on such small tensors: those stay.
+fn worth_rewriting(graph: &GraphProto, x: &str) -> bool {
+    let init: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    if graph.input.iter().filter(|i| !init.contains(i.name.as_str())).all(has_fixed_shape) {
+        return true;
+    }
+    graph.node.iter().find(|n| n.output.iter().any(|o| o == x)).is_some_and(|producer| {
+        producer.domain.is_empty() && matches!(producer.op_type.as_str(), "Conv" | "MatMul" | "Gemm" | "Add")
+    })
+}
+
+fn has_fixed_shape(value: &ValueInfoProto) -> bool {
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value;
+    let Some(type_proto::Value::TensorType(t)) = value.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        return false;
+    };
+    t.shape.as_ref().is_some_and(|s| s.dim.iter().all(|d| matches!(d.value, Some(Value::DimValue(n)) if n > 0)))
+}
+
 /// The DQ nodes reading `q`'s output, when they are its only readers, share its parameters,
 /// and at most one of their outputs is a graph output.
 fn fake_quant_targets(graph: &GraphProto, q: &NodeProto, p: &QuantParams) -> Option<Vec<usize>> {
@@ -76,11 +103,15 @@ fn fake_quant_targets(graph: &GraphProto, q: &NodeProto, p: &QuantParams) -> Opt
         let n = &graph.node[u];
         n.op_type == "DequantizeLinear"
             && n.domain.is_empty()
+            && n.output.len() == 1
             && n.input.first() == Some(out)
             && params::of_node(graph, n).is_some_and(|d| d.same_as(p))
     });
+    if !all_dq {
+        return None;
+    }
     let graph_outputs = users.iter().filter(|&&u| is_graph_output(graph, &graph.node[u].output[0])).count();
-    (all_dq && graph_outputs <= 1).then_some(users)
+    (graph_outputs <= 1).then_some(users)
 }
 
 /// Replaces `q` and its DQ readers with `x · (1/s)`, clamp, round, `· s`. Returns the number of
@@ -209,6 +240,31 @@ mod tests {
         rewrite_quantize(&mut g);
         assert_eq!(ops(&g), ["Mul", "Max", "Min", "Add", "Sub", "Mul", "Add"]);
         assert_eq!(g.node[6].input, ["a", "a"]);
+    }
+
+    #[test]
+    fn with_a_symbolic_input_only_quantize_after_a_matmul_is_rewritten() {
+        let symbolic = |mut g: GraphProto| {
+            g.input[0] = tract_onnx::pb::ValueInfoProto { name: "x".into(), ..Default::default() };
+            g
+        };
+        let mut g = symbolic(graph(vec![q("x", "xq", "s1"), dq("xq", "y", "s1")]));
+        assert_eq!(rewrite_quantize(&mut g), Chains::default());
+        let mut g = symbolic(graph(vec![node("Relu", &["x"], &["r"]), q("r", "rq", "s1"), dq("rq", "y", "s1")]));
+        assert_eq!(rewrite_quantize(&mut g), Chains::default());
+        let mut g = symbolic(graph(vec![node("MatMul", &["x", "x"], &["r"]), q("r", "rq", "s1"), dq("rq", "y", "s1")]));
+        assert_eq!(rewrite_quantize(&mut g).fake_quant, 1);
+        // Fixed shapes: everything is rewritten.
+        let mut g = graph(vec![node("Relu", &["x"], &["r"]), q("r", "rq", "s1"), dq("rq", "y", "s1")]);
+        assert_eq!(rewrite_quantize(&mut g).fake_quant, 1);
+    }
+
+    #[test]
+    fn malformed_nodes_without_outputs_are_skipped_not_a_panic() {
+        let mut g = graph(vec![q("x", "xq", "s1"), node("DequantizeLinear", &["xq", "s1", "s1_zp"], &[])]);
+        assert_eq!(rewrite_quantize(&mut g), Chains { fake_quant: 0, quantize: 1 });
+        let mut g = graph(vec![node("QuantizeLinear", &["x", "s1", "s1_zp"], &[])]);
+        assert_eq!(rewrite_quantize(&mut g), Chains::default());
     }
 
     #[test]

@@ -67,7 +67,7 @@ mod tests {
     /// Values around every rounding tie of scale 0.5, both clamps, zero and beyond the range.
     fn edge_values() -> Vec<f32> {
         let mut v: Vec<f32> = (-300..300).map(|i| i as f32 * 0.25).collect();
-        v.extend([-1e9, 1e9, -0.0, 63.75, 63.5, -64.25, 0.125, -0.125, 1.0e-30]);
+        v.extend([-1e6, 1e6, -0.0, 63.75, 63.5, -64.25, 0.125, -0.125, 1.0e-30]);
         v
     }
 
@@ -104,6 +104,17 @@ mod tests {
         let (after, done) = run(&proto, true, &x);
         assert_eq!(done, QdqRewrites { integer_ops: 1, fake_quant_chains: 0, quantize_chains: 1 });
         assert_eq!(before, after);
+    }
+
+    /// Far out of range, tract's own QuantizeLinear overflows (`round(x/s) as i32 + z` wraps for
+    /// 1e9 / 0.25 + 3); the chain saturates as the ONNX spec says.
+    #[test]
+    fn huge_values_saturate() {
+        let x = [1e9f32, -1e9, 3e38, -3e38];
+        let proto = model(graph(vec![q("x", "y", "s2")]), x.len() as i64, FLOAT, INT8);
+        let (after, done) = run(&proto, true, &x);
+        assert_eq!(done.quantize_chains, 1);
+        assert_eq!(after, Tensor::new(vec![4], TensorData::I8(vec![127, -128, 127, -128])).expect("tensor"));
     }
 
     #[test]

@@ -46,13 +46,17 @@ fn find(graph: &GraphProto) -> Option<(usize, usize, usize, bool)> {
         }
         let Some(dq) = producer(&node.input[0]) else { continue };
         let dq_node = &graph.node[dq];
-        if dq_node.op_type != "DequantizeLinear" || !dq_node.domain.is_empty() {
+        if dq_node.op_type != "DequantizeLinear" || !dq_node.domain.is_empty() || dq_node.output.len() != 1 {
             continue;
         }
         let out = &node.output[0];
         let [q] = users.get(out.as_str()).map(Vec::as_slice).unwrap_or_default() else { continue };
         let q_node = &graph.node[*q];
-        if q_node.op_type != "QuantizeLinear" || !q_node.domain.is_empty() || is_graph_output(graph, out) {
+        if q_node.op_type != "QuantizeLinear"
+            || !q_node.domain.is_empty()
+            || q_node.output.len() != 1
+            || is_graph_output(graph, out)
+        {
             continue;
         }
         let (Some(pd), Some(pq)) = (params::of_node(graph, dq_node), params::of_node(graph, q_node)) else {

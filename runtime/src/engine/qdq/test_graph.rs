@@ -44,21 +44,17 @@ pub fn graph(nodes: Vec<NodeProto>) -> GraphProto {
             f32_scalar("s2".into(), 0.25),
             zp("s2_zp", 3),
         ],
-        input: vec![ValueInfoProto { name: "x".into(), ..Default::default() }],
+        input: vec![fixed("x", 1, 4)],
         output: vec![ValueInfoProto { name: "y".into(), ..Default::default() }],
         ..Default::default()
     }
 }
 
-pub fn ops(g: &GraphProto) -> Vec<&str> {
-    g.node.iter().map(|n| n.op_type.as_str()).collect()
-}
-
-/// A runnable model: `graph` with `x` and `y` typed as `[n]` tensors of the given ONNX types.
-pub fn model(mut graph: GraphProto, n: i64, x_type: i32, y_type: i32) -> tract_onnx::pb::ModelProto {
+/// A value of ONNX element type `elem_type` and shape `[n]`.
+pub fn fixed(name: &str, elem_type: i32, n: i64) -> ValueInfoProto {
     use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
-    use tract_onnx::pb::{OperatorSetIdProto, TensorShapeProto, TypeProto, type_proto};
-    let typed = |name: &str, elem_type: i32| ValueInfoProto {
+    use tract_onnx::pb::{TensorShapeProto, TypeProto, type_proto};
+    ValueInfoProto {
         name: name.into(),
         r#type: Some(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
@@ -70,9 +66,18 @@ pub fn model(mut graph: GraphProto, n: i64, x_type: i32, y_type: i32) -> tract_o
             ..Default::default()
         }),
         ..Default::default()
-    };
-    graph.input = vec![typed("x", x_type)];
-    graph.output = vec![typed("y", y_type)];
+    }
+}
+
+pub fn ops(g: &GraphProto) -> Vec<&str> {
+    g.node.iter().map(|n| n.op_type.as_str()).collect()
+}
+
+/// A runnable model: `graph` with `x` and `y` typed as `[n]` tensors of the given ONNX types.
+pub fn model(mut graph: GraphProto, n: i64, x_type: i32, y_type: i32) -> tract_onnx::pb::ModelProto {
+    use tract_onnx::pb::OperatorSetIdProto;
+    graph.input = vec![fixed("x", x_type, n)];
+    graph.output = vec![fixed("y", y_type, n)];
     tract_onnx::pb::ModelProto {
         ir_version: 8,
         opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 13 }],
