@@ -49,7 +49,7 @@ impl Profile {
         }
         let runs = self.runs.max(1) as u32;
         let mut ops: Vec<(String, Duration)> = ops.into_iter().map(|(op, t)| (op, t / runs)).collect();
-        ops.sort_by(|a, b| b.1.cmp(&a.1));
+        ops.sort_by_key(|op| std::cmp::Reverse(op.1));
         ops
     }
 }
