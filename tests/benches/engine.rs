@@ -43,6 +43,7 @@ fn main() {
     println!("drover = Model::run_one, what `infer` calls per sample: input checks, copies in and out");
     println!("tract  = bare tract per call: tensors built from the same data, state.run, outputs copied out");
     println!("ratio  = drover median / tract median (goal <= 1.02); ORT = onnxruntime, 1 thread, models/bench_ort.py");
+    println!("         (below 1 for QDQ models: Drover's load-time QDQ rewrite, engine/qdq, which bare tract lacks)");
     println!();
     println!(
         "{:<14} {:>17} {:>17} {:>7} {:>17} {:>9} {:>9} {:>9} {:>9}",
