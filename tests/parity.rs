@@ -4,7 +4,7 @@
 //! (`cargo test --target … -p drover-tests --test parity`), which is how parity on the boards'
 //! instruction sets is shown.
 
-use drover_runtime::engine::LoadError;
+use drover_runtime::engine::{LoadError, LoadOptions};
 use drover_runtime::samples::{Sample, SampleFile};
 use drover_runtime::{Model, Tensor};
 use drover_tests::manifest::{self, ReferenceModel, resolve};
@@ -17,7 +17,11 @@ fn read_all(model: &Model, file: &str) -> Vec<Sample> {
 
 /// Runs `samples` in batches of `batch` and checks every output against onnxruntime's.
 fn check(reference: &ReferenceModel, samples: &[Sample], batch: usize) {
-    let mut model = Model::load(&reference.path()).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
+    check_with(reference, samples, batch, LoadOptions::default());
+}
+
+fn check_with(reference: &ReferenceModel, samples: &[Sample], batch: usize, options: LoadOptions) {
+    let mut model = Model::load_with(&reference.path(), options).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
     let mut outputs: Vec<Vec<Tensor>> = Vec::new();
     for chunk in samples.chunks(batch) {
         outputs.extend(model.run_samples(chunk).unwrap_or_else(|e| panic!("{}: {e}", reference.name)));
@@ -101,6 +105,26 @@ fn drover_quantized_models_match_onnxruntime_within_one_output_step() {
         let worst = check_output(&q.name, &expected, &got);
         eprintln!("{:<24} logits: max abs diff {worst:.3e} (one output step {:.3e})", q.name, q.output_step);
     }
+}
+
+/// The load-time QDQ rewrite (engine/qdq) fires on every QDQ model, and both with and without it
+/// the outputs stay within one output quantization step of onnxruntime's.
+#[test]
+fn qdq_models_are_rewritten_and_stay_within_one_step() {
+    let mut checked = 0;
+    for reference in runnable().into_iter().filter(|m| m.kind == "qdq") {
+        let model = Model::load(&reference.path()).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
+        let done = model.qdq_rewrites();
+        assert!(done.fake_quant_chains > 0, "{}: not rewritten: {done:?}", reference.name);
+        if reference.name.starts_with("cnn") {
+            assert_eq!(done.integer_ops, 3, "{}: MaxPool x2 and Flatten on int8: {done:?}", reference.name);
+        }
+        let samples = read_all(&model, &reference.reference.as_ref().expect("reference").input_jsonl);
+        check_with(&reference, &samples, 1, LoadOptions::default());
+        check_with(&reference, &samples, 1, LoadOptions { qdq_rewrite: false });
+        checked += 1;
+    }
+    assert!(checked >= 2, "cnn_int8_qdq and mlp_int8_qdq");
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use drover_runtime::Model;
+use drover_runtime::engine::LoadOptions;
 use drover_runtime::samples::{Sample, SampleFile};
 use drover_tests::manifest::{self, ReferenceModel, resolve};
 use tract_onnx::prelude::{Framework, InferenceModelExt, IntoRunnable, TValue, TVec};
@@ -19,6 +20,9 @@ const WARMUP: usize = 200;
 const ROUNDS: usize = 20;
 const PER_ROUND: usize = 100;
 const RSS_PROBE: &str = "DROVER_BENCH_RSS_PROBE";
+/// Set to print only the per-operator profiles (quick look while working on the engine).
+const PROFILE_ONLY: &str = "DROVER_BENCH_PROFILE_ONLY";
+const PROFILE_RUNS: usize = 2000;
 
 fn main() {
     if let Ok(model) = std::env::var(RSS_PROBE) {
@@ -26,6 +30,10 @@ fn main() {
         return;
     }
     let models: Vec<ReferenceModel> = manifest::load().models.into_iter().filter(|m| !m.refused).collect();
+    if std::env::var_os(PROFILE_ONLY).is_some() {
+        report_profiles(&models);
+        return;
+    }
     let ort = onnxruntime_figures();
     let empty_rss = probe_rss("");
     println!(
@@ -35,10 +43,19 @@ fn main() {
     println!("drover = Model::run_one, what `infer` calls per sample: input checks, copies in and out");
     println!("tract  = bare tract per call: tensors built from the same data, state.run, outputs copied out");
     println!("ratio  = drover median / tract median (goal <= 1.02); ORT = onnxruntime, 1 thread, models/bench_ort.py");
+    println!("         (below 1 for QDQ models: Drover's load-time QDQ rewrite, engine/qdq, which bare tract lacks)");
     println!();
     println!(
-        "{:<14} {:>17} {:>17} {:>7} {:>17} {:>9} {:>9} {:>9}",
-        "model", "drover med/p99 µs", "tract med/p99 µs", "ratio", "ORT med/p99 µs", "drover/ORT", "load ms", "RSS+ MB"
+        "{:<14} {:>17} {:>17} {:>7} {:>17} {:>9} {:>9} {:>9} {:>9}",
+        "model",
+        "drover med/p99 µs",
+        "tract med/p99 µs",
+        "ratio",
+        "ORT med/p99 µs",
+        "drover/ORT",
+        "load ms",
+        "RSS+ MB",
+        "size KB"
     );
     for m in &models {
         let (drover, tract) = time_both(m);
@@ -55,7 +72,7 @@ fn main() {
         let rss =
             probe_rss(&m.path().to_string_lossy()).zip(empty_rss).map(|(with, without)| with.saturating_sub(without));
         println!(
-            "{:<14} {:>17} {:>17} {:>7.3} {:>17} {:>9} {:>9.2} {:>9}",
+            "{:<14} {:>17} {:>17} {:>7.3} {:>17} {:>9} {:>9.2} {:>9} {:>9.1}",
             m.name,
             format!("{:.1} / {:.1}", drover.median, drover.p99),
             format!("{:.1} / {:.1}", tract.median, tract.p99),
@@ -63,9 +80,12 @@ fn main() {
             ort_cell,
             ort_ratio,
             load_ms,
-            rss.map_or("n/a".to_string(), |kb| format!("{:.1}", kb as f64 / 1024.0))
+            rss.map_or("n/a".to_string(), |kb| format!("{:.1}", kb as f64 / 1024.0)),
+            model_kb(m)
         );
     }
+    println!();
+    report_int8(&models, empty_rss);
     if let Some(o) = &ort {
         println!();
         println!(
@@ -80,6 +100,110 @@ fn main() {
     );
     println!();
     report_binary_sizes();
+    println!();
+    report_profiles(&models);
+}
+
+/// Per-operator profile of Drover's optimised plan for the CNN and MLP families: where each call
+/// spends its time (tract's `run_plan_with_eval` with a clock around every node).
+fn report_profiles(models: &[ReferenceModel]) {
+    println!("per-operator profile of Drover's plan, {PROFILE_RUNS} runs on sample 0 (µs per call, % of the call)");
+    let variants = models.iter().filter(|m| m.name.starts_with("cnn") || m.name.starts_with("mlp")).flat_map(|m| {
+        let before = (m.kind == "qdq").then_some((m, LoadOptions { qdq_rewrite: false }, " (no rewrite)"));
+        before.into_iter().chain(std::iter::once((m, LoadOptions::default(), "")))
+    });
+    for (m, options, label) in variants {
+        let mut model = Model::load_with(&m.path(), options).expect("drover loads");
+        let sample = first_sample(&model, m);
+        for _ in 0..WARMUP {
+            model.profile(&sample, 1).expect("profiles");
+        }
+        let profile = model.profile(&sample, PROFILE_RUNS).expect("profiles");
+        let per_run = micros(profile.per_run());
+        println!();
+        println!("{}{label} ({} nodes, {per_run:.1} µs per profiled call)", m.name, profile.nodes.len());
+        for (op, t) in profile.by_op() {
+            let us = micros(t);
+            println!("  {op:<40} {us:>8.1} {:>5.1} %", 100.0 * us / per_run);
+        }
+        println!("  nodes:");
+        for n in &profile.nodes {
+            let us = micros(n.total) / PROFILE_RUNS as f64;
+            println!("    {:<44} {:<32} {us:>8.2}", n.name, n.op);
+        }
+    }
+}
+
+fn model_kb(m: &ReferenceModel) -> f64 {
+    std::fs::metadata(m.path()).map_or(f64::NAN, |meta| meta.len() as f64 / 1024.0)
+}
+
+/// int8 against fp32 (issue 12's goal: int8 latency <= 0.6x fp32, same run): each family's fp32,
+/// QDQ and QOperator models, plus QDQ with Drover's load-time rewrite off, timed interleaved.
+fn report_int8(models: &[ReferenceModel], empty_rss: Option<u64>) {
+    println!("int8 vs fp32, Drover run_one, interleaved in {ROUNDS} rounds of {PER_ROUND} calls per variant");
+    println!("ratio = variant median / fp32 median of the same family in this run (goal for int8 <= 0.60)");
+    println!("{:<26} {:>17} {:>7} {:>9} {:>9}", "variant", "median/p99 µs", "ratio", "size KB", "RSS+ MB");
+    for family in ["cnn", "mlp"] {
+        let find = |name: String| models.iter().find(|m| m.name == name);
+        let (Some(fp32), Some(qdq), Some(qop)) =
+            (find(family.to_string()), find(format!("{family}_int8_qdq")), find(format!("{family}_int8_qop")))
+        else {
+            continue;
+        };
+        let off = LoadOptions { qdq_rewrite: false };
+        let variants: Vec<(String, &ReferenceModel, LoadOptions)> = vec![
+            (fp32.name.clone(), fp32, LoadOptions::default()),
+            (format!("{} (no rewrite)", qdq.name), qdq, off),
+            (qdq.name.clone(), qdq, LoadOptions::default()),
+            (qop.name.clone(), qop, LoadOptions::default()),
+        ];
+        let stats = time_interleaved(&variants);
+        let base = stats[0].median;
+        for ((label, m, options), st) in variants.iter().zip(&stats) {
+            let rss = if options.qdq_rewrite {
+                probe_rss(&m.path().to_string_lossy())
+                    .zip(empty_rss)
+                    .map_or("n/a".to_string(), |(w, wo)| format!("{:.1}", w.saturating_sub(wo) as f64 / 1024.0))
+            } else {
+                "-".to_string()
+            };
+            println!(
+                "{label:<26} {:>17} {:>7.2} {:>9.1} {:>9}",
+                format!("{:.1} / {:.1}", st.median, st.p99),
+                st.median / base,
+                model_kb(m),
+                rss
+            );
+        }
+    }
+}
+
+fn time_interleaved(variants: &[(String, &ReferenceModel, LoadOptions)]) -> Vec<Stats> {
+    let mut loaded: Vec<(Model, Sample, Vec<drover_runtime::Tensor>, Vec<f64>)> = variants
+        .iter()
+        .map(|(_, m, options)| {
+            let model = Model::load_with(&m.path(), *options).expect("drover loads");
+            let sample = first_sample(&model, m);
+            (model, sample, Vec::new(), Vec::with_capacity(ROUNDS * PER_ROUND))
+        })
+        .collect();
+    for (model, sample, outputs, _) in loaded.iter_mut() {
+        for _ in 0..WARMUP {
+            model.run_one(sample, outputs).expect("drover runs");
+        }
+    }
+    for _ in 0..ROUNDS {
+        for (model, sample, outputs, us) in loaded.iter_mut() {
+            for _ in 0..PER_ROUND {
+                let t = Instant::now();
+                model.run_one(sample, outputs).expect("drover runs");
+                black_box(&*outputs);
+                us.push(micros(t.elapsed()));
+            }
+        }
+    }
+    loaded.into_iter().map(|(_, _, _, us)| stats(us)).collect()
 }
 
 struct Stats {

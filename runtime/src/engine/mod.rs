@@ -8,12 +8,16 @@ mod error;
 mod guard;
 mod model;
 pub mod opcheck;
+mod profile;
 pub mod proto;
+pub mod qdq;
 mod signature;
 mod stage;
 
 pub use error::{LoadError, RunError};
-pub use model::Model;
+pub use model::{LoadOptions, Model};
+pub use profile::{NodeTime, Profile};
+pub use qdq::QdqRewrites;
 pub use signature::{BatchAxis, Signature, describe_shape};
 pub use stage::{LoadTimings, Stage};
 

@@ -12,7 +12,9 @@ use tract_onnx::prelude::{
 use super::error::{LoadError, RunError};
 use super::guard::contain;
 use super::opcheck::unsupported_ops;
-use super::proto::declared_io;
+use super::profile::{Profile, profile_state};
+use super::proto::{DeclaredValue, declared_io};
+use super::qdq::{self, QdqRewrites};
 use super::signature::{BatchAxis, Signature, describe_shape, fixed};
 use super::stage::{LoadTimings, Stage};
 use crate::tensor::Tensor;
@@ -29,6 +31,22 @@ pub struct Model {
     timings: LoadTimings,
     /// Per input: the full shape and the per-sample shape (`None` = any size), computed once.
     expected: Vec<(ExpectedShape, ExpectedShape)>,
+    /// What the QDQ rewrite changed (all zero for other models).
+    rewrites: QdqRewrites,
+}
+
+/// Choices for loading a model. The defaults are what the agent uses.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Rewrite QDQ-quantized graphs into forms tract runs fast ([`super::qdq`]). Off only to
+    /// measure or debug the rewrite itself.
+    pub qdq_rewrite: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { qdq_rewrite: true }
+    }
 }
 
 /// A shape to check against: `None` axes accept any size.
@@ -57,12 +75,17 @@ fn stage<T>(
 impl Model {
     /// Loads an ONNX file through every stage: read, operator check, parse, type, optimise, plan.
     pub fn load(path: &Path) -> Result<Model, LoadError> {
+        Self::load_with(path, LoadOptions::default())
+    }
+
+    /// [`Model::load`] with explicit [`LoadOptions`] (benches compare the rewrite on and off).
+    pub fn load_with(path: &Path, options: LoadOptions) -> Result<Model, LoadError> {
         let start = Instant::now();
         let bytes = std::fs::read(path).map_err(|error| LoadError::Read { path: path.to_path_buf(), error })?;
         let proto = decode(&bytes)?;
         let mut timings = LoadTimings::default();
         timings.record(Stage::Read, start.elapsed());
-        Self::from_proto(&proto, path.parent(), timings)
+        Self::from_proto(&proto, path.parent(), timings, options)
     }
 
     /// Loads a model from bytes already in memory (e.g. extracted from a bundle).
@@ -71,10 +94,21 @@ impl Model {
         let proto = decode(bytes)?;
         let mut timings = LoadTimings::default();
         timings.record(Stage::Read, start.elapsed());
-        Self::from_proto(&proto, None, timings)
+        Self::from_proto(&proto, None, timings, LoadOptions::default())
     }
 
-    fn from_proto(proto: &ModelProto, dir: Option<&Path>, mut timings: LoadTimings) -> Result<Model, LoadError> {
+    /// Loads an in-memory protobuf with explicit options (unit tests of load-time rewrites).
+    #[cfg(test)]
+    pub(crate) fn from_proto_for_test(proto: &ModelProto, options: LoadOptions) -> Result<Model, LoadError> {
+        Self::from_proto(proto, None, LoadTimings::default(), options)
+    }
+
+    fn from_proto(
+        proto: &ModelProto,
+        dir: Option<&Path>,
+        mut timings: LoadTimings,
+        options: LoadOptions,
+    ) -> Result<Model, LoadError> {
         let onnx = tract_onnx::onnx();
 
         let check_start = Instant::now();
@@ -103,19 +137,41 @@ impl Model {
         timings.record(Stage::Check, check_start.elapsed());
 
         let dir = dir.and_then(Path::to_str);
-        let inference = stage(&mut timings, Stage::Parse, || {
-            let parsed = onnx.parse(proto, dir)?;
-            if !parsed.unresolved_inputs.is_empty() {
-                return Err(tract_onnx::prelude::TractError::msg(format!(
-                    "values used but never produced: {:?}",
-                    parsed.unresolved_inputs
-                )));
+        let rewrite_start = Instant::now();
+        // Contained like tract's stages: a rewrite bug on a hostile file must not stop the agent.
+        let rewritten = options.qdq_rewrite.then(|| {
+            contain(|| {
+                let mut copy = proto.clone();
+                let done = qdq::rewrite(&mut copy);
+                done.any().then_some((copy, done))
+            })
+            .unwrap_or_else(|message| {
+                log::warn!("QDQ rewrite crashed (contained), loading the model as written: {message}");
+                None
+            })
+        });
+        let mut rewrites = QdqRewrites::default();
+        let compiled = match rewritten.flatten() {
+            Some((copy, done)) => {
+                timings.record(Stage::Rewrite, rewrite_start.elapsed());
+                let mut trial = timings.clone();
+                match compile(&copy, dir, &declared_outputs, &mut trial) {
+                    Ok(compiled) => {
+                        log::info!("QDQ graph rewritten for tract: {done:?}");
+                        rewrites = done;
+                        timings = trial;
+                        compiled
+                    }
+                    Err(e) => {
+                        // The rewrite is an optimisation: a model it cannot serve loads as written.
+                        log::warn!("QDQ rewrite not usable for this model ({e}); loading it as written");
+                        compile(proto, dir, &declared_outputs, &mut timings)?
+                    }
+                }
             }
-            Ok(parsed.model)
-        })?;
-        let typed = stage(&mut timings, Stage::Type, || inference.into_typed())?;
-        let outputs = output_specs(&typed, declared_outputs.iter().map(|d| d.name.as_str()))?;
-        let optimised = stage(&mut timings, Stage::Optimise, || typed.into_optimized())?;
+            None => compile(proto, dir, &declared_outputs, &mut timings)?,
+        };
+        let (optimised, outputs) = compiled;
         let (plan, state) = stage(&mut timings, Stage::Plan, || {
             let plan = optimised.into_runnable()?;
             let state = plan.spawn()?;
@@ -133,12 +189,17 @@ impl Model {
             signature.outputs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
             signature.batch
         );
-        Ok(Model { signature, plan, state, timings, expected })
+        Ok(Model { signature, plan, state, timings, expected, rewrites })
     }
 
     /// What the model takes and returns.
     pub fn signature(&self) -> &Signature {
         &self.signature
+    }
+
+    /// What the load-time QDQ rewrite changed in this model.
+    pub fn qdq_rewrites(&self) -> QdqRewrites {
+        self.rewrites
     }
 
     /// Time spent in each load stage.
@@ -226,6 +287,28 @@ impl Model {
         Ok(per_sample)
     }
 
+    /// Times every node of the optimised plan over `runs` calls on one sample (input tensors
+    /// without the batch axis, as [`Model::run_one`] takes them).
+    ///
+    /// A diagnostic for benches and `docs/int8.md`: per-node timing costs a clock read per node,
+    /// so the hot path never goes through here.
+    pub fn profile(&mut self, sample: &[Tensor], runs: usize) -> Result<Profile, RunError> {
+        let strip = self.signature.batch.strips_leading_axis();
+        self.check(sample.iter().map(|t| (t, strip)), sample.len())?;
+        let values: TVec<TValue> =
+            sample.iter().map(|t| if strip { t.to_tract_one() } else { t.to_tract() }.into()).collect();
+        let state = &mut self.state;
+        match contain(|| profile_state(state, &values, runs)) {
+            Ok(result) => result.map_err(RunError::Engine),
+            Err(message) => {
+                if let Ok(fresh) = self.plan.spawn() {
+                    self.state = fresh;
+                }
+                Err(RunError::Panicked(message))
+            }
+        }
+    }
+
     /// Evaluates the plan with panics contained; after a panic the state is rebuilt.
     fn eval(&mut self, values: TVec<TValue>) -> Result<TVec<TValue>, RunError> {
         match contain(|| self.state.run(values)) {
@@ -269,6 +352,31 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// Parses, types and optimises `proto`: the tract half of loading, run once more on the original
+/// model when a rewritten one fails.
+fn compile(
+    proto: &ModelProto,
+    dir: Option<&str>,
+    declared_outputs: &[DeclaredValue],
+    timings: &mut LoadTimings,
+) -> Result<(TypedModel, Vec<TensorSpec>), LoadError> {
+    let onnx = tract_onnx::onnx();
+    let inference = stage(timings, Stage::Parse, || {
+        let parsed = onnx.parse(proto, dir)?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(tract_onnx::prelude::TractError::msg(format!(
+                "values used but never produced: {:?}",
+                parsed.unresolved_inputs
+            )));
+        }
+        Ok(parsed.model)
+    })?;
+    let typed = stage(timings, Stage::Type, || inference.into_typed())?;
+    let outputs = output_specs(&typed, declared_outputs.iter().map(|d| d.name.as_str()))?;
+    let optimised = stage(timings, Stage::Optimise, || typed.into_optimized())?;
+    Ok((optimised, outputs))
 }
 
 /// Takes the only sample of a one-sample batch.

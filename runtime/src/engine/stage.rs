@@ -14,6 +14,8 @@ pub enum Stage {
     Read,
     /// Checking every operator against tract's registry.
     Check,
+    /// Drover's own graph rewrites on the protobuf (QDQ → forms tract runs fast).
+    Rewrite,
     /// Building tract's inference graph from the protobuf.
     Parse,
     /// Resolving every type and shape (tract's typed model).
@@ -29,6 +31,7 @@ impl fmt::Display for Stage {
         f.write_str(match self {
             Stage::Read => "read",
             Stage::Check => "operator check",
+            Stage::Rewrite => "rewrite",
             Stage::Parse => "parse",
             Stage::Type => "typing",
             Stage::Optimise => "optimisation",
