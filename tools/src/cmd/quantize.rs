@@ -157,6 +157,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing {}", path.display()))?;
     tmp.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
+    // A model is no secret: readable like any build output (the temporary file starts 0600).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let readable = std::fs::Permissions::from_mode(0o644);
+        tmp.as_file().set_permissions(readable).with_context(|| format!("writing {}", path.display()))?;
+    }
     tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
@@ -288,6 +295,12 @@ mod tests {
         let text = String::from_utf8(text).expect("utf-8");
         assert!(text.contains("smaller") && text.contains("top-1 agreement"), "{text}");
         assert!(out.exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&out).expect("written").permissions().mode();
+            assert_eq!(mode & 0o644, 0o644, "readable like any model file: {mode:o}");
+        }
     }
 
     #[test]
