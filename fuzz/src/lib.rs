@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use drover_runtime::engine::BatchAxis;
 use drover_runtime::{Model, Signature};
+use drover_wire::{DType, DimRef, TensorSpec};
 
 /// Wraps `body` as the shim would send it (CRC-32 trailer, COBS, delimiter), so that a target
 /// reaches the frame body's postcard decoding instead of failing the CRC on almost every input.
@@ -50,19 +52,26 @@ fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
-/// The committed models whose signatures the sample and OIP targets check inputs against:
-/// a symbolic batch axis (iris), several inputs of every element type (dtypes) and a fixed
-/// 4-D image input (cnn). Loaded once per process.
+/// The signatures the sample and OIP targets check inputs against: those of committed models
+/// (a symbolic batch axis: iris; several inputs of every element type: dtypes; a fixed 4-D
+/// image input: cnn), then two no committed model has: every axis symbolic (`[N, T, H, W]`,
+/// variable-size images or sequences) and no batch axis at all. Loaded once per process.
 pub fn signatures() -> &'static [Signature] {
     static SIGNATURES: OnceLock<Vec<Signature>> = OnceLock::new();
     SIGNATURES.get_or_init(|| {
-        ["iris_logreg.onnx", "dtypes.onnx", "cnn.onnx"]
+        let mut sigs: Vec<Signature> = ["iris_logreg.onnx", "dtypes.onnx", "cnn.onnx"]
             .iter()
             .map(|name| {
                 let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models").join(name);
                 Model::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).signature().clone()
             })
-            .collect()
+            .collect();
+        let free = [DimRef::Symbolic("N"), DimRef::Symbolic("T"), DimRef::Symbolic("H"), DimRef::Symbolic("W")];
+        let rows = TensorSpec::new("x", DType::F32, free).expect("fits");
+        sigs.push(Signature { inputs: vec![rows], outputs: vec![], batch: BatchAxis::Symbolic("N".into()) });
+        let whole = TensorSpec::new("x", DType::I64, [DimRef::Symbolic("T"), DimRef::Fixed(2)]).expect("fits");
+        sigs.push(Signature { inputs: vec![whole], outputs: vec![], batch: BatchAxis::None });
+        sigs
     })
 }
 
@@ -83,17 +92,25 @@ pub fn scratch_file(name: &str, bytes: &[u8]) -> PathBuf {
 /// Decodes `$payload` as `$t` with the MQTT payload codec; whatever decodes must survive
 /// encode → decode unchanged (compared by its postcard encoding, so a NaN compares equal to
 /// itself). A value that came as JSON must also survive a JSON round trip, unless it holds a
-/// float JSON cannot write (an f32 overflowing to infinity is written as `null`).
+/// float JSON cannot write (an f32 overflowing to infinity is written as `null`). With
+/// `postcard_only`, the JSON round trip is skipped: chunks are always sent as postcard, and
+/// their borrowed bytes are written as a JSON array no borrowing decoder can read back.
 #[macro_export]
 macro_rules! round_trip {
-    ($t:ty, $payload:expr) => {{
+    ($t:ty, $payload:expr) => {
+        $crate::round_trip!($t, $payload, true)
+    };
+    ($t:ty, $payload:expr, postcard_only) => {
+        $crate::round_trip!($t, $payload, false)
+    };
+    ($t:ty, $payload:expr, $json:expr) => {{
         use drover_runtime::link::codec::{PayloadFormat, decode, encode};
         let payload: &[u8] = $payload;
         if let Ok(value) = decode::<$t>(payload) {
             let bytes = encode(PayloadFormat::Postcard, &value);
             let back: $t = decode(&bytes).expect("postcard re-encoding decodes");
             assert_eq!(encode(PayloadFormat::Postcard, &back), bytes, "postcard decode(encode(x)) == x");
-            if payload.first() == Some(&b'{') {
+            if $json && payload.first() == Some(&b'{') {
                 let json = encode(PayloadFormat::Json, &value);
                 match decode::<$t>(&json) {
                     Ok(back) => {
