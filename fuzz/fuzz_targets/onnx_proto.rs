@@ -8,6 +8,7 @@
 
 use drover_runtime::engine::{opcheck, proto};
 use libfuzzer_sys::fuzz_target;
+use tract_onnx::prelude::Framework;
 
 fuzz_target!(|data: &[u8]| {
     let onnx = tract_onnx::onnx();
