@@ -53,6 +53,15 @@ pub enum TensorsError {
         /// Elements in data.
         found: usize,
     },
+    /// A batched input whose samples hold no elements (an axis of 0 besides the batch axis):
+    /// nothing in the request would then bound its number of rows.
+    #[error("input '{name}': shape {shape:?} gives samples of no elements")]
+    EmptySample {
+        /// Input.
+        name: String,
+        /// Sent shape.
+        shape: Vec<u64>,
+    },
     /// Inputs disagree on the batch size.
     #[error("inputs disagree on the batch size ({0} and {1})")]
     Batch(usize, usize),
@@ -111,6 +120,9 @@ pub fn samples(sig: &Signature, inputs: Vec<RequestInput>) -> Result<Vec<Vec<Ten
                 found: input.data.0.len(),
                 shape: input.shape,
             });
+        }
+        if batched && count == 0 {
+            return Err(TensorsError::EmptySample { name: input.name, shape: input.shape });
         }
         let RequestInput { name, shape, data, .. } = input;
         let data = data.into_data(spec.dtype).map_err(|error| TensorsError::Element { name: name.clone(), error })?;
@@ -250,6 +262,25 @@ mod tests {
         let binary = input(serde_json::json!({"name": name, "shape": [1, 4], "datatype": "FP32", "data": [],
             "parameters": {"binary_data_size": 16}}));
         assert_eq!(samples(sig, vec![binary]).unwrap_err(), TensorsError::Binary);
+    }
+
+    #[test]
+    fn a_batch_of_empty_samples_is_refused_before_its_rows_are_made() {
+        // Found with the oip_request fuzz target (docs/fuzzing.md): with a free second axis, shape [10^12, 0] and no data
+        // passed every check and made 10^12 empty samples.
+        let spec = drover_wire::TensorSpec::new(
+            "x",
+            drover_wire::DType::F32,
+            [drover_wire::DimRef::Symbolic("N"), drover_wire::DimRef::Symbolic("T")],
+        )
+        .expect("fits");
+        let sig = Signature { inputs: vec![spec], outputs: vec![], batch: BatchAxis::Symbolic("N".into()) };
+        let body = br#"{"inputs":[{"name":"x","shape":[1000000000000,0],"datatype":"FP32","data":[]}]}"#;
+        let request: super::oip::InferenceRequest = serde_json::from_slice(body).expect("parses");
+        let e = samples(&sig, request.inputs).unwrap_err();
+        assert_eq!(e, TensorsError::EmptySample { name: "x".into(), shape: vec![1_000_000_000_000, 0] });
+        let ok = input(serde_json::json!({"name": "x", "shape": [2, 1], "datatype": "FP32", "data": [1, 2]}));
+        assert_eq!(samples(&sig, vec![ok]).expect("fits").len(), 2);
     }
 
     #[test]

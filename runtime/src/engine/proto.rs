@@ -90,13 +90,16 @@ pub fn quant_style(model: &ModelProto) -> QuantStyle {
 
 /// Bytes of parameters: initializers plus tensors held by `Constant` nodes.
 pub fn parameter_bytes(model: &ModelProto) -> u64 {
+    // Saturating: the sizes are declared by the file, and a hostile one may declare tensors
+    // whose sum overflows (a panic in debug builds, a wrong figure in release).
     let mut total = 0u64;
     if let Some(g) = &model.graph {
-        total += g.initializer.iter().map(tensor_bytes).sum::<u64>();
+        total = g.initializer.iter().map(tensor_bytes).fold(total, u64::saturating_add);
     }
     for node in all_nodes(model) {
         if node.op_type == "Constant" {
-            total += node.attribute.iter().filter_map(|a| a.t.as_ref()).map(tensor_bytes).sum::<u64>();
+            total =
+                node.attribute.iter().filter_map(|a| a.t.as_ref()).map(tensor_bytes).fold(total, u64::saturating_add);
         }
     }
     total
@@ -191,4 +194,27 @@ pub fn declared_io(model: &ModelProto) -> Result<(Vec<DeclaredValue>, Vec<Declar
     let inputs = graph.input.iter().filter(|v| !init.contains(v.name.as_str())).map(declared).collect();
     let outputs = graph.output.iter().map(declared).collect();
     Ok((inputs, outputs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::prelude::Framework;
+
+    #[test]
+    fn declared_parameter_sizes_that_overflow_saturate() {
+        // Found writing the onnx_proto fuzz target (docs/fuzzing.md): a graph with two float initializers of 2^62 elements
+        // each, 40 bytes of protobuf.
+        let tensor = [0x08, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40, 0x10, 0x01];
+        let mut graph = Vec::new();
+        for _ in 0..2 {
+            graph.extend([0x2A, tensor.len() as u8]);
+            graph.extend(tensor);
+        }
+        let mut bytes = vec![0x3A, graph.len() as u8];
+        bytes.extend(&graph);
+        let model = tract_onnx::onnx().proto_model_for_read(&mut &bytes[..]).expect("decodes");
+        assert_eq!(model.graph.as_ref().map(|g| g.initializer.len()), Some(2));
+        assert_eq!(parameter_bytes(&model), u64::MAX);
+    }
 }

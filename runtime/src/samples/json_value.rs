@@ -60,7 +60,10 @@ pub fn tensor_from_json(value: &Value, dtype: DType, expected: &[Option<usize>])
         collect(value, &shape, &mut Vec::new(), &mut leaves)?;
         return Err(ValueError::Shape { expected: crate::engine::describe_shape(expected), found: shape });
     }
-    let mut leaves = Vec::with_capacity(shape.iter().product());
+    // No capacity from `shape`: it follows only the first element at each depth, so a short
+    // ragged line could declare a product of gigabytes (or overflow); `collect` checks every
+    // sub-array before the leaves can outgrow the line itself.
+    let mut leaves = Vec::new();
     collect(value, &shape, &mut Vec::new(), &mut leaves)?;
     let data = match dtype {
         DType::F32 => TensorData::F32(convert(&leaves, &shape, dtype, to_f32)?),
@@ -170,6 +173,27 @@ fn to_int<T: TryFrom<i64> + TryFrom<u64>>(n: &Number) -> Option<T> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A ragged nested array whose first element at each of `depth` levels is `k` long and
+    /// whose other elements are numbers: it implies the shape `[k; depth]` in about
+    /// `2 * k * depth` bytes.
+    fn first_chain(k: usize, depth: usize) -> Value {
+        let mut text = format!("[{}]", vec!["0"; k].join(","));
+        for _ in 1..depth {
+            text = format!("[{text}{}]", ",0".repeat(k - 1));
+        }
+        serde_json::from_str(&text).expect("valid JSON")
+    }
+
+    #[test]
+    fn a_ragged_line_implying_a_huge_shape_is_an_error_not_an_allocation() {
+        // Found with the samples_jsonl fuzz target (docs/fuzzing.md): [1000, 1000, 1000] is 4 G leaves declared in 6 kB,
+        // which the reader used to reserve before checking the sub-arrays.
+        let err = tensor_from_json(&first_chain(1000, 3), DType::F32, &[None; 3]).expect_err("ragged");
+        assert!(matches!(err, ValueError::NotANumber { .. }), "{err}");
+        // Seven free axes: the implied shape's product overflows usize.
+        assert!(tensor_from_json(&first_chain(1000, 7), DType::F32, &[None; 7]).is_err());
+    }
 
     #[test]
     fn nested_array_becomes_a_row_major_tensor() {
