@@ -20,7 +20,21 @@ pub struct Observer {
 impl Observer {
     /// Connects to `port` on 127.0.0.1 and subscribes to `filter`.
     pub fn connect(port: u16, filter: &str) -> Observer {
-        let mut o = MqttOptions::new(format!("observer-{}", crate::broker::free_port()), "127.0.0.1", port);
+        Observer::connect_with(
+            MqttOptions::new(format!("observer-{}", crate::broker::free_port()), "127.0.0.1", port),
+            filter,
+        )
+    }
+
+    /// Connects as `user` with `password` (a broker with access rules).
+    pub fn connect_as(port: u16, filter: &str, user: &str, password: &str) -> Observer {
+        let mut o = MqttOptions::new(format!("{user}-{}", crate::broker::free_port()), "127.0.0.1", port);
+        o.set_credentials(user, password);
+        Observer::connect_with(o, filter)
+    }
+
+    /// Connects with `o` and subscribes to `filter`.
+    pub fn connect_with(mut o: MqttOptions, filter: &str) -> Observer {
         o.set_max_packet_size(1 << 20, 1 << 20);
         o.set_keep_alive(Duration::from_secs(5));
         let (client, mut connection) = Client::new(o, 64);

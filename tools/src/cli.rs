@@ -76,6 +76,9 @@ pub enum Verb {
     Ca(cmd::ca::CaCommand),
     /// One device's configuration, credentials and trust root, to a directory.
     Provision(cmd::provision::ProvisionArgs),
+    /// The broker's access rules for a fleet (Mosquitto `acl_file`, `password_file`): each
+    /// device publishes only as itself and reads only its own and its groups' topics.
+    Acl(cmd::acl::AclArgs),
     /// Install the package and a device's provisioning on boards over SSH, start the agent and
     /// wait until it is online (exit 1 if any board is not).
     Flash(cmd::flash::FlashArgs),
@@ -113,6 +116,7 @@ pub fn run(cli: Cli, now_ms: u64) -> anyhow::Result<ExitCode> {
         Verb::Package(args) => cmd::package::run(&args).map(|_| true)?,
         Verb::Ca(c) => cmd::ca::run(&c, now).map(|_| true)?,
         Verb::Provision(args) => cmd::provision::run(&args, now).map(|_| true)?,
+        Verb::Acl(args) => cmd::acl::run(&args).map(|_| true)?,
         Verb::Flash(args) => cmd::flash::run(&args)?,
         Verb::Feedback(args) => {
             let n = cmd::feedback::run(&args)?;

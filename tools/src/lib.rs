@@ -1,6 +1,7 @@
 //! The operator side of Drover as a library: what the `drover` CLI does, callable from tests,
 //! the demo and the fleet server.
 
+pub mod acl;
 pub mod board;
 pub mod broker;
 pub mod bundle_build;

@@ -79,7 +79,9 @@ pub enum DeviceLeaf {
 }
 
 impl DeviceLeaf {
-    const ALL: [DeviceLeaf; 9] = [
+    /// Every leaf, so tools that reason over the whole tree (the broker's access rules) see a
+    /// new one.
+    pub const ALL: [DeviceLeaf; 9] = [
         DeviceLeaf::Status,
         DeviceLeaf::Progress,
         DeviceLeaf::Want,
@@ -105,6 +107,20 @@ impl DeviceLeaf {
             DeviceLeaf::Feedback => "feedback",
         }
     }
+
+    /// Whether the device publishes this topic (its reports) rather than receives it (what is
+    /// sent to it): the broker's access rules let a device write exactly these of its own.
+    pub const fn from_device(self) -> bool {
+        match self {
+            DeviceLeaf::Status
+            | DeviceLeaf::Progress
+            | DeviceLeaf::Want
+            | DeviceLeaf::Telemetry
+            | DeviceLeaf::Events
+            | DeviceLeaf::Drift => true,
+            DeviceLeaf::Cmd | DeviceLeaf::Bundle | DeviceLeaf::Feedback => false,
+        }
+    }
 }
 
 /// What a group (or fleet-wide) topic carries.
@@ -117,6 +133,9 @@ pub enum GroupLeaf {
 }
 
 impl GroupLeaf {
+    /// Every leaf.
+    pub const ALL: [GroupLeaf; 2] = [GroupLeaf::Bundle, GroupLeaf::Cmd];
+
     /// The topic level.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -199,6 +218,17 @@ pub fn every_device(leaf: DeviceLeaf) -> Topic {
     build(&["dev", "+", leaf.as_str()])
 }
 
+/// `drover/v1/grp/+/{leaf}`: one leaf of every group, for the broker's operator rules.
+pub fn every_group(leaf: GroupLeaf) -> Topic {
+    build(&["grp", "+", leaf.as_str()])
+}
+
+/// `drover/v1/xfer/+/chunk`: the chunks of every transfer (a device reads those of whatever
+/// transfer it runs, which the broker's rules cannot know in advance).
+pub fn every_chunk() -> Topic {
+    build(&["xfer", "+", "chunk"])
+}
+
 /// Parses a Drover topic; `None` for anything else (another application, a malformed level).
 pub fn parse(topic: &str) -> Option<Parsed> {
     let rest = topic.strip_prefix(ROOT)?.strip_prefix('/')?;
@@ -270,6 +300,8 @@ mod tests {
         assert_eq!(chunks(&d).as_str(), "drover/v1/xfer/abababababababab/chunk");
         assert_eq!(parse(&chunks(&d)), Some(Parsed::Chunk(String::try_from("abababababababab").unwrap())));
         assert_eq!(device(&pi, DeviceLeaf::Status).as_str(), "drover/v1/dev/pi-1/status");
+        assert_eq!(every_group(GroupLeaf::Cmd).as_str(), "drover/v1/grp/+/cmd");
+        assert_eq!(every_chunk().as_str(), "drover/v1/xfer/+/chunk");
     }
 
     #[test]

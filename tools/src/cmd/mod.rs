@@ -1,6 +1,7 @@
 //! One module per `drover` verb: its arguments and what it does.
 
 pub mod ab;
+pub mod acl;
 pub mod alerts;
 pub mod broker;
 pub mod broker_args;
