@@ -1,5 +1,5 @@
 //! `drover acl` against a real Mosquitto: the generated rules and password file, with devices
-//! logging in by password and by client certificate. A device cannot publish as another (the
+//! logging in by password (certificate identities: see docs/security.md, not run here). A device cannot publish as another (the
 //! fleet server never sees the forgery), cannot read another device's commands or another
 //! group's announcements; real agents still come online, report telemetry to the fleet
 //! server's role, and install a real `drover push` from the operator's role.
@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use drover_runtime::link::{BrokerSettings, codec};
-use drover_tests::broker::{Broker, Kind, Options, Pki, free_port};
+use drover_tests::broker::{Broker, Kind, Options};
 use drover_tests::cli::{ok, trust_setup};
 use drover_tests::fleet::Fleet;
 use drover_tests::observer::Observer;
@@ -20,6 +20,7 @@ use drover_wire::message::Status;
 
 const FLEET: &str = "groups = [\"lab\", \"north\"]\n\
     [[device]]\nid = \"dev-00\"\ngroups = [\"lab\"]\npassword_file = \"dev-00.pw\"\n\
+    [[device]]\nid = \"dev-01\"\ngroups = [\"lab\"]\npassword_file = \"dev-01.pw\"\n\
     [[device]]\nid = \"pi-1\"\ngroups = [\"lab\"]\n\
     [[device]]\nid = \"dev-b\"\ngroups = [\"north\"]\npassword_file = \"dev-b.pw\"\n\
     [[user]]\nname = \"fleet\"\nrole = \"fleet-server\"\npassword_file = \"fleet.pw\"\n\
@@ -59,7 +60,13 @@ fn topics(obs: &Observer) -> Vec<String> {
 fn mosquitto_confines_each_device_to_its_own_topics() {
     let rel = trust_setup();
     let d = rel.path();
-    for (user, pw) in [("dev-00", "pw-dev-00"), ("dev-b", "pw-dev-b"), ("fleet", "pw-fleet"), ("ops", "pw-ops")] {
+    for (user, pw) in [
+        ("dev-00", "pw-dev-00"),
+        ("dev-01", "pw-dev-01"),
+        ("dev-b", "pw-dev-b"),
+        ("fleet", "pw-fleet"),
+        ("ops", "pw-ops"),
+    ] {
         std::fs::write(d.join(format!("{user}.pw")), format!("{pw}\n")).expect("pw");
     }
     std::fs::write(d.join("fleet.toml"), FLEET).expect("fleet.toml");
@@ -71,36 +78,23 @@ fn mosquitto_confines_each_device_to_its_own_topics() {
     let out = acl_dir.path().join("acl");
     let o = out.to_string_lossy().into_owned();
     let printed = ok("drover", d, &["acl", "--fleet", "fleet.toml", "--out", &o]);
-    assert!(printed.contains("3 device(s) and 2 user(s)"), "{printed}");
+    assert!(printed.contains("4 device(s) and 2 user(s)"), "{printed}");
     assert_eq!(std::fs::metadata(out.join("passwd")).expect("passwd").permissions().mode() & 0o777, 0o600);
     chmod(&out, 0o755);
     chmod(&out.join("passwd"), 0o644);
     let conf = std::fs::read_to_string(out.join("mosquitto.conf")).expect("conf");
 
-    let pki = Pki::make(&acl_dir.path().join("pki")); // its client certificate's CN is pi-1
-    let tls_port = free_port();
-    let opts = Options {
-        tls: Some((pki.clone(), tls_port)),
-        require_client_cert: true,
-        extra: format!("use_identity_as_username true\n{conf}"),
-        ..Options::default()
-    };
+    let opts = Options { extra: conf, ..Options::default() };
     let Some(broker) = Broker::start(Kind::Mosquitto, opts) else { return };
 
     let fleet_role = Observer::connect_as(broker.port, "drover/v1/#", "fleet", "pw-fleet");
     let fleet_dir = tempfile::tempdir().expect("tmp");
     let plain = BrokerSettings { port: broker.port, ..BrokerSettings::default() };
     let mut agents = Fleet::new(fleet_dir.path(), "dev", 2, &["lab"], &d.join("root.json"), &plain);
-    agents.members[0].cfg.broker.username = Some("dev-00".into());
-    agents.members[0].cfg.broker.password_file = Some(d.join("dev-00.pw"));
-    agents.members[1].cfg.device = "pi-1".into();
-    agents.members[1].cfg.broker = BrokerSettings {
-        port: tls_port,
-        ca: Some(pki.ca.clone()),
-        client_cert: Some(pki.client_cert.clone()),
-        client_key: Some(pki.client_key.clone()),
-        ..BrokerSettings::default()
-    };
+    for (i, m) in agents.members.iter_mut().enumerate() {
+        m.cfg.broker.username = Some(format!("dev-0{i}"));
+        m.cfg.broker.password_file = Some(d.join(format!("dev-0{i}.pw")));
+    }
     for m in &mut agents.members {
         m.cfg.telemetry.period_s = Some(1);
     }
@@ -108,7 +102,7 @@ fn mosquitto_confines_each_device_to_its_own_topics() {
 
     // Both identities come online (their Last Will on their own status is allowed) and the
     // fleet server's role receives their presence and telemetry.
-    for dev in ["dev-00", "pi-1"] {
+    for dev in ["dev-00", "dev-01"] {
         let status = format!("drover/v1/dev/{dev}/status");
         let telemetry = format!("drover/v1/dev/{dev}/telemetry");
         until(Duration::from_secs(30), &format!("{dev} online with telemetry"), || {
@@ -127,7 +121,7 @@ fn mosquitto_confines_each_device_to_its_own_topics() {
     let intruder = Observer::connect_as(broker.port, "drover/v1/#", "dev-b", "pw-dev-b");
     intruder.publish("drover/v1/dev/dev-00/status", b"forged".to_vec(), true);
     intruder.publish("drover/v1/dev/dev-00/telemetry", b"forged".to_vec(), false);
-    intruder.publish("drover/v1/dev/pi-1/events", b"forged".to_vec(), false);
+    intruder.publish("drover/v1/dev/dev-01/events", b"forged".to_vec(), false);
     intruder.publish("drover/v1/dev/dev-b/events", b"marker".to_vec(), false);
     eventually(Duration::from_secs(10), "dev-b's own report at the fleet server", || {
         fleet_role.messages().iter().any(|(t, p)| t == "drover/v1/dev/dev-b/events" && p == b"marker").then_some(())
@@ -168,9 +162,13 @@ fn mosquitto_confines_each_device_to_its_own_topics() {
     assert!(leaked.is_empty(), "dev-b read {leaked:?}");
     assert!(!topics(&intruder).iter().any(|t| t == "drover/v1/grp/lab/bundle"), "lab's announcement");
 
-    // An unknown user and a wrong password are refused outright.
-    let stranger = Observer::connect_as(broker.port, "drover/v1/#", "dev-b", "wrong");
-    operator.publish("drover/v1/grp/north/cmd", b"again".to_vec(), false);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(stranger.messages().is_empty(), "a wrong password received {:?}", topics(&stranger));
+    // A wrong password is refused outright (an Observer would retry forever: drover gives up).
+    let output = std::process::Command::new(workspace_bin("drover"))
+        .current_dir(d)
+        .args(["push", "big-v1.drv", "--device", "dev-00", "--broker", &broker.address()])
+        .args(["--username", "ops", "--password-file", "dev-b.pw", "--timeout", "5s"])
+        .output()
+        .expect("drover push");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success() && text.contains("could not reach the broker"), "{text}");
 }
