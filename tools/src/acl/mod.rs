@@ -72,9 +72,12 @@ pub fn conf_text(dir: &Path, passwords: bool, certificates: bool) -> String {
         t += &format!("password_file {}\n", dir.join(PASSWD_FILE).display());
     }
     if certificates {
-        t += "# Identities by client certificate: on the TLS listener, the certificate's CN is the user name.\n\
-              # listener 8883\n# cafile /etc/mosquitto/ca/fleet-ca.pem\n# certfile …  keyfile …\n\
-              # require_certificate true\n# use_identity_as_username true\n";
+        t += "# Identities by client certificate (CN = user name) need `use_identity_as_username true`,\n\
+              # which with `per_listener_settings false` applies to EVERY listener and locks out passwords.\n\
+              # With both kinds: `per_listener_settings true`, and under each listener its own lines:\n\
+              #   plain/password listener: allow_anonymous false, acl_file and password_file as above\n\
+              #   TLS listener: cafile (the fleet CA), certfile, keyfile, require_certificate true,\n\
+              #                 use_identity_as_username true, allow_anonymous false, acl_file as above\n";
     }
     t
 }
