@@ -433,6 +433,14 @@ fn agent_binary_runs_as_a_service() {
     assert!(term.success());
     let exit = agent.wait().expect("agent exit");
     assert!(exit.success(), "SIGTERM is a clean stop: {exit:?}");
+    // The agent published it before exiting; the broker may still be routing it to us.
+    let offline = |m: &Option<(String, Vec<u8>)>| {
+        m.as_ref().is_some_and(|(_, p)| codec::decode::<Status>(p).is_ok_and(|s| !s.online))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !offline(&obs.messages().last().cloned()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let last = obs.messages().last().cloned().expect("a status");
     let s: Status = codec::decode(&last.1).expect("status");
     assert!(!s.online, "the last word is offline");
