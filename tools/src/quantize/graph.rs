@@ -63,6 +63,12 @@ pub fn float_tensor(t: &TensorProto) -> Option<FloatTensor> {
     (data.len() == count).then_some(FloatTensor { dims, data })
 }
 
+/// A graph input or output known by name only, as the tests' small graphs declare them.
+#[cfg(test)]
+pub fn value(name: &str) -> tract_onnx::pb::ValueInfoProto {
+    tract_onnx::pb::ValueInfoProto { name: name.into(), ..Default::default() }
+}
+
 /// A float32 tensor stored as raw little-endian bytes (as onnx.numpy_helper writes it).
 pub fn f32_tensor(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
     raw_tensor(name, dtype::FLOAT, dims, data.iter().flat_map(|v| v.to_le_bytes()).collect())

@@ -265,12 +265,7 @@ fn compute(index: &Index<'_>, i: usize, node: &NodeProto, format: Format) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quantize::graph::{f32_tensor, node};
-    use tract_onnx::pb::ValueInfoProto;
-
-    fn value(name: &str) -> ValueInfoProto {
-        ValueInfoProto { name: name.into(), ..ValueInfoProto::default() }
-    }
+    use crate::quantize::graph::{f32_tensor, node, value};
 
     /// x → Gemm(transB) → Relu → Softmax → y
     fn gemm_graph() -> GraphProto {

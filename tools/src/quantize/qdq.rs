@@ -145,14 +145,9 @@ fn pair(
 mod tests {
     use super::*;
     use crate::quantize::Format;
-    use crate::quantize::graph::{f32_tensor, int_attr};
+    use crate::quantize::graph::{f32_tensor, int_attr, value};
     use crate::quantize::plan::plan;
     use crate::quantize::scale::activation;
-    use tract_onnx::pb::ValueInfoProto;
-
-    fn value(name: &str) -> ValueInfoProto {
-        ValueInfoProto { name: name.into(), ..ValueInfoProto::default() }
-    }
 
     #[test]
     fn a_gemm_relu_becomes_dq_weights_and_one_pair_per_activation() {

@@ -139,14 +139,9 @@ pub fn emit(
 mod tests {
     use super::*;
     use crate::quantize::Format;
-    use crate::quantize::graph::f32_tensor;
+    use crate::quantize::graph::{f32_tensor, value};
     use crate::quantize::plan::plan;
     use crate::quantize::scale::activation;
-    use tract_onnx::pb::ValueInfoProto;
-
-    fn value(name: &str) -> ValueInfoProto {
-        ValueInfoProto { name: name.into(), ..ValueInfoProto::default() }
-    }
 
     #[test]
     fn conv_relu_pool_flatten_matmul_add_stays_int8_up_to_the_bias_add() {
