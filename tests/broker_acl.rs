@@ -56,6 +56,26 @@ fn topics(obs: &Observer) -> Vec<String> {
     obs.messages().into_iter().map(|(t, _)| t).collect()
 }
 
+/// `drover push` of `big-v1.drv` to `target` (`--group lab`, `--device dev-00`) as `user`:
+/// whether it succeeded, and its stdout and stderr.
+fn push_as(
+    d: &Path,
+    broker: &Broker,
+    target: [&str; 2],
+    user: &str,
+    password_file: &str,
+    timeout: &str,
+) -> (bool, String) {
+    let output = std::process::Command::new(workspace_bin("drover"))
+        .current_dir(d)
+        .args(["push", "big-v1.drv", target[0], target[1], "--broker", &broker.address()])
+        .args(["--username", user, "--password-file", password_file, "--timeout", timeout])
+        .output()
+        .expect("drover push");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
 #[test]
 fn mosquitto_confines_each_device_to_its_own_topics() {
     let rel = trust_setup();
@@ -131,14 +151,8 @@ fn mosquitto_confines_each_device_to_its_own_topics() {
     assert!(forged.is_empty(), "the fleet server received forgeries on {forged:?}");
 
     // The operator pushes to lab: both devices install it.
-    let output = std::process::Command::new(workspace_bin("drover"))
-        .current_dir(d)
-        .args(["push", "big-v1.drv", "--group", "lab", "--broker", &broker.address()])
-        .args(["--username", "ops", "--password-file", "ops.pw", "--timeout", "90s"])
-        .output()
-        .expect("drover push");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "drover push failed:\n{text}\n{}", broker.log());
+    let (success, text) = push_as(d, &broker, ["--group", "lab"], "ops", "ops.pw", "90s");
+    assert!(success, "drover push failed:\n{text}\n{}", broker.log());
     assert!(text.contains("2/2 device(s) succeeded"), "{text}");
     for i in 0..2 {
         assert_eq!(agents.serving(i), Some(("big".into(), 1)));
@@ -163,12 +177,25 @@ fn mosquitto_confines_each_device_to_its_own_topics() {
     assert!(!topics(&intruder).iter().any(|t| t == "drover/v1/grp/lab/bundle"), "lab's announcement");
 
     // A wrong password is refused outright (an Observer would retry forever: drover gives up).
-    let output = std::process::Command::new(workspace_bin("drover"))
-        .current_dir(d)
-        .args(["push", "big-v1.drv", "--device", "dev-00", "--broker", &broker.address()])
-        .args(["--username", "ops", "--password-file", "dev-b.pw", "--timeout", "5s"])
-        .output()
-        .expect("drover push");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(!output.status.success() && text.contains("could not reach the broker"), "{text}");
+    let (success, text) = push_as(d, &broker, ["--device", "dev-00"], "ops", "dev-b.pw", "5s");
+    assert!(!success && text.contains("could not reach the broker"), "{text}");
+
+    // dev-b leaves the fleet (stolen): removed from the fleet file, `drover acl` again, Mosquitto
+    // reloaded. Its password no longer logs in; dev-00 still does.
+    let without_b =
+        FLEET.replace("[[device]]\nid = \"dev-b\"\ngroups = [\"north\"]\npassword_file = \"dev-b.pw\"\n", "");
+    assert_ne!(without_b, FLEET);
+    std::fs::write(d.join("fleet.toml"), without_b).expect("fleet.toml");
+    let printed = ok("drover", d, &["acl", "--fleet", "fleet.toml", "--out", &o, "--force"]);
+    assert!(printed.contains("3 device(s) and 2 user(s)"), "{printed}");
+    chmod(&out.join("passwd"), 0o644);
+    broker.reload();
+    let login =
+        |user: &str, password_file: &str| push_as(d, &broker, ["--device", "dev-00"], user, password_file, "5s").1;
+    until(Duration::from_secs(10), "dev-b refused after the reload", || {
+        let text = login("dev-b", "dev-b.pw");
+        if text.contains("could not reach the broker") { Ok(()) } else { Err(text) }
+    });
+    let text = login("ops", "ops.pw");
+    assert!(!text.contains("could not reach the broker"), "the operator still logs in: {text}");
 }

@@ -115,3 +115,66 @@ fn kept_files_go_only_into_an_empty_directory() {
     assert!(out.contains("not empty"), "{out}");
     assert_eq!(std::fs::read_to_string(dir.path().join("precious.txt")).expect("untouched"), "mine");
 }
+
+/// `drover soak`, short: the real agent binary under load, three releases pushed while it
+/// serves, every reading taken, no request failed, and a clean stop. (The hour-long run is not
+/// part of the tests: its figures are in docs/security.md.)
+#[test]
+fn a_short_soak_takes_its_readings_through_updates_and_stops_the_agent_cleanly() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let keep = tmp.path().join("kept");
+    let agent = workspace_bin("drover-agent");
+    let out = drover_tests::cli::ok(
+        "drover",
+        tmp.path(),
+        &[
+            "soak",
+            "--agent",
+            &agent.to_string_lossy(),
+            "--duration",
+            "24s",
+            "--update-every",
+            "6s",
+            "--sample-every",
+            "2s",
+            "--rate",
+            "25",
+            "--telemetry-s",
+            "2",
+            "--keep",
+            &keep.to_string_lossy(),
+        ],
+    );
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() == 10 && f[0].parse::<f64>().is_ok())
+        .collect();
+    assert!(rows.len() >= 10, "a reading every 2 s for 24 s:\n{out}");
+    let versions: Vec<&str> = rows.iter().map(|r| r[8]).collect();
+    assert_eq!(versions.first(), Some(&"v1"), "{out}");
+    assert!(versions.contains(&"v3"), "releases pushed during the soak are installed:\n{out}");
+    assert!(rows.iter().any(|r| r[9] == "yes") && rows.iter().any(|r| r[9] == "no"), "inputs drift and return:\n{out}");
+    for r in &rows {
+        let rss: u64 = r[1].parse().expect("rss");
+        let fds: u64 = r[3].parse().expect("fds");
+        assert!(rss > 1024 && fds >= 3, "the agent process is measured: {r:?}");
+    }
+    let last = rows.last().expect("rows");
+    let answered: u64 = last[6].parse().expect("answered");
+    assert!(answered >= 200, "about 25 requests a second answered:\n{out}");
+    assert_eq!(last[7], "0", "no request failed, updates included:\n{out}");
+    assert!(out.contains("updates: ") && out.contains("RSS: ") && out.contains("file descriptors: "), "{out}");
+    // The kept files: the agent's log and its data dir, serving the last release.
+    assert!(keep.join("agent.log").is_file());
+    let status = drover_tests::cli::ok(
+        "drover-agent",
+        tmp.path(),
+        &["status", "--data-dir", &keep.join("soak-00").to_string_lossy(), "--json"],
+    );
+    let status: Value = serde_json::from_str(&status).expect("status JSON");
+    assert!(status.to_string().contains(&format!("\"version\":{}", &last[8][1..])), "{status}");
+
+    let out = fails("drover", tmp.path(), &["soak", "--agent", "/nonexistent/drover-agent", "--duration", "1s"]);
+    assert!(out.contains("no agent binary at /nonexistent/drover-agent"), "{out}");
+}

@@ -324,3 +324,87 @@ fn twenty_agents_one_truth_in_the_terminal_the_browser_and_prometheus() {
         }
     }
 }
+
+/// What a raw HTTP/1.1 request to `url` (`http://HOST:PORT`) gets: the status and the body.
+fn raw(url: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use std::io::Read;
+    let addr = url.trim_start_matches("http://");
+    let mut s = match std::net::TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => return (0, e.to_string()),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: 0\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("send");
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    let status = reply.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, reply.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// The HTTP side against what a hostile web page could make a browser on the operator's machine
+/// send: a cross-site POST that would abort a rollout, and a page re-pointed at 127.0.0.1 (DNS
+/// rebinding) reading the API; command-line clients still work. With a token, nothing answers
+/// without it; without one, the server refuses to listen beyond loopback.
+#[test]
+fn other_sites_pages_are_refused_and_a_token_guards_everything() {
+    let Some(broker) = Broker::start(Kind::Embedded, Options::default()) else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let server = FleetServer::start(d, &broker.address(), &[]);
+    let url = server.url.as_str();
+    let abort = "/api/rollouts/iris-v2-1/abort";
+    let (code, body) = raw(url, "POST", abort, &[("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")]);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("another site"), "{body}");
+    let (code, body) = raw(url, "POST", abort, &[]);
+    assert_eq!(code, 404, "a client without Origin reaches the route (no such rollout): {body}");
+    let own = url.trim_start_matches("http://");
+    let (code, _) = raw(url, "POST", abort, &[("origin", url), ("sec-fetch-site", "same-origin")]);
+    assert_eq!(code, 404, "the dashboard's own buttons reach it");
+    let (code, body) = raw(url, "GET", "/api/fleet", &[("host", "rebound.evil.example")]);
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(raw(url, "GET", "/api/fleet", &[("host", own)]).0, 200);
+    drop(server);
+
+    std::fs::write(d.join("token"), "s3cret-token\n").expect("token");
+    let out = drover_tests::cli::fails(
+        "drover",
+        d,
+        &["fleet", "serve", "--broker", &broker.address(), "--http", "0.0.0.0:0", "--db", "open.db"],
+    );
+    assert!(out.contains("refusing to serve 0.0.0.0:0 beyond loopback without a token"), "{out}");
+    assert!(!d.join("open.db").exists(), "nothing was created");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let mut child = Command::new(drover_tests::tools::workspace_bin("drover"))
+        .current_dir(d)
+        .args(["fleet", "serve", "--broker", &broker.address(), "--db", "tokened.db", "--token-file", "token"])
+        .args(["--http", &format!("127.0.0.1:{port}"), "--client-id", "fleet-tokened"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn drover fleet serve");
+    let url = format!("http://127.0.0.1:{port}");
+    let bearer = ("authorization", "Bearer s3cret-token");
+    until(Duration::from_secs(20), "the tokened server", || match raw(&url, "GET", "/api/fleet", &[bearer]) {
+        (200, _) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    for path in ["/", "/metrics", "/api/fleet", "/api/rollouts"] {
+        let (code, body) = raw(&url, "GET", path, &[]);
+        assert_eq!(code, 401, "{path}: {body}");
+        assert_eq!(raw(&url, "GET", path, &[("authorization", "Bearer s3cret-tokeN")]).0, 401, "{path}");
+        assert_eq!(raw(&url, "GET", path, &[bearer]).0, 200, "{path}");
+    }
+    assert_eq!(raw(&url, "GET", "/api/fleet?token=s3cret-token", &[]).0, 200, "the browser's form");
+    let _ = child.kill();
+    let _ = child.wait();
+}

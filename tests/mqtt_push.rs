@@ -397,6 +397,41 @@ fn mosquitto_tls_client_certificates_and_passwords() {
     tls_and_passwords(Kind::Mosquitto);
 }
 
+/// The other side of TLS: a broker whose certificate comes from another CA, or names another
+/// host, is refused (a man in the middle on the device's network gets nothing), and the
+/// operator is told why.
+#[test]
+fn embedded_broker_tls_refuses_a_broker_it_cannot_authenticate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rel = Release::new();
+    let bundle = rel.bundle(4 * 1024, 1).to_string_lossy().into_owned();
+    let genuine = Pki::make(&dir.path().join("genuine"));
+    let stranger = Pki::make(&dir.path().join("stranger"));
+    let misnamed = Pki::make_for(&dir.path().join("misnamed"), &["broker.example"], false);
+    for (served, trusted, why) in [
+        (&stranger, &genuine, "a certificate from another CA"),
+        (&misnamed, &misnamed, "a certificate for another name"),
+    ] {
+        let tls_port = free_port();
+        let opts = Options { tls: Some((served.clone(), tls_port)), ..Options::default() };
+        let Some(broker) = Broker::start(Kind::Embedded, opts) else { return };
+        let addr = format!("127.0.0.1:{tls_port}");
+        let ca = trusted.ca.to_string_lossy().into_owned();
+        let args = ["push", &bundle, "--device", "pi-00", "--broker", &addr, "--ca", &ca, "--timeout", "4s"];
+        let (success, out) = finish(drover(rel.dir.path(), &args));
+        assert!(!success, "{why}: {out}");
+        assert!(out.contains("could not reach the broker") && out.contains("certificate"), "{why}: {out}");
+        // A device configured the same way never comes online.
+        let settings = BrokerSettings { port: tls_port, ca: Some(trusted.ca.clone()), ..BrokerSettings::default() };
+        let fleet_dir = tempfile::tempdir().expect("tmp");
+        let mut fleet = Fleet::new(fleet_dir.path(), "pi", 1, &["lab"], &rel.path("root.json"), &settings);
+        let obs = Observer::connect(broker.port, "drover/v1/dev/+/status");
+        fleet.start_all();
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(obs.messages().is_empty(), "{why}: the device published nothing");
+    }
+}
+
 /// The `drover-agent run` binary as a board runs it: config file, presence, a push, a clean
 /// stop on SIGTERM that leaves "offline" retained; a bad config is refused with its reason.
 #[test]
@@ -484,4 +519,165 @@ fn embedded_broker_command_reaches_an_offline_device() {
 #[test]
 fn mosquitto_command_reaches_an_offline_device() {
     command_reaches_an_offline_device(Kind::Mosquitto);
+}
+
+/// How a start of `drover-agent run` ended.
+#[derive(Debug)]
+enum Start {
+    /// It came online, serving this version (`None`: no model).
+    Online(Option<u64>),
+    /// It stopped with this message.
+    Stopped(String),
+}
+
+/// Starts the agent binary as `device` on `data` (under `dir`); what it does within 20 s. An
+/// agent that came online runs for `linger` more, then is stopped with SIGTERM and must exit
+/// cleanly.
+fn start_once(dir: &Path, device: &str, data: &str, broker: &Broker, linger: Duration) -> Start {
+    let config = format!(
+        "device = \"{device}\"\ngroups = [\"lab\"]\ndata_dir = \"{}\"\n[broker]\nport = {}\n[api]\nlisten = \"off\"\n\
+         [telemetry]\nperiod_s = 1\n",
+        dir.join(data).display(),
+        broker.port
+    );
+    let cfg = dir.join(format!("{device}.toml"));
+    std::fs::write(&cfg, config).expect("config");
+    let log = dir.join(format!("{device}.log"));
+    let obs = Observer::connect(broker.port, &format!("drover/v1/dev/{device}/status"));
+    let mut agent = Command::new(workspace_bin("drover-agent"))
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn the agent");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = agent.try_wait().expect("wait") {
+            assert!(!status.success(), "{device}: exited 0 without being asked to");
+            return Start::Stopped(std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        let online = obs.messages().iter().find_map(|(_, p)| codec::decode::<Status>(p).ok().filter(|s| s.online));
+        if let Some(s) = online {
+            std::thread::sleep(linger);
+            let term = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status().expect("kill");
+            assert!(term.success());
+            let exit = agent.wait().expect("agent exit");
+            assert!(exit.success(), "{device}: SIGTERM is a clean stop: {exit:?}");
+            return Start::Online(s.model.map(|m| m.version));
+        }
+        assert!(Instant::now() < deadline, "{device}: neither online nor stopped within 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Every file of `dir` (recursively) whose path contains `part`.
+fn files_named(dir: &Path, part: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.extend(files_named(&p, part));
+        } else if p.to_string_lossy().contains(part) {
+            found.push(p);
+        }
+    }
+    found
+}
+
+/// Damaged files in the data dir at start-up (a bad SD card, a power cut, a careless hand): for
+/// each one the real agent either recovers and serves the verified model, or stops with a
+/// message that names the file; it never serves a model it cannot verify.
+#[test]
+fn damaged_data_dir_files_at_start_up_are_recovered_or_named_never_served() {
+    let Some(broker) = Broker::start(Kind::Embedded, Options::default()) else { return };
+    let rel = Release::new();
+    let d = rel.dir.path();
+    let bundle = rel.bundle(16 * 1024, 1).to_string_lossy().into_owned();
+    ok("drover-agent", d, &["trust", "--root", "root.json", "--data-dir", "pristine"]);
+    ok("drover-agent", d, &["install", &bundle, "--data-dir", "pristine"]);
+    // A first run leaves the rest of a working data dir (the outbox, the ledger).
+    let first = start_once(d, "first", "pristine", &broker, Duration::from_millis(2_500));
+    assert!(matches!(first, Start::Online(Some(1))), "{first:?}");
+    let pristine = d.join("pristine");
+    assert!(!files_named(&pristine, "outbox").is_empty(), "the first run made an outbox");
+
+    let garble = |p: &Path| std::fs::write(p, b"\x00\xffnot what was written\n").expect("garble");
+    let flip = |p: &Path| {
+        let mut b = std::fs::read(p).expect("read");
+        let mid = b.len() / 2;
+        b[mid] ^= 0x5a;
+        std::fs::write(p, b).expect("write");
+    };
+    type Damage<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: Vec<(&str, Damage<'_>, Result<u64, &str>)> = vec![
+        ("state.json garbled", Box::new(|dd: &Path| garble(&dd.join("state.json"))), Err("state.json is corrupted")),
+        ("trust.json garbled", Box::new(|dd: &Path| garble(&dd.join("trust.json"))), Err("trust.json")),
+        // Serving goes on from the verified slot; installs wait for `drover-agent trust`.
+        ("trust.json deleted", Box::new(|dd: &Path| std::fs::remove_file(dd.join("trust.json")).expect("rm")), Ok(1)),
+        (
+            "the active model file changed",
+            Box::new(|dd: &Path| {
+                for p in files_named(&dd.join("slots"), ".onnx") {
+                    flip(&p);
+                }
+            }),
+            Err(""),
+        ),
+        (
+            "an outbox segment with a garbled tail",
+            Box::new(|dd: &Path| {
+                for p in files_named(&dd.join("outbox"), ".seg") {
+                    let mut f = std::fs::OpenOptions::new().append(true).open(p).expect("open");
+                    std::io::Write::write_all(&mut f, b"\x13\x00\x00\x00torn").expect("append");
+                }
+            }),
+            Ok(1),
+        ),
+        ("the outbox cursor garbled", Box::new(|dd: &Path| garble(&dd.join("outbox/cursor.json"))), Ok(1)),
+        ("the push ledger garbled", Box::new(|dd: &Path| garble(&dd.join("link.json"))), Ok(1)),
+        (
+            "a half-written transfer",
+            Box::new(|dd: &Path| {
+                std::fs::create_dir_all(dd.join("transfer")).expect("mkdir");
+                garble(&dd.join("transfer/announce.json"));
+                garble(&dd.join("transfer/00000.chunk"));
+            }),
+            Ok(1),
+        ),
+        (
+            "an interrupted install's staging",
+            Box::new(|dd: &Path| {
+                std::fs::create_dir_all(dd.join("staging")).expect("mkdir");
+                garble(&dd.join("staging/manifest.json"));
+            }),
+            Ok(1),
+        ),
+        ("the experiment garbled", Box::new(|dd: &Path| garble(&dd.join("experiment.json"))), Ok(1)),
+    ];
+    for (i, (what, damage, expected)) in cases.into_iter().enumerate() {
+        let data = format!("case-{i}");
+        copy_tree(&pristine, &d.join(&data));
+        damage(&d.join(&data));
+        let outcome = start_once(d, &format!("case-{i}"), &data, &broker, Duration::ZERO);
+        match (expected, &outcome) {
+            (Ok(v), Start::Online(Some(served))) => assert_eq!(*served, v, "{what}"),
+            (Err(message), Start::Stopped(log)) => assert!(log.contains(message), "{what}: {log}"),
+            // Refusing the damaged model but staying online to take a new one is fine too.
+            (Err(""), Start::Online(served)) => assert_ne!(*served, Some(1), "{what}: a damaged model is never served"),
+            _ => panic!("{what}: expected {expected:?}, got {outcome:?}"),
+        }
+    }
 }

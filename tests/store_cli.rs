@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use drover_runtime::store::failpoint::INSTALL_POINTS;
 use drover_tests::cli;
 use drover_tests::cli::{delegate, fails, model, ok, revoke_release, run, signed_bundle};
+use drover_tests::disk::SmallDisk;
 use drover_tests::manifest::resolve;
 use drover_tests::tools::workspace_bin;
 
@@ -408,32 +409,6 @@ fn candidates_are_verified_and_shadow_commands_need_the_one_they_name() {
     assert_eq!(active_version(&status(d, &data)), 1);
 }
 
-/// A small tmpfs mounted for one test and unmounted when dropped.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    /// Mounts a tmpfs of `size` at `dir`; `None` (skip) when not root outside CI.
-    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
-        std::fs::create_dir_all(dir).expect("mkdir");
-        let status =
-            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status();
-        match status {
-            Ok(s) if s.success() => Some(SmallDisk(dir.to_path_buf())),
-            _ => {
-                assert!(!drover_tests::tools::in_ci(), "mounting a tmpfs needs root: CI runs as root");
-                eprintln!("SKIPPED: cannot mount a tmpfs (not root)");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn disk_full_while_staging_is_a_clear_error_and_the_active_model_stays() {
     let dir = fleet();
@@ -451,4 +426,144 @@ fn disk_full_while_staging_is_a_clear_error_and_the_active_model_stays() {
     assert!(!Path::new(&data).join("staging").exists(), "partial staging removed");
     let out = ok("drover-agent", d, &["boot", "--data-dir", &data]);
     assert!(out.contains("serving iris v1 from slot A"), "{out}");
+}
+
+/// The real agent binary under a clock moved by libfaketime.
+fn at_offset(offset: &str, dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("faketime")
+        .arg("-f")
+        .arg(offset)
+        .arg(workspace_bin("drover-agent"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("faketime")
+}
+
+/// The clock jumps (a board without a real-time clock that boots in the past, a forged NTP
+/// answer, a bad RTC battery). Set back, it must not revive a bundle that expired before the
+/// latest signed time the device saw (a freeze attack needs exactly that), yet a valid release
+/// still installs; set far ahead, everything looks expired and is refused while the device keeps
+/// serving; once the clock is right again, installs resume.
+#[test]
+fn clock_jumps_neither_revive_expired_bundles_nor_stop_the_device_for_good() {
+    let Some(_) = drover_tests::tools::require_tool("faketime", "faketime") else { return };
+    let dir = cli::trust_setup();
+    let d = dir.path();
+    let selftest = resolve("reference/iris_logreg.input.jsonl").to_string_lossy().into_owned();
+    let iris = model("iris_logreg.onnx");
+    // A release valid for one second, then releases signed after it expired.
+    signed_bundle(d, &iris, "iris", "5", &["--selftest", &selftest, "--expires", "1s"], "v5-brief.drv");
+    std::thread::sleep(std::time::Duration::from_millis(2_200));
+    for v in ["1", "2", "3"] {
+        signed_bundle(d, &iris, "iris", v, &["--selftest", &selftest], &format!("v{v}.drv"));
+    }
+    let data = device(d, "dev", &["1"]);
+
+    let o = at_offset("-1h", d, &["install", "v5-brief.drv", "--data-dir", &data]);
+    assert!(!o.status.success(), "an hour back, the brief release looks valid to the clock alone");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("expired"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(active_version(&status(d, &data)), 1, "refused, nothing changed");
+    let o = at_offset("-1h", d, &["install", "v2.drv", "--data-dir", &data]);
+    assert!(o.status.success(), "a clock behind does not stop valid releases: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(active_version(&status(d, &data)), 2);
+
+    let o = at_offset("+400d", d, &["install", "v3.drv", "--data-dir", &data]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("expired"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = at_offset("+400d", d, &["boot", "--data-dir", &data]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("serving iris v2"), "still serving with the clock ahead");
+    ok("drover-agent", d, &["install", "v3.drv", "--data-dir", &data]);
+    assert_eq!(active_version(&status(d, &data)), 3, "the clock right again: installs resume");
+}
+
+/// A revocation sticks: a bundle carrying root v2 (which revokes the release key and trusts a
+/// new one) installs, the device keeps root v2, and from then on a bundle of the revoked key is
+/// refused even without any root in it. `drover-agent trust` moves a provisioned device only
+/// forward, to the root's own successor.
+#[test]
+fn a_revocation_brought_by_an_install_is_kept_and_roots_only_move_forward() {
+    let dir = fleet();
+    let d = dir.path();
+    let data = device(d, "dev", &["1"]);
+    revoke_release(d, "root-v2.json");
+    ok("drover", d, &["keygen", "--role", "release", "--out", "keys", "--name", "release2"]);
+    let base = ["delegate", "--root", "root-v2.json", "--root-key", "keys/root.key"];
+    ok(
+        "drover",
+        d,
+        &[&base[..], &["--release", "keys/release2.pub", "--models", "iris", "--out", "rel2.json"]].concat(),
+    );
+    let selftest = resolve("reference/iris_logreg.input.jsonl").to_string_lossy().into_owned();
+    let iris = model("iris_logreg.onnx");
+    let bundle = |version: &str, key: &str, delegation: &str, extra: &[&str], out: &str| {
+        let mut args = vec!["bundle", &iris, "--name", "iris", "--version", version, "--selftest", &selftest];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--key", key, "--delegation", delegation, "--out", out]);
+        ok("drover", d, &args);
+    };
+    bundle("4", "keys/release2.key", "rel2.json", &["--with-root", "root-v2.json"], "v4-new-key.drv");
+    bundle("5", "keys/release.key", "release.delegation.json", &[], "v5-revoked.drv");
+
+    ok("drover-agent", d, &["install", "v4-new-key.drv", "--data-dir", &data]);
+    let s = status(d, &data);
+    assert_eq!(active_version(&s), 4);
+    let trust: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&data).join("trust.json")).expect("trust"))
+            .expect("json");
+    assert_eq!(trust["root"]["version"].as_u64(), Some(2), "the root the bundle brought is kept: {trust}");
+    let out = fails("drover-agent", d, &["install", "v5-revoked.drv", "--data-dir", &data]);
+    assert!(out.contains("is revoked"), "{out}");
+    assert_eq!(active_version(&status(d, &data)), 4, "refused, nothing changed");
+
+    // Roots move forward only: v1 again is refused on this device; a fresh device moves to v2.
+    let out = fails("drover-agent", d, &["trust", "--root", "root.json", "--data-dir", &data]);
+    assert!(out.contains("not newer than the trusted v2"), "{out}");
+    let fresh = device(d, "fresh", &[]);
+    ok("drover-agent", d, &["trust", "--root", "root-v2.json", "--data-dir", &fresh]);
+    let out = fails("drover-agent", d, &["install", "v5-revoked.drv", "--data-dir", &fresh]);
+    assert!(out.contains("is revoked"), "{out}");
+}
+
+/// A model that makes tract panic while it types the graph (`models/hostile/`, from
+/// `models/make_hostile.py`), signed by a release key as if that key were leaked or its owner
+/// careless. `drover bundle` refuses to package it, so the test swaps it into a bundle's payload
+/// before signing. The device contains the panic, refuses the install with the reason, and keeps
+/// serving the model it had.
+#[test]
+fn a_signed_model_that_panics_tract_is_refused_and_the_old_model_keeps_serving() {
+    use drover_runtime::bundle::{Limits, read_header, write_bundle};
+    use sha2::Digest as _;
+    let dir = fleet();
+    let d = dir.path();
+    let data = device(d, "dev", &["1"]);
+    for (i, hostile) in ["gather_out_of_range", "slice_step_zero", "range_huge"].iter().enumerate() {
+        let version = (i + 2).to_string();
+        let unsigned = format!("unsigned-{hostile}.drv");
+        ok(
+            "drover",
+            d,
+            &["bundle", &model("iris_logreg.onnx"), "--name", "iris", "--version", &version, "--out", &unsigned],
+        );
+        let bytes = std::fs::read(d.join(&unsigned)).expect("bundle");
+        let mut r = bytes.as_slice();
+        let mut header = read_header(&mut r, &Limits::default()).expect("header");
+        assert_eq!(header.manifest.files.len(), 1, "the model only");
+        let evil =
+            std::fs::read(drover_tests::manifest::models_dir().join(format!("hostile/{hostile}.onnx"))).expect("model");
+        header.manifest.files[0].size = evil.len() as u64;
+        header.manifest.files[0].sha256 = sha2::Sha256::digest(&evil).into();
+        let mut out = Vec::new();
+        write_bundle(&mut out, &header, &[&evil[..]]).expect("write");
+        let name = format!("{hostile}.drv");
+        std::fs::write(d.join(&name), out).expect("write");
+        ok("drover", d, &["sign", &name, "--key", "keys/release.key", "--delegation", "release.delegation.json"]);
+
+        let out = fails("drover-agent", d, &["install", &name, "--data-dir", &data]);
+        assert!(out.contains("crashed inside tract (contained)"), "{hostile}: {out}");
+        assert_eq!(active_version(&status(d, &data)), 1, "{hostile}: nothing changed");
+        assert!(!Path::new(&data).join("staging").exists(), "{hostile}: staging removed");
+        let out = ok("drover-agent", d, &["boot", "--data-dir", &data]);
+        assert!(out.contains("serving iris v1 from slot A"), "{hostile}: {out}");
+    }
 }

@@ -292,3 +292,97 @@ fn a_sixty_second_outage_and_an_agent_restart_lose_no_telemetry() {
     assert_eq!(last.model.as_ref().map(|m| m.name.as_str()), Some("iris"));
     assert!(last.system.mem_total_kib > 0 && last.system.rss_kib > 0, "{:?}", last.system);
 }
+
+/// The disk under the telemetry queue fills up (a log gone wild on a small SD card): the agent
+/// keeps serving, the reports it could not write are counted, and once there is room again
+/// reports flow on, in sequence, with nothing hidden behind a half-written record, across a
+/// power cut too; the count of lost reports reaches the broker.
+#[test]
+fn a_full_disk_under_the_telemetry_queue_loses_only_what_it_could_not_write_and_counts_it() {
+    let Some(broker) = Broker::start(Kind::Embedded, Options::default()) else { return };
+    let rel = trust_setup();
+    let d = rel.path();
+    let bundle = iris_bundle(d, "1", true);
+    let base = tempfile::tempdir().expect("tmp");
+    let Some(disk) = drover_tests::disk::SmallDisk::mount(&base.path().join("disk"), "4m") else { return };
+    let mut fleet = Fleet::new(&disk.0, "pi", 1, &["lab"], &d.join("root.json"), &settings(&broker));
+    fleet.members[0].cfg.telemetry.period_s = Some(1);
+    // JSON reports: larger, so the queue's last page fills in a few seconds.
+    fleet.members[0].cfg.payload = drover_runtime::link::PayloadFormat::Json;
+    fleet.start(0);
+    let obs = Observer::connect(broker.port, "drover/v1/dev/+/telemetry");
+    let queued = Observer::connect(broker.port, "drover/v1/dev/pi-00/+");
+    push(d, &bundle, &broker, "lab");
+    fleet.wait_for(0, Duration::from_secs(20), "iris v1", |f, i| f.inference(i).model().is_some());
+    let rows = iris_rows();
+    let mut rng = Rng(5);
+    let reports = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while telemetry(&obs, "pi-00").len() < n {
+            assert!(Instant::now() < deadline, "fewer than {n} reports arrived");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    feed(&fleet.inference(0), &rows, &mut rng, 10, [0.0; 4]);
+    reports(2);
+
+    // Fill the disk to the last byte.
+    let filler = disk.0.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let block = vec![0u8; 16 * 1024];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&[0]).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // The queue's last page still takes a few reports; then they stop. Serving goes on
+    // throughout (feed panics on a failed inference).
+    let (mut seen, mut quiet_since) = (telemetry(&obs, "pi-00").len(), Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while quiet_since.elapsed() < Duration::from_secs(3) {
+        assert!(Instant::now() < deadline, "reports kept arriving from a full disk");
+        feed(&fleet.inference(0), &rows, &mut rng, 5, [0.0; 4]);
+        std::thread::sleep(Duration::from_millis(300));
+        let now_seen = telemetry(&obs, "pi-00").len();
+        if now_seen != seen {
+            (seen, quiet_since) = (now_seen, Instant::now());
+        }
+    }
+    std::fs::remove_file(&filler).expect("room again");
+    let lost = |seen: &[Telemetry]| seen.iter().map(|t| t.outbox.dropped).max().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lost(&telemetry(&obs, "pi-00")) == 0 {
+        assert!(Instant::now() < deadline, "no report counts the lost ones");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let counted = lost(&telemetry(&obs, "pi-00"));
+    assert!((2..=60).contains(&counted), "the reports of the quiet seconds were lost and counted: {counted}");
+
+    // A power cut now, and a restart: everything written before it arrives, in sequence.
+    let before = telemetry(&obs, "pi-00").iter().map(|t| t.seq).max().unwrap_or(0);
+    fleet.kill(0);
+    fleet.start(0);
+    fleet.wait_for(0, Duration::from_secs(20), "iris v1 again", |f, i| f.inference(i).model().is_some());
+    feed(&fleet.inference(0), &rows, &mut rng, 5, [0.0; 4]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while telemetry(&obs, "pi-00").iter().map(|t| t.seq).max().unwrap_or(0) < before + 3 {
+        assert!(Instant::now() < deadline, "reports stopped after the restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Telemetry, events and drift windows share the queue's numbering.
+    let mut seqs: Vec<u64> = queued
+        .messages()
+        .iter()
+        .filter_map(|(t, p)| match t.rsplit('/').next() {
+            Some("telemetry") => codec::decode::<Telemetry>(p).ok().map(|x| x.seq),
+            Some("events") => codec::decode::<drover_wire::event::Event>(p).ok().map(|x| x.seq),
+            Some("drift") => codec::decode::<drover_wire::telemetry::DriftWindow>(p).ok().map(|x| x.seq),
+            _ => None,
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let last = *seqs.last().expect("reports");
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "no report written is missing: lost ones never got a number");
+}

@@ -42,6 +42,11 @@ impl Pki {
     /// Makes a CA, a server certificate and a client certificate in `dir` (world-readable, as
     /// Mosquitto drops root privileges before reading them).
     pub fn make(dir: &Path) -> Pki {
+        Pki::make_for(dir, &["localhost"], true)
+    }
+
+    /// [`Pki::make`] with a server certificate for `names` (and 127.0.0.1 when `loopback_ip`).
+    pub fn make_for(dir: &Path, names: &[&str], loopback_ip: bool) -> Pki {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
         std::fs::create_dir_all(dir).expect("pki dir");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
@@ -50,8 +55,11 @@ impl Pki {
         let ca_key = KeyPair::generate().expect("ca key");
         let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
         let issuer = Issuer::new(ca_params, ca_key);
-        let mut server = CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
-        server.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+        let mut server =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("server params");
+        if loopback_ip {
+            server.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+        }
         let server_key = KeyPair::generate().expect("server key");
         let server_cert = server.signed_by(&server_key, &issuer).expect("server cert");
         let mut client = CertificateParams::new(vec!["pi-1".to_string()]).expect("client params");
@@ -197,6 +205,13 @@ impl Broker {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Mosquitto only: SIGHUP, after which it reads its password and ACL files again.
+    pub fn reload(&self) {
+        let child = self.child.as_ref().expect("the broker runs");
+        let status = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().expect("kill -HUP");
+        assert!(status.success(), "SIGHUP the broker");
     }
 
     /// Starts it again on the same port and waits until it accepts connections.

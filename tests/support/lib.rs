@@ -10,6 +10,7 @@ pub mod broker;
 #[cfg(feature = "mqtt")]
 pub mod browser;
 pub mod cli;
+pub mod disk;
 #[cfg(feature = "mqtt")]
 pub mod fleet;
 pub mod manifest;

@@ -1,6 +1,7 @@
 //! A test's own MQTT client: records every message on a filter (to check what devices asked
 //! for) and publishes what the test injects (a corrupted chunk).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ pub struct Observer {
     client: Client,
     /// What arrived so far.
     pub seen: Seen,
+    stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -40,6 +42,8 @@ impl Observer {
         let (client, mut connection) = Client::new(o, 64);
         let seen: Seen = Arc::default();
         let (sink, sub, filter) = (seen.clone(), client.clone(), filter.to_string());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
         let thread = std::thread::spawn(move || {
             for event in connection.iter() {
                 match event {
@@ -51,12 +55,15 @@ impl Observer {
                     }
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
                     Ok(_) => {}
+                    // A broker that refuses this client now (its account removed) never lets the
+                    // disconnect through: stop on the owner's word instead.
+                    Err(_) if stopping.load(Ordering::Relaxed) => break,
                     Err(_) => std::thread::sleep(Duration::from_millis(200)),
                 }
             }
         });
         std::thread::sleep(Duration::from_millis(300));
-        Observer { client, seen, thread: Some(thread) }
+        Observer { client, seen, stop, thread: Some(thread) }
     }
 
     /// Publishes (QoS 1).
@@ -72,6 +79,7 @@ impl Observer {
 
 impl Drop for Observer {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         let _ = self.client.disconnect();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

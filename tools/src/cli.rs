@@ -24,6 +24,10 @@ pub enum Verb {
     /// Run many real agents in this process against a broker, with a traffic and fault profile
     /// (prints the fleet's figures, memory per device among them).
     Simulate(cmd::simulate::SimulateArgs),
+    /// Run one real agent process for a long time (an hour by default) under inference,
+    /// telemetry, drift and regular updates, and report whether its memory, descriptors or
+    /// data dir grow (exit 1 if requests failed).
+    Soak(cmd::soak::SoakArgs),
     /// Show what a bundle or an ONNX model holds (exit 1 for a model the agent cannot run).
     Inspect(cmd::inspect::InspectArgs),
     /// Quantize an fp32 ONNX model to int8 (static, calibrated through tract), standard ONNX
@@ -94,6 +98,7 @@ pub fn run(cli: Cli, now_ms: u64) -> anyhow::Result<ExitCode> {
     let ok = match cli.command {
         Verb::Demo(args) => cmd::demo::run(&args, now_ms)?,
         Verb::Simulate(args) => cmd::simulate::run(&args)?,
+        Verb::Soak(args) => cmd::soak::run(&args, now_ms)?,
         Verb::Inspect(args) => cmd::inspect::run(&args)?,
         Verb::Quantize(args) => cmd::quantize::run(&args)?,
         Verb::Keygen(args) => cmd::keygen::run(&args).map(|_| true)?,

@@ -16,4 +16,5 @@ pub mod push;
 pub mod quantize;
 pub mod rollout;
 pub mod sim;
+pub mod soak;
 pub mod trust_docs;

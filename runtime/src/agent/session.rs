@@ -82,6 +82,10 @@ pub struct Ledger {
 
 const LEDGER_LEN: usize = 16;
 
+/// How far past the device's clock an announcement's date may move the stale floor: an
+/// operator's clock a little ahead is normal; a date years ahead is a forgery or a broken clock.
+pub const MAX_AHEAD_S: u64 = 600;
+
 /// The time, as the shell reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
@@ -258,7 +262,9 @@ impl Session {
                     let a = r.announce().clone();
                     self.unsubscribe_chunks(&a, &mut out);
                     out.push(Action::DiscardTransfer);
-                    self.finish(&a, phase, now, &mut out);
+                    // Only a verified bundle that installed moves the floor (see `finish`).
+                    let advance = phase.is_success();
+                    self.finish(&a, phase, now, advance, &mut out);
                 }
                 self.publish_status(now, &mut out);
             }
@@ -320,15 +326,23 @@ impl Session {
         self.last_report_ms = now.ms;
     }
 
-    /// Reports a final outcome for an announcement and remembers it.
-    fn finish(&mut self, a: &Announce, phase: Phase, now: Now, out: &mut Vec<Action>) {
+    /// Reports a final outcome for an announcement and remembers it. `advance`: the announcement
+    /// led to a verified install, so older ones become stale. Announcements are not signed (the
+    /// bundle is): one refused before verification must not move the floor, or a single forged
+    /// announcement dated far in the future would make the device ignore every later push. Even
+    /// a verified one moves it at most [`MAX_AHEAD_S`] past the device's clock, since anyone who
+    /// may publish announcements can re-announce a genuine bundle with any date.
+    fn finish(&mut self, a: &Announce, phase: Phase, now: Now, advance: bool, out: &mut Vec<Action>) {
         let progress = Progress { op: bundle_op(a), phase: phase.clone(), at: now.unix };
         self.ledger.recent.retain(|(t, issued, _)| !(*t == a.transfer && *issued == a.issued_at));
         self.ledger.recent.push((a.transfer, a.issued_at, progress));
         if self.ledger.recent.len() > LEDGER_LEN {
             self.ledger.recent.remove(0);
         }
-        self.ledger.newest_issued = self.ledger.newest_issued.max(a.issued_at);
+        if advance {
+            let bounded = a.issued_at.min(now.unix.saturating_add(MAX_AHEAD_S));
+            self.ledger.newest_issued = self.ledger.newest_issued.max(bounded);
+        }
         out.push(Action::SaveLedger(self.ledger.clone()));
         self.report(bundle_op(a), phase, now, out);
     }
@@ -393,7 +407,7 @@ impl Session {
             return;
         }
         if let Some(reason) = self.refuse(&a) {
-            self.finish(&a, reason, now, out);
+            self.finish(&a, reason, now, false, out);
             return;
         }
         if let Some(old) = self.receiver.take() {

@@ -160,6 +160,8 @@ fn announcements_the_device_cannot_use_are_refused_before_downloading() {
         (Announce { chunk_size: 1 << 20, ..announce(&data, 4, T0.unix) }, "chunk size 1048576"),
         (Announce { chunk_size: 10, ..announce(&data, 4, T0.unix) }, "chunk size 10"),
         (Announce { size: 0, ..announce(&data, 4, T0.unix) }, "bundle size 0"),
+        (Announce { size: limits().max_bundle + 1, ..announce(&data, 4, T0.unix) }, "is outside 1..="),
+        (Announce { size: u64::MAX, ..announce(&data, 4, T0.unix) }, "bundle size 18446744073709551615"),
     ];
     for (a, expect) in cases {
         let mut s = session(serving.clone(), Ledger::default());
@@ -338,4 +340,76 @@ fn commands_are_handed_to_the_store_and_their_outcome_reported() {
     let p: Progress = codec::decode(&published(&done, "/progress")[0]).unwrap();
     assert_eq!(p.op, Op::Command { sequence: 77 });
     assert_eq!(p.phase, Phase::RolledBack { slot: Slot::A });
+}
+
+/// Installs announcement `a` of `data` to the end, the store reporting `phase`; returns the
+/// ledger saved.
+fn run_to_install(s: &mut Session, a: &Announce, data: &[u8], phase: Phase, now: Now) -> Ledger {
+    s.handle(msg(BUNDLE_TOPIC, &codec::encode(PayloadFormat::Postcard, a)), now);
+    for i in 0..a.chunk_count() as u32 {
+        s.handle(msg(topic::chunks(&a.transfer).as_ref(), &chunk_payload(a, data, i)), now);
+    }
+    let serving = Serving::default();
+    let actions = s.handle(Input::Installed { phase, serving }, now);
+    actions
+        .iter()
+        .find_map(|x| match x {
+            Action::SaveLedger(l) => Some(l.clone()),
+            _ => None,
+        })
+        .expect("the outcome is remembered")
+}
+
+#[test]
+fn a_forged_announcement_dated_far_ahead_does_not_silence_later_pushes() {
+    // Announcements are not signed. One dated u64::MAX, refused before a byte is fetched (a
+    // size no device takes), or fetched and then failing verification, must not make every
+    // genuine push after it look stale.
+    let data = bundle();
+    let mut s = session(Serving::default(), Ledger::default());
+    connected(&mut s);
+    let refused = Announce { size: 0, ..announce(&data, 2, u64::MAX) };
+    let actions = s.handle(msg(BUNDLE_TOPIC, &codec::encode(PayloadFormat::Postcard, &refused)), T0);
+    assert!(matches!(&phases(&actions)[..], [Phase::Failed { .. }]), "{actions:?}");
+    let forged = announce(&data, 3, u64::MAX - 1);
+    let ledger = run_to_install(&mut s, &forged, &data, Phase::failed("signature: not signed by a trusted key"), T0);
+    assert_eq!(ledger.newest_issued, 0, "nothing unverified moves the floor");
+    let genuine = announce(&data, 4, T0.unix);
+    let actions = s.handle(msg(BUNDLE_TOPIC, &codec::encode(PayloadFormat::Postcard, &genuine)), T0);
+    assert_eq!(actions[0], Action::StartTransfer(genuine.clone()), "the genuine push is acted on");
+
+    // A genuine bundle re-announced with a date far ahead (whoever may publish announcements
+    // can do that) moves the floor at most MAX_AHEAD_S past the device's clock.
+    let mut s = session(Serving::default(), Ledger::default());
+    connected(&mut s);
+    let replayed = announce(&data, 2, u64::MAX);
+    let ledger = run_to_install(&mut s, &replayed, &data, Phase::Installed { slot: Slot::B }, T0);
+    assert_eq!(ledger.newest_issued, T0.unix + MAX_AHEAD_S);
+    let later = Now { ms: T0.ms + 700_000, unix: T0.unix + 700 };
+    let next = announce(&data, 5, later.unix);
+    let actions = s.handle(msg(BUNDLE_TOPIC, &codec::encode(PayloadFormat::Postcard, &next)), later);
+    assert_eq!(actions[0], Action::StartTransfer(next.clone()), "ignored for ten minutes at most");
+}
+
+#[test]
+fn a_disk_that_fills_during_a_transfer_abandons_it_with_the_reason_and_a_later_push_starts_over() {
+    let data = bundle();
+    let a = announce(&data, 2, T0.unix);
+    let mut s = session(Serving::default(), Ledger::default());
+    connected(&mut s);
+    s.handle(msg(BUNDLE_TOPIC, &codec::encode(PayloadFormat::Postcard, &a)), T0);
+    s.handle(msg(topic::chunks(&a.transfer).as_ref(), &chunk_payload(&a, &data, 0)), T0);
+    let actions = s.handle(Input::SpoolFailed("No space left on device (os error 28)".into()), at(1_500));
+    assert!(actions.contains(&Action::Unsubscribe(topic::chunks(&a.transfer).to_string())), "{actions:?}");
+    assert!(actions.contains(&Action::DiscardTransfer), "the partial bundle is removed");
+    match &phases(&actions)[..] {
+        [Phase::Failed { reason }] => assert!(reason.contains("storing the bundle: No space left"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.transfer().is_none());
+    // The operator frees room and pushes again: a new order starts from the first chunk.
+    let again = Announce { issued_at: T0.unix + 60, ..a.clone() };
+    let actions = s.handle(msg(BUNDLE_TOPIC, &codec::encode(PayloadFormat::Postcard, &again)), at(60_000));
+    assert_eq!(actions[0], Action::StartTransfer(again.clone()));
+    assert_eq!(wants(&actions), vec![vec![ChunkRange { start: 0, end: 5 }]]);
 }

@@ -284,12 +284,14 @@ impl Agent {
         let mut status = tokio::time::interval(Duration::from_secs(self.cfg.status_every_s.max(1)));
         status.tick().await;
         let mut online = false;
+        let mut last_refusal: Option<String> = None;
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 link = rx.recv() => match link {
                     Some(Link::Up { session_present, dropped_fresh }) => {
                         online = true;
+                        last_refusal = None;
                         log::info!("{}: connected to {}", self.me.device, self.cfg.broker.address());
                         self.notifier.status(&format!("online: connected to {}", self.cfg.broker.address()));
                         self.outbox.delivery().up(session_present, dropped_fresh);
@@ -304,6 +306,11 @@ impl Agent {
                     Some(Link::Down(e)) => {
                         if online {
                             log::warn!("{}: connection to {} lost: {e}", self.me.device, self.cfg.broker.address());
+                        } else if last_refusal.as_deref() != Some(e.as_str()) {
+                            // Said once per reason: a broker down at boot retries quietly, but a
+                            // refused certificate or password must not hide at debug level.
+                            log::warn!("{}: cannot reach {}: {e}", self.me.device, self.cfg.broker.address());
+                            last_refusal = Some(e.clone());
                         } else {
                             log::debug!("{}: cannot reach {}: {e}", self.me.device, self.cfg.broker.address());
                         }

@@ -40,9 +40,6 @@ pub struct BrokerSettings {
     /// The client certificate's private key, PEM.
     #[serde(default)]
     pub client_key: Option<PathBuf>,
-    /// The name the broker's certificate must carry, when it differs from `host`.
-    #[serde(default)]
-    pub tls_server_name: Option<String>,
     /// Largest packet sent or received, bytes.
     #[serde(default = "default_max_packet")]
     pub max_packet: usize,
@@ -75,7 +72,6 @@ impl Default for BrokerSettings {
             ca: None,
             client_cert: None,
             client_key: None,
-            tls_server_name: None,
             max_packet: DEFAULT_MAX_PACKET,
             keep_alive_s: 30,
         }

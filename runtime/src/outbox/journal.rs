@@ -66,7 +66,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
 struct Cursor {
     /// Every record up to this one reached the broker.
     delivered: u64,
-    /// Undelivered records dropped for the quota, ever.
+    /// Undelivered records dropped for the quota or lost to a failed write, ever.
     dropped: u64,
 }
 
@@ -159,14 +159,27 @@ impl Journal {
         let seq = self.next;
         let record = Record { seq, stream, payload };
         let rotate = self.segments.back().is_none_or(|s| s.bytes + size as u64 > self.quota.segment_bytes);
-        if rotate || self.active.is_none() {
-            self.open_active(rotate)?;
+        if (rotate || self.active.is_none())
+            && let Err(e) = self.open_active(rotate)
+        {
+            self.lost();
+            return Err(e);
         }
         let bytes = encode(&record);
         let (Some(file), Some(segment)) = (self.active.as_mut(), self.segments.back_mut()) else {
             unreachable!("open_active leaves an active segment");
         };
-        file.write_all(&bytes).and_then(|()| file.sync_data()).map_err(io_err(&segment.path))?;
+        let written = file.write_all(&bytes).and_then(|()| file.sync_data());
+        if let Err(error) = written {
+            // Disk full (or failing) mid-record. A partial record left in place would end this
+            // segment at recovery and hide every record appended after it, so it is taken back
+            // now, or, if that fails too, when the segment is next opened (`open_active`).
+            let _ = file.set_len(segment.bytes).and_then(|()| file.sync_data());
+            let path = segment.path.clone();
+            self.active = None;
+            self.lost();
+            return Err(JournalError::Io { path, error });
+        }
         segment.bytes += bytes.len() as u64;
         segment.last = seq;
         self.next += 1;
@@ -185,7 +198,8 @@ impl Journal {
         self.remove_delivered()
     }
 
-    /// Undelivered records dropped for the quota since the outbox was created.
+    /// Undelivered records dropped for the quota, or lost to a failed write (disk full), since
+    /// the outbox was created.
     pub fn dropped(&self) -> u64 {
         self.cursor.dropped
     }
@@ -195,6 +209,13 @@ impl Journal {
         self.segments.iter().map(|s| s.bytes).sum()
     }
 
+    /// A report could not be written: counted with the dropped ones (the count reaches telemetry
+    /// once the disk has room again; saving it now may fail on the same full disk).
+    fn lost(&mut self) {
+        self.cursor.dropped += 1;
+        let _ = self.save_cursor();
+    }
+
     fn open_active(&mut self, new_segment: bool) -> Result<(), JournalError> {
         if new_segment || self.segments.is_empty() {
             let path = self.dir.join(format!("{:020}.{SUFFIX}", self.next));
@@ -202,6 +223,10 @@ impl Journal {
         }
         let Some(segment) = self.segments.back() else { unreachable!("a segment was just pushed") };
         let file = OpenOptions::new().create(true).append(true).open(&segment.path).map_err(io_err(&segment.path))?;
+        // What a failed append left past the last good record goes before anything follows it.
+        if file.metadata().map_err(io_err(&segment.path))?.len() > segment.bytes {
+            file.set_len(segment.bytes).and_then(|()| file.sync_data()).map_err(io_err(&segment.path))?;
+        }
         File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
         self.active = Some(file);
         Ok(())
@@ -348,6 +373,30 @@ mod tests {
         drop(j);
         let (_, pending) = Journal::open(dir.path(), quota()).expect("reopen");
         assert_eq!(pending.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_partial_record_left_by_a_failed_write_is_cut_before_the_next_append() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (mut j, _) = Journal::open(dir.path(), quota()).expect("open");
+        for s in 1..=2 {
+            j.append(Stream::Telemetry, payload(s)).expect("append");
+        }
+        // What a disk that filled mid-record leaves when even the truncation failed: part of a
+        // record after the good ones, the segment closed, the report counted as lost.
+        let segment = j.segments.back().expect("segment").path.clone();
+        let torn = encode(&Record { seq: 3, stream: Stream::Telemetry, payload: payload(3) });
+        OpenOptions::new().append(true).open(&segment).unwrap().write_all(&torn[..10]).unwrap();
+        j.active = None;
+        j.lost();
+        // Room again: the next reports follow the good ones, not the torn bytes.
+        for s in 3..=4 {
+            assert_eq!(j.append(Stream::Telemetry, payload(s)).expect("append").0.seq, s);
+        }
+        drop(j);
+        let (j, pending) = Journal::open(dir.path(), quota()).expect("reopen");
+        assert_eq!(pending.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4], "nothing hidden");
+        assert_eq!(j.dropped(), 1, "the lost report is counted");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use drover_wire::DType;
@@ -10,6 +10,69 @@ use crate::engine::{Signature, describe_shape};
 use crate::tensor::{Tensor, TensorData};
 
 type Source = BufReader<File>;
+
+/// The largest header an `.npy` file may declare. numpy itself refuses more than 10,000 bytes
+/// by default (`max_header_size`); npyz allocates whatever the file declares (up to 4 GiB) before
+/// reading it, so the length is checked here first.
+const MAX_HEADER: u64 = 64 * 1024;
+
+/// The deepest bracket nesting accepted in a header. A plain array's header is a dict holding a
+/// shape tuple (2); npyz's header parser (py_literal, on pest) takes exponential time in the
+/// nesting, so a 200-byte header of nested `[` kept it busy for minutes.
+const MAX_NESTING: usize = 4;
+
+/// The deepest nesting of `[`, `(` and `{` in a Python-literal header, outside quoted strings.
+fn nesting(header: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut quote) = (0usize, 0usize, None);
+    for &b in header {
+        match (quote, b) {
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'\'' | b'"') => quote = Some(b),
+            (None, b'[' | b'(' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (None, b']' | b')' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Opens an `.npy` file for npyz once its declared header length and nesting are known to be
+/// sane.
+fn open_npy(path: &Path) -> Result<NpyFile<Source>, SampleError> {
+    let fail = |message: String| SampleError::Npy { path: path.to_path_buf(), message };
+    let io = |error| SampleError::Io { path: path.to_path_buf(), error };
+    let mut file = File::open(path).map_err(io)?;
+    // Magic (6), version (2), then the header length: u16 in version 1, u32 from version 2.
+    let mut preamble = Vec::with_capacity(12);
+    (&mut file).take(12).read_to_end(&mut preamble).map_err(io)?;
+    if preamble.len() >= 10 && preamble.starts_with(b"\x93NUMPY") {
+        let (declared, start) = match (preamble[6], preamble.get(8..12)) {
+            (1, _) => (u64::from(u16::from_le_bytes([preamble[8], preamble[9]])), 10),
+            (_, Some(b)) => (u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])), 12),
+            (_, None) => (0, 10),
+        };
+        if declared > MAX_HEADER {
+            return Err(fail(format!(
+                "not a valid .npy file: its header declares {declared} bytes, more than the {MAX_HEADER} a header needs"
+            )));
+        }
+        let mut header = Vec::new();
+        file.seek(std::io::SeekFrom::Start(start)).map_err(io)?;
+        (&mut file).take(declared).read_to_end(&mut header).map_err(io)?;
+        let depth = nesting(&header);
+        if depth > MAX_NESTING {
+            return Err(fail(format!(
+                "not a valid .npy file: its header nests {depth} brackets deep (an array's header needs 2)"
+            )));
+        }
+    }
+    file.rewind().map_err(io)?;
+    NpyFile::new(BufReader::new(file)).map_err(|e| fail(format!("not a valid .npy file: {e}")))
+}
 
 /// The typed element stream of an `.npy` file.
 enum Elements {
@@ -44,8 +107,7 @@ impl NpySamples {
                 signature.inputs.len()
             )));
         }
-        let file = File::open(path).map_err(|error| SampleError::Io { path: path.to_path_buf(), error })?;
-        let npy = NpyFile::new(BufReader::new(file)).map_err(|e| fail(format!("not a valid .npy file: {e}")))?;
+        let npy = open_npy(path)?;
         if npy.order() == Order::Fortran && npy.shape().len() > 1 {
             return Err(fail("Fortran-ordered arrays are not supported: save np.ascontiguousarray(a)".into()));
         }
@@ -147,8 +209,7 @@ impl Iterator for NpySamples {
 pub fn read_npy(path: &Path) -> Result<Tensor, SampleError> {
     use npyz::TypeChar;
     let fail = |message: String| SampleError::Npy { path: path.to_path_buf(), message };
-    let file = File::open(path).map_err(|error| SampleError::Io { path: path.to_path_buf(), error })?;
-    let npy = NpyFile::new(BufReader::new(file)).map_err(|e| fail(format!("not a valid .npy file: {e}")))?;
+    let npy = open_npy(path)?;
     if npy.order() == Order::Fortran && npy.shape().len() > 1 {
         return Err(fail("Fortran-ordered arrays are not supported: save np.ascontiguousarray(a)".into()));
     }
@@ -191,6 +252,46 @@ mod tests {
         let path = dir.path().join("x.npy");
         std::fs::write(&path, bytes).expect("write");
         NpySamples::open(&path, &iris_signature())?.collect()
+    }
+
+    /// Found by the `samples_npy` fuzz target: a 52-byte version-3 file declaring a 3.7 GB header,
+    /// which npyz allocated before reading (an out-of-memory abort).
+    #[test]
+    fn a_header_declaring_gigabytes_is_refused_before_anything_is_allocated() {
+        let crash: [u8; 52] = [
+            147, 78, 85, 77, 80, 89, 3, 0, 118, 0, 0, 221, 1, 0, 0, 0, 0, 0, 0, 39, 58, 32, 39, 60, 102, 50, 39, 44,
+            32, 32, 32, 221, 1, 0, 0, 0, 0, 0, 0, 39, 58, 32, 39, 60, 102, 50, 39, 44, 32, 32, 32, 32,
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.npy");
+        std::fs::write(&path, crash).expect("write");
+        for err in [
+            read_npy(&path).map(|_| ()).unwrap_err(),
+            NpySamples::open(&path, &iris_signature()).map(|_| ()).unwrap_err(),
+        ] {
+            assert!(err.to_string().contains("header declares 3707764854 bytes"), "{err}");
+        }
+        // Version 1 files (a u16 length) and the reference files still read.
+        assert_eq!(read_all(&reference_npy()).expect("reference").len(), 16);
+    }
+
+    /// Found by the `samples_npy` fuzz target after the fix above: a header of 96 nested `[`
+    /// kept npyz's header parser busy past the fuzzer's 10-second limit (its time grows
+    /// exponentially with the nesting).
+    #[test]
+    fn a_deeply_nested_header_is_refused_before_it_is_parsed() {
+        let text = format!("{{{}'descr': '<f4',      \n", "[".repeat(96));
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(text.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(text.as_bytes());
+        bytes.extend_from_slice(&[0; 16]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.npy");
+        std::fs::write(&path, &bytes).expect("write");
+        let err = read_npy(&path).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("nests 97 brackets deep"), "{err}");
+        assert_eq!(nesting(b"{'descr': '<f4', 'fortran_order': False, 'shape': (16, 4), }"), 2);
+        assert_eq!(nesting(b"{'descr': '[[[[[[', 'shape': (1,), }"), 2, "quoted brackets do not count");
     }
 
     #[test]

@@ -301,7 +301,11 @@ impl Store {
     ) -> Result<(Manifest, TrustState), InstallError> {
         let trust = self.trust.clone().ok_or_else(|| StoreError::NoTrust(self.cfg.data_dir.join(TRUST)))?;
         let name = header.manifest.name.to_string();
-        let facts = DeviceFacts { highest_installed: self.state.highest_installed(&name), ..device.clone() };
+        let facts = DeviceFacts {
+            highest_installed: self.state.highest_installed(&name),
+            now: self.state.trusted_now(device.now),
+            ..device.clone()
+        };
         let verified = verify_header(header, &trust, &facts)?;
         let staging = self.cfg.data_dir.join(STAGING);
         if let Err(e) = self.stage(bundle, &verified.manifest, &staging) {
@@ -393,10 +397,12 @@ impl Store {
                 }
                 Err(e) => {
                     log::error!("slot {active} ({} v{}) is not servable: {e}", manifest.name, manifest.version);
-                    let back = self
-                        .state
-                        .rollback()
-                        .map_err(|_| StoreError::NothingServable(format!("slot {active}: {e}")))?;
+                    let Ok(back) = self.state.rollback() else {
+                        // Nothing to fall back to: the slot is given up, so that nothing (the
+                        // agent's status, its inference service) takes its model for served.
+                        self.persist(self.state.give_up(active))?;
+                        return Err(StoreError::NothingServable(format!("slot {active}: {e}")));
+                    };
                     // A slot that failed verification is no fallback for anything.
                     let back = back.release_slot(active);
                     self.persist(back)?;
@@ -418,9 +424,10 @@ impl Store {
         bundle: Option<&mut dyn Read>,
     ) -> Result<CommandOutcome, InstallError> {
         let trust = self.trust.clone().ok_or_else(|| StoreError::NoTrust(self.cfg.data_dir.join(TRUST)))?;
-        let command_facts = CommandFacts { device, groups, now: facts.now, last_sequence: self.state.last_command };
+        let now = self.state.trusted_now(facts.now);
+        let command_facts = CommandFacts { device, groups, now, last_sequence: self.state.last_command };
         let command = verify_command(signed, &trust, &command_facts).map_err(InstallError::Command)?;
-        self.persist(self.state.consume_command(command.sequence))?;
+        self.persist(self.state.consume_command(command.sequence, command.issued_at))?;
         match &command.op {
             Operation::Rollback => Ok(CommandOutcome::RolledBack(self.rollback()?)),
             Operation::Shadow { name, version, sample_ppm } => {

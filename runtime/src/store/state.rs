@@ -74,6 +74,13 @@ pub struct StoreState {
     /// Highest operator command sequence applied (replay floor; never decreases).
     #[serde(default)]
     pub last_command: u64,
+    /// The latest signed time this device has seen (an installed bundle's `created_at`, an
+    /// applied command's `issued_at`), Unix seconds; never decreases. Expiry is judged against
+    /// it whenever the clock says earlier, so a clock set back (a board without a real-time
+    /// clock booting at 1970, a forged NTP answer) does not bring expired bundles, delegations,
+    /// roots or commands back to life.
+    #[serde(default)]
+    pub time_floor: u64,
     /// Incremented by every persisted change, for diagnostics.
     pub generation: u64,
 }
@@ -143,6 +150,7 @@ impl StoreState {
         let mut s = self.next();
         let floor = s.highest.entry(manifest.name.to_string()).or_insert(0);
         *floor = (*floor).max(manifest.version);
+        s.time_floor = s.time_floor.max(manifest.created_at);
         // Fall back to the slot that was serving, if it was committed.
         s.previous = match (self.active, self.pending) {
             (Some(a), false) if a != id => Some(a),
@@ -197,11 +205,31 @@ impl StoreState {
         Ok(s)
     }
 
-    /// Records an accepted operator command so it can never be applied again.
-    pub fn consume_command(&self, sequence: u64) -> StoreState {
+    /// The active slot failed verification or its health check and there is nothing to fall
+    /// back to: its content is forgotten and nothing is active until a new install.
+    pub fn give_up(&self, id: SlotId) -> StoreState {
+        let mut s = self.release_slot(id);
+        if s.active == Some(id) {
+            s.active = None;
+        }
+        s.pending = false;
+        s.boot_attempts = 0;
+        s
+    }
+
+    /// Records an accepted operator command so it can never be applied again (and the time it
+    /// was signed at as the earliest "now" from then on).
+    pub fn consume_command(&self, sequence: u64, issued_at: u64) -> StoreState {
         let mut s = self.next();
         s.last_command = s.last_command.max(sequence);
+        s.time_floor = s.time_floor.max(issued_at);
         s
+    }
+
+    /// The time expiry is judged at: the clock's, unless it is before the latest signed time
+    /// this device has seen.
+    pub fn trusted_now(&self, clock: u64) -> u64 {
+        clock.max(self.time_floor)
     }
 
     fn next(&self) -> StoreState {

@@ -20,6 +20,15 @@ pub struct CommandFacts<'a> {
 /// Why a command was refused; the device does nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandRefusal {
+    /// The device's root of trust expired: it takes no orders until a new root reaches it (an
+    /// install carrying one), as it takes no bundles.
+    #[error("the trust root expired at {expires_at} (now {now})")]
+    RootExpired {
+        /// The root's expiry.
+        expires_at: u64,
+        /// Now.
+        now: u64,
+    },
     /// The operator key's delegation is not signed by the trusted root.
     #[error("the operator key's delegation is not signed by the trusted root")]
     DelegationSignature,
@@ -71,8 +80,14 @@ pub fn verify_command(
     facts: &CommandFacts<'_>,
 ) -> Result<Command, CommandRefusal> {
     let root = &trust.root;
+    if facts.now >= root.expires_at {
+        return Err(CommandRefusal::RootExpired { expires_at: root.expires_at, now: facts.now });
+    }
     let d = &signed.delegation.delegation;
-    if !verify_document(&root.key, CONTEXT_DELEGATION, d, &signed.delegation.sig) {
+    // A delegation naming a root newer than the device's cannot be one its root signed.
+    if signed.delegation.root_version > root.version
+        || !verify_document(&root.key, CONTEXT_DELEGATION, d, &signed.delegation.sig)
+    {
         return Err(CommandRefusal::DelegationSignature);
     }
     let key = hex::encode(key_id(&d.key).0);
@@ -196,5 +211,26 @@ mod tests {
         forged.sig = sign_document(&rogue, CONTEXT_DELEGATION, &forged.delegation);
         let c = signed(&op, &forged, command(dev("pi-7"), 5));
         assert_eq!(verify_command(&c, &trust, &facts(&[], 0)), Err(CommandRefusal::DelegationSignature));
+        let mut future_root = d.clone();
+        future_root.root_version = 2;
+        let c = signed(&op, &future_root, command(dev("pi-7"), 5));
+        assert_eq!(verify_command(&c, &trust, &facts(&[], 0)), Err(CommandRefusal::DelegationSignature));
+    }
+
+    #[test]
+    fn revoked_keys_expired_delegations_and_an_expired_root_give_no_orders() {
+        let (mut trust, op, d) = setup(DelegatedRole::Operator, &["*"]);
+        let c = signed(&op, &d, command(dev("pi-7"), 5));
+        assert!(verify_command(&c, &trust, &facts(&[], 0)).is_ok());
+        // The delegation's last second, then past it (clock moved forward).
+        let at = |now| CommandFacts { now, ..facts(&[], 0) };
+        assert_eq!(verify_command(&c, &trust, &at(NOW + 100)), Err(CommandRefusal::DelegationExpired));
+        // The root's own expiry comes first.
+        assert_eq!(
+            verify_command(&c, &trust, &at(NOW * 2)),
+            Err(CommandRefusal::RootExpired { expires_at: NOW * 2, now: NOW * 2 })
+        );
+        trust.root.revoked.push(key_id(&op.public())).unwrap();
+        assert!(matches!(verify_command(&c, &trust, &facts(&[], 0)), Err(CommandRefusal::KeyRevoked(_))));
     }
 }

@@ -27,6 +27,7 @@ pub mod root;
 pub mod shadow;
 pub mod sign;
 pub mod simulate;
+pub mod soak;
 pub mod verify;
 
 /// Parses a duration such as `90d`, `12h`, `30m` or `3600s` (humantime syntax).

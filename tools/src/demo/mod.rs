@@ -8,7 +8,7 @@
 //! This is a program's top level (like the `cmd` modules), so its errors are `anyhow`'s.
 
 pub mod setup;
-mod stack;
+pub mod stack;
 mod story;
 
 use std::path::PathBuf;

@@ -41,6 +41,54 @@ pub struct Prepared {
     pub operator: crate::fleet::rollouts::Signer,
     /// Bytes of the v1 model file.
     pub model_bytes: usize,
+    /// Signs further releases (the soak pushes a new one every few minutes).
+    pub releases: Releases,
+}
+
+/// The release key and the files a release of iris is made from. Odd versions carry the v1
+/// model and even ones the retrained v2, so that consecutive releases really differ.
+pub struct Releases {
+    signer: Signer,
+    models: [PathBuf; 2],
+    selftest: PathBuf,
+    train: PathBuf,
+    dir: PathBuf,
+    now: u64,
+}
+
+impl std::fmt::Debug for Releases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Releases").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl Releases {
+    /// Builds and signs iris `version` into `bundles/iris-v{version}.drv`.
+    pub fn build(&self, version: u64) -> anyhow::Result<PathBuf> {
+        let retrained = version.is_multiple_of(2);
+        let label = if retrained { "logreg C=0.3, retrained" } else { "logreg C=1" };
+        let spec = BundleSpec {
+            model: self.models[usize::from(retrained)].clone(),
+            name: "iris".into(),
+            version,
+            label: label.into(),
+            targets: vec![Arch::Aarch64, Arch::Armv7, Arch::X86_64],
+            created_at: self.now,
+            expires_at: self.now + 90 * 24 * 3600,
+            min_agent: AgentVersion::parse(env!("CARGO_PKG_VERSION")).context("the agent's own version")?,
+            selftest_from: Some(self.selftest.clone()),
+            selftest_count: 8,
+            reference_from: Some(self.train.clone()),
+            reference_bins: 10,
+            feature_names: Some(FEATURES.trim().split(',').map(String::from).collect()),
+            settings: RuntimeSettings::default(),
+        };
+        let mut bundle = build(&spec).with_context(|| format!("bundle iris v{version}"))?;
+        bundle.sign(&self.signer)?;
+        let out = self.dir.join(format!("iris-v{version}.drv"));
+        bundle.write(&out)?;
+        Ok(out)
+    }
 }
 
 /// Makes everything in `dir` (which must be empty or new): keys (secrets 0600), `root.json`,
@@ -82,39 +130,24 @@ pub fn prepare(dir: &Path, group: &str, now: u64) -> anyhow::Result<Prepared> {
     let selftest = write("iris.selftest.jsonl", SELFTEST.as_bytes())?;
     let train = write("iris.train.jsonl", crate::sim::traffic::IRIS_TRAIN.as_bytes())?;
 
-    let signer = Signer { key: release_key, delegation: release, roots: Vec::new() };
     let bundle_dir = dir.join("bundles");
     std::fs::create_dir_all(&bundle_dir).with_context(|| format!("create {}", bundle_dir.display()))?;
-    let mut bundles = Vec::new();
-    for (version, model, label) in [(1, &v1, "logreg C=1"), (2, &v2, "logreg C=0.3, retrained")] {
-        let spec = BundleSpec {
-            model: model.clone(),
-            name: "iris".into(),
-            version,
-            label: label.into(),
-            targets: vec![Arch::Aarch64, Arch::Armv7, Arch::X86_64],
-            created_at: now,
-            expires_at: now + 90 * 24 * 3600,
-            min_agent: AgentVersion::parse(env!("CARGO_PKG_VERSION")).context("the agent's own version")?,
-            selftest_from: Some(selftest.clone()),
-            selftest_count: 8,
-            reference_from: Some(train.clone()),
-            reference_bins: 10,
-            feature_names: Some(FEATURES.trim().split(',').map(String::from).collect()),
-            settings: RuntimeSettings::default(),
-        };
-        let mut bundle = build(&spec).with_context(|| format!("bundle iris v{version}"))?;
-        bundle.sign(&signer)?;
-        let out = bundle_dir.join(format!("iris-v{version}.drv"));
-        bundle.write(&out)?;
-        bundles.push(out);
-    }
-    let [b1, b2]: [PathBuf; 2] = bundles.try_into().map_err(|_| anyhow::anyhow!("two bundles"))?;
+    let releases = Releases {
+        signer: Signer { key: release_key, delegation: release, roots: Vec::new() },
+        models: [v1, v2],
+        selftest,
+        train,
+        dir: bundle_dir.clone(),
+        now,
+    };
+    let b1 = releases.build(1)?;
+    let b2 = releases.build(2)?;
     Ok(Prepared {
         root,
         root_json,
         bundles: [b1, b2],
         bundle_dir,
+        releases,
         operator: crate::fleet::rollouts::Signer { key: operator_secret, delegation: operator_delegation },
         model_bytes: IRIS_V1.len(),
     })

@@ -29,8 +29,8 @@ pub struct Stack {
     server: Option<(oneshot::Sender<()>, std::thread::JoinHandle<anyhow::Result<()>>)>,
 }
 
-/// A port free on 127.0.0.1 now.
-fn free_port() -> anyhow::Result<u16> {
+/// A port free on 127.0.0.1 now (the soak's agent API takes one too).
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).context("find a free port")?.port())
 }
 

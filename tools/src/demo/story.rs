@@ -2,20 +2,18 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use drover_runtime::bundle::{Limits, read_header};
-use drover_runtime::link::PayloadFormat;
 use drover_wire::topic::Name;
 
 use super::DemoOptions;
 use super::setup::{Prepared, prepare};
 use super::stack::Stack;
 use crate::cmd::fleet_client::post_json;
-use crate::push::{Audience, Campaign, Tracker, Work};
+use crate::push::Audience;
 use crate::rollout::{Gates, Rollout, State};
 use crate::sim::{FleetSpec, Profile, SimFleet};
 
@@ -343,31 +341,15 @@ fn finish(n: &mut Narrator<'_>, fleet: &SimFleet, outcome: &mut Outcome, cut: Cu
 }
 
 /// Pushes a bundle to the demo's group; the result in words. Every device must install it.
-fn push(bundle: &PathBuf, stack: &Stack, devices: usize) -> anyhow::Result<String> {
-    let bytes = std::fs::read(bundle).with_context(|| format!("read {}", bundle.display()))?;
-    let header = read_header(&mut bytes.as_slice(), &Limits::default())?;
-    let m = &header.manifest;
-    let now_ms = crate::cmd::fleet::unix_ms();
-    let announce = crate::push::campaign::announce(&bytes, &m.name, m.version, 32 * 1024, now_ms)?;
-    let audience = Audience::Group(Name::new(GROUP).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let settle = crate::cmd::push::SETTLE.as_millis() as u64;
-    let tracker = Tracker::new(audience, 0, settle, 120_000);
-    let mut campaign = Campaign::new(Work::Bundle { announce }, tracker, PayloadFormat::Postcard);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let outcome = rt.block_on(crate::push::run::execute(&mut campaign, &bytes, None, &stack.broker, |_, _| {}))?;
-    let t = campaign.tracker();
-    let ok = t.devices().values().filter(|v| v.phase.as_ref().is_some_and(|p| p.is_success())).count();
-    anyhow::ensure!(
-        ok == devices && t.all_succeeded(),
-        "iris v{} reached {ok} of {devices} devices ({:?})",
-        m.version,
-        outcome.end
-    );
+fn push(bundle: &Path, stack: &Stack, devices: usize) -> anyhow::Result<String> {
+    let group = Audience::Group(Name::new(GROUP).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let d = crate::push::deliver::deliver(bundle, &stack.broker, group, devices, Duration::from_secs(120))?;
     Ok(format!(
-        "   iris v{} installed on {ok}/{devices} devices in {:.1} s ({} bytes, {} chunks published once for all).",
-        m.version,
-        outcome.elapsed.as_secs_f64(),
-        bytes.len(),
-        outcome.chunks_sent
+        "   iris v{} installed on {}/{devices} devices in {:.1} s ({} bytes, {} chunks published once for all).",
+        d.version,
+        d.devices,
+        d.elapsed.as_secs_f64(),
+        d.bytes,
+        d.chunks_sent
     ))
 }

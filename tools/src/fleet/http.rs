@@ -1,6 +1,7 @@
 //! The fleet server's HTTP side: the web dashboard (assets compiled into the binary, no CDN), its
 //! JSON API, live updates as server-sent events, and `/metrics` for Prometheus. A token, when
-//! set, guards every route (`Authorization: Bearer …`, or `?token=` for a browser).
+//! set, guards every route (`Authorization: Bearer …`, or `?token=` for a browser); other sites'
+//! pages are kept out either way (`origin.rs`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -141,6 +142,9 @@ async fn guard(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if let Err(refusal) = super::origin::check(request.method(), &headers, api.token.is_some()) {
+        return error(StatusCode::FORBIDDEN, refusal.message());
+    }
     if let Some(token) = &api.token {
         let bearer = headers
             .get(header::AUTHORIZATION)

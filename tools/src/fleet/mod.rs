@@ -10,6 +10,7 @@ pub mod drift;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod origin;
 pub mod record;
 pub mod registry;
 pub mod rollouts;

@@ -2,6 +2,7 @@
 //! every device's progress. `tracker.rs` and `campaign.rs` are pure; `run.rs` is the I/O.
 
 pub mod campaign;
+pub mod deliver;
 pub mod rate;
 pub mod run;
 pub mod tracker;
