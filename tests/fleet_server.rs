@@ -408,3 +408,88 @@ fn other_sites_pages_are_refused_and_a_token_guards_everything() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The server killed (SIGKILL) mid-stream and started again, its reports read by `links` ingest
+/// connections (more than one: dealt across them by a `$share/` subscription): every report the
+/// agents sent is counted once, none lost and none twice, and each is one period in the database.
+fn a_server_killed_mid_stream_counts_every_report_once(kind: Kind, links: &str) {
+    const AGENTS: usize = 6;
+    let Some(broker) = Broker::start(kind, Options::default()) else { return };
+    let rel = trust_setup();
+    let d = rel.path();
+    let mut server = FleetServer::start(d, &broker.address(), &["--ingest-links", links]);
+    // A plain subscriber beside it sees every report as the broker delivered it.
+    let observer = drover_tests::observer::Observer::connect(broker.port, "drover/v1/dev/+/telemetry");
+    let fleet_dir = tempfile::tempdir().expect("tmp");
+    let settings = BrokerSettings { port: broker.port, ..BrokerSettings::default() };
+    let mut fleet = Fleet::new(fleet_dir.path(), "ingest", AGENTS, &[], &d.join("root.json"), &settings);
+    for m in fleet.members.iter_mut() {
+        m.cfg.telemetry.period_s = Some(1);
+    }
+    fleet.start_all();
+    // Requests with no model to serve them: each is counted in its second's report as a
+    // no-model error, so the server's totals tell how many reports it counted.
+    let request = Tensor::new(vec![4], TensorData::F32(vec![5.1, 3.5, 1.4, 0.2])).expect("tensor");
+    let started = std::time::Instant::now();
+    let (mut asked, mut killed, mut restarted) = (0u64, false, false);
+    while started.elapsed() < Duration::from_secs(9) {
+        for i in 0..AGENTS {
+            assert!(fleet.inference(i).infer(None, std::slice::from_ref(&request)).is_err(), "no model yet");
+        }
+        asked += 1;
+        if !killed && started.elapsed() > Duration::from_secs(3) {
+            server.kill();
+            killed = true;
+        }
+        if !restarted && started.elapsed() > Duration::from_secs(6) {
+            server.restart();
+            restarted = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    until(Duration::from_secs(30), "every request counted once", || {
+        let view = server.json("/api/fleet");
+        let devices = view["devices"].as_array().ok_or("no devices")?;
+        let counted: Vec<u64> = devices.iter().filter_map(|x| x["totals"]["no_model_errors"].as_u64()).collect();
+        if counted.len() == AGENTS && counted.iter().all(|c| *c == asked) {
+            Ok(())
+        } else {
+            Err(format!("{counted:?} of {asked}"))
+        }
+    });
+    // Each report once in the database, as the broker delivered them.
+    let mut sent: BTreeMap<String, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for (topic, payload) in observer.seen.lock().expect("lock").iter() {
+        let t: drover_wire::telemetry::Telemetry =
+            drover_runtime::link::codec::decode(payload).expect("the agents' telemetry decodes");
+        let device = topic.split('/').nth(3).expect("a device topic").to_string();
+        assert!(sent.entry(device).or_default().insert(t.end_ms), "{topic} delivered twice to one subscriber");
+    }
+    assert_eq!(sent.len(), AGENTS);
+    if kind == Kind::Mosquitto {
+        let log = broker.log();
+        let last = format!("-ingest-{links} ");
+        assert!(log.contains(&last), "the server's ingest connections reached the broker: {log}");
+    }
+    for (device, periods) in &sent {
+        let series = server.json(&format!("/api/devices/{device}/series?since_ms=0&max_points=100000"));
+        let stored: Vec<u64> =
+            series["points"].as_array().expect("points").iter().filter_map(|p| p["end_ms"].as_u64()).collect();
+        let stored_set: std::collections::BTreeSet<u64> = stored.iter().copied().collect();
+        assert_eq!(stored.len(), stored_set.len(), "{device}: a period stored twice");
+        assert!(stored_set.is_superset(periods), "{device}: reports missing: {:?}", periods.difference(&stored_set));
+    }
+    drop(fleet);
+}
+
+#[test]
+fn mosquitto_fleet_server_with_shared_ingest_killed_mid_stream_counts_every_report_once() {
+    a_server_killed_mid_stream_counts_every_report_once(Kind::Mosquitto, "3");
+}
+
+/// rumqttd 0.20 drops what waits for a killed member of a shared subscription (and spins its
+/// router on them): on the embedded broker the server reads through one plain connection.
+#[test]
+fn embedded_broker_fleet_server_killed_mid_stream_counts_every_report_once() {
+    a_server_killed_mid_stream_counts_every_report_once(Kind::Embedded, "1");
+}

@@ -36,6 +36,9 @@ pub fn http_get(url: &str) -> Option<String> {
 /// `drover fleet serve` as an operator runs it.
 pub struct FleetServer {
     child: Child,
+    /// Its working directory and arguments, to start it again as it was.
+    dir: PathBuf,
+    args: Vec<String>,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     /// Its SQLite file.
@@ -48,21 +51,38 @@ impl FleetServer {
     pub fn start(dir: &Path, broker: &str, extra: &[&str]) -> FleetServer {
         let port = free_port();
         let db = dir.join("fleet.db");
-        let child = Command::new(workspace_bin("drover"))
-            .current_dir(dir)
-            .args(["fleet", "serve", "--broker", broker, "--http", &format!("127.0.0.1:{port}")])
-            .arg("--db")
-            .arg(&db)
-            .args(["--client-id", &format!("fleet-{port}")])
-            .args(extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn drover fleet serve");
-        let server = FleetServer { child, url: format!("http://127.0.0.1:{port}"), db };
-        eventually(Duration::from_secs(20), "the fleet server's API", || server.get("/api/fleet"));
+        let mut args: Vec<String> =
+            ["fleet", "serve", "--broker", broker, "--http", &format!("127.0.0.1:{port}")].map(String::from).into();
+        args.extend(["--db".to_string(), db.display().to_string(), "--client-id".into(), format!("fleet-{port}")]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let server = FleetServer {
+            child: spawn_server(dir, &args),
+            dir: dir.to_path_buf(),
+            args,
+            url: format!("http://127.0.0.1:{port}"),
+            db,
+        };
+        server.wait_ready();
         server
+    }
+
+    fn wait_ready(&self) {
+        eventually(Duration::from_secs(20), "the fleet server's API", || self.get("/api/fleet"));
+    }
+
+    /// Kills the server at once (SIGKILL, as a power cut: nothing written or acknowledged on
+    /// the way out).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again as it was (the same port, database and MQTT client ids, so the same
+    /// broker sessions), and waits until its API answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_server(&self.dir, &self.args);
+        self.wait_ready();
     }
 
     /// GET `path` from the server.
@@ -75,6 +95,17 @@ impl FleetServer {
         let body = self.get(path).unwrap_or_else(|| panic!("fleet server: GET {path} failed"));
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("fleet server: GET {path}: {e}: {body}"))
     }
+}
+
+fn spawn_server(dir: &Path, args: &[String]) -> Child {
+    Command::new(workspace_bin("drover"))
+        .current_dir(dir)
+        .args(args)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn drover fleet serve")
 }
 
 impl Drop for FleetServer {

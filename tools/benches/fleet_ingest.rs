@@ -21,8 +21,13 @@
 //! gone quiet. Rounds interleave the three and report medians. Timing never fails the bench; a
 //! lost, rejected or misfiled report does (non-zero exit).
 //!
+//! `--links N` runs the server with N ingest connections (a `$share/` subscription when N > 1)
+//! beside the single-connection server; `--mosquitto` runs it all against Debian's Mosquitto
+//! (its own process: its CPU is not in the per-thread table) instead of the embedded broker.
+//!
 //! `cargo bench -p drover-tools --bench fleet_ingest [-- --quick] [-- --messages N --devices D
-//! --rounds R]` (or `DROVER_BENCH_MESSAGES`, `DROVER_BENCH_DEVICES`, `DROVER_BENCH_ROUNDS`).
+//! --rounds R --links N --mosquitto]` (or `DROVER_BENCH_MESSAGES`, `DROVER_BENCH_DEVICES`,
+//! `DROVER_BENCH_ROUNDS`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,11 +36,11 @@ use std::time::{Duration, Instant};
 
 use drover_runtime::link::BrokerSettings;
 use drover_runtime::link::codec::{self, PayloadFormat};
-use drover_tests::broker::free_port;
+use drover_tests::broker::{Broker, Kind, Options, free_port};
 use drover_tools::fleet::hub::Hub;
 use drover_tools::fleet::record;
 use drover_tools::fleet::registry::{Change, Registry};
-use drover_tools::fleet::server::{self, DEFAULT_BATCH_DELAY, DEFAULT_BATCH_MAX, ServeConfig};
+use drover_tools::fleet::server::{self, DEFAULT_BATCH_DELAY, DEFAULT_BATCH_MAX, DEFAULT_INGEST_LINKS, ServeConfig};
 use drover_tools::fleet::storage::{Retention, Sqlite, Storage};
 use drover_tools::fleet::writer::coalesce;
 use drover_wire::Arch;
@@ -56,6 +61,10 @@ struct Setup {
     messages: usize,
     devices: usize,
     rounds: usize,
+    /// Ingest connections of the server.
+    links: usize,
+    /// Against Mosquitto (a process of its own) rather than the embedded broker.
+    mosquitto: bool,
 }
 
 impl Setup {
@@ -73,6 +82,8 @@ impl Setup {
             messages: arg("--messages").or(env("DROVER_BENCH_MESSAGES")).unwrap_or(if quick { 4_000 } else { 20_000 }),
             devices: arg("--devices").or(env("DROVER_BENCH_DEVICES")).unwrap_or(200),
             rounds: arg("--rounds").or(env("DROVER_BENCH_ROUNDS")).unwrap_or(if quick { 1 } else { 3 }),
+            links: arg("--links").unwrap_or(DEFAULT_INGEST_LINKS),
+            mosquitto: args.iter().any(|a| a == "--mosquitto"),
         };
         assert!(setup.messages > 0 && setup.devices > 0 && setup.rounds > 0, "nothing to measure");
         setup
@@ -332,16 +343,17 @@ fn cpu_delta(before: &ThreadCpu, after: &ThreadCpu) -> ThreadCpu {
 
 /// Runs the fleet server on its own thread and runtime (as `drover fleet serve` does), publishes
 /// the load, and checks what it kept. `db`: a SQLite file, or `None` for memory.
-fn served(port: u16, load: &Load, db: Option<&Path>, round: usize) -> Served {
+fn served(port: u16, load: &Load, db: Option<&Path>, ingest_links: usize, round: usize) -> Served {
     let cfg = ServeConfig {
         broker: settings(port),
-        client_id: format!("bench-fleet-{round}-{}", if db.is_some() { "file" } else { "memory" }),
+        client_id: format!("bench-fleet-{round}-{}-{ingest_links}", if db.is_some() { "file" } else { "memory" }),
         db: db.map(Path::to_path_buf),
         http: ([127, 0, 0, 1], 0).into(),
         token: None,
         retention: Retention::default(),
         batch_max: DEFAULT_BATCH_MAX,
         batch_delay: DEFAULT_BATCH_DELAY,
+        ingest_links,
         catalog: Default::default(),
         signer: None,
     };
@@ -517,11 +529,28 @@ fn main() {
     // off unless RUST_LOG says otherwise.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,rumqttd=off")).init();
     let setup = Setup::parse();
-    let port = free_port();
-    let broker =
-        drover_tools::broker::BrokerConfig { listen: Some(([127, 0, 0, 1], port).into()), ..Default::default() };
-    std::thread::spawn(move || drover_tools::broker::run(&broker));
-    std::thread::sleep(Duration::from_millis(300));
+    // Mosquitto as a fleet runs it: a window of 100 unacknowledged messages per client (its
+    // default of 20 is documented as the first thing to raise), queues deep enough for the load.
+    let _mosquitto = setup.mosquitto.then(|| {
+        let opts = Options {
+            extra: format!("max_inflight_messages 100\nmax_queued_messages {}\n", setup.messages * 2),
+            ..Options::default()
+        };
+        Broker::start(Kind::Mosquitto, opts).expect("mosquitto (Debian's package) for --mosquitto")
+    });
+    let port = match &_mosquitto {
+        Some(b) => b.port,
+        None => {
+            let port = free_port();
+            let broker = drover_tools::broker::BrokerConfig {
+                listen: Some(([127, 0, 0, 1], port).into()),
+                ..Default::default()
+            };
+            std::thread::spawn(move || drover_tools::broker::run(&broker));
+            std::thread::sleep(Duration::from_millis(300));
+            port
+        }
+    };
 
     let load = load(&setup, unix_ms());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -545,7 +574,12 @@ fn main() {
         size(PayloadFormat::Json)
     );
     println!(
-        "embedded broker (rumqttd) in process; server group commits of up to {DEFAULT_BATCH_MAX} / {} ms as `drover fleet serve`; medians of {} rounds",
+        "{}; server group commits of up to {DEFAULT_BATCH_MAX} / {} ms as `drover fleet serve`; medians of {} rounds",
+        if setup.mosquitto {
+            "Mosquitto (its own process, max_inflight_messages 100)"
+        } else {
+            "embedded broker (rumqttd) in process"
+        },
         DEFAULT_BATCH_DELAY.as_millis(),
         setup.rounds
     );
@@ -555,12 +589,24 @@ fn main() {
     println!();
 
     let dir = tempfile::tempdir().expect("tmp");
-    let (mut raws, mut files, mut memories) = (Vec::new(), Vec::new(), Vec::new());
+    // The server as `drover fleet serve` runs it, with its file and in memory, and with a single
+    // ingest connection (one broker window) to show what the shared subscription brings.
+    let links = setup.links;
+    let mut variants = vec![
+        (format!("fleet server, SQLite file, {links} links"), true, links),
+        (format!("fleet server, memory, {links} links"), false, links),
+    ];
+    if links != 1 {
+        variants.push(("fleet server, SQLite file, 1 link".to_string(), true, 1));
+    }
+    let mut raws = Vec::new();
+    let mut runs: Vec<Vec<Served>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 0..setup.rounds {
         raws.push(raw(port, &load, round));
-        let db = dir.path().join(format!("fleet-{round}.db"));
-        files.push(served(port, &load, Some(&db), round));
-        memories.push(served(port, &load, None, round));
+        for (i, (_, file, links)) in variants.iter().enumerate() {
+            let db = dir.path().join(format!("fleet-{round}-{i}.db"));
+            runs[i].push(served(port, &load, file.then_some(db.as_path()), *links, round));
+        }
     }
     let raw_rate = median(raws.clone());
     let spread = |v: &[f64]| {
@@ -570,13 +616,11 @@ fn main() {
     println!("{:<32} {:>10} {:>15} {:>7} {:>10} {:>15}", "", "msgs/s", "(min-max)", "ratio", "stored/s", "(min-max)");
     println!("{:<32} {:>10.0} {:>15} {:>7.2}", "raw: broker -> subscriber", raw_rate, spread(&raws), 1.0);
     let mut file_ratio = 0.0;
-    for (name, runs, file) in
-        [("fleet server, SQLite file (WAL)", &files, true), ("fleet server, SQLite memory", &memories, false)]
-    {
+    for (i, ((name, _, _), runs)) in variants.iter().zip(&runs).enumerate() {
         let stored: Vec<f64> = runs.iter().map(|r| r.stored).collect();
         let written: Vec<f64> = runs.iter().map(|r| r.written).collect();
         let ratio = median(written.clone()) / raw_rate;
-        if file {
+        if i == 0 {
             file_ratio = ratio;
         }
         println!(
@@ -590,24 +634,26 @@ fn main() {
         );
     }
     println!();
-    println!("CPU µs per message by thread, server with its SQLite file (all rounds; 10 ms ticks):");
-    let n = (load.telemetry.len() * files.len()) as f64;
-    let mut by_thread = ThreadCpu::new();
-    for f in &files {
-        for (name, us) in &f.cpu {
-            *by_thread.entry(name.clone()).or_default() += us;
+    println!("CPU µs per message by thread (all rounds; 10 ms ticks):");
+    for ((name, _, _), runs) in variants.iter().zip(&runs) {
+        let n = (load.telemetry.len() * runs.len()) as f64;
+        let mut by_thread = ThreadCpu::new();
+        for f in runs {
+            for (thread, us) in &f.cpu {
+                *by_thread.entry(thread.clone()).or_default() += us;
+            }
         }
+        let mut threads: Vec<(String, f64)> = by_thread.into_iter().filter(|(_, us)| *us / n >= 0.05).collect();
+        threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = threads.iter().map(|(_, us)| us / n).sum();
+        println!(
+            "{name}: {}; all {total:.1}",
+            threads.iter().map(|(thread, us)| format!("{thread} {:.1}", us / n)).collect::<Vec<_>>().join(", ")
+        );
     }
-    let mut threads: Vec<(String, f64)> = by_thread.into_iter().filter(|(_, us)| *us / n >= 0.05).collect();
-    threads.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let total: f64 = threads.iter().map(|(_, us)| us / n).sum();
-    println!(
-        "{}; all {total:.1}",
-        threads.iter().map(|(name, us)| format!("{name} {:.1}", us / n)).collect::<Vec<_>>().join(", ")
-    );
     println!();
     println!(
-        "msgs/s = received (raw) or written (server); ratio = server msgs/s / raw msgs/s (medians). Goal for the SQLite file >= 0.50: {}",
+        "msgs/s = received (raw) or written (server); ratio = server msgs/s / raw msgs/s (medians). Goal for the server ({links} links, SQLite file) >= 0.50: {}",
         if file_ratio >= 0.5 { "met" } else { "NOT met" }
     );
     println!(

@@ -58,6 +58,13 @@ pub struct ServeArgs {
     /// MQTT client id (one per server instance: its persistent session holds what it missed).
     #[arg(long, default_value = "drover-fleet")]
     pub client_id: String,
+    /// MQTT connections reading the report streams. More than one share them through a
+    /// `$share/drover-fleet/` subscription (as further server instances do): each holds the
+    /// broker's window of unacknowledged messages, so the database stays busy while one waits
+    /// for a commit. Needs a broker that keeps a killed member's messages (Mosquitto), not the
+    /// embedded one.
+    #[arg(long, default_value_t = server::DEFAULT_INGEST_LINKS, value_parser = parse_links)]
+    pub ingest_links: usize,
     /// How long every telemetry period is kept.
     #[arg(long, default_value = "24h", value_parser = super::parse_duration)]
     pub raw_retention: Duration,
@@ -163,6 +170,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         },
         batch_max: server::DEFAULT_BATCH_MAX,
         batch_delay: server::DEFAULT_BATCH_DELAY,
+        ingest_links: args.ingest_links,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -333,5 +341,13 @@ mod tests {
             assert!(row.contains(cell), "{cell} in {row}");
         }
         assert!(text.ends_with("0 of 1 devices online\n"));
+    }
+}
+
+/// `--ingest-links`: 1 to 64 (each is a connection and a session at the broker).
+fn parse_links(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ 1..=64) => Ok(n),
+        _ => Err(format!("'{s}' is not a number of connections from 1 to 64")),
     }
 }

@@ -67,6 +67,7 @@ impl Stack {
             retention: Retention::default(),
             batch_max: server::DEFAULT_BATCH_MAX,
             batch_delay: server::DEFAULT_BATCH_DELAY,
+            ingest_links: server::DEFAULT_INGEST_LINKS,
         };
         let (started_tx, started) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -54,12 +54,39 @@ pub enum RecordError {
     },
 }
 
-/// The topic filters the server subscribes to, one per leaf it reads.
+/// The shared-subscription group fleet servers split the device reports in (`$share/GROUP/…`):
+/// every server of a fleet, and every ingest connection of one server, takes its part.
+pub const SHARE_GROUP: &str = "drover-fleet";
+
+/// The retained leaves, read whole by every server on one connection: the broker keeps the
+/// latest for a server that subscribes later (retained messages never go to shared
+/// subscriptions), and their order matters (a device's online then offline).
+const PRESENCE: [DeviceLeaf; 2] = [DeviceLeaf::Status, DeviceLeaf::Progress];
+
+/// The report streams, the bulk of the traffic, dealt out across the servers' ingest
+/// connections: each report goes to one of them (the registry takes a device's reports in any
+/// order, see [`super::registry::Mark`]).
+const STREAMS: [DeviceLeaf; 3] = [DeviceLeaf::Telemetry, DeviceLeaf::Drift, DeviceLeaf::Events];
+
+/// The filters of the presence connection (see [`PRESENCE`]).
+pub fn presence_filters() -> Vec<String> {
+    PRESENCE.into_iter().map(|leaf| topic::every_device(leaf).to_string()).collect()
+}
+
+/// The filters of the ingest connections (see [`STREAMS`]), in the [`SHARE_GROUP`].
+pub fn stream_filters() -> Vec<String> {
+    STREAMS.into_iter().map(|leaf| format!("$share/{SHARE_GROUP}/{}", topic::every_device(leaf))).collect()
+}
+
+/// The filters of a single ingest connection that reads every report itself.
+pub fn plain_stream_filters() -> Vec<String> {
+    STREAMS.into_iter().map(|leaf| topic::every_device(leaf).to_string()).collect()
+}
+
+/// Every topic the server reads, unshared: what one plain subscriber reads to see all the
+/// servers of a fleet see (a benchmark's baseline, `mosquitto_sub` when debugging).
 pub fn filters() -> Vec<String> {
-    [DeviceLeaf::Status, DeviceLeaf::Progress, DeviceLeaf::Telemetry, DeviceLeaf::Drift, DeviceLeaf::Events]
-        .into_iter()
-        .map(|leaf| topic::every_device(leaf).to_string())
-        .collect()
+    PRESENCE.into_iter().chain(STREAMS).map(|leaf| topic::every_device(leaf).to_string()).collect()
 }
 
 /// Decodes a message: the device it is about and the record. An empty payload on a retained
@@ -129,8 +156,20 @@ pub(crate) mod tests {
 
     #[test]
     fn the_filters_cover_every_leaf_the_decoder_reads() {
-        let f = filters();
-        assert_eq!(f.len(), 5);
-        assert!(f.iter().all(|t| t.starts_with("drover/v1/dev/+/")));
+        let (presence, streams) = (presence_filters(), stream_filters());
+        assert_eq!((presence.len(), streams.len(), filters().len()), (2, 3, 5));
+        assert_eq!([presence.clone(), plain_stream_filters()].concat(), filters());
+        assert!(presence.iter().all(|t| t.starts_with("drover/v1/dev/+/")));
+        assert!(streams.iter().all(|t| t.starts_with("$share/drover-fleet/drover/v1/dev/+/")));
+        for (filter, topic) in presence.iter().chain(&streams).zip([
+            "drover/v1/dev/pi-7/status",
+            "drover/v1/dev/pi-7/progress",
+            "drover/v1/dev/pi-7/telemetry",
+            "drover/v1/dev/pi-7/drift",
+            "drover/v1/dev/pi-7/events",
+        ]) {
+            assert!(filter.ends_with(topic.rsplit('/').next().expect("a leaf")), "{filter} reads {topic}");
+            assert!(!matches!(decode(topic, b"\xd1"), Err(RecordError::Topic(_))), "the decoder reads {topic}");
+        }
     }
 }

@@ -171,20 +171,73 @@ impl Drift {
     }
 }
 
-/// Where the newest report of a kind stood: what a repeated delivery is recognised by.
+/// Where the newest report of a kind stood, and which of the ones just before it arrived: what a
+/// repeated delivery is recognised by. Reports of one device may arrive out of order (the fleet
+/// server reads through several connections of a shared subscription, and the broker deals a
+/// device's reports to whichever is next), so a report older than the newest is still new when
+/// the window says it has not been seen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mark {
     /// Outbox sequence number.
     pub seq: u64,
     /// Unix ms of its end.
     pub end_ms: u64,
+    /// Bit `i` set: report `seq - 1 - i` arrived (so the [`LATE_WINDOW`] reports before the
+    /// newest are told apart, seen or not).
+    #[serde(default)]
+    pub seen: u64,
+}
+
+/// How far behind the newest report a late one is still recognised (and kept): far more than
+/// the reordering of a shared subscription, whose members each hold a broker's in-flight window.
+pub const LATE_WINDOW: u64 = 64;
+
+/// `v << by`, zero once everything is shifted out.
+fn shl(v: u64, by: u64) -> u64 {
+    u32::try_from(by).ok().and_then(|by| v.checked_shl(by)).unwrap_or(0)
+}
+
+/// How a report stands against a [`Mark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Later than every report so far (or the first of a device whose data dir was reset, which
+    /// numbers its reports from 1 again in a later period): it says what the device is now.
+    Newest,
+    /// Older than the newest, not seen before: it counts, but says nothing about now.
+    Late,
+    /// Seen before (or too old to tell): it changes nothing.
+    Repeat,
 }
 
 impl Mark {
-    /// Whether a report is new: later in the outbox, or a later period (a device whose data
-    /// dir was reset numbers its reports from 1 again).
-    fn admits(&self, seq: u64, end_ms: u64) -> bool {
-        seq > self.seq || end_ms > self.end_ms
+    /// How a report numbered `seq` and ending at `end_ms` stands.
+    pub fn arrival(&self, seq: u64, end_ms: u64) -> Arrival {
+        if seq > self.seq || end_ms > self.end_ms {
+            return Arrival::Newest;
+        }
+        let behind = self.seq - seq;
+        if behind == 0 || behind > LATE_WINDOW || self.seen & (1 << (behind - 1)) != 0 {
+            Arrival::Repeat
+        } else {
+            Arrival::Late
+        }
+    }
+
+    /// Records a report [`Mark::arrival`] admitted.
+    pub fn record(&mut self, seq: u64, end_ms: u64, arrival: Arrival) {
+        match arrival {
+            Arrival::Newest if seq > self.seq => {
+                let ahead = seq - self.seq;
+                // The previous newest moves into the window, `ahead` places back.
+                let previous = if self.seq == 0 { 0 } else { shl(1, ahead - 1) };
+                self.seen = shl(self.seen, ahead) | previous;
+                (self.seq, self.end_ms) = (seq, end_ms);
+            }
+            // Numbered afresh: what came before says nothing about the new numbers.
+            Arrival::Newest => *self = Mark { seq, end_ms, seen: 0 },
+            Arrival::Late => self.seen |= 1 << (self.seq - seq - 1),
+            Arrival::Repeat => {}
+        }
     }
 }
 
@@ -342,10 +395,11 @@ impl Registry {
                 }
             }
             Record::Telemetry(t) => {
-                if !d.telemetry_mark.admits(t.seq, t.end_ms) {
+                let arrival = d.telemetry_mark.arrival(t.seq, t.end_ms);
+                if arrival == Arrival::Repeat {
                     return None;
                 }
-                d.telemetry_mark = Mark { seq: t.seq, end_ms: t.end_ms };
+                d.telemetry_mark.record(t.seq, t.end_ms, arrival);
                 let period = Period::of(t);
                 d.totals.inferences += t.inferences;
                 d.totals.input_errors += u64::from(t.errors.input);
@@ -354,6 +408,30 @@ impl Registry {
                 d.totals.no_model_errors += u64::from(t.errors.no_model);
                 d.totals.latency_count += t.latency.count();
                 d.totals.latency_sum_us += t.latency.sum_us();
+                if let Some(s) = &t.shadow {
+                    let candidate = ModelVersion { name: s.candidate.name.to_string(), version: s.candidate.version };
+                    let totals = d
+                        .shadow
+                        .get_or_insert_with(|| ShadowTotals { candidate: candidate.clone(), ..Default::default() });
+                    if totals.candidate == candidate {
+                        totals.judged += s.classified + s.failed;
+                        totals.agreed += s.agreed;
+                    } else if arrival == Arrival::Newest {
+                        // A new candidate counts afresh (a late report of the old one is dropped).
+                        *totals = ShadowTotals {
+                            candidate,
+                            judged: s.classified + s.failed,
+                            agreed: s.agreed,
+                            ..Default::default()
+                        };
+                    }
+                }
+                out.push(Change::Point(device.to_string(), period.clone()));
+                if arrival == Arrival::Late {
+                    // It counts (above, and as a stored period), but what the device is now
+                    // comes from the newest report.
+                    return Some(self.touch(device, now_ms, out));
+                }
                 if let Some(m) = &t.model {
                     d.model = Some(m.name.to_string());
                     d.version = Some(m.version);
@@ -364,41 +442,34 @@ impl Registry {
                 if let (Some(p50), Some(p90), Some(p99)) = (period.p50_us, period.p90_us, period.p99_us) {
                     d.latency_us = Some(Quantiles { end_ms: t.end_ms, p50, p90, p99 });
                 }
-                if let Some(s) = &t.shadow {
-                    let candidate = ModelVersion { name: s.candidate.name.to_string(), version: s.candidate.version };
-                    let totals = d
-                        .shadow
-                        .get_or_insert_with(|| ShadowTotals { candidate: candidate.clone(), ..Default::default() });
-                    if totals.candidate != candidate {
-                        *totals = ShadowTotals { candidate, ..Default::default() };
-                    }
-                    totals.judged += s.classified + s.failed;
-                    totals.agreed += s.agreed;
-                }
                 d.latency = t.latency.clone();
-                d.last = Some(period.clone());
-                out.push(Change::Point(device.to_string(), period));
+                d.last = Some(period);
             }
             Record::Drift(w) => {
-                if !d.drift_mark.admits(w.seq, w.end_ms) {
+                let arrival = d.drift_mark.arrival(w.seq, w.end_ms);
+                if arrival == Arrival::Repeat {
                     return None;
                 }
-                d.drift_mark = Mark { seq: w.seq, end_ms: w.end_ms };
+                d.drift_mark.record(w.seq, w.end_ms, arrival);
                 if let Some(drift) = Drift::of(w) {
-                    d.window = Some(super::drift::DeviceWindow {
-                        model: w.model.name.to_string(),
-                        version: w.model.version,
-                        features: w.features.iter().map(|f| (f.name.to_string(), f.sketch.clone())).collect(),
-                    });
-                    d.drift = Some(drift.clone());
+                    // A late window goes into the history; the device's drift now is its newest.
+                    if arrival == Arrival::Newest {
+                        d.window = Some(super::drift::DeviceWindow {
+                            model: w.model.name.to_string(),
+                            version: w.model.version,
+                            features: w.features.iter().map(|f| (f.name.to_string(), f.sketch.clone())).collect(),
+                        });
+                        d.drift = Some(drift.clone());
+                    }
                     out.push(Change::Drift(device.to_string(), drift));
                 }
             }
             Record::Event(e) => {
-                if !d.event_mark.admits(e.seq, e.at_ms) {
+                let arrival = d.event_mark.arrival(e.seq, e.at_ms);
+                if arrival == Arrival::Repeat {
                     return None;
                 }
-                d.event_mark = Mark { seq: e.seq, end_ms: e.at_ms };
+                d.event_mark.record(e.seq, e.at_ms, arrival);
                 out.push(Change::Event(FleetEvent {
                     device: device.to_string(),
                     at_ms: e.at_ms,
@@ -407,11 +478,18 @@ impl Registry {
                 }));
             }
         }
-        d.last_seen_ms = d.last_seen_ms.max(now_ms);
+        Some(self.touch(device, now_ms, out))
+    }
+
+    /// Marks `device`'s row for the next batch, heard from at `now_ms`; passes `out` through.
+    fn touch(&mut self, device: &str, now_ms: u64, out: Vec<Change>) -> Vec<Change> {
+        if let Some(d) = self.devices.get_mut(device) {
+            d.last_seen_ms = d.last_seen_ms.max(now_ms);
+        }
         if !self.dirty.contains(device) {
             self.dirty.insert(device.to_string());
         }
-        Some(out)
+        out
     }
 
     /// The rows of the devices changed since the last call, each once and as it stands now: a
@@ -578,6 +656,47 @@ pub(crate) mod tests {
         // A device whose data dir was reset counts from 1 again, in a later period.
         assert_eq!(r.apply(14, "pi-1", &telemetry(1, 9_000, 7)).map(|c| c.len()), Some(1));
         assert_eq!(r.device("pi-1").expect("known").totals.inferences, 157);
+    }
+
+    #[test]
+    fn reports_out_of_order_count_once_and_the_newest_says_what_the_device_is() {
+        let mut r = Registry::default();
+        // Report 3 comes first: another connection of the shared subscription was quicker.
+        r.apply(1, "pi-1", &telemetry(3, 3_000, 30)).expect("new");
+        let late = r.apply(2, "pi-1", &telemetry(1, 1_000, 10)).expect("late, still counted");
+        assert!(matches!(&late[..], [Change::Point(_, p)] if p.end_ms == 1_000), "stored as its own period");
+        assert_eq!(r.apply(3, "pi-1", &telemetry(1, 1_000, 10)), None, "a late one again");
+        r.apply(4, "pi-1", &telemetry(2, 2_000, 20)).expect("late");
+        assert_eq!(r.apply(5, "pi-1", &telemetry(3, 3_000, 30)), None, "the newest again");
+        let d = r.device("pi-1").expect("known");
+        assert_eq!(d.totals.inferences, 60, "each report once");
+        assert_eq!(d.last.as_ref().map(|p| p.end_ms), Some(3_000), "the newest period is the device's last");
+        assert_eq!((d.last_seen_ms, d.telemetry_mark.seq), (4, 3));
+    }
+
+    #[test]
+    fn the_mark_remembers_a_window_of_reports_before_the_newest() {
+        let mut m = Mark::default();
+        for seq in [5u64, 1, 3, 70, 6, 69] {
+            let a = m.arrival(seq, seq * 10);
+            assert_ne!(a, Arrival::Repeat, "{seq} is new");
+            m.record(seq, seq * 10, a);
+        }
+        for seq in [5u64, 1, 3, 70, 6, 69] {
+            assert_eq!(m.arrival(seq, seq * 10), Arrival::Repeat, "{seq} again");
+        }
+        assert_eq!(m.arrival(2, 20), Arrival::Repeat, "beyond the window: too old to tell, so dropped");
+        assert_eq!((m.arrival(7, 70), m.arrival(71, 710)), (Arrival::Late, Arrival::Newest));
+        // A jump far ahead leaves nothing of the old window.
+        m.record(1_000, 10_000, Arrival::Newest);
+        assert_eq!((m.arrival(999, 9_990), m.arrival(70, 700)), (Arrival::Late, Arrival::Repeat));
+        // A device numbering afresh in a later period.
+        assert_eq!(m.arrival(1, 20_000), Arrival::Newest);
+        m.record(1, 20_000, Arrival::Newest);
+        assert_eq!(m, Mark { seq: 1, end_ms: 20_000, seen: 0 });
+        // Marks stored before the window existed read back with an empty one.
+        let old: Mark = serde_json::from_str(r#"{"seq":4,"end_ms":9}"#).expect("reads");
+        assert_eq!(old, Mark { seq: 4, end_ms: 9, seen: 0 });
     }
 
     #[test]

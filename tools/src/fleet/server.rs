@@ -1,12 +1,15 @@
-//! The fleet server's I/O shell: one MQTT connection (a persistent session, so messages sent
-//! while the server is down wait for it) feeding the [`Hub`], the HTTP listener, the clock and the
+//! The fleet server's I/O shell: MQTT connections (persistent sessions, so messages sent while
+//! the server is down wait for it) feeding the [`Hub`], the HTTP listener, the clock and the
 //! prune timer. A message is acknowledged to the broker only once its batch is written: a server
 //! killed mid-stream gets the unwritten ones again.
 //!
-//! Batching adapts to the load (group commit): messages gather while the writer is busy or more
-//! are waiting to be read, and go to the writer together once it is idle and nothing more is
-//! waiting (or [`ServeConfig::batch_max`] gathered). The broker's window of unacknowledged messages (rumqttd's 100,
-//! Mosquitto's `max_inflight_messages`) bounds how many can gather.
+//! One connection reads the retained presence topics whole; [`ServeConfig::ingest_links`] more
+//! read the report streams (several share them through a `$share/` subscription, the same one
+//! further server instances join). Batching adapts to the load (group commit): messages gather while the writer
+//! is busy or more are waiting to be read, and go to the writer together once it is idle and
+//! nothing more is waiting (or [`ServeConfig::batch_max`] gathered). The broker's window of
+//! unacknowledged messages per connection (rumqttd's 100, Mosquitto's `max_inflight_messages`)
+//! bounds how many can gather on one.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -15,8 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_runtime::link::BrokerSettings;
-use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS, SubscribeFilter};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use super::http::{Api, UnixMs, router};
 use super::hub::Hub;
@@ -29,6 +33,10 @@ pub const DEFAULT_BATCH_MAX: usize = 500;
 
 /// [`ServeConfig::batch_delay`] of `drover fleet serve` (see [`DEFAULT_BATCH_MAX`]).
 pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(50);
+
+/// [`ServeConfig::ingest_links`] of `drover fleet serve`: one, the only safe number on every
+/// broker (see there).
+pub const DEFAULT_INGEST_LINKS: usize = 1;
 
 /// How long a stopping server waits for its last batch to be written.
 const FINAL_WRITE: Duration = Duration::from_secs(10);
@@ -56,6 +64,12 @@ pub struct ServeConfig {
     pub batch_max: usize,
     /// Longest a message waits to be handed to the writer.
     pub batch_delay: Duration,
+    /// Connections reading the report streams, each with its own window of unacknowledged
+    /// messages at the broker. One reads them plainly; more share them through a `$share/`
+    /// subscription (with further server instances too), which needs a broker that keeps a
+    /// killed member's messages in its session (Mosquitto does; the embedded rumqttd 0.20 drops
+    /// them, and its router spins on shared subscriptions).
+    pub ingest_links: usize,
 }
 
 /// Why the server stopped.
@@ -139,41 +153,23 @@ pub async fn serve(
             .await;
     });
 
-    let mut options = cfg.broker.mqtt_options(&cfg.client_id, false)?;
-    options.set_manual_acks(true);
-    let (client, mut eventloop) = AsyncClient::new(options, cfg.batch_max.max(16) * 2);
-    let mut written = hub.written();
-    let mut batches = Batches::default();
-    let mut acks = Acks::default();
-    let mut subscribe_due = false;
-    let mut flush_tick = tokio::time::interval(cfg.batch_delay.max(Duration::from_millis(1)));
+    // The presence connection (retained statuses and progress, read whole; rollout steps go out
+    // on it) and the ingest connections sharing the report streams.
+    let (stop_links, stop) = tokio::sync::watch::channel(false);
+    let presence = Link::connect(&cfg, cfg.client_id.clone(), record::presence_filters())?;
+    let client = presence.client.clone();
+    let mut links = vec![tokio::spawn(presence.run(hub.clone(), cfg.clone(), now_ms.clone(), stop.clone()))];
+    for i in 1..=cfg.ingest_links.max(1) {
+        let filters = if cfg.ingest_links > 1 { record::stream_filters() } else { record::plain_stream_filters() };
+        let link = Link::connect(&cfg, format!("{}-ingest-{i}", cfg.client_id), filters)?;
+        links.push(tokio::spawn(link.run(hub.clone(), cfg.clone(), now_ms.clone(), stop.clone())));
+    }
     let mut prune_tick = tokio::time::interval(Duration::from_secs(600));
     let mut rollout_tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
-    let result = loop {
-        // The client's request queue drains only while its event loop is polled: what did not
-        // fit on an earlier turn goes now (never awaited here, which would stop the polling).
-        if subscribe_due {
-            let filters = record::filters().into_iter().map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce));
-            subscribe_due = client.try_subscribe_many(filters).is_err();
-        }
-        acks.hand_over(&client);
-        let done = *written.borrow();
-        // Hand over what gathered once nothing more is waiting to be read and the writer is idle:
-        // everything already here goes in one transaction.
-        let hand_over = !batches.gathering.is_empty() && batches.writer_idle(done);
+    loop {
         tokio::select! {
-            biased;
-            Ok(()) = written.changed() => {
-                let done = *written.borrow_and_update();
-                batches.written(done, &mut acks);
-            }
-            () = &mut shutdown => break Ok(()),
-            _ = flush_tick.tick() => {
-                if !batches.gathering.is_empty() {
-                    batches.submit(&hub, *written.borrow(), &mut acks);
-                }
-            }
+            () = &mut shutdown => break,
             _ = prune_tick.tick() => {
                 match hub.prune(now_ms(), &cfg.retention) {
                     Ok(p) if p.raw + p.old + p.devices > 0 => log::info!("pruned {p:?}"),
@@ -192,60 +188,125 @@ pub async fn serve(
                     }
                 }
             }
-            // After the timers, which so run while messages keep coming; the hand-over last, when
-            // nothing else is ready.
-            polled = eventloop.poll() => match polled {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    log::info!("fleet server connected to {}", cfg.broker.address());
-                    subscribe_due = true;
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Err(e) = hub.take(now_ms(), &p.topic, &p.payload) {
-                        log::warn!("dropped: {e}");
-                    }
-                    batches.gathering.push(p);
-                    if batches.gathering.len() >= cfg.batch_max {
-                        batches.submit(&hub, done, &mut acks);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    log::warn!("{}: {e}", cfg.broker.address());
-                    // What was taken is still written (the registry holds it already), but
-                    // unacknowledged messages come again on the resumed session, where the
-                    // registry knows the written ones for repeats: forget their acks here.
-                    hub.submit();
-                    batches.clear();
-                    acks.clear();
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            },
-            () = std::future::ready(()), if hand_over => batches.submit(&hub, done, &mut acks),
         }
-    };
-    batches.submit(&hub, *written.borrow(), &mut acks);
-    let last = batches.last_ticket();
-    match tokio::time::timeout(FINAL_WRITE, written.wait_for(|w| *w >= last)).await {
-        Ok(Ok(_)) => batches.written(last, &mut acks),
-        _ => log::error!("fleet database: the last batch was not written; its messages stay unacknowledged"),
     }
-    // Lets the last acknowledgements, then the disconnect, go out.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        let mut disconnecting = false;
-        loop {
-            acks.hand_over(&client);
-            if acks.is_empty() && !disconnecting {
-                disconnecting = client.try_disconnect().is_ok();
-            }
-            if eventloop.poll().await.is_err() {
-                break;
-            }
-        }
-    })
-    .await;
+    let _ = stop_links.send(true);
+    for link in links {
+        let _ = link.await;
+    }
     let _ = stop_http.send(());
     let _ = http.await;
-    result
+    Ok(())
+}
+
+/// One MQTT connection of the server: a persistent session (what is sent while the server is
+/// down waits for it) whose messages go to the [`Hub`] and are acknowledged once written. Each
+/// holds the broker's window of unacknowledged messages (rumqttd's 100, Mosquitto's
+/// `max_inflight_messages`), and a window waits for its batch's commit: several connections
+/// keep the writer fed while one waits.
+struct Link {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    filters: Vec<String>,
+}
+
+impl Link {
+    fn connect(cfg: &ServeConfig, client_id: String, filters: Vec<String>) -> Result<Link, ServeError> {
+        let mut options = cfg.broker.mqtt_options(&client_id, false)?;
+        options.set_manual_acks(true);
+        let (client, eventloop) = AsyncClient::new(options, cfg.batch_max.max(16) * 2);
+        Ok(Link { client, eventloop, filters })
+    }
+
+    /// Reads, hands batches to the writer and acknowledges written ones until `stop` turns true;
+    /// then writes and acknowledges what it took, and disconnects.
+    async fn run(mut self, hub: Arc<Hub>, cfg: ServeConfig, now_ms: UnixMs, mut stop: watch::Receiver<bool>) {
+        let client = self.client.clone();
+        let mut stop_pause = stop.clone();
+        let mut written = hub.written();
+        let mut batches = Batches::default();
+        let mut acks = Acks::default();
+        let mut subscribe_due = false;
+        let mut flush_tick = tokio::time::interval(cfg.batch_delay.max(Duration::from_millis(1)));
+        loop {
+            // The client's request queue drains only while its event loop is polled: what did not
+            // fit on an earlier turn goes now (never awaited here, which would stop the polling).
+            if subscribe_due {
+                let filters = self.filters.iter().map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                subscribe_due = client.try_subscribe_many(filters).is_err();
+            }
+            acks.hand_over(&client);
+            let done = *written.borrow();
+            // Hand over what gathered once nothing more is waiting to be read and the writer is
+            // idle: everything already here goes in one transaction.
+            let hand_over = !batches.gathering.is_empty() && batches.writer_idle(done);
+            tokio::select! {
+                biased;
+                Ok(()) = written.changed() => {
+                    let done = *written.borrow_and_update();
+                    batches.written(done, &mut acks);
+                }
+                Ok(()) = stop.changed() => break,
+                _ = flush_tick.tick() => {
+                    if !batches.gathering.is_empty() {
+                        batches.submit(&hub, *written.borrow(), &mut acks);
+                    }
+                }
+                // After the timers, which so run while messages keep coming; the hand-over last,
+                // when nothing else is ready.
+                polled = self.eventloop.poll() => match polled {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        log::info!("fleet server connected to {}", cfg.broker.address());
+                        subscribe_due = true;
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Err(e) = hub.take(now_ms(), &p.topic, &p.payload) {
+                            log::warn!("dropped: {e}");
+                        }
+                        batches.gathering.push(p);
+                        if batches.gathering.len() >= cfg.batch_max {
+                            batches.submit(&hub, done, &mut acks);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        log::warn!("{}: {e}", cfg.broker.address());
+                        // What was taken is still written (the registry holds it already), but
+                        // unacknowledged messages come again on the resumed session, where the
+                        // registry knows the written ones for repeats: forget their acks here.
+                        hub.submit();
+                        batches.clear();
+                        acks.clear();
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            Ok(()) = stop_pause.changed() => break,
+                        }
+                    }
+                },
+                () = std::future::ready(()), if hand_over => batches.submit(&hub, done, &mut acks),
+            }
+        }
+        batches.submit(&hub, *written.borrow(), &mut acks);
+        let last = batches.last_ticket();
+        match tokio::time::timeout(FINAL_WRITE, written.wait_for(|w| *w >= last)).await {
+            Ok(Ok(_)) => batches.written(last, &mut acks),
+            _ => log::error!("fleet database: the last batch was not written; its messages stay unacknowledged"),
+        }
+        // Lets the last acknowledgements, then the disconnect, go out.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            let mut disconnecting = false;
+            loop {
+                acks.hand_over(&client);
+                if acks.is_empty() && !disconnecting {
+                    disconnecting = client.try_disconnect().is_ok();
+                }
+                if self.eventloop.poll().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 }
 
 /// The messages taken and not yet acknowledged: those gathering for the next submission, and
