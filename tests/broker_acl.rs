@@ -108,6 +108,14 @@ fn mosquitto_confines_each_device_to_its_own_topics() {
     let Some(broker) = Broker::start(Kind::Mosquitto, opts) else { return };
 
     let fleet_role = Observer::connect_as(broker.port, "drover/v1/#", "fleet", "pw-fleet");
+    // The fleet server's ingest connections read the reports through a shared subscription.
+    // Mosquitto's ACL file checks reads at delivery only, so a device may join a group: it then
+    // takes its turn and loses the reports dealt to it. A group name the devices cannot guess
+    // (`--share-group-file`) keeps them out; this device tries the default name.
+    let shared_ingest =
+        Observer::connect_as(broker.port, "$share/k7Qf2x9/drover/v1/dev/+/telemetry", "fleet", "pw-fleet");
+    let shared_intruder =
+        Observer::connect_as(broker.port, "$share/drover-fleet/drover/v1/dev/+/telemetry", "dev-b", "pw-dev-b");
     let fleet_dir = tempfile::tempdir().expect("tmp");
     let plain = BrokerSettings { port: broker.port, ..BrokerSettings::default() };
     let mut agents = Fleet::new(fleet_dir.path(), "dev", 2, &["lab"], &d.join("root.json"), &plain);
@@ -129,10 +137,11 @@ fn mosquitto_confines_each_device_to_its_own_topics() {
             let seen = fleet_role.messages();
             let online = seen.iter().any(|(t, p)| *t == status && codec::decode::<Status>(p).is_ok_and(|s| s.online));
             let reported = seen.iter().any(|(t, _)| *t == telemetry);
-            if online && reported {
+            let shared = shared_ingest.messages().iter().any(|(t, _)| *t == telemetry);
+            if online && reported && shared {
                 Ok(())
             } else {
-                Err(format!("online {online}, telemetry {reported}\n{}", broker.log()))
+                Err(format!("online {online}, telemetry {reported}, shared {shared}\n{}", broker.log()))
             }
         });
     }
@@ -149,6 +158,15 @@ fn mosquitto_confines_each_device_to_its_own_topics() {
     let forged: Vec<String> =
         fleet_role.messages().into_iter().filter(|(_, p)| p == b"forged").map(|(t, _)| t).collect();
     assert!(forged.is_empty(), "the fleet server received forgeries on {forged:?}");
+    let stolen = shared_intruder.messages();
+    assert!(stolen.is_empty(), "a device read reports through a shared subscription: {stolen:?}");
+    // Nor does its refused membership take a share of the reports away from the fleet server.
+    let reports: Vec<(String, Vec<u8>)> =
+        fleet_role.messages().into_iter().filter(|(t, _)| t.ends_with("/telemetry")).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let shared = shared_ingest.messages();
+    let missing = reports.iter().filter(|r| !shared.contains(r)).count();
+    assert_eq!(missing, 0, "{missing} of {} reports never reached the shared subscription", reports.len());
 
     // The operator pushes to lab: both devices install it.
     let (success, text) = push_as(d, &broker, ["--group", "lab"], "ops", "ops.pw", "90s");

@@ -417,7 +417,13 @@ fn a_server_killed_mid_stream_counts_every_report_once(kind: Kind, links: &str) 
     let Some(broker) = Broker::start(kind, Options::default()) else { return };
     let rel = trust_setup();
     let d = rel.path();
-    let mut server = FleetServer::start(d, &broker.address(), &["--ingest-links", links]);
+    // The group's name from a file, as a secret: a client in the default group (as a device could
+    // join one) would take reports away from the server.
+    std::fs::write(d.join("share-group"), "fleet-7Hq2\n").expect("write");
+    let mut server =
+        FleetServer::start(d, &broker.address(), &["--ingest-links", links, "--share-group-file", "share-group"]);
+    let _other_group =
+        drover_tests::observer::Observer::connect(broker.port, "$share/drover-fleet/drover/v1/dev/+/telemetry");
     // A plain subscriber beside it sees every report as the broker delivered it.
     let observer = drover_tests::observer::Observer::connect(broker.port, "drover/v1/dev/+/telemetry");
     let fleet_dir = tempfile::tempdir().expect("tmp");

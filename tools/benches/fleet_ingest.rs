@@ -354,6 +354,7 @@ fn served(port: u16, load: &Load, db: Option<&Path>, ingest_links: usize, round:
         batch_max: DEFAULT_BATCH_MAX,
         batch_delay: DEFAULT_BATCH_DELAY,
         ingest_links,
+        share_group: record::SHARE_GROUP.into(),
         catalog: Default::default(),
         signer: None,
     };

@@ -65,6 +65,15 @@ pub struct ServeArgs {
     /// embedded one.
     #[arg(long, default_value_t = server::DEFAULT_INGEST_LINKS, value_parser = parse_links)]
     pub ingest_links: usize,
+    /// The shared-subscription group (`$share/GROUP/`) of the ingest connections and further
+    /// server instances. Mosquitto's ACL file does not stop a device from joining a group, and a
+    /// device that joins takes its turn: the reports dealt to it are lost to the servers. Where
+    /// devices share the broker, give a name they cannot guess, from a file like a password.
+    #[arg(long, default_value = crate::fleet::record::SHARE_GROUP)]
+    pub share_group: String,
+    /// A file holding the shared-subscription group name (overrides --share-group).
+    #[arg(long)]
+    pub share_group_file: Option<PathBuf>,
     /// How long every telemetry period is kept.
     #[arg(long, default_value = "24h", value_parser = super::parse_duration)]
     pub raw_retention: Duration,
@@ -171,6 +180,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         batch_max: server::DEFAULT_BATCH_MAX,
         batch_delay: server::DEFAULT_BATCH_DELAY,
         ingest_links: args.ingest_links,
+        share_group: share_group(args)?,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -350,4 +360,22 @@ fn parse_links(s: &str) -> Result<usize, String> {
         Ok(n @ 1..=64) => Ok(n),
         _ => Err(format!("'{s}' is not a number of connections from 1 to 64")),
     }
+}
+
+/// `--share-group`, or the first line of `--share-group-file`: one MQTT topic level.
+fn share_group(args: &ServeArgs) -> anyhow::Result<String> {
+    let name = match &args.share_group_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("read {}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        None => args.share_group.clone(),
+    };
+    if name.is_empty() || name.contains(['/', '+', '#']) {
+        anyhow::bail!("the share group must be one topic level (no '/', '+' or '#'), got '{name}'");
+    }
+    Ok(name)
 }

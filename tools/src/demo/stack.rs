@@ -68,6 +68,7 @@ impl Stack {
             batch_max: server::DEFAULT_BATCH_MAX,
             batch_delay: server::DEFAULT_BATCH_DELAY,
             ingest_links: server::DEFAULT_INGEST_LINKS,
+            share_group: crate::fleet::record::SHARE_GROUP.into(),
         };
         let (started_tx, started) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -54,8 +54,11 @@ pub enum RecordError {
     },
 }
 
-/// The shared-subscription group fleet servers split the device reports in (`$share/GROUP/…`):
-/// every server of a fleet, and every ingest connection of one server, takes its part.
+/// The default shared-subscription group fleet servers split the device reports in
+/// (`$share/GROUP/…`): every server of a fleet, and every ingest connection of one server, takes
+/// its part. Anyone who may subscribe can join a group, and Mosquitto's ACL file checks reads
+/// only at delivery: a device in the group takes its turn and the report it may not read is lost
+/// to the servers. Where devices share the broker, the group's name is a secret (`--share-group`).
 pub const SHARE_GROUP: &str = "drover-fleet";
 
 /// The retained leaves, read whole by every server on one connection: the broker keeps the
@@ -73,9 +76,10 @@ pub fn presence_filters() -> Vec<String> {
     PRESENCE.into_iter().map(|leaf| topic::every_device(leaf).to_string()).collect()
 }
 
-/// The filters of the ingest connections (see [`STREAMS`]), in the [`SHARE_GROUP`].
-pub fn stream_filters() -> Vec<String> {
-    STREAMS.into_iter().map(|leaf| format!("$share/{SHARE_GROUP}/{}", topic::every_device(leaf))).collect()
+/// The filters of the ingest connections (see [`STREAMS`]) in the shared-subscription `group`
+/// (see [`SHARE_GROUP`]).
+pub fn stream_filters(group: &str) -> Vec<String> {
+    STREAMS.into_iter().map(|leaf| format!("$share/{group}/{}", topic::every_device(leaf))).collect()
 }
 
 /// The filters of a single ingest connection that reads every report itself.
@@ -156,7 +160,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_filters_cover_every_leaf_the_decoder_reads() {
-        let (presence, streams) = (presence_filters(), stream_filters());
+        let (presence, streams) = (presence_filters(), stream_filters(SHARE_GROUP));
         assert_eq!((presence.len(), streams.len(), filters().len()), (2, 3, 5));
         assert_eq!([presence.clone(), plain_stream_filters()].concat(), filters());
         assert!(presence.iter().all(|t| t.starts_with("drover/v1/dev/+/")));

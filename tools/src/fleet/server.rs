@@ -70,6 +70,9 @@ pub struct ServeConfig {
     /// killed member's messages in its session (Mosquitto does; the embedded rumqttd 0.20 drops
     /// them, and its router spins on shared subscriptions).
     pub ingest_links: usize,
+    /// The shared-subscription group of the ingest connections (a secret where devices share
+    /// the broker: see [`record::SHARE_GROUP`]).
+    pub share_group: String,
 }
 
 /// Why the server stopped.
@@ -160,7 +163,11 @@ pub async fn serve(
     let client = presence.client.clone();
     let mut links = vec![tokio::spawn(presence.run(hub.clone(), cfg.clone(), now_ms.clone(), stop.clone()))];
     for i in 1..=cfg.ingest_links.max(1) {
-        let filters = if cfg.ingest_links > 1 { record::stream_filters() } else { record::plain_stream_filters() };
+        let filters = if cfg.ingest_links > 1 {
+            record::stream_filters(&cfg.share_group)
+        } else {
+            record::plain_stream_filters()
+        };
         let link = Link::connect(&cfg, format!("{}-ingest-{i}", cfg.client_id), filters)?;
         links.push(tokio::spawn(link.run(hub.clone(), cfg.clone(), now_ms.clone(), stop.clone())));
     }
