@@ -6,7 +6,7 @@
 //! retained status, then `--messages` telemetry reports in all (default 20 000; 4 000 with
 //! `--quick`), round-robin over the devices with increasing sequence numbers and periods. Every
 //! payload is a real `Telemetry` (or `Status`) encoded by the agent's own `codec::encode`: even
-//! devices are configured for postcard, odd ones for JSON. One publisher sends them at QoS 1
+//! devices are configured for postcard, odd ones for JSON. One connection (`--publishers N`: N) sends them at QoS 1
 //! (the agents' QoS), as fast as the broker takes them.
 //!
 //! raw     = a plain rumqttc subscriber on the server's topic filters (QoS 1, acknowledging each
@@ -26,7 +26,7 @@
 //! (its own process: its CPU is not in the per-thread table) instead of the embedded broker.
 //!
 //! `cargo bench -p drover-tools --bench fleet_ingest [-- --quick] [-- --messages N --devices D
-//! --rounds R --links N --mosquitto]` (or `DROVER_BENCH_MESSAGES`, `DROVER_BENCH_DEVICES`,
+//! --rounds R --links N --publishers N --mosquitto]` (or `DROVER_BENCH_MESSAGES`, `DROVER_BENCH_DEVICES`,
 //! `DROVER_BENCH_ROUNDS`).
 
 use std::path::Path;
@@ -63,6 +63,8 @@ struct Setup {
     rounds: usize,
     /// Ingest connections of the server.
     links: usize,
+    /// Connections the telemetry is published on.
+    publishers: usize,
     /// Against Mosquitto (a process of its own) rather than the embedded broker.
     mosquitto: bool,
 }
@@ -84,6 +86,7 @@ impl Setup {
             rounds: arg("--rounds").or(env("DROVER_BENCH_ROUNDS")).unwrap_or(if quick { 1 } else { 3 }),
             links: arg("--links").unwrap_or(DEFAULT_INGEST_LINKS),
             mosquitto: args.iter().any(|a| a == "--mosquitto"),
+            publishers: arg("--publishers").unwrap_or(1).max(1),
         };
         assert!(setup.messages > 0 && setup.devices > 0 && setup.rounds > 0, "nothing to measure");
         setup
@@ -262,8 +265,31 @@ async fn publish(port: u16, id: &str, messages: &[Message], retain: bool) -> Ins
     start
 }
 
+/// The load goes out on `publishers` connections at once, each with the devices `d` where
+/// `d % publishers` is its number (so a device's reports keep their order), each holding the
+/// agents' window of 32 unacknowledged publishes.
+async fn publish_telemetry(port: u16, id: &str, load: &Load, publishers: usize) -> Instant {
+    let devices = load.per_device.len();
+    let parts: Vec<Vec<Message>> = (0..publishers)
+        .map(|p| {
+            load.telemetry
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| (j % devices) % publishers == p)
+                .map(|(_, m)| Message { topic: m.topic.clone(), payload: m.payload.clone() })
+                .collect()
+        })
+        .collect();
+    let ids: Vec<String> = (0..publishers).map(|p| format!("{id}-{p}")).collect();
+    let starts = futures_util::future::join_all(
+        parts.iter().zip(&ids).filter(|(m, _)| !m.is_empty()).map(|(m, id)| publish(port, id, m, false)),
+    )
+    .await;
+    starts.into_iter().min().expect("a publisher")
+}
+
 /// The raw figure: a plain subscriber on the server's filters. Returns messages per second.
-fn raw(port: u16, load: &Load, round: usize) -> f64 {
+fn raw(port: u16, load: &Load, publishers: usize, round: usize) -> f64 {
     let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
     let (done_tx, done) = std::sync::mpsc::channel::<Instant>();
     let telemetry = load.telemetry.len();
@@ -303,7 +329,7 @@ fn raw(port: u16, load: &Load, round: usize) -> f64 {
     });
     ready.recv_timeout(PATIENCE).expect("the subscriber subscribed");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let start = rt.block_on(publish(port, &format!("bench-pub-raw-{round}"), &load.telemetry, false));
+    let start = rt.block_on(publish_telemetry(port, &format!("bench-pub-raw-{round}"), load, publishers));
     let end = done.recv_timeout(PATIENCE).unwrap_or_else(|_| panic!("raw subscriber: telemetry lost"));
     subscriber.join().expect("subscriber");
     telemetry as f64 / (end - start).as_secs_f64()
@@ -343,7 +369,7 @@ fn cpu_delta(before: &ThreadCpu, after: &ThreadCpu) -> ThreadCpu {
 
 /// Runs the fleet server on its own thread and runtime (as `drover fleet serve` does), publishes
 /// the load, and checks what it kept. `db`: a SQLite file, or `None` for memory.
-fn served(port: u16, load: &Load, db: Option<&Path>, ingest_links: usize, round: usize) -> Served {
+fn served(port: u16, load: &Load, db: Option<&Path>, ingest_links: usize, publishers: usize, round: usize) -> Served {
     let cfg = ServeConfig {
         broker: settings(port),
         client_id: format!("bench-fleet-{round}-{}-{ingest_links}", if db.is_some() { "file" } else { "memory" }),
@@ -354,7 +380,9 @@ fn served(port: u16, load: &Load, db: Option<&Path>, ingest_links: usize, round:
         batch_max: DEFAULT_BATCH_MAX,
         batch_delay: DEFAULT_BATCH_DELAY,
         ingest_links,
-        share_group: record::SHARE_GROUP.into(),
+        // Each measured server is a fleet of its own: the persistent sessions of an earlier one
+        // stay in their group, and Mosquitto keeps dealing them their share.
+        share_group: format!("bench-{round}-{}-{ingest_links}", if db.is_some() { "file" } else { "memory" }),
         catalog: Default::default(),
         signer: None,
     };
@@ -400,7 +428,7 @@ fn served(port: u16, load: &Load, db: Option<&Path>, ingest_links: usize, round:
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let cpu_before = thread_cpu();
-    let start = rt.block_on(publish(port, &format!("bench-pub-fleet-{round}"), &load.telemetry, false));
+    let start = rt.block_on(publish_telemetry(port, &format!("bench-pub-fleet-{round}"), load, publishers));
     let stored = wait_for("stored", total, &|| hub.ingest().stored);
     let written = wait_for("written", total, &|| hub.ingest().written);
     let cpu = cpu_delta(&cpu_before, &thread_cpu());
@@ -568,11 +596,12 @@ fn main() {
         sizes.iter().sum::<usize>() / sizes.len().max(1)
     };
     println!(
-        "Fleet ingest benchmark: {} telemetry reports from {} devices (postcard ~{} B, JSON ~{} B), QoS 1, one publisher,",
+        "Fleet ingest benchmark: {} telemetry reports from {} devices (postcard ~{} B, JSON ~{} B), QoS 1, {} publishers,",
         setup.messages,
         setup.devices,
         size(PayloadFormat::Postcard),
-        size(PayloadFormat::Json)
+        size(PayloadFormat::Json),
+        setup.publishers
     );
     println!(
         "{}; server group commits of up to {DEFAULT_BATCH_MAX} / {} ms as `drover fleet serve`; medians of {} rounds",
@@ -603,10 +632,10 @@ fn main() {
     let mut raws = Vec::new();
     let mut runs: Vec<Vec<Served>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 0..setup.rounds {
-        raws.push(raw(port, &load, round));
+        raws.push(raw(port, &load, setup.publishers, round));
         for (i, (_, file, links)) in variants.iter().enumerate() {
             let db = dir.path().join(format!("fleet-{round}-{i}.db"));
-            runs[i].push(served(port, &load, file.then_some(db.as_path()), *links, round));
+            runs[i].push(served(port, &load, file.then_some(db.as_path()), *links, setup.publishers, round));
         }
     }
     let raw_rate = median(raws.clone());

@@ -330,6 +330,38 @@ fn device(args: &DeviceArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// `--ingest-links`: 1 to 64 (each is a connection and a session at the broker).
+fn parse_links(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ 1..=64) => Ok(n),
+        _ => Err(format!("'{s}' is not a number of connections from 1 to 64")),
+    }
+}
+
+/// `--share-group`, or the first line of `--share-group-file`: one MQTT topic level.
+fn share_group(args: &ServeArgs) -> anyhow::Result<String> {
+    let name = match &args.share_group_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("read {}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        None => args.share_group.clone(),
+    };
+    check_share_group(&name)?;
+    Ok(name)
+}
+
+/// A share name is one topic level without wildcards (MQTT 5, 4.8.2).
+fn check_share_group(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name.contains(['/', '+', '#']) {
+        anyhow::bail!("the share group must be one topic level (no '/', '+' or '#'), got '{name}'");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,30 +384,14 @@ mod tests {
         }
         assert!(text.ends_with("0 of 1 devices online\n"));
     }
-}
 
-/// `--ingest-links`: 1 to 64 (each is a connection and a session at the broker).
-fn parse_links(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n @ 1..=64) => Ok(n),
-        _ => Err(format!("'{s}' is not a number of connections from 1 to 64")),
+    #[test]
+    fn ingest_links_and_share_groups_are_checked() {
+        assert_eq!((parse_links("1"), parse_links("64")), (Ok(1), Ok(64)));
+        assert!(parse_links("0").is_err() && parse_links("65").is_err() && parse_links("x").is_err());
+        assert!(check_share_group("fleet-7Hq2").is_ok());
+        for bad in ["", "a/b", "+", "g#"] {
+            assert!(check_share_group(bad).is_err(), "{bad:?}");
+        }
     }
-}
-
-/// `--share-group`, or the first line of `--share-group-file`: one MQTT topic level.
-fn share_group(args: &ServeArgs) -> anyhow::Result<String> {
-    let name = match &args.share_group_file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("read {}", path.display()))?
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
-        None => args.share_group.clone(),
-    };
-    if name.is_empty() || name.contains(['/', '+', '#']) {
-        anyhow::bail!("the share group must be one topic level (no '/', '+' or '#'), got '{name}'");
-    }
-    Ok(name)
 }

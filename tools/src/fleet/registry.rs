@@ -418,12 +418,7 @@ impl Registry {
                         totals.agreed += s.agreed;
                     } else if arrival == Arrival::Newest {
                         // A new candidate counts afresh (a late report of the old one is dropped).
-                        *totals = ShadowTotals {
-                            candidate,
-                            judged: s.classified + s.failed,
-                            agreed: s.agreed,
-                            ..Default::default()
-                        };
+                        *totals = ShadowTotals { candidate, judged: s.classified + s.failed, agreed: s.agreed };
                     }
                 }
                 out.push(Change::Point(device.to_string(), period.clone()));
