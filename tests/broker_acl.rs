@@ -111,9 +111,16 @@ fn mosquitto_confines_each_device_to_its_own_topics() {
     // The fleet server's ingest connections read the reports through a shared subscription.
     // Mosquitto's ACL file checks reads at delivery only, so a device may join a group: it then
     // takes its turn and loses the reports dealt to it. A group name the devices cannot guess
-    // (`--share-group-file`) keeps them out; this device tries the default name.
-    let shared_ingest =
-        Observer::connect_as(broker.port, "$share/k7Qf2x9/drover/v1/dev/+/telemetry", "fleet", "pw-fleet");
+    // (`--share-group-file`, the one `drover acl` wrote) keeps them out; this device tries the
+    // default name.
+    let group = std::fs::read_to_string(out.join("share-group")).expect("drover acl wrote the share group");
+    assert!(printed.contains("--share-group-file"), "{printed}");
+    let shared_ingest = Observer::connect_as(
+        broker.port,
+        &format!("$share/{}/drover/v1/dev/+/telemetry", group.trim()),
+        "fleet",
+        "pw-fleet",
+    );
     let shared_intruder =
         Observer::connect_as(broker.port, "$share/drover-fleet/drover/v1/dev/+/telemetry", "dev-b", "pw-dev-b");
     let fleet_dir = tempfile::tempdir().expect("tmp");

@@ -19,6 +19,10 @@ pub const ACL_FILE: &str = "acl";
 pub const PASSWD_FILE: &str = "passwd";
 /// The lines to include in `mosquitto.conf`, in the output directory.
 pub const CONF_FILE: &str = "mosquitto.conf";
+/// The fleet servers' shared-subscription group (secret), for `fleet serve --share-group-file`:
+/// Mosquitto's ACL file cannot keep a device out of a group, an unguessable name can
+/// (docs/security.md, B10).
+pub const SHARE_GROUP_FILE: &str = "share-group";
 
 /// Why `drover acl` wrote nothing.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,16 @@ pub struct Generated {
     pub passwd: Option<String>,
     /// `mosquitto.conf`.
     pub conf: String,
+    /// `share-group`: a fresh random name, written only where none is yet (a new name would
+    /// leave the servers' old sessions in the old group, taking their share).
+    pub share_group: String,
+}
+
+/// A group name no one guesses: 128 random bits.
+fn random_share_group() -> Result<String, AclError> {
+    let mut bits = [0u8; 16];
+    getrandom::fill(&mut bits).map_err(AclError::Random)?;
+    Ok(format!("drover-fleet-{}", hex::encode(bits)))
 }
 
 /// The `mosquitto.conf` lines naming the files in `dir` (pure).
@@ -112,7 +126,7 @@ pub fn generate(fleet: &Fleet, dir: &Path) -> Result<Generated, AclError> {
     }
     let passwd = (!lines.is_empty()).then(|| lines.join("\n") + "\n");
     let conf = conf_text(dir, passwd.is_some(), certificates);
-    Ok(Generated { acl: rules::acl_text(fleet), passwd, conf })
+    Ok(Generated { acl: rules::acl_text(fleet), passwd, conf, share_group: random_share_group()? + "\n" })
 }
 
 /// Reads the fleet file at `path`.
@@ -133,6 +147,10 @@ pub fn write(g: &Generated, dir: &Path, force: bool) -> Result<Vec<PathBuf>, Acl
     files.push((CONF_FILE, g.conf.as_str(), Mode::Public));
     if !force && let Some((f, _, _)) = files.iter().find(|(f, _, _)| dir.join(f).symlink_metadata().is_ok()) {
         return Err(WriteError::Exists(dir.join(f)).into());
+    }
+    // Kept when there: the servers' group outlives the access rules.
+    if dir.join(SHARE_GROUP_FILE).symlink_metadata().is_err() {
+        files.push((SHARE_GROUP_FILE, g.share_group.as_str(), Mode::Secret));
     }
     let mut written = Vec::new();
     for (name, text, mode) in files {
@@ -173,8 +191,11 @@ mod tests {
         let out = dir.path().join("out");
         let g = generate(&fleet, &out).unwrap();
         let written = write(&g, &out, false).unwrap();
-        assert_eq!(written.len(), 3);
+        assert_eq!(written.len(), 4);
         let mode = |f: &str| std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777;
+        let group = std::fs::read_to_string(out.join(SHARE_GROUP_FILE)).unwrap();
+        assert!(group.starts_with("drover-fleet-") && group.trim().len() == 13 + 32, "{group}");
+        assert_eq!(mode(SHARE_GROUP_FILE), 0o600);
         assert_eq!(mode(PASSWD_FILE), 0o600);
         assert_eq!(mode(ACL_FILE), 0o644);
         let passwd = std::fs::read_to_string(out.join(PASSWD_FILE)).unwrap();
@@ -185,7 +206,10 @@ mod tests {
         assert!(conf.contains("allow_anonymous false") && conf.contains("use_identity_as_username true"));
         let again = write(&g, &out, false).unwrap_err();
         assert!(again.to_string().contains("exists (use --force"), "{again}");
-        write(&g, &out, true).unwrap();
+        let other = generate(&fleet, &out).unwrap();
+        assert_ne!(other.share_group, g.share_group, "a fresh name each time");
+        assert_eq!(write(&other, &out, true).unwrap().len(), 3, "the group file is kept");
+        assert_eq!(std::fs::read_to_string(out.join(SHARE_GROUP_FILE)).unwrap(), group);
     }
 
     #[test]

@@ -35,7 +35,12 @@ pub fn run(args: &AclArgs) -> anyhow::Result<()> {
     );
     for p in written {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        println!("  {name}{}", if name == acl::PASSWD_FILE { " (secret, 0600)" } else { "" });
+        let secret = name == acl::PASSWD_FILE || name == acl::SHARE_GROUP_FILE;
+        println!("  {name}{}", if secret { " (secret, 0600)" } else { "" });
     }
+    println!(
+        "fleet servers: drover fleet serve --share-group-file {} (kept when drover acl runs again)",
+        out.join(acl::SHARE_GROUP_FILE).display()
+    );
     Ok(())
 }
