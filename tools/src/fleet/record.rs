@@ -90,7 +90,7 @@ pub fn plain_stream_filters() -> Vec<String> {
 /// Every topic the server reads, unshared: what one plain subscriber reads to see all the
 /// servers of a fleet see (a benchmark's baseline, `mosquitto_sub` when debugging).
 pub fn filters() -> Vec<String> {
-    PRESENCE.into_iter().chain(STREAMS).map(|leaf| topic::every_device(leaf).to_string()).collect()
+    [presence_filters(), plain_stream_filters()].concat()
 }
 
 /// Decodes a message: the device it is about and the record. An empty payload on a retained

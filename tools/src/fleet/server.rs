@@ -5,9 +5,9 @@
 //!
 //! One connection reads the retained presence topics whole; [`ServeConfig::ingest_links`] more
 //! read the report streams (several share them through a `$share/` subscription, the same one
-//! further server instances join). Batching adapts to the load (group commit): messages gather while the writer
-//! is busy or more are waiting to be read, and go to the writer together once it is idle and
-//! nothing more is waiting (or [`ServeConfig::batch_max`] gathered). The broker's window of
+//! further server instances join). Batching adapts to the load (group commit): messages gather
+//! while the writer is busy or more are waiting to be read, and go to the writer together once
+//! it is idle and nothing more is waiting (or [`ServeConfig::batch_max`] gathered). The broker's window of
 //! unacknowledged messages per connection (rumqttd's 100, Mosquitto's `max_inflight_messages`)
 //! bounds how many can gather on one.
 
@@ -158,6 +158,8 @@ pub async fn serve(
 
     // The presence connection (retained statuses and progress, read whole; rollout steps go out
     // on it) and the ingest connections sharing the report streams.
+    // Shared by the connections' tasks, read-only.
+    let cfg = Arc::new(cfg);
     let (stop_links, stop) = tokio::sync::watch::channel(false);
     let presence = Link::connect(&cfg, cfg.client_id.clone(), record::presence_filters())?;
     let client = presence.client.clone();
@@ -227,7 +229,7 @@ impl Link {
 
     /// Reads, hands batches to the writer and acknowledges written ones until `stop` turns true;
     /// then writes and acknowledges what it took, and disconnects.
-    async fn run(mut self, hub: Arc<Hub>, cfg: ServeConfig, now_ms: UnixMs, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, hub: Arc<Hub>, cfg: Arc<ServeConfig>, now_ms: UnixMs, mut stop: watch::Receiver<bool>) {
         let client = self.client.clone();
         let mut stop_pause = stop.clone();
         let mut written = hub.written();
