@@ -1,7 +1,7 @@
 //! Shared parts of Drover's end-to-end tests: the reference-model manifest written by
 //! `models/make_models.py`, comparison against onnxruntime's outputs, and locating the real
 //! binaries and tools the tests drive, brokers (embedded and Mosquitto), in-process fleets of
-//! agents, models of any size, the fleet server, Prometheus and a headless browser.
+//! agents, models of any size, the fleet server, Prometheus, PostgreSQL and a headless browser.
 
 #[cfg(feature = "mqtt")]
 pub mod api;
@@ -19,6 +19,8 @@ pub mod observer;
 #[cfg(feature = "mqtt")]
 pub mod onnx_gen;
 pub mod parity;
+#[cfg(feature = "mqtt")]
+pub mod postgres;
 #[cfg(feature = "mqtt")]
 pub mod services;
 pub mod sshd;

@@ -373,7 +373,7 @@ fn served(port: u16, load: &Load, db: Option<&Path>, ingest_links: usize, publis
     let cfg = ServeConfig {
         broker: settings(port),
         client_id: format!("bench-fleet-{round}-{}-{ingest_links}", if db.is_some() { "file" } else { "memory" }),
-        db: db.map(Path::to_path_buf),
+        db: db.map_or(server::Database::Memory, |p| server::Database::Sqlite(p.to_path_buf())),
         http: ([127, 0, 0, 1], 0).into(),
         token: None,
         retention: Retention::default(),

@@ -36,9 +36,10 @@ pub struct ServeArgs {
     /// The broker.
     #[command(flatten)]
     pub broker: BrokerArgs,
-    /// The SQLite database (created if missing).
+    /// The database: a SQLite file (created if missing), or a PostgreSQL URL
+    /// (`postgres://user@host/db`) that several server instances share.
     #[arg(long, default_value = "fleet.db")]
-    pub db: PathBuf,
+    pub db: String,
     /// A directory of the bundles in service: their reference statistics let the server merge
     /// the devices' drift windows per model version and group.
     #[arg(long)]
@@ -168,7 +169,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         catalog,
         broker: args.broker.settings()?,
         client_id: args.client_id.clone(),
-        db: Some(args.db.clone()),
+        db: server::Database::parse(&args.db),
         http: args.http,
         token: read_token(&args.token_file)?,
         retention: Retention {
@@ -184,14 +185,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let (running, listener) =
-            server::start(&cfg).await.with_context(|| format!("fleet server ({})", args.db.display()))?;
-        eprintln!(
-            "fleet server: http://{} (database {}, broker {})",
-            running.http,
-            args.db.display(),
-            cfg.broker.address()
-        );
+        let (running, listener) = server::start(&cfg).await.with_context(|| format!("fleet server ({})", cfg.db))?;
+        eprintln!("fleet server: http://{} (database {}, broker {})", running.http, cfg.db, cfg.broker.address());
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };

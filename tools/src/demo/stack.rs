@@ -59,7 +59,7 @@ impl Stack {
         let serve = ServeConfig {
             broker: broker.clone(),
             client_id: "drover-demo-fleet".into(),
-            db: Some(dir.join("fleet.db")),
+            db: server::Database::Sqlite(dir.join("fleet.db")),
             catalog,
             signer: Some(prepared.operator.clone()),
             http: ([127, 0, 0, 1], http_port).into(),

@@ -62,6 +62,7 @@ async fn create_rollout(State(api): State<Api>, body: axum::body::Bytes) -> Resp
     match tokio::task::spawn_blocking(move || hub.create_rollout(req, now)).await {
         Ok(Ok(r)) => (StatusCode::CREATED, json(&r)).into_response(),
         Ok(Err(e @ super::hub::RolloutError::Storage(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Ok(Err(e @ super::hub::RolloutError::NotDriver(_))) => error(StatusCode::CONFLICT, &e.to_string()),
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
@@ -78,7 +79,9 @@ async fn control_rollout(State(api): State<Api>, Path((id, verb)): Path<(String,
             reply
         }
         Err(e @ RolloutError::Unknown(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
-        Err(e @ (RolloutError::Verb(_) | RolloutError::State { .. })) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(e @ (RolloutError::Verb(_) | RolloutError::State { .. } | RolloutError::NotDriver(_))) => {
+            error(StatusCode::CONFLICT, &e.to_string())
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }

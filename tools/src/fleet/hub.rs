@@ -3,6 +3,7 @@
 //! changed. Messages go in one at a time; their changes are submitted in batches to the
 //! [`Writer`]'s thread, and only a written batch is acknowledged to the broker.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use super::metrics::{self, Ingest};
 use super::record::{self, RecordError};
 use super::registry::{Change, Registry};
 use super::rollouts::{CreateError, CreateRequest, Entry, Rollouts, Work};
-use super::storage::{Pruned, Retention, Storage, StorageError};
+use super::storage::{Arrived, Pruned, Retention, Storage, StorageError};
 use super::writer::{Batch, SharedStorage, Sinks, WaitError, Writer};
 use crate::rollout::Rollout;
 
@@ -43,6 +44,9 @@ pub enum RolloutError {
     /// Not pause, resume or abort.
     #[error("'{0}' is not pause, resume or abort")]
     Verb(String),
+    /// Another server of those sharing the store drives the rollouts.
+    #[error("this fleet server does not drive rollouts; send it to {}", .0.as_deref().unwrap_or("the one that does (none holds the lease right now; try again in a few seconds)"))]
+    NotDriver(Option<String>),
     /// Not in a state where the verb applies.
     #[error("rollout {id} cannot {verb} now")]
     State {
@@ -57,6 +61,8 @@ pub enum RolloutError {
 #[derive(Default)]
 struct Pending {
     changes: Vec<Change>,
+    /// Over a shared store: the records themselves, which the store applies.
+    records: Vec<Arrived>,
     /// How many stored messages they came from.
     messages: u64,
     /// The latest submission's ticket.
@@ -65,7 +71,12 @@ struct Pending {
 
 /// The state behind the server.
 pub struct Hub {
-    registry: Mutex<Registry>,
+    registry: Arc<Mutex<Registry>>,
+    /// The store is shared with other servers: it applies the records, and one server of them
+    /// drives the rollouts.
+    shared: bool,
+    /// This server drives the rollouts (always, over a store of its own).
+    driving: AtomicBool,
     storage: SharedStorage,
     pending: Mutex<Pending>,
     writer: Writer,
@@ -84,7 +95,8 @@ impl Hub {
     /// A hub over `storage`, its registry rebuilt from what the store kept; `catalog` holds the
     /// references fleet-wide drift is judged against.
     pub fn new(storage: Box<dyn Storage>, catalog: Catalog) -> Result<Arc<Hub>, StorageError> {
-        let registry = Registry::from_devices(storage.devices()?);
+        let registry = Arc::new(Mutex::new(Registry::from_devices(storage.devices()?)));
+        let shared = storage.shared();
         let mut catalog = catalog;
         let mut entries = Vec::new();
         for (rollout, bundle) in storage.rollouts()? {
@@ -95,10 +107,16 @@ impl Hub {
         let storage = Arc::new(Mutex::new(storage));
         let ingest = Arc::new(Mutex::new(Ingest::default()));
         let updates = broadcast::channel(16).0;
-        let writer =
-            Writer::start(Sinks { storage: storage.clone(), ingest: ingest.clone(), updates: updates.clone() });
+        let writer = Writer::start(Sinks {
+            storage: storage.clone(),
+            ingest: ingest.clone(),
+            updates: updates.clone(),
+            registry: registry.clone(),
+        });
         Ok(Arc::new(Hub {
-            registry: Mutex::new(registry),
+            registry,
+            shared,
+            driving: AtomicBool::new(!shared),
             storage,
             pending: Mutex::new(Pending::default()),
             writer,
@@ -119,6 +137,13 @@ impl Hub {
             }
         };
         let Some((device, rec)) = decoded else { return Ok(Taken::Nothing) };
+        if self.shared {
+            // The store tells repeats apart, against what every server stored.
+            let mut pending = lock(&self.pending);
+            pending.records.push(Arrived { now_ms, device, record: rec });
+            pending.messages += 1;
+            return Ok(Taken::Pending);
+        }
         // Under the registry's lock to the end: a submission sees a device's row and the
         // message's other changes together.
         let mut registry = lock(&self.registry);
@@ -139,14 +164,19 @@ impl Hub {
         let mut registry = lock(&self.registry);
         let mut pending = lock(&self.pending);
         let rows = registry.touched();
-        if pending.changes.is_empty() && rows.is_empty() {
+        if pending.changes.is_empty() && rows.is_empty() && pending.records.is_empty() {
             return pending.ticket;
         }
         pending.ticket += 1;
         // The rows go last: coalesced with a later batch's, the newest is the one kept.
         let mut changes = std::mem::take(&mut pending.changes);
         changes.extend(rows);
-        let batch = Batch { ticket: pending.ticket, changes, messages: std::mem::take(&mut pending.messages) };
+        let batch = Batch {
+            ticket: pending.ticket,
+            changes,
+            records: std::mem::take(&mut pending.records),
+            messages: std::mem::take(&mut pending.messages),
+        };
         self.writer.submit(batch);
         pending.ticket
     }
@@ -184,6 +214,7 @@ impl Hub {
 
     /// Starts a rollout (stored before it first acts); its bundle's reference joins the catalog.
     pub fn create_rollout(&self, req: CreateRequest, now_ms: u64) -> Result<Rollout, RolloutError> {
+        self.check_driving()?;
         let entry = lock(&self.rollouts).create(req, now_ms)?;
         let _ = lock(&self.catalog).add_bundle(&entry.bundle);
         if let Err(e) = lock(&self.storage).save_rollout(&entry.rollout, &entry.bundle) {
@@ -194,6 +225,78 @@ impl Hub {
         Ok(entry.rollout)
     }
 
+    /// Rollouts change on one server only (so two never overwrite each other's steps): the
+    /// one that drives them.
+    fn check_driving(&self) -> Result<(), RolloutError> {
+        if self.driving.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        Err(RolloutError::NotDriver(lock(&self.storage).leader()?))
+    }
+
+    /// Whether this server drives the rollouts, asked every second by the server's loop (over a
+    /// store of its own, always). One that takes over reads the rollouts as the last driver
+    /// stored them; one that does not drive follows their stored states.
+    pub fn drive(&self, holder: &str, now_ms: u64) -> bool {
+        if !self.shared {
+            return true;
+        }
+        let leading = lock(&self.storage).lead(holder, now_ms).unwrap_or_else(|e| {
+            log::warn!("fleet database: the rollout lease: {e}");
+            false
+        });
+        let was = self.driving.swap(leading, Ordering::Relaxed);
+        let synced = if leading && !was {
+            log::info!("this fleet server now drives the rollouts");
+            self.take_over()
+        } else if !leading {
+            if was {
+                log::warn!("this fleet server no longer drives the rollouts");
+            }
+            self.follow()
+        } else {
+            Ok(())
+        };
+        if let Err(e) = synced {
+            log::warn!("fleet database: reading the rollouts: {e}");
+        }
+        leading
+    }
+
+    fn take_over(&self) -> Result<(), StorageError> {
+        let stored = lock(&self.storage).rollouts()?;
+        let mut entries = Vec::new();
+        let mut catalog = lock(&self.catalog);
+        for (rollout, bundle) in stored {
+            let _ = catalog.add_bundle(&bundle);
+            entries.push(Entry { rollout, bundle: Arc::new(bundle), busy: false });
+        }
+        drop(catalog);
+        *lock(&self.rollouts) = Rollouts::from_entries(entries);
+        Ok(())
+    }
+
+    fn follow(&self) -> Result<(), StorageError> {
+        let states = lock(&self.storage).rollout_states()?;
+        let mut new = Vec::new();
+        {
+            let mut rollouts = lock(&self.rollouts);
+            for rollout in states {
+                match rollouts.get_mut(&rollout.plan.id) {
+                    Some(e) => e.rollout = rollout,
+                    None => new.push(rollout),
+                }
+            }
+        }
+        for rollout in new {
+            let Some(bundle) = lock(&self.storage).rollout_bundle(&rollout.plan.id)? else { continue };
+            let _ = lock(&self.catalog).add_bundle(&bundle);
+            lock(&self.rollouts).insert(Entry { rollout, bundle: Arc::new(bundle), busy: false });
+        }
+        let _ = self.updates.send(());
+        Ok(())
+    }
+
     /// Every rollout, oldest first.
     pub fn rollouts(&self) -> Vec<Rollout> {
         lock(&self.rollouts).all().map(|e| e.rollout.clone()).collect()
@@ -201,6 +304,7 @@ impl Hub {
 
     /// Pauses, resumes or aborts a rollout; returns it and, for an abort, what to undo.
     pub fn control(&self, id: &str, verb: &str, now_ms: u64) -> Result<Work, RolloutError> {
+        self.check_driving()?;
         let mut rollouts = lock(&self.rollouts);
         let e = rollouts.get_mut(id).ok_or_else(|| RolloutError::Unknown(id.to_string()))?;
         let (done, actions) = match verb {

@@ -345,6 +345,22 @@ impl Registry {
         Registry { devices: devices.into_iter().map(|d| (d.id.clone(), d)).collect(), dirty: BTreeSet::new() }
     }
 
+    /// Takes devices as a shared store holds them (what this server and others wrote), in place
+    /// of what it knew. The latest period's latency histogram, which is never stored, stays
+    /// while it belongs to the same report.
+    pub fn refresh(&mut self, devices: impl IntoIterator<Item = Device>) {
+        for mut d in devices {
+            if let Some(known) = self.devices.get_mut(&d.id) {
+                if d.latency.count() == 0 && known.telemetry_mark.seq == d.telemetry_mark.seq {
+                    d.latency = std::mem::take(&mut known.latency);
+                }
+                *known = d;
+            } else {
+                self.devices.insert(d.id.clone(), d);
+            }
+        }
+    }
+
     /// The devices, by id.
     pub fn devices(&self) -> impl Iterator<Item = &Device> {
         self.devices.values()

@@ -143,6 +143,11 @@ impl Rollouts {
         Ok(entry)
     }
 
+    /// Adds a rollout another server created (it drives them).
+    pub fn insert(&mut self, entry: Entry) {
+        self.entries.insert(entry.rollout.plan.id.clone(), entry);
+    }
+
     /// Forgets a rollout that could not be stored.
     pub fn remove(&mut self, id: &str) {
         self.entries.remove(id);

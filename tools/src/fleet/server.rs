@@ -48,8 +48,8 @@ pub struct ServeConfig {
     pub broker: BrokerSettings,
     /// The MQTT client id: one per server, so its session (and what waits in it) is its own.
     pub client_id: String,
-    /// The SQLite file (`None`: in memory, for the demo and tests that want nothing on disk).
-    pub db: Option<PathBuf>,
+    /// Where what the server learns is kept.
+    pub db: Database,
     /// Reference statistics of the model versions in service, for fleet-wide drift.
     pub catalog: super::drift::Catalog,
     /// The operator key rollouts sign their commands with (`None`: the server runs none).
@@ -73,6 +73,56 @@ pub struct ServeConfig {
     /// The shared-subscription group of the ingest connections (a secret where devices share
     /// the broker: see [`record::SHARE_GROUP`]).
     pub share_group: String,
+}
+
+/// Where the fleet server keeps what it learned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// In memory: the demo and tests that want nothing on disk.
+    Memory,
+    /// A SQLite file: the embedded default, for one server.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (`postgres://user@host/db`): shared by several server instances.
+    Postgres(String),
+}
+
+impl Database {
+    /// `--db`: a `postgres://` or `postgresql://` URL, or else a SQLite file.
+    pub fn parse(arg: &str) -> Database {
+        if arg.starts_with("postgres://") || arg.starts_with("postgresql://") {
+            Database::Postgres(arg.to_string())
+        } else {
+            Database::Sqlite(PathBuf::from(arg))
+        }
+    }
+
+    fn open(&self) -> Result<Box<dyn super::storage::Storage>, StorageError> {
+        Ok(match self {
+            Database::Memory => Box::new(Sqlite::in_memory()?),
+            Database::Sqlite(path) => Box::new(Sqlite::open(path)?),
+            Database::Postgres(url) => Box::new(super::storage::Postgres::connect(url)?),
+        })
+    }
+}
+
+impl std::fmt::Display for Database {
+    /// For logs: a URL's password is left out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Memory => write!(f, "in memory"),
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => {
+                let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+                match rest.split_once('@') {
+                    Some((user, host)) => {
+                        let user = user.split_once(':').map_or(user, |(u, _)| u);
+                        write!(f, "{scheme}://{user}@{host}")
+                    }
+                    None => write!(f, "{url}"),
+                }
+            }
+        }
+    }
 }
 
 /// Why the server stopped.
@@ -115,10 +165,7 @@ pub async fn start(cfg: &ServeConfig) -> Result<(Running, TcpListener), ServeErr
     if cfg.token.is_none() && !cfg.http.ip().is_loopback() {
         return Err(ServeError::Open(cfg.http));
     }
-    let storage: Box<dyn super::storage::Storage> = match &cfg.db {
-        Some(path) => Box::new(Sqlite::open(path)?),
-        None => Box::new(Sqlite::in_memory()?),
-    };
+    let storage = cfg.db.open()?;
     let hub = Hub::new(storage, cfg.catalog.clone())?;
     let listener = TcpListener::bind(cfg.http).await.map_err(|source| ServeError::Listen { addr: cfg.http, source })?;
     let http = listener.local_addr().map_err(|source| ServeError::Listen { addr: cfg.http, source })?;
@@ -173,6 +220,7 @@ pub async fn serve(
         let link = Link::connect(&cfg, format!("{}-ingest-{i}", cfg.client_id), filters)?;
         links.push(tokio::spawn(link.run(hub.clone(), cfg.clone(), now_ms.clone(), stop.clone())));
     }
+    let holder = format!("{} at http://{}", cfg.client_id, running.http);
     let mut prune_tick = tokio::time::interval(Duration::from_secs(600));
     let mut rollout_tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
@@ -187,6 +235,10 @@ pub async fn serve(
                 }
             }
             _ = rollout_tick.tick() => {
+                // Of the servers sharing a store, one drives the rollouts.
+                if !hub.drive(&holder, now_ms()) {
+                    continue;
+                }
                 if let Some(e) = &executor {
                     e.tick();
                 }

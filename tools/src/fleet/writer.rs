@@ -7,10 +7,14 @@
 //!
 //! A failed write is retried (the batch stays queued, its messages unacknowledged) until it
 //! goes through or the writer is closed.
+//!
+//! Over a store shared with other servers, a batch carries the records themselves: the store
+//! applies them to the devices as stored, and the writer puts the outcome into the registry,
+//! which it also refreshes every second with what the other servers wrote.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,8 +22,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
 use super::metrics::Ingest;
-use super::registry::Change;
-use super::storage::Storage;
+use super::registry::{Change, Registry};
+use super::storage::{Arrived, Ingested, Storage, StorageError};
 
 /// Most changes merged into one transaction: a bound on the time the store is locked away from
 /// the API's queries.
@@ -28,6 +32,9 @@ const MAX_GROUP_CHANGES: usize = 20_000;
 /// How long a failed write waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// How often the registry takes in what other servers wrote to a shared store.
+pub const REFRESH: Duration = Duration::from_secs(1);
+
 /// What one submission asks the writer to store.
 #[derive(Debug)]
 pub struct Batch {
@@ -35,6 +42,8 @@ pub struct Batch {
     pub ticket: u64,
     /// The rows.
     pub changes: Vec<Change>,
+    /// Records for a shared store to apply ([`Storage::ingest`]).
+    pub records: Vec<Arrived>,
     /// How many messages the rows came from.
     pub messages: u64,
 }
@@ -74,6 +83,8 @@ pub struct Sinks {
     pub ingest: Arc<Mutex<Ingest>>,
     /// Woken after each transaction, for the live views.
     pub updates: broadcast::Sender<()>,
+    /// The registry, which a shared store's outcomes and news go into.
+    pub registry: Arc<Mutex<Registry>>,
 }
 
 /// The writer: a queue into its thread, and what it has written.
@@ -159,22 +170,37 @@ fn run(
     tell: &watch::Sender<u64>,
     closing: &AtomicBool,
 ) {
-    while let Ok(first) = batches.recv() {
+    let is_shared = lock(&sinks.storage).shared();
+    let mut refreshed = Instant::now();
+    loop {
+        let first = match batches.recv_timeout(REFRESH) {
+            Ok(b) => Some(b),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if is_shared && refreshed.elapsed() >= REFRESH {
+            refresh(&sinks);
+            refreshed = Instant::now();
+        }
+        let Some(first) = first else { continue };
         let mut group = vec![first];
-        let mut size = group[0].changes.len();
+        let mut size = group[0].changes.len() + group[0].records.len();
         while size < MAX_GROUP_CHANGES {
             let Ok(next) = batches.try_recv() else { break };
-            size += next.changes.len();
+            size += next.changes.len() + next.records.len();
             group.push(next);
         }
         let ticket = group.last().map_or(0, |b| b.ticket);
         let messages: u64 = group.iter().map(|b| b.messages).sum();
-        let changes = coalesce(group.into_iter().flat_map(|b| b.changes));
+        let mut records = Vec::new();
+        let changes = coalesce(group.into_iter().flat_map(|b| {
+            records.extend(b.records);
+            b.changes
+        }));
         let started = Instant::now();
-        loop {
-            let result = lock(&sinks.storage).write(&changes);
-            match result {
-                Ok(()) => break,
+        let outcome = loop {
+            match store(&sinks, &changes, &records) {
+                Ok(outcome) => break outcome,
                 Err(e) => {
                     log::error!("fleet database: {e}; {messages} messages stay unacknowledged, retrying");
                     lock(&shared.0).failing = Some(e.to_string());
@@ -185,9 +211,16 @@ fn run(
                     std::thread::sleep(RETRY);
                 }
             }
-        }
-        log::trace!("wrote {messages} messages ({} rows) in {:?}", changes.len(), started.elapsed());
+        };
+        log::trace!("wrote {messages} messages ({} rows) in {:?}", changes.len() + records.len(), started.elapsed());
         // Everything a waiter may look at once `wait` returns is updated before it is woken.
+        if let Some(outcome) = outcome {
+            let mut ingest = lock(&sinks.ingest);
+            ingest.stored += outcome.stored;
+            ingest.repeated += outcome.repeated;
+            drop(ingest);
+            lock(&sinks.registry).refresh(outcome.devices);
+        }
         lock(&sinks.ingest).written += messages;
         tell.send_replace(ticket);
         let _ = sinks.updates.send(());
@@ -197,6 +230,31 @@ fn run(
             s.failing = None;
         }
         shared.1.notify_all();
+    }
+}
+
+/// Writes a group's rows, then has the store apply its records; the outcome of those.
+fn store(sinks: &Sinks, changes: &[Change], records: &[Arrived]) -> Result<Option<Ingested>, StorageError> {
+    let mut storage = lock(&sinks.storage);
+    if !changes.is_empty() {
+        storage.write(changes)?;
+    }
+    if records.is_empty() {
+        return Ok(None);
+    }
+    storage.ingest(records).map(Some)
+}
+
+/// Takes in what other servers wrote to the shared store.
+fn refresh(sinks: &Sinks) {
+    let news = lock(&sinks.storage).changed();
+    match news {
+        Ok(devices) if devices.is_empty() => {}
+        Ok(devices) => {
+            lock(&sinks.registry).refresh(devices);
+            let _ = sinks.updates.send(());
+        }
+        Err(e) => log::warn!("fleet database: reading what other servers wrote: {e}"),
     }
 }
 
@@ -258,6 +316,15 @@ mod tests {
         fn devices(&self) -> Result<Vec<Device>, StorageError> {
             self.inner.devices()
         }
+        fn load(&self, ids: &[String]) -> Result<Vec<Device>, StorageError> {
+            self.inner.load(ids)
+        }
+        fn rollout_states(&self) -> Result<Vec<crate::rollout::Rollout>, StorageError> {
+            self.inner.rollout_states()
+        }
+        fn rollout_bundle(&self, id: &str) -> Result<Option<Vec<u8>>, StorageError> {
+            self.inner.rollout_bundle(id)
+        }
         fn series(
             &self,
             d: &str,
@@ -288,7 +355,12 @@ mod tests {
         let inner = Sqlite::in_memory().expect("db");
         let storage: SharedStorage = Arc::new(Mutex::new(Box::new(Flaky { refusals, inner })));
         let ingest = Arc::new(Mutex::new(Ingest::default()));
-        let sinks = Sinks { storage: storage.clone(), ingest: ingest.clone(), updates: broadcast::channel(4).0 };
+        let sinks = Sinks {
+            storage: storage.clone(),
+            ingest: ingest.clone(),
+            updates: broadcast::channel(4).0,
+            registry: Arc::default(),
+        };
         (Writer::start(sinks), storage, ingest)
     }
 
@@ -297,7 +369,12 @@ mod tests {
         let (w, storage, ingest) = writer(0);
         let mut told = w.written();
         for ticket in 1..=5 {
-            w.submit(Batch { ticket, changes: vec![row("a", ticket), event("a", ticket)], messages: 2 });
+            w.submit(Batch {
+                ticket,
+                changes: vec![row("a", ticket), event("a", ticket)],
+                records: vec![],
+                messages: 2,
+            });
         }
         w.wait(5, Duration::from_secs(10)).expect("written");
         assert_eq!(*told.borrow_and_update(), 5);
@@ -310,7 +387,7 @@ mod tests {
     #[test]
     fn a_refused_write_is_retried_and_nothing_counts_as_written_before() {
         let (w, storage, ingest) = writer(1);
-        w.submit(Batch { ticket: 1, changes: vec![row("a", 1)], messages: 1 });
+        w.submit(Batch { ticket: 1, changes: vec![row("a", 1)], records: vec![], messages: 1 });
         let early = w.wait(1, Duration::from_millis(300));
         assert!(
             matches!(early, Err(WaitError::Failing { ref last_error, .. }) if last_error.contains("full")),
@@ -326,7 +403,7 @@ mod tests {
     fn dropping_the_writer_writes_what_is_queued() {
         let (w, storage, _) = writer(0);
         for ticket in 1..=50 {
-            w.submit(Batch { ticket, changes: vec![event("a", ticket)], messages: 1 });
+            w.submit(Batch { ticket, changes: vec![event("a", ticket)], records: vec![], messages: 1 });
         }
         drop(w);
         assert_eq!(lock(&storage).events(None, 100).expect("events").len(), 50);

@@ -159,11 +159,16 @@ impl Drop for Checkpointer {
 
 /// A time or count as SQLite stores it (i64): `u64::MAX` ("no bound", or a device's nonsense)
 /// saturates rather than wrapping to a negative number.
-fn ms(t: u64) -> i64 {
+pub(super) fn ms(t: u64) -> i64 {
     i64::try_from(t).unwrap_or(i64::MAX)
 }
 
-fn json<T: serde::Serialize>(value: &T) -> String {
+/// A device's stored document, read back.
+pub(super) fn read_device(id: &str, doc: &str) -> Result<Device, StorageError> {
+    serde_json::from_str(doc).map_err(|e| StorageError::Corrupt { id: id.to_string(), reason: e.to_string() })
+}
+
+pub(super) fn json<T: serde::Serialize>(value: &T) -> String {
     // Cannot fail: plain structs of numbers, strings and options.
     serde_json::to_string(value).unwrap_or_default()
 }
@@ -240,9 +245,18 @@ impl Storage for Sqlite {
         let mut out = Vec::new();
         for row in rows {
             let (id, doc) = row?;
-            let d: Device = serde_json::from_str(&doc)
-                .map_err(|e| StorageError::Corrupt { id: id.clone(), reason: e.to_string() })?;
-            out.push(d);
+            out.push(read_device(&id, &doc)?);
+        }
+        Ok(out)
+    }
+
+    fn load(&self, ids: &[String]) -> Result<Vec<Device>, StorageError> {
+        let mut q = self.conn.prepare_cached("SELECT doc FROM devices WHERE id = ?1")?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(doc) = q.query_row(params![id], |r| r.get::<_, String>(0)).optional()? {
+                out.push(read_device(id, &doc)?);
+            }
         }
         Ok(out)
     }
@@ -344,6 +358,21 @@ impl Storage for Sqlite {
             out.push((r, bundle));
         }
         Ok(out)
+    }
+
+    fn rollout_states(&self) -> Result<Vec<crate::rollout::Rollout>, StorageError> {
+        let mut q = self.conn.prepare("SELECT id, doc FROM rollouts ORDER BY created_ms, id")?;
+        let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, doc) = row?;
+            out.push(serde_json::from_str(&doc).map_err(|e| StorageError::Corrupt { id, reason: e.to_string() })?);
+        }
+        Ok(out)
+    }
+
+    fn rollout_bundle(&self, id: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.conn.query_row("SELECT bundle FROM rollouts WHERE id = ?1", params![id], |r| r.get(0)).optional()?)
     }
 
     fn prune(&mut self, now_ms: u64, retention: &Retention) -> Result<Pruned, StorageError> {
