@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use drover_runtime::link::BrokerSettings;
@@ -498,4 +500,195 @@ fn mosquitto_fleet_server_with_shared_ingest_killed_mid_stream_counts_every_repo
 #[test]
 fn embedded_broker_fleet_server_killed_mid_stream_counts_every_report_once() {
     a_server_killed_mid_stream_counts_every_report_once(Kind::Embedded, "1");
+}
+
+/// `drover rollout` against one fleet server; its output, and whether it succeeded.
+fn rollout(d: &std::path::Path, server: &FleetServer, args: &[&str]) -> (bool, String) {
+    let out = drover_tests::cli::run("drover", d, &[&["rollout"][..], args, &["--server", &server.url]].concat());
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Past one machine: three fleet-server instances on one PostgreSQL (Debian's, started by the
+/// test) share the report streams of 8 real agents through Mosquitto's shared subscription,
+/// while a staged rollout runs. The instance that drives the rollout is killed (SIGKILL) in the
+/// middle of it and started again 5 s later. Every report is stored exactly once (counted
+/// against the requests the agents got, and checked row by row against what the broker
+/// delivered), every instance shows the same totals, one instance at a time drives the rollout
+/// (the others refuse rollout commands and name it), and the rollout completes under the next.
+#[test]
+fn three_fleet_servers_on_postgres_share_ingest_and_one_rollout_driver_survives_a_kill() {
+    const AGENTS: usize = 8;
+    let Some(pg) = drover_tests::postgres::Postgres::start() else { return };
+    let Some(broker) = Broker::start(Kind::Mosquitto, Options::default()) else { return };
+    let url = pg.create_database("fleet");
+    let rel = trust_setup();
+    let d = rel.path();
+    ok("drover", d, &["keygen", "--role", "operator", "--out", "keys"]);
+    drover_tests::cli::delegate(d, "--operator", "keys/operator.pub", "lab,so-*", "op.json");
+    let v1 = iris_bundle(d, "1", true);
+    let v2 = iris_bundle(d, "2", true);
+    std::fs::write(d.join("share-group"), "fleet-Zk41\n").expect("write");
+    let fleet_dir = tempfile::tempdir().expect("tmp");
+    let settings = BrokerSettings { port: broker.port, ..BrokerSettings::default() };
+    let mut fleet = Fleet::new(fleet_dir.path(), "so", AGENTS, &["lab"], &d.join("root.json"), &settings);
+    for m in fleet.members.iter_mut() {
+        m.cfg.telemetry.period_s = Some(1);
+    }
+    fleet.start_all();
+    ok("drover", d, &["push", &v1, "--broker", &broker.address(), "--group", "lab", "--timeout", "90s"]);
+    for i in 0..AGENTS {
+        fleet.wait_for(i, Duration::from_secs(30), "iris v1", |f, i| f.serving(i) == Some(("iris".into(), 1)));
+    }
+    let observer = drover_tests::observer::Observer::connect(broker.port, "drover/v1/dev/+/telemetry");
+    let args = [
+        "--db",
+        &url,
+        "--share-group-file",
+        "share-group",
+        "--operator-key",
+        "keys/operator.key",
+        "--delegation",
+        "op.json",
+    ];
+    let mut servers: Vec<FleetServer> = (0..3).map(|_| FleetServer::start(d, &broker.address(), &args)).collect();
+
+    // Requests to every device, one round every 50 ms; a round is counted once all its
+    // requests were answered or refused (each is counted by the agent either way).
+    let rounds = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let services: Vec<_> = (0..AGENTS).map(|i| fleet.inference(i)).collect();
+        let (rounds, stop) = (rounds.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let request = Tensor::new(vec![4], TensorData::F32(vec![5.1, 3.5, 1.4, 0.2])).expect("tensor");
+            while !stop.load(Ordering::Relaxed) {
+                for s in &services {
+                    let _ = s.infer(None, std::slice::from_ref(&request));
+                }
+                rounds.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+
+    // Whichever instance took the lease creates the rollout; the others refuse and name it.
+    let plan = [
+        "--group",
+        "lab",
+        "--stages",
+        "50,100",
+        "--shadow-first",
+        "2s",
+        "--soak",
+        "2s",
+        "--install-timeout",
+        "60s",
+        "--min-requests",
+        "3",
+        "--min-shadow-agreement",
+        "0.9",
+        "--max-error-rate",
+        "0.05",
+    ];
+    let create = [&["create", v2.as_str()][..], &plan].concat();
+    let (driver, id) = until(Duration::from_secs(20), "an instance that drives rollouts", || {
+        for (i, s) in servers.iter().enumerate() {
+            let (fine, text) = rollout(d, s, &create);
+            if fine {
+                return Ok((i, text.trim().to_string()));
+            }
+            if !text.contains("does not drive rollouts") {
+                return Err(format!("unexpected refusal: {text}"));
+            }
+        }
+        Err("none yet".into())
+    });
+    for (i, s) in servers.iter().enumerate().filter(|(i, _)| *i != driver) {
+        let (fine, text) = rollout(d, s, &["pause", &id]);
+        assert!(!fine && text.contains(&servers[driver].url), "instance {i} refuses and names the driver: {text}");
+    }
+    // Killed while the first stage's deploy is on its way.
+    std::thread::sleep(Duration::from_millis(1500));
+    servers[driver].kill();
+    let killed_at = std::time::Instant::now();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != driver).collect();
+    let next = until(Duration::from_secs(20), "another instance to take over the rollout", || {
+        for &i in &survivors {
+            let (fine, text) = rollout(d, &servers[i], &["resume", &id]);
+            // "cannot resume now": it drives, and the rollout is running.
+            if !fine && text.contains("cannot resume") {
+                return Ok(i);
+            }
+        }
+        Err("none yet".into())
+    });
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(killed_at.elapsed()));
+    servers[driver].restart();
+    let (fine, text) = rollout(d, &servers[driver], &["pause", &id]);
+    assert!(!fine && text.contains(&servers[next].url), "the restarted instance follows: {text}");
+    let r = until(Duration::from_secs(180), "the rollout to complete under the next driver", || {
+        let (_, text) = rollout(d, &servers[driver], &["status", &id, "--json"]);
+        let all: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+        match all[0]["state"]["state"].as_str() {
+            Some("completed") => Ok(all[0].clone()),
+            Some("running") | Some("paused") => Err(format!("{}", all[0]["log"])),
+            _ => panic!("the rollout ended otherwise: {:#}", all[0]),
+        }
+    });
+    for i in 0..AGENTS {
+        assert_eq!(fleet.serving(i), Some(("iris".into(), 2)), "{}", fleet.members[i].cfg.device);
+    }
+    let log: Vec<&str> = r["log"].as_array().expect("log").iter().filter_map(|e| e["text"].as_str()).collect();
+    for step in ["created", "stage 1 (50 %): shadowing on 4", "stage 2 (100 %): shadowing on 4", "completed"] {
+        let n = log.iter().filter(|l| l.starts_with(step)).count();
+        assert_eq!(n, 1, "'{step}' once: one driver at a time: {log:#?}");
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().expect("traffic");
+    let asked = rounds.load(Ordering::Relaxed);
+    // Every instance shows every request counted once: their registries are the store's.
+    for s in &servers {
+        until(Duration::from_secs(30), "every request counted once", || {
+            let view = s.json("/api/fleet");
+            let devices = view["devices"].as_array().ok_or("no devices")?;
+            let counted: Vec<u64> = devices
+                .iter()
+                .map(|x| {
+                    let t = &x["totals"];
+                    ["inferences", "input_errors", "engine_errors", "busy_errors", "no_model_errors"]
+                        .iter()
+                        .filter_map(|k| t[*k].as_u64())
+                        .sum()
+                })
+                .collect();
+            if counted.len() == AGENTS && counted.iter().all(|c| *c == asked) {
+                Ok(())
+            } else {
+                Err(format!("{} at {counted:?} of {asked}", s.url))
+            }
+        });
+    }
+    // Row by row: each report the broker delivered is one period in PostgreSQL.
+    let mut sent: BTreeMap<String, std::collections::BTreeSet<i64>> = BTreeMap::new();
+    for (topic, payload) in observer.seen.lock().expect("lock").iter() {
+        let t: drover_wire::telemetry::Telemetry =
+            drover_runtime::link::codec::decode(payload).expect("the agents' telemetry decodes");
+        let device = topic.split('/').nth(3).expect("a device topic").to_string();
+        sent.entry(device).or_default().insert(t.end_ms as i64);
+    }
+    assert_eq!(sent.len(), AGENTS);
+    for (device, periods) in &sent {
+        let stored: std::collections::BTreeSet<i64> = pg
+            .psql(&url, &format!("SELECT end_ms FROM points WHERE device = '{device}'"))
+            .lines()
+            .map(|l| l.parse().expect("end_ms"))
+            .collect();
+        assert!(stored.is_superset(periods), "{device}: reports missing: {:?}", periods.difference(&stored));
+    }
+    let rolled_up = pg.psql(&url, "SELECT sum(periods) FROM rollups");
+    let points = pg.psql(&url, "SELECT count(*) FROM points");
+    assert_eq!(rolled_up, points, "each period rolled up once");
+    drop(fleet);
 }

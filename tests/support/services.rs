@@ -53,7 +53,11 @@ impl FleetServer {
         let db = dir.join("fleet.db");
         let mut args: Vec<String> =
             ["fleet", "serve", "--broker", broker, "--http", &format!("127.0.0.1:{port}")].map(String::from).into();
-        args.extend(["--db".to_string(), db.display().to_string(), "--client-id".into(), format!("fleet-{port}")]);
+        // A `--db` among `extra` (a PostgreSQL URL) stands instead of the SQLite file.
+        if !extra.contains(&"--db") {
+            args.extend(["--db".to_string(), db.display().to_string()]);
+        }
+        args.extend(["--client-id".into(), format!("fleet-{port}")]);
         args.extend(extra.iter().map(|a| a.to_string()));
         let server = FleetServer {
             child: spawn_server(dir, &args),

@@ -235,35 +235,40 @@ impl Hub {
     }
 
     /// Whether this server drives the rollouts, asked every second by the server's loop (over a
-    /// store of its own, always). One that takes over reads the rollouts as the last driver
-    /// stored them; one that does not drive follows their stored states.
-    pub fn drive(&self, holder: &str, now_ms: u64) -> bool {
+    /// store of its own, always): `None` when another server does; else what to send again
+    /// because the previous driver may have died while sending it ([`Rollout::redo`]). One that
+    /// takes over reads the rollouts as the last driver stored them; one that does not drive
+    /// follows their stored states.
+    pub fn drive(&self, holder: &str, now_ms: u64) -> Option<Vec<Work>> {
         if !self.shared {
-            return true;
+            return Some(Vec::new());
         }
         let leading = lock(&self.storage).lead(holder, now_ms).unwrap_or_else(|e| {
             log::warn!("fleet database: the rollout lease: {e}");
             false
         });
         let was = self.driving.swap(leading, Ordering::Relaxed);
-        let synced = if leading && !was {
-            log::info!("this fleet server now drives the rollouts");
-            self.take_over()
-        } else if !leading {
-            if was {
-                log::warn!("this fleet server no longer drives the rollouts");
+        let synced = match (leading, was) {
+            (true, false) => {
+                log::info!("this fleet server now drives the rollouts");
+                self.take_over()
             }
-            self.follow()
-        } else {
-            Ok(())
+            (true, true) => Ok(Vec::new()),
+            (false, was) => {
+                if was {
+                    log::warn!("this fleet server no longer drives the rollouts");
+                }
+                self.follow().map(|()| Vec::new())
+            }
         };
-        if let Err(e) = synced {
+        let redo = synced.unwrap_or_else(|e| {
             log::warn!("fleet database: reading the rollouts: {e}");
-        }
-        leading
+            Vec::new()
+        });
+        leading.then_some(redo)
     }
 
-    fn take_over(&self) -> Result<(), StorageError> {
+    fn take_over(&self) -> Result<Vec<Work>, StorageError> {
         let stored = lock(&self.storage).rollouts()?;
         let mut entries = Vec::new();
         let mut catalog = lock(&self.catalog);
@@ -272,8 +277,22 @@ impl Hub {
             entries.push(Entry { rollout, bundle: Arc::new(bundle), busy: false });
         }
         drop(catalog);
-        *lock(&self.rollouts) = Rollouts::from_entries(entries);
-        Ok(())
+        let registry = lock(&self.registry);
+        let mut rollouts = Rollouts::from_entries(entries);
+        let mut redo = Vec::new();
+        let ids: Vec<String> = rollouts.all().map(|e| e.rollout.plan.id.clone()).collect();
+        for id in ids {
+            let Some(e) = rollouts.get_mut(&id) else { continue };
+            let actions = e.rollout.redo(&super::rollouts::views(&registry, &e.rollout.plan));
+            if !actions.is_empty() {
+                log::info!("rollout {id}: sending again what the previous driver may not have sent: {actions:?}");
+                e.busy = true;
+                redo.push(Work { rollout: e.rollout.clone(), actions, bundle: e.bundle.clone() });
+            }
+        }
+        drop(registry);
+        *lock(&self.rollouts) = rollouts;
+        Ok(redo)
     }
 
     fn follow(&self) -> Result<(), StorageError> {

@@ -212,7 +212,8 @@ pub async fn serve(
     let client = presence.client.clone();
     let mut links = vec![tokio::spawn(presence.run(hub.clone(), cfg.clone(), now_ms.clone(), stop.clone()))];
     for i in 1..=cfg.ingest_links.max(1) {
-        let filters = if cfg.ingest_links > 1 {
+        // Over PostgreSQL, other server instances take their part through the same group.
+        let filters = if cfg.ingest_links > 1 || matches!(cfg.db, Database::Postgres(_)) {
             record::stream_filters(&cfg.share_group)
         } else {
             record::plain_stream_filters()
@@ -236,10 +237,11 @@ pub async fn serve(
             }
             _ = rollout_tick.tick() => {
                 // Of the servers sharing a store, one drives the rollouts.
-                if !hub.drive(&holder, now_ms()) {
-                    continue;
-                }
+                let Some(redo) = hub.drive(&holder, now_ms()) else { continue };
                 if let Some(e) = &executor {
+                    for work in redo {
+                        e.spawn(work);
+                    }
                     e.tick();
                 }
                 // Each step of a rollout goes out on the alert stream (best effort: the log keeps it).

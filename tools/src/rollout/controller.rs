@@ -304,6 +304,48 @@ impl Rollout {
         out
     }
 
+    /// What a driver that took over sends again: the previous one may have died while sending
+    /// the current phase's actions, and the rollout would otherwise wait for devices that never
+    /// got them until the install timeout halts it. Only what the devices have not done yet goes
+    /// again (a device answers a version it has with "already current"). An undo cut off by the
+    /// previous driver is not redone: a rollback sent twice would flip a device back.
+    pub fn redo(&self, group: &[DeviceView]) -> Vec<Action> {
+        if self.state != State::Running {
+            return Vec::new();
+        }
+        let by_id: BTreeMap<&str, &DeviceView> = group.iter().map(|d| (d.id.as_str(), d)).collect();
+        let version = Some(self.plan.version);
+        let pending = |set: &BTreeSet<String>, done: &dyn Fn(&DeviceView) -> bool| -> Vec<String> {
+            self.members
+                .iter()
+                .filter(|d| set.contains(*d) && by_id.get(d.as_str()).is_none_or(|v| !done(v)))
+                .cloned()
+                .collect()
+        };
+        match self.phase {
+            Phase::Deploying if self.sent => {
+                let shadow = self.plan.shadow_ms > 0;
+                // A staged candidate whose shadow order was lost looks done: the whole deploy
+                // (bundle, then the shadow order) goes again to every device not yet serving it.
+                let devices = if shadow {
+                    pending(&self.shadowing, &|v| v.version == version)
+                } else {
+                    pending(&self.moved, &|v| v.version == version)
+                };
+                if devices.is_empty() { Vec::new() } else { vec![Action::Deploy { devices, shadow }] }
+            }
+            Phase::Activating => {
+                let devices = pending(&self.moved, &|v| v.version == version);
+                if devices.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![Action::StopShadow { devices: devices.clone() }, Action::Activate { devices }]
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// One step: `group` is every device of the plan's group as the server knows it now.
     pub fn tick(&mut self, now_ms: u64, group: &[DeviceView]) -> Vec<Action> {
         if self.state != State::Running {

@@ -239,3 +239,42 @@ fn an_empty_group_halts_at_once() {
     assert!(r.tick(0, &[]).is_empty());
     assert!(matches!(&r.state, State::Halted { reason } if reason.contains("no devices")));
 }
+
+#[test]
+fn a_driver_that_takes_over_sends_again_what_the_devices_did_not_get() {
+    let mut sim = Sim::new(20, GOOD);
+    let mut r = Rollout::new(plan(), sim.now);
+    // The first driver decides the canary's deploy and dies before sending it.
+    let lost = r.tick(sim.now, &sim.devices);
+    let Some(Action::Deploy { devices: canary, shadow: true }) = lost.first().cloned() else { panic!("{lost:?}") };
+    assert_eq!(r.redo(&sim.devices), lost, "the next driver sends the same deploy");
+    // Half of it arrived: only the rest goes again.
+    sim.apply(vec![Action::Deploy { devices: canary[..1].to_vec(), shadow: true }]);
+    let staged_only = r.redo(&sim.devices);
+    assert_eq!(staged_only, lost, "a staged device may have missed its shadow order: it gets the deploy again");
+    sim.apply(lost);
+    sim.run(&mut r, 3600);
+    assert_eq!(r.state, State::Completed, "{:#?}", r.log);
+    assert!(r.redo(&sim.devices).is_empty(), "nothing to send for a rollout that is over");
+
+    // Cut off while activating: the devices not serving it yet get the order again.
+    let mut sim = Sim::new(20, GOOD);
+    let mut r = Rollout::new(plan(), sim.now);
+    while r.phase != Phase::Activating {
+        let actions = r.tick(sim.now, &sim.devices);
+        if r.phase != Phase::Activating {
+            sim.apply(actions);
+        }
+        sim.traffic();
+        sim.now += 10_000;
+    }
+    let again = r.redo(&sim.devices);
+    assert!(
+        matches!(again.as_slice(), [Action::StopShadow { .. }, Action::Activate { devices }] if devices.len() == 2),
+        "{again:?}"
+    );
+    sim.apply(again);
+    assert!(r.redo(&sim.devices).is_empty(), "done once they serve it");
+    sim.run(&mut r, 3600);
+    assert_eq!(r.state, State::Completed, "{:#?}", r.log);
+}

@@ -133,18 +133,32 @@ impl Postgres {
         config.connect_timeout(Duration::from_secs(10));
         config.keepalives_idle(Duration::from_secs(30));
         config.application_name("drover-fleet");
-        let mut client = config.connect(NoTls)?;
-        migrate(&mut client)?;
         let (jobs, queue) = channel::<Job>();
-        let mut session = Session { config, client: Some(client), lease: None, cursor: 0 };
+        let (ready, started) = sync_channel(1);
+        // Connected on its thread too: the caller may be inside an async runtime.
         let thread = std::thread::Builder::new()
             .name("fleet-postgres".into())
             .spawn(move || {
+                let opened = config.connect(NoTls).map_err(StorageError::from).and_then(|mut client| {
+                    migrate(&mut client)?;
+                    Ok(client)
+                });
+                let mut session = match opened {
+                    Ok(client) => {
+                        let _ = ready.send(Ok(()));
+                        Session { config, client: Some(client), lease: None, cursor: 0 }
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
                 while let Ok(job) = queue.recv() {
                     job(&mut session);
                 }
             })
             .map_err(|_| StorageError::Gone)?;
+        started.recv().map_err(|_| StorageError::Gone)??;
         Ok(Postgres { jobs: Mutex::new(Some(jobs)), thread: Some(thread) })
     }
 
