@@ -25,8 +25,14 @@
 //! beside the single-connection server; `--mosquitto` runs it all against Debian's Mosquitto
 //! (its own process: its CPU is not in the per-thread table) instead of the embedded broker.
 //!
+//! `--postgres` adds the server over PostgreSQL (Debian's, started by the bench in a temporary
+//! directory, as the tests do): one instance, and `--instances N` (default 3) sharing the
+//! report streams through one `$share/` group, each in its own thread and runtime as separate
+//! `drover fleet serve` processes would be. PostgreSQL's own CPU (its processes, read from
+//! `/proc`) is listed beside the server's threads.
+//!
 //! `cargo bench -p drover-tools --bench fleet_ingest [-- --quick] [-- --messages N --devices D
-//! --rounds R --links N --publishers N --mosquitto]` (or `DROVER_BENCH_MESSAGES`, `DROVER_BENCH_DEVICES`,
+//! --rounds R --links N --publishers N --mosquitto --postgres --instances N]` (or `DROVER_BENCH_MESSAGES`, `DROVER_BENCH_DEVICES`,
 //! `DROVER_BENCH_ROUNDS`).
 
 use std::path::Path;
@@ -67,6 +73,10 @@ struct Setup {
     publishers: usize,
     /// Against Mosquitto (a process of its own) rather than the embedded broker.
     mosquitto: bool,
+    /// Also over PostgreSQL.
+    postgres: bool,
+    /// Server instances sharing PostgreSQL in its scale-out variant.
+    instances: usize,
 }
 
 impl Setup {
@@ -87,6 +97,8 @@ impl Setup {
             links: arg("--links").unwrap_or(DEFAULT_INGEST_LINKS),
             mosquitto: args.iter().any(|a| a == "--mosquitto"),
             publishers: arg("--publishers").unwrap_or(1).max(1),
+            postgres: args.iter().any(|a| a == "--postgres"),
+            instances: arg("--instances").unwrap_or(3).max(1),
         };
         assert!(setup.messages > 0 && setup.devices > 0 && setup.rounds > 0, "nothing to measure");
         setup
@@ -359,7 +371,29 @@ fn thread_cpu() -> ThreadCpu {
         let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
         *out.entry(name).or_default() += ticks * 10_000.0;
     }
+    let pg = postgres_cpu();
+    if pg > 0.0 {
+        out.insert("postgres (processes)".into(), pg);
+    }
     out
+}
+
+/// PostgreSQL's processes' CPU time so far (every process named `postgres`: the bench's own
+/// server is the only one), µs.
+fn postgres_cpu() -> f64 {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return 0.0 };
+    let mut us = 0.0;
+    for p in procs.flatten() {
+        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        if &stat[open + 1..close] != "postgres" {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+        us += ticks * 10_000.0;
+    }
+    us
 }
 
 /// `after - before`, per thread name.
@@ -367,45 +401,71 @@ fn cpu_delta(before: &ThreadCpu, after: &ThreadCpu) -> ThreadCpu {
     after.iter().map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0))).collect()
 }
 
-/// Runs the fleet server on its own thread and runtime (as `drover fleet serve` does), publishes
-/// the load, and checks what it kept. `db`: a SQLite file, or `None` for memory.
-fn served(port: u16, load: &Load, db: Option<&Path>, ingest_links: usize, publishers: usize, round: usize) -> Served {
-    let cfg = ServeConfig {
-        broker: settings(port),
-        client_id: format!("bench-fleet-{round}-{}-{ingest_links}", if db.is_some() { "file" } else { "memory" }),
-        db: db.map_or(server::Database::Memory, |p| server::Database::Sqlite(p.to_path_buf())),
-        http: ([127, 0, 0, 1], 0).into(),
-        token: None,
-        retention: Retention::default(),
-        batch_max: DEFAULT_BATCH_MAX,
-        batch_delay: DEFAULT_BATCH_DELAY,
-        ingest_links,
-        // Each measured server is a fleet of its own: the persistent sessions of an earlier one
-        // stay in their group, and Mosquitto keeps dealing them their share.
-        share_group: format!("bench-{round}-{}-{ingest_links}", if db.is_some() { "file" } else { "memory" }),
-        catalog: Default::default(),
-        signer: None,
-    };
-    let (hub_tx, hub) = std::sync::mpsc::channel::<Arc<Hub>>();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new().name("fleet-server".into()).spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let (running, listener) = server::start(&cfg).await.expect("fleet server");
-            hub_tx.send(running.hub.clone()).expect("bench");
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            server::serve(cfg, &running, listener, Arc::new(unix_ms), shutdown).await.expect("fleet server");
+/// Where a measured server keeps what it learns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Store {
+    File,
+    Memory,
+    Postgres,
+}
+
+/// One server set-up the bench measures.
+struct Variant {
+    name: String,
+    store: Store,
+    links: usize,
+    /// Server instances sharing the store (PostgreSQL only).
+    instances: usize,
+}
+
+/// Runs the fleet server `variant.instances` times, each on its own thread and runtime (as
+/// `drover fleet serve` does), publishes the load, and checks what they kept.
+fn served(port: u16, load: &Load, variant: &Variant, db: &server::Database, publishers: usize, round: usize) -> Served {
+    let tag = format!("{round}-{:?}-{}-{}", variant.store, variant.links, variant.instances).to_lowercase();
+    let mut hubs = Vec::new();
+    let mut stops = Vec::new();
+    let mut threads = Vec::new();
+    for k in 0..variant.instances {
+        let cfg = ServeConfig {
+            broker: settings(port),
+            client_id: format!("bench-fleet-{tag}-{k}"),
+            db: db.clone(),
+            http: ([127, 0, 0, 1], 0).into(),
+            token: None,
+            retention: Retention::default(),
+            batch_max: DEFAULT_BATCH_MAX,
+            batch_delay: DEFAULT_BATCH_DELAY,
+            ingest_links: variant.links,
+            // Each measured server is a fleet of its own: the persistent sessions of an earlier
+            // one stay in their group, and Mosquitto keeps dealing them their share.
+            share_group: format!("bench-{tag}"),
+            catalog: Default::default(),
+            signer: None,
+        };
+        let (hub_tx, hub) = std::sync::mpsc::channel::<Arc<Hub>>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("fleet-server".into()).spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let (running, listener) = server::start(&cfg).await.expect("fleet server");
+                hub_tx.send(running.hub.clone()).expect("bench");
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                server::serve(cfg, &running, listener, Arc::new(unix_ms), shutdown).await.expect("fleet server");
+            });
         });
-    });
-    let thread = thread.expect("fleet server thread");
-    let hub = hub.recv().expect("fleet server started");
+        threads.push(thread.expect("fleet server thread"));
+        hubs.push(hub.recv().expect("fleet server started"));
+        stops.push(stop);
+    }
+    let sum = |f: &dyn Fn(&Hub) -> u64| hubs.iter().map(|h| f(h)).sum::<u64>();
     let wait_for = |what: &str, target: u64, count: &dyn Fn() -> u64| {
         let deadline = Instant::now() + PATIENCE;
         while count() < target {
             if Instant::now() > deadline {
-                eprintln!("fleet server: {what}: {:?} of {target} messages", hub.ingest());
+                let counters: Vec<_> = hubs.iter().map(|h| h.ingest()).collect();
+                eprintln!("fleet server: {what}: {counters:?} of {target} messages");
                 std::process::exit(1);
             }
             std::thread::sleep(Duration::from_micros(200));
@@ -414,44 +474,63 @@ fn served(port: u16, load: &Load, db: Option<&Path>, ingest_links: usize, publis
     };
     // Subscribed once the retained statuses came in (rumqttd forwards at most its 100 inflight
     // slots of them on a subscription) and were written: nothing more arrives until the clock runs.
-    wait_for("the retained statuses", 1, &|| hub.ingest().written);
-    let mut before = hub.ingest();
+    wait_for("the retained statuses", variant.instances as u64, &|| {
+        hubs.iter().map(|h| h.ingest().written.min(1)).sum()
+    });
+    let mut before: Vec<_> = hubs.iter().map(|h| h.ingest()).collect();
     loop {
         std::thread::sleep(DEFAULT_BATCH_DELAY * 4);
-        let now = hub.ingest();
-        if now == before && now.stored == now.written {
+        let now: Vec<_> = hubs.iter().map(|h| h.ingest()).collect();
+        if now == before && now.iter().all(|c| c.stored == c.written) {
             break;
         }
         before = now;
     }
-    let total = before.stored + load.telemetry.len() as u64;
+    let total = before.iter().map(|c| c.written).sum::<u64>() + load.telemetry.len() as u64;
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let cpu_before = thread_cpu();
     let start = rt.block_on(publish_telemetry(port, &format!("bench-pub-fleet-{round}"), load, publishers));
-    let stored = wait_for("stored", total, &|| hub.ingest().stored);
-    let written = wait_for("written", total, &|| hub.ingest().written);
+    let stored = wait_for("stored", total, &|| sum(&|h| h.ingest().stored));
+    let written = wait_for("written", total, &|| sum(&|h| h.ingest().written));
     let cpu = cpu_delta(&cpu_before, &thread_cpu());
-    let _ = stop.send(());
-    thread.join().expect("fleet server thread");
-
-    check(&hub, load, total);
+    check(&hubs, load, total, variant.store == Store::Postgres);
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for thread in threads {
+        thread.join().expect("fleet server thread");
+    }
     let n = load.telemetry.len() as f64;
     Served { stored: n / (stored - start).as_secs_f64(), written: n / (written - start).as_secs_f64(), cpu }
 }
 
-/// Fails the bench (exit 1) unless the server kept exactly what was sent.
-fn check(hub: &Hub, load: &Load, total: u64) {
+/// Fails the bench (exit 1) unless the servers kept exactly what was sent. Over a shared store
+/// the first server's registry is checked once it took in what the others wrote.
+fn check(hubs: &[Arc<Hub>], load: &Load, total: u64, shared: bool) {
     let mut wrong = Vec::new();
-    let ingest = hub.ingest();
-    if ingest.rejected > 0 || ingest.stored != total || ingest.written != total {
-        wrong.push(format!("ingest counters {ingest:?}, expected {total} stored and written, none rejected"));
-    }
-    let (devices, inferences, marks_ok) = hub.registry(|r| {
-        let marks_ok = (0..load.per_device.len())
-            .all(|i| r.device(device_name(i).as_str()).is_some_and(|d| d.telemetry_mark.seq == load.per_device[i]));
-        (r.devices().count(), r.devices().map(|d| d.totals.inferences).sum::<u64>(), marks_ok)
+    let counters: Vec<_> = hubs.iter().map(|h| h.ingest()).collect();
+    let (rejected, stored, written) = counters.iter().fold((0, 0, 0), |(r, s, w), c| {
+        (r + c.rejected, s + c.stored + if shared { c.repeated } else { 0 }, w + c.written)
     });
+    if rejected > 0 || stored != total || written != total {
+        wrong.push(format!("ingest counters {counters:?}, expected {total} stored and written, none rejected"));
+    }
+    let hub = &hubs[0];
+    let registry = || {
+        hub.registry(|r| {
+            let marks_ok = (0..load.per_device.len())
+                .all(|i| r.device(device_name(i).as_str()).is_some_and(|d| d.telemetry_mark.seq == load.per_device[i]));
+            (r.devices().count(), r.devices().map(|d| d.totals.inferences).sum::<u64>(), marks_ok)
+        })
+    };
+    let deadline = Instant::now() + if shared { drover_tools::fleet::writer::REFRESH * 5 } else { Duration::ZERO };
+    let mut seen = registry();
+    while seen != (load.per_device.len(), load.inferences, true) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        seen = registry();
+    }
+    let (devices, inferences, marks_ok) = seen;
     if devices != load.per_device.len() || inferences != load.inferences || !marks_ok {
         wrong.push(format!(
             "registry: {devices} devices, {inferences} inferences, newest reports {}; expected {}, {}",
@@ -622,20 +701,38 @@ fn main() {
     // The server as `drover fleet serve` runs it, with its file and in memory, and with a single
     // ingest connection (one broker window) to show what the shared subscription brings.
     let links = setup.links;
+    let variant = |name: String, store, links, instances| Variant { name, store, links, instances };
     let mut variants = vec![
-        (format!("fleet server, SQLite file, {links} links"), true, links),
-        (format!("fleet server, memory, {links} links"), false, links),
+        variant(format!("fleet server, SQLite file, {links} links"), Store::File, links, 1),
+        variant(format!("fleet server, memory, {links} links"), Store::Memory, links, 1),
     ];
     if links != 1 {
-        variants.push(("fleet server, SQLite file, 1 link".to_string(), true, 1));
+        variants.push(variant("fleet server, SQLite file, 1 link".into(), Store::File, 1, 1));
+    }
+    let postgres = setup
+        .postgres
+        .then(|| drover_tests::postgres::Postgres::start().expect("PostgreSQL (Debian's postgresql) for --postgres"));
+    if postgres.is_some() {
+        variants.push(variant(format!("PostgreSQL, 1 server, {links} links"), Store::Postgres, links, 1));
+        let n = setup.instances;
+        if n > 1 {
+            variants.push(variant(format!("PostgreSQL, {n} servers, {links} links"), Store::Postgres, links, n));
+        }
     }
     let mut raws = Vec::new();
     let mut runs: Vec<Vec<Served>> = variants.iter().map(|_| Vec::new()).collect();
     for round in 0..setup.rounds {
         raws.push(raw(port, &load, setup.publishers, round));
-        for (i, (_, file, links)) in variants.iter().enumerate() {
-            let db = dir.path().join(format!("fleet-{round}-{i}.db"));
-            runs[i].push(served(port, &load, file.then_some(db.as_path()), *links, setup.publishers, round));
+        for (i, v) in variants.iter().enumerate() {
+            let db = match (v.store, &postgres) {
+                (Store::File, _) => server::Database::Sqlite(dir.path().join(format!("fleet-{round}-{i}.db"))),
+                (Store::Memory, _) => server::Database::Memory,
+                (Store::Postgres, Some(pg)) => {
+                    server::Database::Postgres(pg.create_database(&format!("bench_{round}_{i}")))
+                }
+                (Store::Postgres, None) => unreachable!("PostgreSQL variants only with a server"),
+            };
+            runs[i].push(served(port, &load, v, &db, setup.publishers, round));
         }
     }
     let raw_rate = median(raws.clone());
@@ -646,7 +743,7 @@ fn main() {
     println!("{:<32} {:>10} {:>15} {:>7} {:>10} {:>15}", "", "msgs/s", "(min-max)", "ratio", "stored/s", "(min-max)");
     println!("{:<32} {:>10.0} {:>15} {:>7.2}", "raw: broker -> subscriber", raw_rate, spread(&raws), 1.0);
     let mut file_ratio = 0.0;
-    for (i, ((name, _, _), runs)) in variants.iter().zip(&runs).enumerate() {
+    for (i, (Variant { name, .. }, runs)) in variants.iter().zip(&runs).enumerate() {
         let stored: Vec<f64> = runs.iter().map(|r| r.stored).collect();
         let written: Vec<f64> = runs.iter().map(|r| r.written).collect();
         let ratio = median(written.clone()) / raw_rate;
@@ -665,7 +762,7 @@ fn main() {
     }
     println!();
     println!("CPU µs per message by thread (all rounds; 10 ms ticks):");
-    for ((name, _, _), runs) in variants.iter().zip(&runs) {
+    for (Variant { name, .. }, runs) in variants.iter().zip(&runs) {
         let n = (load.telemetry.len() * runs.len()) as f64;
         let mut by_thread = ThreadCpu::new();
         for f in runs {
@@ -690,6 +787,20 @@ fn main() {
         "checked: every report stored and written once, none rejected, {} devices with their newest report and every period in the database",
         setup.devices
     );
+
+    if let (Some(pg), Some(i)) = (&postgres, variants.iter().position(|v| v.store == Store::Postgres)) {
+        // What the store holds per row, tables with their indexes: the disk a fleet needs.
+        let db = format!("bench_{}_{i}", setup.rounds - 1);
+        println!();
+        println!("PostgreSQL disk per row (table and indexes, after VACUUM ANALYZE, {db}):");
+        pg.psql(&db, "VACUUM ANALYZE");
+        for table in ["points", "rollups", "devices"] {
+            let row = pg.psql(&db, &format!("SELECT pg_total_relation_size('{table}'), count(*) FROM {table}"));
+            let (bytes, rows) = row.split_once('|').expect("size|count");
+            let (bytes, rows): (f64, f64) = (bytes.parse().expect("size"), rows.parse().expect("count"));
+            println!("{table:>10}: {:>6.0} B per row ({rows} rows)", bytes / rows.max(1.0));
+        }
+    }
 
     let c = costs(&load, setup.devices, dir.path());
     println!();
