@@ -62,8 +62,9 @@ pub struct ServeArgs {
     /// MQTT connections reading the report streams. More than one share them through a
     /// `$share/drover-fleet/` subscription (as further server instances do): each holds the
     /// broker's window of unacknowledged messages, so the database stays busy while one waits
-    /// for a commit. Needs a broker that keeps a killed member's messages (Mosquitto), not the
-    /// embedded one.
+    /// for a commit. Over PostgreSQL even one does, so that the servers sharing the database
+    /// split the reports. Needs a broker that keeps a killed member's messages (Mosquitto), not
+    /// the embedded one.
     #[arg(long, default_value_t = server::DEFAULT_INGEST_LINKS, value_parser = parse_links)]
     pub ingest_links: usize,
     /// The shared-subscription group (`$share/GROUP/`) of the ingest connections and further

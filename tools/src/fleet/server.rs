@@ -65,8 +65,8 @@ pub struct ServeConfig {
     /// Longest a message waits to be handed to the writer.
     pub batch_delay: Duration,
     /// Connections reading the report streams, each with its own window of unacknowledged
-    /// messages at the broker. One reads them plainly; more share them through a `$share/`
-    /// subscription (with further server instances too), which needs a broker that keeps a
+    /// messages at the broker. One reads them plainly (over a SQLite store); more, or any over
+    /// PostgreSQL, share them through a `$share/` subscription (with further server instances), which needs a broker that keeps a
     /// killed member's messages in its session (Mosquitto does; the embedded rumqttd 0.20 drops
     /// them, and its router spins on shared subscriptions).
     pub ingest_links: usize,
