@@ -145,6 +145,37 @@ impl Postgres {
         });
     }
 
+    /// Serves TLS with `cert` and `key` (PEM) and refuses TCP connections without it (only
+    /// `hostssl` entries in `pg_hba.conf`), then restarts: a client that does not use TLS cannot
+    /// connect, so a test that connects proves it did.
+    pub fn require_tls(&mut self, cert: &Path, key: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let (cert_copy, key_copy) = (self.dir.path().join("server.pem"), self.dir.path().join("server.key"));
+        std::fs::copy(cert, &cert_copy).expect("copy the server certificate");
+        std::fs::copy(key, &key_copy).expect("copy the server key");
+        // PostgreSQL refuses a key others may read, or one it does not own.
+        std::fs::set_permissions(&key_copy, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+        if let Some((uid, gid)) = self.run_as {
+            for f in [&cert_copy, &key_copy] {
+                std::os::unix::fs::chown(f, Some(uid), Some(gid)).expect("chown the TLS files");
+            }
+        }
+        let conf = self.data().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+        text.push_str(&format!(
+            "\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            cert_copy.display(),
+            key_copy.display()
+        ));
+        std::fs::write(&conf, text).expect("postgresql.conf");
+        std::fs::write(
+            self.data().join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+        )
+        .expect("pg_hba.conf");
+        self.restart();
+    }
+
     /// The server's log so far (this start's only).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()

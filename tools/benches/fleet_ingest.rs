@@ -728,7 +728,7 @@ fn main() {
                 (Store::File, _) => server::Database::Sqlite(dir.path().join(format!("fleet-{round}-{i}.db"))),
                 (Store::Memory, _) => server::Database::Memory,
                 (Store::Postgres, Some(pg)) => {
-                    server::Database::Postgres(pg.create_database(&format!("bench_{round}_{i}")))
+                    server::Database::Postgres { url: pg.create_database(&format!("bench_{round}_{i}")), ca: None }
                 }
                 (Store::Postgres, None) => unreachable!("PostgreSQL variants only with a server"),
             };

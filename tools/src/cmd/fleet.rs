@@ -38,8 +38,12 @@ pub struct ServeArgs {
     pub broker: BrokerArgs,
     /// The database: a SQLite file (created if missing), or a PostgreSQL URL
     /// (`postgres://user@host/db`) that several server instances share.
-    #[arg(long, default_value = "fleet.db")]
+    #[arg(long, default_value = "fleet.db", env = "DROVER_FLEET_DB", hide_env_values = true)]
     pub db: String,
+    /// The CA (PEM) PostgreSQL's TLS certificate must chain to: connections then use TLS (add
+    /// `?sslmode=require` to the URL to refuse a server without it).
+    #[arg(long)]
+    pub db_ca: Option<PathBuf>,
     /// A directory of the bundles in service: their reference statistics let the server merge
     /// the devices' drift windows per model version and group.
     #[arg(long)]
@@ -170,7 +174,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         catalog,
         broker: args.broker.settings()?,
         client_id: args.client_id.clone(),
-        db: server::Database::parse(&args.db),
+        db: server::Database::parse(&args.db, args.db_ca.clone()),
         http: args.http,
         token: read_token(&args.token_file)?,
         retention: Retention {

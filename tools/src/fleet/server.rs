@@ -82,15 +82,21 @@ pub enum Database {
     Memory,
     /// A SQLite file: the embedded default, for one server.
     Sqlite(PathBuf),
-    /// A PostgreSQL URL (`postgres://user@host/db`): shared by several server instances.
-    Postgres(String),
+    /// PostgreSQL: shared by several server instances.
+    Postgres {
+        /// `postgres://user@host/db`.
+        url: String,
+        /// The CA the server's TLS certificate must chain to (then connections use TLS).
+        ca: Option<PathBuf>,
+    },
 }
 
 impl Database {
-    /// `--db`: a `postgres://` or `postgresql://` URL, or else a SQLite file.
-    pub fn parse(arg: &str) -> Database {
+    /// `--db`: a `postgres://` or `postgresql://` URL (TLS verified against `ca` when given), or
+    /// else a SQLite file.
+    pub fn parse(arg: &str, ca: Option<PathBuf>) -> Database {
         if arg.starts_with("postgres://") || arg.starts_with("postgresql://") {
-            Database::Postgres(arg.to_string())
+            Database::Postgres { url: arg.to_string(), ca }
         } else {
             Database::Sqlite(PathBuf::from(arg))
         }
@@ -100,7 +106,7 @@ impl Database {
         Ok(match self {
             Database::Memory => Box::new(Sqlite::in_memory()?),
             Database::Sqlite(path) => Box::new(Sqlite::open(path)?),
-            Database::Postgres(url) => Box::new(super::storage::Postgres::connect(url)?),
+            Database::Postgres { url, ca } => Box::new(super::storage::Postgres::connect(url, ca.as_deref())?),
         })
     }
 }
@@ -111,7 +117,7 @@ impl std::fmt::Display for Database {
         match self {
             Database::Memory => write!(f, "in memory"),
             Database::Sqlite(path) => write!(f, "{}", path.display()),
-            Database::Postgres(url) => {
+            Database::Postgres { url, .. } => {
                 let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
                 match rest.split_once('@') {
                     Some((user, host)) => {
@@ -213,7 +219,7 @@ pub async fn serve(
     let mut links = vec![tokio::spawn(presence.run(hub.clone(), cfg.clone(), now_ms.clone(), stop.clone()))];
     for i in 1..=cfg.ingest_links.max(1) {
         // Over PostgreSQL, other server instances take their part through the same group.
-        let filters = if cfg.ingest_links > 1 || matches!(cfg.db, Database::Postgres(_)) {
+        let filters = if cfg.ingest_links > 1 || matches!(cfg.db, Database::Postgres { .. }) {
             record::stream_filters(&cfg.share_group)
         } else {
             record::plain_stream_filters()

@@ -18,6 +18,21 @@ use std::time::Duration;
 use super::record::Record;
 use super::registry::{Change, Device, Drift, FleetEvent, Period, Registry};
 
+/// What PostgreSQL said, in full: the client's own text for a server error is only "db error",
+/// and the cause of a connection failure sits in its source.
+fn postgres_reason(e: &::postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 /// How long the store keeps what, so its disk use has a bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -66,7 +81,7 @@ pub enum StorageError {
     #[error("fleet database schema: {0}")]
     Migration(#[from] rusqlite_migration::Error),
     /// PostgreSQL refused, or the connection failed.
-    #[error("fleet database (PostgreSQL): {0}")]
+    #[error("fleet database (PostgreSQL): {}", postgres_reason(.0))]
     Postgres(#[from] ::postgres::Error),
     /// The schema in PostgreSQL is newer than this server knows.
     #[error("fleet database schema version {found} is newer than this server's {known}: upgrade the server")]
@@ -76,6 +91,9 @@ pub enum StorageError {
         /// The newest this server knows.
         known: i64,
     },
+    /// TLS to PostgreSQL could not be set up.
+    #[error("fleet database TLS: {0}")]
+    Tls(String),
     /// The store's connection thread is gone.
     #[error("fleet database: the connection thread stopped")]
     Gone,

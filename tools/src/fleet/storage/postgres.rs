@@ -9,6 +9,10 @@
 //! thread holds the rollout lease: a session advisory lock on a second connection, held as long
 //! as that connection lives, so a killed driver's lease is free as soon as PostgreSQL sees the
 //! connection close.
+//!
+//! TLS: with a CA file ([`Postgres::connect`]'s `ca`), connections go through rustls and the
+//! server's certificate must chain to it (`sslmode=require` in the URL refuses a server without
+//! TLS; the default, `prefer`, still verifies a server that offers it).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -16,8 +20,12 @@ use std::sync::mpsc::{Sender, channel, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::path::Path;
+
+use postgres::config::SslMode;
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Transaction};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sqlite::{json, ms, read_device};
 use super::{Arrived, Ingested, Pruned, ROLLUP_MS, Retention, Storage, StorageError, apply_batch, downsample};
@@ -104,9 +112,57 @@ pub struct Postgres {
     thread: Option<JoinHandle<()>>,
 }
 
+/// How connections are made: plain, or TLS verified against the given CA.
+#[derive(Clone)]
+enum Tls {
+    Plain,
+    Rustls(MakeRustlsConnect),
+}
+
+impl Tls {
+    /// From `--db-ca`; `sslmode=require` without one is refused here rather than failing at the
+    /// first connection with a less clear error.
+    fn new(config: &Config, ca: Option<&Path>) -> Result<Tls, StorageError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let Some(ca) = ca else {
+            if config.get_ssl_mode() == SslMode::Require {
+                return Err(StorageError::Tls("sslmode=require needs the server's CA (--db-ca FILE)".into()));
+            }
+            return Ok(Tls::Plain);
+        };
+        let bad = |e: String| StorageError::Tls(format!("{}: {e}", ca.display()));
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no PEM certificate in the file".into()));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs {
+            roots.add(c).map_err(|e| bad(e.to_string()))?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StorageError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Tls::Rustls(MakeRustlsConnect::new(tls)))
+    }
+
+    fn connect(&self, config: &Config) -> Result<Client, postgres::Error> {
+        match self {
+            Tls::Plain => config.connect(NoTls),
+            Tls::Rustls(tls) => config.connect(tls.clone()),
+        }
+    }
+}
+
 /// The connections, on their thread.
 struct Session {
     config: Config,
+    tls: Tls,
     client: Option<Client>,
     /// The rollout lease's connection, while this server holds the lease.
     lease: Option<Client>,
@@ -118,7 +174,7 @@ impl Session {
     /// The connection, opened again if it broke (PostgreSQL restarted, a network cut).
     fn client(&mut self) -> Result<&mut Client, StorageError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.client = Some(self.config.connect(NoTls)?);
+            self.client = Some(self.tls.connect(&self.config)?);
         }
         // Set just above.
         self.client.as_mut().ok_or(StorageError::Gone)
@@ -126,27 +182,29 @@ impl Session {
 }
 
 impl Postgres {
-    /// Connects to `url` (`postgres://user@host:port/db`) and brings the schema up to date; several
-    /// servers may start at once (the migration holds an advisory lock).
-    pub fn connect(url: &str) -> Result<Postgres, StorageError> {
+    /// Connects to `url` (`postgres://user@host:port/db`), over TLS verified against `ca` when
+    /// given, and brings the schema up to date; several servers may start at once (the migration
+    /// holds an advisory lock).
+    pub fn connect(url: &str, ca: Option<&Path>) -> Result<Postgres, StorageError> {
         let mut config: Config = url.parse()?;
         config.connect_timeout(Duration::from_secs(10));
         config.keepalives_idle(Duration::from_secs(30));
         config.application_name("drover-fleet");
+        let tls = Tls::new(&config, ca)?;
         let (jobs, queue) = channel::<Job>();
         let (ready, started) = sync_channel(1);
         // Connected on its thread too: the caller may be inside an async runtime.
         let thread = std::thread::Builder::new()
             .name("fleet-postgres".into())
             .spawn(move || {
-                let opened = config.connect(NoTls).map_err(StorageError::from).and_then(|mut client| {
+                let opened = tls.connect(&config).map_err(StorageError::from).and_then(|mut client| {
                     migrate(&mut client)?;
                     Ok(client)
                 });
                 let mut session = match opened {
                     Ok(client) => {
                         let _ = ready.send(Ok(()));
-                        Session { config, client: Some(client), lease: None, cursor: 0 }
+                        Session { config, tls, client: Some(client), lease: None, cursor: 0 }
                     }
                     Err(e) => {
                         let _ = ready.send(Err(e));
@@ -506,7 +564,7 @@ impl Storage for Postgres {
                 }
                 return Ok(s.lease.is_some());
             }
-            let mut lease = s.config.connect(NoTls)?;
+            let mut lease = s.tls.connect(&s.config)?;
             let got: bool = lease.query_one("SELECT pg_try_advisory_lock($1)", &[&LEASE_LOCK])?.get(0);
             if !got {
                 return Ok(false);
@@ -705,7 +763,7 @@ mod tests {
         let url = pg.create_database("shared");
         // Three servers starting at once: the schema is made once.
         let stores: Vec<Postgres> = std::thread::scope(|s| {
-            let started: Vec<_> = (0..3).map(|_| s.spawn(|| Postgres::connect(&url))).collect();
+            let started: Vec<_> = (0..3).map(|_| s.spawn(|| Postgres::connect(&url, None))).collect();
             started.into_iter().map(|h| h.join().expect("thread").expect("connect")).collect()
         });
         let [mut a, mut b, _c] = <[Postgres; 3]>::try_from(stores).ok().expect("three");
@@ -724,7 +782,7 @@ mod tests {
             for k in 0..4u64 {
                 let url = url.clone();
                 s.spawn(move || {
-                    let mut store = Postgres::connect(&url).expect("connect");
+                    let mut store = Postgres::connect(&url, None).expect("connect");
                     for seq in 1..=30u64 {
                         let mut batch: Vec<Arrived> = (0..20u64)
                             .map(|d| arrived(seq, &format!("pi-{d}"), telemetry(seq, 10_000 + seq * 1000, 1)))
@@ -735,7 +793,7 @@ mod tests {
                 });
             }
         });
-        let store = Postgres::connect(&url).expect("connect");
+        let store = Postgres::connect(&url, None).expect("connect");
         let devices = store.devices().expect("devices");
         assert_eq!(devices.len(), 20);
         assert!(
@@ -751,7 +809,7 @@ mod tests {
     fn postgres_tells_each_server_what_the_others_wrote() {
         let Some(pg) = server() else { return };
         let url = pg.create_database("news");
-        let (mut a, mut b) = (Postgres::connect(&url).expect("a"), Postgres::connect(&url).expect("b"));
+        let (mut a, mut b) = (Postgres::connect(&url, None).expect("a"), Postgres::connect(&url, None).expect("b"));
         assert!(b.changed().expect("first").is_empty());
         a.ingest(&[arrived(1, "pi-1", telemetry(1, 10_000, 10))]).expect("a");
         let news = b.changed().expect("news");
@@ -765,7 +823,7 @@ mod tests {
     fn postgres_lets_one_server_drive_rollouts_and_the_next_take_over_when_it_dies() {
         let Some(mut pg) = server() else { return };
         let url = pg.create_database("lease");
-        let (mut a, mut b) = (Postgres::connect(&url).expect("a"), Postgres::connect(&url).expect("b"));
+        let (mut a, mut b) = (Postgres::connect(&url, None).expect("a"), Postgres::connect(&url, None).expect("b"));
         assert_eq!(b.leader().expect("leader"), None);
         assert!(a.lead("a", 1).expect("a leads"));
         assert!(!b.lead("b", 1).expect("b waits"));
@@ -790,10 +848,34 @@ mod tests {
     }
 
     #[test]
+    fn postgres_over_tls_verifies_the_server_against_the_given_ca() {
+        let Some(mut pg) = server() else { return };
+        let dir = tempfile::tempdir().expect("tmp");
+        let pki = drover_tests::broker::Pki::make(&dir.path().join("pki"));
+        let stranger = drover_tests::broker::Pki::make(&dir.path().join("other"));
+        pg.require_tls(&pki.server_cert, &pki.server_key);
+        let url = format!("{}?sslmode=require", pg.create_database("tls"));
+        let mut store = Postgres::connect(&url, Some(&pki.ca)).expect("TLS, verified");
+        store.ingest(&[arrived(1, "pi-1", telemetry(1, 10_000, 10))]).expect("ingest over TLS");
+        assert!(store.lead("a", 1).expect("the lease's connection uses TLS too"));
+        let refused = |ca: Option<&std::path::Path>, url: &str| match Postgres::connect(url, ca) {
+            Ok(_) => panic!("connected"),
+            Err(e) => e.to_string(),
+        };
+        let plain = pg.database_url("tls");
+        let e = refused(None, &plain);
+        assert!(e.contains("no encryption") || e.contains("pg_hba"), "the server wants TLS: {e}");
+        let e = refused(Some(&stranger.ca), &url);
+        assert!(e.to_lowercase().contains("certificate"), "another CA's server is refused: {e}");
+        let e = refused(None, &url);
+        assert!(e.contains("--db-ca"), "sslmode=require without a CA: {e}");
+    }
+
+    #[test]
     fn postgres_keeps_series_rollups_and_rollouts_like_sqlite() {
         let Some(pg) = server() else { return };
         let url = pg.create_database("series");
-        let mut s = Postgres::connect(&url).expect("connect");
+        let mut s = Postgres::connect(&url, None).expect("connect");
         let hour = 3_600_000;
         for i in 0..48u64 {
             s.ingest(&[arrived(i * hour, "pi-1", telemetry(i + 1, i * hour + 1000, 10))]).expect("ingest");
@@ -813,6 +895,6 @@ mod tests {
         assert_eq!(s.rollout_bundle(&r.plan.id).expect("bundle"), Some(b"bundle bytes".to_vec()));
         drop(s);
         pg.psql(&url, "UPDATE drover_schema SET version = 99");
-        assert!(matches!(Postgres::connect(&url), Err(StorageError::Newer { found: 99, .. })));
+        assert!(matches!(Postgres::connect(&url, None), Err(StorageError::Newer { found: 99, .. })));
     }
 }
