@@ -510,7 +510,7 @@ fn rollout(d: &std::path::Path, server: &FleetServer, args: &[&str]) -> (bool, S
 }
 
 /// Past one machine: three fleet-server instances on one PostgreSQL (Debian's, started by the
-/// test) share the report streams of 8 real agents through Mosquitto's shared subscription,
+/// test, reached over TLS only) share the report streams of 8 real agents through Mosquitto's shared subscription,
 /// while a staged rollout runs. The instance that drives the rollout is killed (SIGKILL) in the
 /// middle of it and started again 5 s later. Every report is stored exactly once (counted
 /// against the requests the agents got, and checked row by row against what the broker
@@ -519,11 +519,16 @@ fn rollout(d: &std::path::Path, server: &FleetServer, args: &[&str]) -> (bool, S
 #[test]
 fn three_fleet_servers_on_postgres_share_ingest_and_one_rollout_driver_survives_a_kill() {
     const AGENTS: usize = 8;
-    let Some(pg) = drover_tests::postgres::Postgres::start() else { return };
+    let Some(mut pg) = drover_tests::postgres::Postgres::start() else { return };
     let Some(broker) = Broker::start(Kind::Mosquitto, Options::default()) else { return };
-    let url = pg.create_database("fleet");
     let rel = trust_setup();
     let d = rel.path();
+    // The servers reach PostgreSQL over TLS only, checked against its CA.
+    let pki = drover_tests::broker::Pki::make(&d.join("pg-pki"));
+    pg.require_tls(&pki.server_cert, &pki.server_key);
+    let url = pg.create_database("fleet");
+    let tls_url = format!("{url}?sslmode=require");
+    let ca = pki.ca.display().to_string();
     ok("drover", d, &["keygen", "--role", "operator", "--out", "keys"]);
     drover_tests::cli::delegate(d, "--operator", "keys/operator.pub", "lab,so-*", "op.json");
     let v1 = iris_bundle(d, "1", true);
@@ -543,7 +548,9 @@ fn three_fleet_servers_on_postgres_share_ingest_and_one_rollout_driver_survives_
     let observer = drover_tests::observer::Observer::connect(broker.port, "drover/v1/dev/+/telemetry");
     let args = [
         "--db",
-        &url,
+        &tls_url,
+        "--db-ca",
+        &ca,
         "--share-group-file",
         "share-group",
         "--operator-key",
@@ -604,6 +611,9 @@ fn three_fleet_servers_on_postgres_share_ingest_and_one_rollout_driver_survives_
         }
         Err("none yet".into())
     });
+    // The servers' shared subscriptions exist by now: reports published later reach the group
+    // (earlier ones reached only the observer, as a group keeps nothing before it exists).
+    let subscribed_ms = unix_ms();
     for (i, s) in servers.iter().enumerate().filter(|(i, _)| *i != driver) {
         let (fine, text) = rollout(d, s, &["pause", &id]);
         assert!(!fine && text.contains(&servers[driver].url), "instance {i} refuses and names the driver: {text}");
@@ -676,7 +686,9 @@ fn three_fleet_servers_on_postgres_share_ingest_and_one_rollout_driver_survives_
         let t: drover_wire::telemetry::Telemetry =
             drover_runtime::link::codec::decode(payload).expect("the agents' telemetry decodes");
         let device = topic.split('/').nth(3).expect("a device topic").to_string();
-        sent.entry(device).or_default().insert(t.end_ms as i64);
+        if t.end_ms > subscribed_ms {
+            sent.entry(device).or_default().insert(t.end_ms as i64);
+        }
     }
     assert_eq!(sent.len(), AGENTS);
     for (device, periods) in &sent {
@@ -685,10 +697,20 @@ fn three_fleet_servers_on_postgres_share_ingest_and_one_rollout_driver_survives_
             .lines()
             .map(|l| l.parse().expect("end_ms"))
             .collect();
-        assert!(stored.is_superset(periods), "{device}: reports missing: {:?}", periods.difference(&stored));
+        let missing: Vec<&i64> = periods.difference(&stored).collect();
+        assert!(missing.is_empty(), "{device}: reports missing: {missing:?}");
     }
-    let rolled_up = pg.psql(&url, "SELECT sum(periods) FROM rollups");
-    let points = pg.psql(&url, "SELECT count(*) FROM points");
+    // One statement, one snapshot: the agents still report while this runs.
+    let (points, rolled_up) = pg
+        .psql(&url, "SELECT (SELECT count(*) FROM points), (SELECT sum(periods) FROM rollups)")
+        .split_once('|')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .expect("two columns");
     assert_eq!(rolled_up, points, "each period rolled up once");
     drop(fleet);
+}
+
+/// Unix ms now, as the agents stamp their reports.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
