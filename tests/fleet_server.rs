@@ -614,6 +614,12 @@ fn three_fleet_servers_on_postgres_share_ingest_and_one_rollout_driver_survives_
     // The servers' shared subscriptions exist by now: reports published later reach the group
     // (earlier ones reached only the observer, as a group keeps nothing before it exists).
     let subscribed_ms = unix_ms();
+    let drivers = |servers: &[FleetServer]| -> Vec<usize> {
+        (0..servers.len())
+            .filter(|i| servers[*i].get("/metrics").is_some_and(|m| m.contains("drover_fleet_rollout_driver 1\n")))
+            .collect()
+    };
+    assert_eq!(drivers(&servers), [driver], "/metrics tells which one drives");
     for (i, s) in servers.iter().enumerate().filter(|(i, _)| *i != driver) {
         let (fine, text) = rollout(d, s, &["pause", &id]);
         assert!(!fine && text.contains(&servers[driver].url), "instance {i} refuses and names the driver: {text}");
@@ -637,6 +643,7 @@ fn three_fleet_servers_on_postgres_share_ingest_and_one_rollout_driver_survives_
     servers[driver].restart();
     let (fine, text) = rollout(d, &servers[driver], &["pause", &id]);
     assert!(!fine && text.contains(&servers[next].url), "the restarted instance follows: {text}");
+    assert_eq!(drivers(&servers), [next], "/metrics tells which one drives");
     let r = until(Duration::from_secs(180), "the rollout to complete under the next driver", || {
         let (_, text) = rollout(d, &servers[driver], &["status", &id, "--json"]);
         let all: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;

@@ -423,7 +423,7 @@ impl Hub {
             })
             .collect();
         let registry = lock(&self.registry);
-        metrics::render(registry.devices(), ingest, &stages, &merged)
+        metrics::render(registry.devices(), ingest, &stages, &merged, self.driving.load(Ordering::Relaxed))
     }
 
     /// The ingest counters.

@@ -43,6 +43,7 @@ pub fn render<'a>(
     ingest: Ingest,
     rollouts: &[RolloutStage],
     drift: &[MergedDrift],
+    drives_rollouts: bool,
 ) -> String {
     let devices: Vec<&Device> = devices.collect();
     let mut out = Out::default();
@@ -210,6 +211,12 @@ pub fn render<'a>(
     for r in rollouts {
         out.sample("drover_rollout_stage", &[("rollout", &r.id)], r.stage as f64);
     }
+    out.family(
+        "drover_fleet_rollout_driver",
+        "gauge",
+        "1 while this fleet server drives the rollouts: of the servers sharing a database, exactly one should.",
+    );
+    out.sample("drover_fleet_rollout_driver", &[], f64::from(u8::from(drives_rollouts)));
     out.family("drover_fleet_ingest_messages_total", "counter", "Device messages the fleet server took, by outcome.");
     for (outcome, n) in [("stored", ingest.stored), ("rejected", ingest.rejected), ("repeated", ingest.repeated)] {
         out.sample("drover_fleet_ingest_messages_total", &[("outcome", outcome)], n as f64);
@@ -280,7 +287,7 @@ mod tests {
         r.apply(1, "pi-1", &status(true, Some(3)));
         r.apply(2, "pi-1", &telemetry(1, 10_000, 100));
         r.apply(3, "pi-2", &status(false, Some(2)));
-        let text = render(r.devices(), Ingest { stored: 3, written: 1, rejected: 1, repeated: 0 }, &[], &[]);
+        let text = render(r.devices(), Ingest { stored: 3, written: 1, rejected: 1, repeated: 0 }, &[], &[], true);
         assert!(text.contains("drover_fleet_devices{state=\"online\",model=\"iris\",version=\"3\"} 1\n"), "{text}");
         assert!(text.contains("drover_fleet_devices{state=\"offline\",model=\"iris\",version=\"2\"} 1\n"));
         assert!(text.contains("drover_device_up{device=\"pi-2\"} 0\n"));
@@ -294,6 +301,7 @@ mod tests {
         // 1..=100 × 10 µs: 50 500 µs.
         assert!(text.contains("drover_device_latency_seconds_sum{device=\"pi-1\"} 0.0505\n"), "{text}");
         assert!(text.contains("drover_fleet_ingest_unwritten_messages 2\n"), "{text}");
+        assert!(text.contains("drover_fleet_rollout_driver 1\n"), "{text}");
         assert_eq!(text.matches("# TYPE drover_device_up gauge").count(), 1);
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         assert_eq!((number(f64::NAN), number(f64::INFINITY), number(2.5)), ("NaN".into(), "+Inf".into(), "2.5".into()));
