@@ -627,6 +627,40 @@ fn costs(load: &Load, devices: usize, dir: &Path) -> Costs {
     Costs { decode_postcard, decode_json, apply, write }
 }
 
+/// The resident set now, bytes (`/proc/self/statm`, pages of 4 KiB).
+fn resident_bytes() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<f64>().ok()))
+        .map_or(0.0, |pages| pages * 4096.0)
+}
+
+/// What each fleet server instance holds per device: a registry of 50,000 devices, each given one
+/// of the load's statuses and one of its reports under its own name. Returns the device count
+/// and the bytes per device, from the resident set before and after (the load itself is already
+/// resident).
+fn registry_memory(load: &Load) -> (usize, f64) {
+    const DEVICES: usize = 50_000;
+    let statuses: Vec<_> =
+        load.statuses.iter().filter_map(|m| record::decode(&m.topic, &m.payload).ok().flatten()).collect();
+    let reports: Vec<_> =
+        load.telemetry.iter().take(1000).filter_map(|m| record::decode(&m.topic, &m.payload).ok().flatten()).collect();
+    let before = resident_bytes();
+    let mut registry = Registry::default();
+    let now = unix_ms();
+    for i in 0..DEVICES {
+        let id = format!("bench-mem-{i:06}");
+        for (_, rec) in [&statuses[i % statuses.len()], &reports[i % reports.len()]] {
+            let _ = registry.apply(now, &id, rec);
+        }
+        // The rows a batch writes, dropped as the writer drops them.
+        drop(registry.touched());
+    }
+    let after = resident_bytes();
+    std::hint::black_box(&registry);
+    (DEVICES, (after - before) / DEVICES as f64)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -801,6 +835,13 @@ fn main() {
             println!("{table:>10}: {:>6.0} B per row ({rows} rows)", bytes / rows.max(1.0));
         }
     }
+
+    let (devices, per_device) = registry_memory(&load);
+    println!();
+    println!(
+        "Registry memory: {:.1} KiB per device ({devices} devices, each with its status and newest report applied; resident set before and after)",
+        per_device / 1024.0
+    );
 
     let c = costs(&load, setup.devices, dir.path());
     println!();
