@@ -20,7 +20,9 @@ const WARMUP: usize = 200;
 const ROUNDS: usize = 20;
 const PER_ROUND: usize = 100;
 const RSS_PROBE: &str = "DROVER_BENCH_RSS_PROBE";
-/// Set to print only the per-operator profiles (quick look while working on the engine).
+/// Set to print only the per-operator profiles (quick look while working on the engine): "1"
+/// for every variant, else the variant's title as printed ("cnn_int8_qdq"), or its start and `*`
+/// ("cnn*").
 const PROFILE_ONLY: &str = "DROVER_BENCH_PROFILE_ONLY";
 const PROFILE_RUNS: usize = 2000;
 
@@ -30,8 +32,8 @@ fn main() {
         return;
     }
     let models: Vec<ReferenceModel> = manifest::load().models.into_iter().filter(|m| !m.refused).collect();
-    if std::env::var_os(PROFILE_ONLY).is_some() {
-        report_profiles(&models);
+    if let Ok(only) = std::env::var(PROFILE_ONLY) {
+        report_profiles(&models, &only);
         return;
     }
     let ort = onnxruntime_figures();
@@ -101,18 +103,23 @@ fn main() {
     println!();
     report_binary_sizes();
     println!();
-    report_profiles(&models);
+    report_profiles(&models, "1");
 }
 
 /// Per-operator profile of Drover's optimised plan for the CNN and MLP families: where each call
 /// spends its time (tract's `run_plan_with_eval` with a clock around every node).
-fn report_profiles(models: &[ReferenceModel]) {
+fn report_profiles(models: &[ReferenceModel], only: &str) {
     println!("per-operator profile of Drover's plan, {PROFILE_RUNS} runs on sample 0 (µs per call, % of the call)");
     let variants = models.iter().filter(|m| m.name.starts_with("cnn") || m.name.starts_with("mlp")).flat_map(|m| {
         let before = (m.kind == "qdq").then_some((m, LoadOptions { qdq_rewrite: false }, " (no rewrite)"));
         before.into_iter().chain(std::iter::once((m, LoadOptions::default(), "")))
     });
-    for (m, options, label) in variants {
+    let wanted = |title: &str| match only.strip_suffix('*') {
+        _ if only == "1" || only.is_empty() => true,
+        Some(prefix) => title.starts_with(prefix),
+        None => title == only,
+    };
+    for (m, options, label) in variants.filter(|(m, _, label)| wanted(&format!("{}{label}", m.name))) {
         let mut model = Model::load_with(&m.path(), options).expect("drover loads");
         let sample = first_sample(&model, m);
         for _ in 0..WARMUP {

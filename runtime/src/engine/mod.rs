@@ -6,6 +6,7 @@
 
 mod error;
 mod guard;
+mod int8;
 mod model;
 pub mod opcheck;
 mod profile;

@@ -362,7 +362,8 @@ fn compile(
     declared_outputs: &[DeclaredValue],
     timings: &mut LoadTimings,
 ) -> Result<(TypedModel, Vec<TensorSpec>), LoadError> {
-    let onnx = tract_onnx::onnx();
+    let mut onnx = tract_onnx::onnx();
+    super::int8::register(&mut onnx.op_register);
     let inference = stage(timings, Stage::Parse, || {
         let parsed = onnx.parse(proto, dir)?;
         if !parsed.unresolved_inputs.is_empty() {

@@ -8,13 +8,17 @@
 //!
 //! 1. [`movement`]: `DQ → MaxPool/Flatten/… → Q` with equal parameters runs the middle operator
 //!    on the integers.
-//! 2. [`chain`]: each remaining per-tensor QuantizeLinear becomes branch-free arithmetic tract
+//! 2. [`fuse`]: `DQ → Conv/Gemm/MatMul → Q` (and an MLP's bias after the requantization) becomes
+//!    one integer layer Drover runs itself ([`crate::engine::int8`]).
+//! 3. [`chain`]: each remaining per-tensor QuantizeLinear becomes branch-free arithmetic tract
 //!    vectorises and fuses into the producing matmul; a Q→DQ pair becomes one fp32 chain.
 //!
 //! Anything not in the exact expected form (per-axis or computed parameters, padded pools,
 //! subgraphs) is left as it was.
 
 mod chain;
+mod constant;
+mod fuse;
 mod graph;
 mod movement;
 mod params;
@@ -33,12 +37,14 @@ pub struct QdqRewrites {
     pub fake_quant_chains: usize,
     /// QuantizeLinear nodes now vectorised arithmetic and a Cast.
     pub quantize_chains: usize,
+    /// Conv/Gemm/MatMul layers now one integer operator each.
+    pub int8_layers: usize,
 }
 
 impl QdqRewrites {
     /// Whether the model was changed at all.
     pub fn any(&self) -> bool {
-        self.integer_ops + self.fake_quant_chains + self.quantize_chains > 0
+        self.integer_ops + self.fake_quant_chains + self.quantize_chains + self.int8_layers > 0
     }
 }
 
@@ -49,8 +55,14 @@ pub fn rewrite(model: &mut ModelProto) -> QdqRewrites {
         return QdqRewrites::default();
     }
     let integer_ops = movement::run_on_integers(graph);
+    let int8_layers = fuse::fuse_layers(graph);
     let chains = chain::rewrite_quantize(graph);
-    let done = QdqRewrites { integer_ops, fake_quant_chains: chains.fake_quant, quantize_chains: chains.quantize };
+    let done = QdqRewrites {
+        integer_ops,
+        fake_quant_chains: chains.fake_quant,
+        quantize_chains: chains.quantize,
+        int8_layers,
+    };
     log::debug!("qdq rewrite: {done:?}");
     done
 }
@@ -102,7 +114,7 @@ mod tests {
         );
         let (before, _) = run(&proto, false, &x);
         let (after, done) = run(&proto, true, &x);
-        assert_eq!(done, QdqRewrites { integer_ops: 1, fake_quant_chains: 0, quantize_chains: 1 });
+        assert_eq!(done, QdqRewrites { integer_ops: 1, fake_quant_chains: 0, quantize_chains: 1, int8_layers: 0 });
         assert_eq!(before, after);
     }
 

@@ -1,0 +1,344 @@
+//! From the exact integer sums to the tensor the QDQ graph would have produced: the scale, the
+//! bias, and each QuantizeLinear/DequantizeLinear the graph had after the matmul, in its order,
+//! with its float arithmetic.
+
+use serde::{Deserialize, Serialize};
+
+use super::kernel::{Emit, Features};
+use super::lanes::Lanes;
+
+/// A per-tensor quantization, as ONNX's QuantizeLinear/DequantizeLinear read it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Quant {
+    /// Finite and > 0.
+    pub scale: f32,
+    /// Within the integer type's range.
+    pub zero_point: i32,
+    /// int8 (`true`) or uint8.
+    pub signed: bool,
+}
+
+impl Quant {
+    /// The integer type's range as floats, for clamping.
+    pub(crate) fn range(&self) -> (f32, f32) {
+        if self.signed { (-128.0, 127.0) } else { (0.0, 255.0) }
+    }
+
+    /// Whether the parameters can be used as they are.
+    pub(crate) fn valid(&self) -> bool {
+        let (lo, hi) = self.range();
+        self.scale.is_finite() && self.scale > 0.0 && (lo..=hi).contains(&(self.zero_point as f32))
+    }
+}
+
+/// One operation after the matmul, in graph order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Step {
+    /// Adds a float per output feature (a Conv/Gemm bias, or an Add of a dequantized constant).
+    Bias(Vec<f32>),
+    /// QuantizeLinear: `clamp(round_half_even(v / scale) + zero_point)`; the value becomes that
+    /// integer.
+    Quantize(Quant),
+    /// DequantizeLinear of the integer the previous Quantize made: `(q − zero_point) · scale`.
+    Dequantize(Quant),
+}
+
+/// What the fused operator outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Output {
+    I8,
+    U8,
+    F32,
+}
+
+/// The steps after a matmul, checked and laid out once at load for the vector code.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Epilogue {
+    features: usize,
+    /// Per feature: input scale × weight scale, the float value of one unit of the sum. Padded
+    /// with zeros to a whole vector, like every per-feature list here.
+    unit: Vec<f32>,
+    ops: Vec<Op>,
+    output: Output,
+}
+
+/// One step in the form the vector code runs it.
+#[derive(Debug, Clone, PartialEq)]
+enum Op {
+    Bias(Vec<f32>),
+    /// `clamp(x / scale, lo, hi)` rounded half to even, plus `zero`: `lo` and `hi` are the type's
+    /// range minus the zero point, so clamping before rounding is the same as after.
+    Quantize {
+        scale: f32,
+        lo: f32,
+        hi: f32,
+        zero: f32,
+    },
+    Dequantize {
+        zero: f32,
+        scale: f32,
+    },
+}
+
+/// `(x + ROUND) − ROUND` rounds `x` half to even, exactly for `|x| ≤ 2²²`: the sum lands where
+/// the float spacing is 1 and the addition rounds with the FPU's mode (ties to even). Quantized
+/// values are clamped to ±255 first.
+const ROUND: f32 = 12_582_912.0;
+
+/// Per-feature lists are padded to this many values (the widest vector).
+const PAD: usize = 16;
+
+fn padded(mut v: Vec<f32>) -> Vec<f32> {
+    v.resize(v.len().div_ceil(PAD) * PAD, 0.0);
+    v
+}
+
+impl Epilogue {
+    /// `unit[f]` turns feature `f`'s integer sum into the matmul's float value. Fails when a bias
+    /// does not have one value per feature, a parameter is out of range, or a Dequantize does not
+    /// follow a Quantize with the same integer type.
+    pub(crate) fn new(unit: Vec<f32>, steps: Vec<Step>) -> Result<Epilogue, String> {
+        let features = unit.len();
+        if unit.iter().any(|u| !u.is_finite()) {
+            return Err("a scale product is not finite".into());
+        }
+        let mut last: Option<Quant> = None;
+        let mut ops = Vec::with_capacity(steps.len());
+        for step in &steps {
+            match step {
+                Step::Bias(b) if b.len() != features => {
+                    return Err(format!("a bias has {} values for {features} features", b.len()));
+                }
+                Step::Bias(b) => {
+                    last = None;
+                    ops.push(Op::Bias(padded(b.clone())));
+                }
+                Step::Quantize(q) if !q.valid() => return Err(format!("invalid quantization {q:?}")),
+                Step::Quantize(q) => {
+                    last = Some(*q);
+                    let (lo, hi) = q.range();
+                    let zero = q.zero_point as f32;
+                    ops.push(Op::Quantize { scale: q.scale, lo: lo - zero, hi: hi - zero, zero });
+                }
+                Step::Dequantize(q) if !q.valid() => return Err(format!("invalid dequantization {q:?}")),
+                Step::Dequantize(q) => match last {
+                    Some(prev) if prev.signed == q.signed => {
+                        last = None;
+                        ops.push(Op::Dequantize { zero: q.zero_point as f32, scale: q.scale });
+                    }
+                    _ => return Err("a dequantization does not read a quantized value".into()),
+                },
+            }
+        }
+        let output = match steps.last() {
+            Some(Step::Quantize(q)) if q.signed => Output::I8,
+            Some(Step::Quantize(_)) => Output::U8,
+            _ => Output::F32,
+        };
+        Ok(Epilogue { features, unit: padded(unit), ops, output })
+    }
+
+    /// The output element type.
+    pub(crate) fn output(&self) -> Output {
+        self.output
+    }
+
+    /// Output features.
+    pub(crate) fn features(&self) -> usize {
+        self.features
+    }
+
+    /// The output values of a vector of sums of `features`.
+    #[inline(always)]
+    pub(crate) fn apply<S: Lanes>(&self, simd: S, features: Features, acc: S::V) -> S::F {
+        let param = |v: &[f32]| match features {
+            Features::One(f) => simd.fsplat(v[f]),
+            Features::From(f) => simd.fload(&v[f..]),
+        };
+        let mut x = simd.fmul(simd.to_f32(acc), param(&self.unit));
+        for op in &self.ops {
+            x = match op {
+                Op::Bias(b) => simd.fadd(x, param(b)),
+                Op::Quantize { scale, lo, hi, zero } => {
+                    let c = simd.fclamp(simd.fdiv(x, simd.fsplat(*scale)), simd.fsplat(*lo), simd.fsplat(*hi));
+                    let r = simd.fsub(simd.fadd(c, simd.fsplat(ROUND)), simd.fsplat(ROUND));
+                    simd.fadd(r, simd.fsplat(*zero))
+                }
+                Op::Dequantize { zero, scale } => simd.fmul(simd.fsub(x, simd.fsplat(*zero)), simd.fsplat(*scale)),
+            };
+        }
+        x
+    }
+}
+
+/// Where a layer writes its values: the output tensor's storage (or the conv's scratch before
+/// a pool), in the output type.
+pub(crate) enum Sink<'a> {
+    I8(&'a mut [i8]),
+    U8(&'a mut [u8]),
+    F32(&'a mut [f32]),
+}
+
+impl Sink<'_> {
+    /// The same storage for a shorter while (one image of several).
+    pub(crate) fn reborrow(&mut self) -> Sink<'_> {
+        match self {
+            Sink::I8(v) => Sink::I8(v),
+            Sink::U8(v) => Sink::U8(v),
+            Sink::F32(v) => Sink::F32(v),
+        }
+    }
+}
+
+/// The [`Emit`] of a model's layers: runs the epilogue on each vector of sums and stores it.
+pub(crate) struct Writer<'a> {
+    pub epilogue: &'a Epilogue,
+    pub sink: Sink<'a>,
+}
+
+impl Emit for Writer<'_> {
+    #[inline(always)]
+    fn emit<S: Lanes>(&mut self, simd: S, features: Features, at: usize, n: usize, acc: S::V) {
+        let x = self.epilogue.apply(simd, features, acc);
+        match &mut self.sink {
+            Sink::I8(out) => store_bytes(simd, bytemuck::cast_slice_mut::<i8, u8>(&mut out[..]), at, n, x),
+            Sink::U8(out) => store_bytes(simd, out, at, n, x),
+            Sink::F32(out) => match out.get_mut(at..at + S::L) {
+                Some(dst) if n == S::L => simd.fstore(x, dst),
+                _ => {
+                    let mut tmp = [0f32; PAD];
+                    simd.fstore(x, &mut tmp);
+                    out[at..at + n].copy_from_slice(&tmp[..n]);
+                }
+            },
+        }
+    }
+}
+
+/// Integral floats `x` as bytes at `out[at..at + n]`.
+#[inline(always)]
+fn store_bytes<S: Lanes>(simd: S, out: &mut [u8], at: usize, n: usize, x: S::F) {
+    let v = simd.to_i32(x);
+    match out.get_mut(at..at + S::L) {
+        Some(dst) if n == S::L => simd.store_bytes(v, dst),
+        _ => {
+            let mut tmp = [0u8; PAD];
+            simd.store_bytes(v, &mut tmp);
+            out[at..at + n].copy_from_slice(&tmp[..n]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::lanes::tests::isas;
+    use super::super::lanes::{Task, dispatch};
+    use super::*;
+
+    const S8: Quant = Quant { scale: 0.5, zero_point: -3, signed: true };
+
+    /// The ONNX definition, one value at a time: what the vector code must equal bit for bit.
+    fn reference(unit: f32, steps: &[Step], f: usize, acc: i32) -> f32 {
+        let mut v = acc as f32 * unit;
+        for step in steps {
+            v = match step {
+                Step::Bias(b) => v + b[f],
+                Step::Quantize(q) => {
+                    let (lo, hi) = q.range();
+                    let r = (v / q.scale).round_ties_even() + q.zero_point as f32;
+                    if r.is_nan() { q.zero_point as f32 } else { r.clamp(lo, hi) }
+                }
+                Step::Dequantize(q) => (v - q.zero_point as f32) * q.scale,
+            };
+        }
+        v
+    }
+
+    /// Runs `acc` (one value per feature, or all of feature `one`) through the vector code.
+    struct Run<'a> {
+        epilogue: &'a Epilogue,
+        acc: &'a [i32],
+        one: Option<usize>,
+    }
+
+    impl Task for Run<'_> {
+        type Output = Vec<f32>;
+        fn run<S: Lanes>(self, simd: S) -> Vec<f32> {
+            let n = self.acc.len();
+            let (mut i8s, mut u8s, mut f32s) = (vec![0i8; n], vec![0u8; n], vec![0f32; n]);
+            let sink = match self.epilogue.output() {
+                Output::I8 => Sink::I8(&mut i8s),
+                Output::U8 => Sink::U8(&mut u8s),
+                Output::F32 => Sink::F32(&mut f32s),
+            };
+            let mut writer = Writer { epilogue: self.epilogue, sink };
+            for (i, chunk) in self.acc.chunks(S::L).enumerate() {
+                let mut lanes = [0i32; 16];
+                lanes[..chunk.len()].copy_from_slice(chunk);
+                let at = i * S::L;
+                let features = self.one.map_or(Features::From(at), Features::One);
+                writer.emit(simd, features, at, chunk.len(), simd.load(&lanes));
+            }
+            match self.epilogue.output() {
+                Output::I8 => i8s.iter().map(|v| *v as f32).collect(),
+                Output::U8 => u8s.iter().map(|v| *v as f32).collect(),
+                Output::F32 => f32s,
+            }
+        }
+    }
+
+    #[test]
+    fn vectors_equal_the_definition_on_ties_extremes_and_every_isa() {
+        // Sums around every rounding tie of scale 0.5, and ones far past the clamps.
+        let mut acc: Vec<i32> = (-700..700).collect();
+        acc.extend([i32::MIN, i32::MAX, -(1 << 24) - 1, 1 << 24, 3]);
+        let features = acc.len();
+        let unit: Vec<f32> = (0..features).map(|f| 0.25 + (f % 7) as f32 * 0.125).collect();
+        let bias: Vec<f32> = (0..features).map(|f| (f % 5) as f32 * 0.5 - 1.0).collect();
+        let u8q = Quant { scale: 0.75, zero_point: 128, signed: false };
+        let chains: Vec<Vec<Step>> = vec![
+            vec![],
+            vec![Step::Bias(bias.clone())],
+            vec![Step::Quantize(S8)],
+            vec![Step::Bias(bias.clone()), Step::Quantize(u8q)],
+            vec![Step::Quantize(S8), Step::Dequantize(S8), Step::Bias(bias.clone()), Step::Quantize(S8)],
+            vec![Step::Bias(bias), Step::Quantize(u8q), Step::Dequantize(u8q)],
+        ];
+        for steps in chains {
+            let e = Epilogue::new(unit.clone(), steps.clone()).expect("valid");
+            let want: Vec<f32> = acc.iter().enumerate().map(|(f, a)| reference(unit[f], &steps, f, *a)).collect();
+            let want_one: Vec<f32> = acc.iter().map(|a| reference(unit[5], &steps, 5, *a)).collect();
+            for isa in isas() {
+                let got = dispatch(isa, Run { epilogue: &e, acc: &acc, one: None });
+                assert_eq!(got, want, "{isa:?} {steps:?}");
+                let got = dispatch(isa, Run { epilogue: &e, acc: &acc, one: Some(5) });
+                assert_eq!(got, want_one, "{isa:?} {steps:?}, one feature");
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_rounds_half_to_even_saturates_and_sends_nan_to_the_zero_point() {
+        // unit 1 then bias: 0.25·2 = 0.5 → 0 (even), 1.5 → 2, 2.5 → 2, −0.5 → −0; + zero point −3.
+        let bias = vec![0.25, 0.75, 1.25, -0.25, 1000.0, -1000.0, f32::NAN, f32::INFINITY];
+        let e = Epilogue::new(vec![1.0; 8], vec![Step::Bias(bias), Step::Quantize(S8)]).expect("valid");
+        for isa in isas() {
+            let got = dispatch(isa, Run { epilogue: &e, acc: &[0; 8], one: None });
+            assert_eq!(got, [-3.0, -1.0, -1.0, -3.0, 127.0, -128.0, -3.0, 127.0], "{isa:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_steps_are_refused() {
+        assert!(Epilogue::new(vec![1.0], vec![Step::Bias(vec![1.0, 2.0])]).is_err());
+        assert!(Epilogue::new(vec![1.0], vec![Step::Dequantize(S8)]).is_err());
+        let bad = Quant { scale: 0.0, ..S8 };
+        assert!(Epilogue::new(vec![1.0], vec![Step::Quantize(bad)]).is_err());
+        let bad = Quant { zero_point: 300, ..S8 };
+        assert!(Epilogue::new(vec![1.0], vec![Step::Quantize(bad)]).is_err());
+        assert!(Epilogue::new(vec![f32::NAN], vec![]).is_err());
+        let u8q = Quant { signed: false, zero_point: 0, ..S8 };
+        assert!(Epilogue::new(vec![1.0], vec![Step::Quantize(S8), Step::Dequantize(u8q)]).is_err());
+        assert_eq!(Epilogue::new(vec![1.0], vec![]).expect("valid").output(), Output::F32);
+    }
+}
