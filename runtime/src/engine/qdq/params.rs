@@ -3,6 +3,8 @@
 
 use tract_onnx::pb::{GraphProto, NodeProto, TensorProto};
 
+use super::constant::initializer;
+
 /// ONNX `TensorProto.DataType` codes the pass reads or writes.
 pub(super) const FLOAT: i32 = 1;
 pub(super) const UINT8: i32 = 2;
@@ -61,10 +63,6 @@ pub(super) fn of_node(graph: &GraphProto, node: &NodeProto) -> Option<QuantParam
         }
     };
     Some(QuantParams { scale, zero_point, dtype })
-}
-
-fn initializer<'a>(graph: &'a GraphProto, name: &str) -> Option<&'a TensorProto> {
-    graph.initializer.iter().find(|t| t.name == name)
 }
 
 fn scalar_f32(t: &TensorProto) -> Option<f32> {
