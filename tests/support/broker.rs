@@ -169,6 +169,9 @@ impl Broker {
                     );
                 }
                 text += &self.opts.extra;
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
                 if self.opts.extra.contains("allow_anonymous") {
                     // The test brings its own authentication (`drover acl`'s files).
                 } else if self.opts.users.is_empty() {

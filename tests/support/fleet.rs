@@ -43,9 +43,26 @@ impl Fleet {
         root_json: &Path,
         broker: &BrokerSettings,
     ) -> Fleet {
+        let fast = TransferSettings { stall_s: 0.7, give_up_s: 120, ..TransferSettings::default() };
+        Fleet::on_threads(base, prefix, n, groups, root_json, broker, 1, fast)
+    }
+
+    /// As [`Fleet::new`], on `threads` runtimes and with `transfer` settings (the benches run the
+    /// agents as `drover simulate` does: a runtime per core, the agent's defaults).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_threads(
+        base: &Path,
+        prefix: &str,
+        n: usize,
+        groups: &[&str],
+        root_json: &Path,
+        broker: &BrokerSettings,
+        threads: usize,
+        transfer: TransferSettings,
+    ) -> Fleet {
         let root: drover_wire::trust::SignedRoot =
             serde_json::from_str(&std::fs::read_to_string(root_json).expect("root.json")).expect("root document");
-        let mut agents = Agents::new(1).expect("runtime");
+        let mut agents = Agents::new(threads).expect("runtime");
         for i in 0..n {
             let device = format!("{prefix}-{i:02}");
             let data_dir = base.join(&device);
@@ -54,7 +71,7 @@ impl Fleet {
             cfg.groups = groups.iter().map(|g| g.to_string()).collect();
             cfg.payload = if i % 2 == 0 { PayloadFormat::Postcard } else { PayloadFormat::Json };
             cfg.broker = broker.clone();
-            cfg.transfer = TransferSettings { stall_s: 0.7, give_up_s: 120, ..TransferSettings::default() };
+            cfg.transfer = transfer;
             agents.add(cfg);
         }
         Fleet { agents }

@@ -150,7 +150,7 @@ async fn raw_fanout(port: u16, size: usize, round: u64) -> Duration {
 
 /// The devices' own share of a push with no network: for every device, the work its agent does
 /// between the announcement and holding the bundle (a spool created, each chunk decoded,
-/// hash-checked and written, synced every 16), on two threads as the agents share two cores
+/// hash-checked, written, journaled and folded into the bundle's digest), on two threads as the agents share two cores
 /// here. On real boards each device does this on its own CPU, in parallel.
 fn device_floor(bundle: &[u8], version: u64, dir: &Path) -> Duration {
     use drover_runtime::transfer::{ChunkSet, Patience, Receiver, Spool};
@@ -172,7 +172,8 @@ fn device_floor(bundle: &[u8], version: u64, dir: &Path) -> Duration {
                     for p in payloads {
                         let chunk: Chunk<'_> = drover_runtime::link::codec::decode(p).expect("chunk");
                         receiver.on_chunk(&chunk, 0);
-                        spool.write(chunk.index, chunk.sha256, chunk.data).expect("write");
+                        let now = start.elapsed().as_millis() as u64;
+                        spool.write(chunk.index, chunk.sha256, chunk.data, now).expect("write");
                     }
                     assert!(receiver.is_complete());
                 }
@@ -186,7 +187,7 @@ fn device_floor(bundle: &[u8], version: u64, dir: &Path) -> Duration {
     took
 }
 
-/// A push to the fleet: (all started, all downloaded, all installed, publications per chunk).
+/// A push to the fleet: (all started, all downloaded, all installed, copies per device and chunk).
 async fn push(bundle: &[u8], version: u64, port: u16) -> (Duration, Duration, Duration, f64) {
     let devices: BTreeSet<Name> = (0..*DEVICES).map(|i| Name::new(&format!("dev-{i:02}")).expect("name")).collect();
     let now =
@@ -221,7 +222,17 @@ async fn push(bundle: &[u8], version: u64, port: u16) -> (Duration, Duration, Du
     .expect("push");
     assert!(campaign.tracker().all_succeeded(), "push v{version}: {:?}", outcome.end);
     let max = |m: &BTreeMap<Name, Duration>| m.values().max().copied().unwrap_or_default();
-    (max(&started), max(&downloaded), max(&installed), campaign.chunks_sent() as f64 / chunks)
+    let copies = campaign.copies() as f64 / (chunks * *DEVICES as f64);
+    if std::env::var("DROVER_BENCH_TIMELINE").is_ok() {
+        for (what, m) in [("started", &started), ("downloaded", &downloaded), ("installed", &installed)] {
+            let mut v: Vec<u128> = m.values().map(|d| d.as_millis()).collect();
+            v.sort();
+            let p = |q: usize| v.get(v.len().saturating_sub(1) * q / 100).copied().unwrap_or(0);
+            eprintln!("{what}: p10 {} p50 {} p90 {} p99 {} max {} ms", p(10), p(50), p(90), p(99), p(100));
+        }
+        eprintln!("publications {} (to one device {})", campaign.chunks_sent(), campaign.chunks_sent_direct());
+    }
+    (max(&started), max(&downloaded), max(&installed), copies)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -241,6 +252,61 @@ fn sizes() -> Vec<usize> {
     }
 }
 
+/// The broker's outgoing link held to `DROVER_BENCH_LINK_MBIT` (Mbit/s) while it lives: an HTB
+/// class on the loopback interface for the packets leaving the broker's port (Linux `tc`, as
+/// root), so raw and push both meet a real network's bandwidth instead of the two cores.
+/// Removed when dropped.
+struct Link {
+    mbit: Option<u64>,
+}
+
+impl Link {
+    fn shape(port: u16) -> Link {
+        let Some(mbit) = std::env::var("DROVER_BENCH_LINK_MBIT").ok().and_then(|v| v.parse::<u64>().ok()) else {
+            return Link { mbit: None };
+        };
+        let tc = |args: &str| {
+            let out = std::process::Command::new("tc").args(args.split_whitespace()).output();
+            match out {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => panic!("tc {args}: {}", String::from_utf8_lossy(&o.stderr)),
+                Err(e) => panic!("tc {args}: {e} (DROVER_BENCH_LINK_MBIT needs iproute2's tc, as root)"),
+            }
+        };
+        let _ = std::process::Command::new("tc").args(["qdisc", "del", "dev", "lo", "root"]).output();
+        tc("qdisc add dev lo root handle 1: htb r2q 1000");
+        tc(&format!(
+            "class add dev lo parent 1: classid 1:10 htb rate {mbit}mbit ceil {mbit}mbit burst 256k cburst 256k"
+        ));
+        tc(&format!("filter add dev lo parent 1: protocol ip prio 1 u32 match ip sport {port} 0xffff flowid 1:10"));
+        Link { mbit: Some(mbit) }
+    }
+
+    fn label(&self) -> String {
+        self.mbit.map_or_else(|| "loopback".to_string(), |m| format!("{m} Mbit/s"))
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if self.mbit.is_some() {
+            let _ = std::process::Command::new("tc").args(["qdisc", "del", "dev", "lo", "root"]).output();
+        }
+    }
+}
+
+/// Where the simulated devices keep their data dirs: `DROVER_BENCH_DATA_DIR`, else `/dev/shm`
+/// (RAM) when there is one, else the temp dir. A thousand boards write to a thousand SD cards
+/// in parallel; a thousand simulated devices on one host disk would measure the host disk
+/// (each push writes the bundle a thousand times, then installs it a thousand times).
+fn data_root() -> std::path::PathBuf {
+    match std::env::var_os("DROVER_BENCH_DATA_DIR") {
+        Some(d) => d.into(),
+        None if Path::new("/dev/shm").is_dir() => "/dev/shm".into(),
+        None => std::env::temp_dir(),
+    }
+}
+
 fn main() {
     let dir = tempfile::tempdir().expect("tmp");
     release(dir.path());
@@ -253,9 +319,10 @@ fn main() {
     println!("announced = drover push: connect, announce, until all {devices} agents reported it");
     println!("drover    = ... then requests and hash-checked chunks on disk, until all {devices} hold the bundle");
     println!("installed = ... then digest, signatures, slot write, model load and self-test on all {devices}");
+    println!("devices' data dirs under {}", data_root().display());
     println!();
     println!(
-        "{:<20} {:>9} {:>8} {:>9} {:>12} {:>10} {:>12} {:>7} {:>12} {:>10}",
+        "{:<26} {:>9} {:>8} {:>9} {:>12} {:>10} {:>12} {:>7} {:>12} {:>10}",
         "broker",
         "bytes",
         "raw ms",
@@ -265,7 +332,7 @@ fn main() {
         "drover MB/s*",
         "ratio",
         "installed ms",
-        "sends**"
+        "copies**"
     );
     let brokers = std::env::var("DROVER_BENCH_BROKERS").unwrap_or_else(|_| "embedded,mosquitto".into());
     let kinds = [(Kind::Embedded, "embedded"), (Kind::Mosquitto, "mosquitto")];
@@ -293,16 +360,28 @@ fn main() {
                 None => continue,
             },
         };
-        let fleet_dir = tempfile::tempdir().expect("tmp");
+        let link = Link::shape(port);
+        let fleet_dir = tempfile::tempdir_in(data_root()).expect("tmp");
         let settings = BrokerSettings { port, ..BrokerSettings::default() };
-        let mut fleet =
-            Fleet::new(fleet_dir.path(), "dev", *DEVICES, &["bench"], &dir.path().join("root.json"), &settings);
+        // As `drover simulate` runs them: a runtime per core, the agent's own transfer settings.
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut fleet = Fleet::on_threads(
+            fleet_dir.path(),
+            "dev",
+            *DEVICES,
+            &["bench"],
+            &dir.path().join("root.json"),
+            &settings,
+            threads,
+            drover_runtime::agent::config::TransferSettings::default(),
+        );
         fleet.start_all();
         std::thread::sleep(Duration::from_millis(1500 + 10 * devices as u64));
         let name = match kind {
-            Kind::Embedded => "embedded (rumqttd)",
-            Kind::Mosquitto => "Mosquitto (Debian)",
+            Kind::Embedded => "embedded",
+            Kind::Mosquitto => "Mosquitto",
         };
+        let name = format!("{name}, {}", link.label());
         for (set, first) in sets.iter().zip((1..).step_by(*ROUNDS as usize)) {
             let size = std::fs::metadata(&set[0]).expect("bundle").len() as usize;
             let (mut raw, mut start, mut down, mut inst) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -321,7 +400,7 @@ fn main() {
             let floor = median(floor);
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             println!(
-                "{:<20} {:>9} {:>8.1} {:>9.1} {:>12.1} {:>10.1} {:>12.1} {:>7.2} {:>12.1} {:>10.2}",
+                "{:<26} {:>9} {:>8.1} {:>9.1} {:>12.1} {:>10.1} {:>12.1} {:>7.2} {:>12.1} {:>10.2}",
                 name,
                 size,
                 ms(raw),
@@ -338,6 +417,8 @@ fn main() {
     }
     println!();
     println!("* MB/s delivered: bundle size x {devices} devices / drover ms. ratio = drover ms / raw ms");
-    println!("floor ms: the agents' own work with no network (spool, decode, hash, write) on 2 threads");
-    println!("** publications per chunk (1.00: every chunk went out once and reached every device)");
+    println!("floor ms: the agents' own work with no network (spool, decode, hash, write, bundle digest) on 2 threads");
+    println!(
+        "** chunk copies delivered per device and chunk, as the sender counts them (1.00: each device got each chunk once)"
+    );
 }

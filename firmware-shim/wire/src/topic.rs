@@ -76,12 +76,16 @@ pub enum DeviceLeaf {
     Drift,
     /// Ground-truth labels for earlier predictions, to the device ([`crate::event::Feedback`]).
     Feedback,
+    /// Chunks of a transfer sent to this device alone ([`crate::message::Chunk`]): what it
+    /// missed of the chunks published to every device, so that one late device costs one copy,
+    /// not one for every device of the transfer.
+    Chunk,
 }
 
 impl DeviceLeaf {
     /// Every leaf, so tools that reason over the whole tree (the broker's access rules) see a
     /// new one.
-    pub const ALL: [DeviceLeaf; 9] = [
+    pub const ALL: [DeviceLeaf; 10] = [
         DeviceLeaf::Status,
         DeviceLeaf::Progress,
         DeviceLeaf::Want,
@@ -91,6 +95,7 @@ impl DeviceLeaf {
         DeviceLeaf::Events,
         DeviceLeaf::Drift,
         DeviceLeaf::Feedback,
+        DeviceLeaf::Chunk,
     ];
 
     /// The topic level.
@@ -105,6 +110,7 @@ impl DeviceLeaf {
             DeviceLeaf::Events => "events",
             DeviceLeaf::Drift => "drift",
             DeviceLeaf::Feedback => "feedback",
+            DeviceLeaf::Chunk => "chunk",
         }
     }
 
@@ -118,7 +124,7 @@ impl DeviceLeaf {
             | DeviceLeaf::Telemetry
             | DeviceLeaf::Events
             | DeviceLeaf::Drift => true,
-            DeviceLeaf::Cmd | DeviceLeaf::Bundle | DeviceLeaf::Feedback => false,
+            DeviceLeaf::Cmd | DeviceLeaf::Bundle | DeviceLeaf::Feedback | DeviceLeaf::Chunk => false,
         }
     }
 }

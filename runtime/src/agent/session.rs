@@ -283,6 +283,7 @@ impl Session {
             topic::device(d, DeviceLeaf::Bundle).to_string(),
             topic::device(d, DeviceLeaf::Cmd).to_string(),
             topic::device(d, DeviceLeaf::Feedback).to_string(),
+            topic::device(d, DeviceLeaf::Chunk).to_string(),
             topic::fleet(GroupLeaf::Bundle).to_string(),
         ];
         for g in &self.me.groups {
@@ -364,7 +365,7 @@ impl Session {
                 Err(codec::DecodeError::Empty) => {} // a cleared announcement
                 Err(e) => log::warn!("{topic_str}: {e}"),
             },
-            Parsed::Chunk(_) => match codec::decode::<Chunk<'_>>(payload) {
+            Parsed::Chunk(_) | Parsed::Device(_, DeviceLeaf::Chunk) => match codec::decode::<Chunk<'_>>(payload) {
                 Ok(c) => self.on_chunk(&c, now, out),
                 Err(e) => log::warn!("{topic_str}: {e}"),
             },

@@ -661,7 +661,7 @@ impl Agent {
                 let Some(spool) = &mut self.spool else {
                     return Some(Feedback::SpoolFailed("no transfer open".into()));
                 };
-                if let Err(e) = spool.write(index, sha256, &data) {
+                if let Err(e) = spool.write(index, sha256, &data, self.clock.now().ms) {
                     return Some(Feedback::SpoolFailed(e.to_string()));
                 }
             }

@@ -45,7 +45,7 @@ pub fn to_json(topic_str: &str, payload: &[u8]) -> anyhow::Result<Value> {
         Parsed::Device(_, DeviceLeaf::Cmd) | Parsed::Group(_, GroupLeaf::Cmd) | Parsed::Fleet(GroupLeaf::Cmd) => {
             j(codec::decode::<SignedCommand>(payload))
         }
-        Parsed::Chunk(_) => {
+        Parsed::Chunk(_) | Parsed::Device(_, DeviceLeaf::Chunk) => {
             let c: Chunk<'_> = codec::decode(payload)?;
             Ok(
                 json!({"transfer": c.transfer.to_string(), "index": c.index, "sha256": c.sha256.to_string(), "bytes": c.data.len()}),

@@ -137,10 +137,11 @@ pub fn report(campaign: &Campaign, outcome: &Outcome, address: &str) -> bool {
     let ok = tracker.all_succeeded() && outcome.end == End::AllFinished;
     let done = tracker.devices().values().filter(|v| v.phase.as_ref().is_some_and(Phase::is_success)).count();
     eprintln!(
-        "{done}/{} device(s) succeeded in {:.1}s ({} chunk messages sent){}",
+        "{done}/{} device(s) succeeded in {:.1}s ({} chunk messages sent, {} of them copies for a single device){}",
         tracker.devices().len(),
         outcome.elapsed.as_secs_f64(),
         outcome.chunks_sent,
+        outcome.chunks_sent_direct,
         if outcome.end == End::TimedOut { "; timed out" } else { "" }
     );
     ok

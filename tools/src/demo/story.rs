@@ -345,11 +345,12 @@ fn push(bundle: &Path, stack: &Stack, devices: usize) -> anyhow::Result<String> 
     let group = Audience::Group(Name::new(GROUP).map_err(|e| anyhow::anyhow!("{e}"))?);
     let d = crate::push::deliver::deliver(bundle, &stack.broker, group, devices, Duration::from_secs(120))?;
     Ok(format!(
-        "   iris v{} installed on {}/{devices} devices in {:.1} s ({} bytes, {} chunks published once for all).",
+        "   iris v{} installed on {}/{devices} devices in {:.1} s ({} bytes; {} chunk messages, {} of them copies for a device that missed the one to all).",
         d.version,
         d.devices,
         d.elapsed.as_secs_f64(),
         d.bytes,
-        d.chunks_sent
+        d.chunks_sent,
+        d.chunks_sent_direct
     ))
 }

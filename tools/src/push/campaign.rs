@@ -62,32 +62,61 @@ pub struct Campaign {
     work: Work,
     tracker: Tracker,
     format: PayloadFormat,
+    /// Chunks to publish to every device of the transfer.
     queue: BTreeSet<u32>,
+    /// Chunks to send to one device alone, with the devices that asked.
+    direct: BTreeMap<u32, BTreeSet<Name>>,
+    /// Publications: to every device, and to one.
     sent: u64,
-    /// When each chunk was last published (ms), by index.
-    sent_at: BTreeMap<u32, u64>,
-    /// Devices that asked for chunks already.
+    sent_direct: u64,
+    /// Copies delivered, as far as the sender knows: each publication to the transfer counts
+    /// the devices listening to it then.
+    copies: u64,
+    /// Chunks published to the transfer, by index.
+    published: BTreeSet<u32>,
+    /// Devices that asked for chunks already (and so listen to the transfer).
     asked: BTreeSet<Name>,
-    /// Chunks asked for by devices' first requests, and when they may go out (ms); they wait
-    /// for the gathering too ([`Campaign::release_due`]).
-    deferred: BTreeMap<u32, u64>,
+    /// Chunks asked for by devices' first requests, waiting for the gathering
+    /// ([`Campaign::release_due`]).
+    deferred: BTreeSet<u32>,
     /// When the latest device sent its first request (ms).
     last_asker_ms: u64,
     /// Since when first requests have been gathering (ms), while any are deferred.
     gathering_since: Option<u64>,
+    /// [`Campaign::awaited_devices`] as last counted, with the devices asked and known then:
+    /// counted again only when either changed (it walks the whole fleet).
+    awaited: Option<(usize, usize, usize)>,
+    /// [`Campaign::listeners`] as counted at a given ms (a burst of requests shares one count).
+    listening: Option<(u64, usize)>,
 }
 
-/// A device's first request follows its subscription to the chunks by a moment: a chunk
-/// published this recently may or may not have reached it, so it goes out again only this long
-/// after it last did. Devices answering an announcement one after another then share each
-/// re-send; without this, each had every chunk published anew to all of them, and the bytes on
-/// the wire grew with the square of the fleet.
-pub const FRESH_MS: u64 = 250;
+/// Who a chunk goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient {
+    /// Every device of the transfer (`xfer/{transfer}/chunk`).
+    Transfer,
+    /// One device (`dev/{device}/chunk`).
+    Device(Name),
+}
 
-/// A chunk asked for again (a stall, damage) goes out at most once this often: with a thousand
-/// devices on a busy broker, a copy can take seconds to reach them all, and re-sending it for
-/// every device that grew impatient meanwhile made the push hundreds of times the bundle.
-pub const RESEND_MS: u64 = 1_000;
+/// A chunk to publish now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Its index.
+    pub index: u32,
+    /// Who it goes to.
+    pub to: Recipient,
+}
+
+impl Outgoing {
+    /// The topic it is published on.
+    pub fn topic(&self, a: &Announce) -> String {
+        match &self.to {
+            Recipient::Transfer => topic::chunks(&a.transfer).to_string(),
+            Recipient::Device(d) => topic::device(d, DeviceLeaf::Chunk).to_string(),
+        }
+    }
+}
 
 /// Devices answer an announcement over a stretch of time (a thousand of them over seconds):
 /// chunks for first requests go out once no new device has asked for this long, or once every
@@ -106,12 +135,17 @@ impl Campaign {
             tracker,
             format,
             queue: BTreeSet::new(),
+            direct: BTreeMap::new(),
             sent: 0,
-            sent_at: BTreeMap::new(),
+            sent_direct: 0,
+            copies: 0,
+            published: BTreeSet::new(),
             asked: BTreeSet::new(),
-            deferred: BTreeMap::new(),
+            deferred: BTreeSet::new(),
             last_asker_ms: 0,
             gathering_since: None,
+            awaited: None,
+            listening: None,
         }
     }
 
@@ -125,9 +159,21 @@ impl Campaign {
         &self.tracker
     }
 
-    /// Chunks sent so far (re-sends included).
+    /// Chunk publications so far (to every device of the transfer, and to single devices).
     pub fn chunks_sent(&self) -> u64 {
         self.sent
+    }
+
+    /// Of [`Campaign::chunks_sent`], those sent to a single device.
+    pub fn chunks_sent_direct(&self) -> u64 {
+        self.sent_direct
+    }
+
+    /// Chunk copies the broker delivered, as the sender counts them (a publication to the
+    /// transfer counts the devices listening then): against chunks x devices, what the push
+    /// cost over the bundle itself.
+    pub fn copies(&self) -> u64 {
+        self.copies
     }
 
     /// Feeds one input.
@@ -185,32 +231,25 @@ impl Campaign {
             DeviceLeaf::Want => match (codec::decode::<Want>(payload), &self.work) {
                 (Ok(w), Work::Bundle { announce }) if w.transfer == announce.transfer => {
                     let count = u32::try_from(announce.chunk_count()).unwrap_or(u32::MAX);
-                    let first = self.asked.insert(device);
+                    let first = self.asked.insert(device.clone());
                     if first {
                         self.last_asker_ms = now_ms;
                     }
                     for i in w.ranges.iter().flat_map(|r| r.start.min(count)..r.end.min(count)) {
-                        if self.queue.contains(&i) {
+                        if self.queue.contains(&i) || self.deferred.contains(&i) {
+                            // About to go to every device of the transfer, this one included.
                             continue;
                         }
-                        if !first {
-                            // A stall or a damaged chunk. Devices that fell behind ask for the
-                            // same chunks again and again while the broker still delivers the
-                            // last copy: one re-send per RESEND_MS serves them all.
-                            match self.sent_at.get(&i) {
-                                Some(&t) if now_ms.saturating_sub(t) < RESEND_MS => {
-                                    self.deferred.entry(i).or_insert(t + RESEND_MS);
-                                    self.gathering_since.get_or_insert(now_ms);
-                                }
-                                _ => {
-                                    self.deferred.remove(&i);
-                                    self.queue.insert(i);
-                                }
-                            }
-                        } else {
-                            let due = self.sent_at.get(&i).map_or(now_ms, |t| t + FRESH_MS);
-                            self.deferred.entry(i).or_insert(due);
+                        if first && !self.published.contains(&i) {
+                            // Never sent: gathered with the others' first requests.
+                            self.deferred.insert(i);
                             self.gathering_since.get_or_insert(now_ms);
+                        } else {
+                            // Sent before this device listened (or lost, or damaged on its
+                            // way): a copy for it alone, unless so many ask that one to all
+                            // costs less.
+                            self.direct.entry(i).or_default().insert(device.clone());
+                            self.promote(i, now_ms);
                         }
                     }
                     self.release_due(now_ms);
@@ -244,16 +283,27 @@ impl Campaign {
         if !gathered {
             return;
         }
-        let due: Vec<u32> = self.deferred.iter().filter(|(_, t)| **t <= now_ms).map(|(i, _)| *i).collect();
-        for i in due {
-            self.deferred.remove(&i);
+        for i in std::mem::take(&mut self.deferred) {
+            self.direct.remove(&i);
             self.queue.insert(i);
         }
-        self.gathering_since = if self.deferred.is_empty() { None } else { Some(now_ms) };
+        self.gathering_since = None;
     }
 
     /// Devices known to be online and still to ask for their first chunks.
-    fn awaited_devices(&self) -> usize {
+    fn awaited_devices(&mut self) -> usize {
+        let key = (self.asked.len(), self.tracker.devices().len());
+        if let Some((asked, known, n)) = self.awaited
+            && (asked, known) == key
+        {
+            return n;
+        }
+        let n = self.count_awaited();
+        self.awaited = Some((key.0, key.1, n));
+        n
+    }
+
+    fn count_awaited(&self) -> usize {
         self.tracker
             .devices()
             .iter()
@@ -265,20 +315,63 @@ impl Campaign {
             .count()
     }
 
-    /// Whether some device waits for a chunk now (deferred ones wait for [`Campaign::release_due`]).
-    pub fn has_chunks(&self) -> bool {
-        !self.queue.is_empty()
+    /// Devices listening to the transfer: they asked, and have not reported the whole bundle.
+    fn listeners(&mut self, now_ms: u64) -> usize {
+        if let Some((at, n)) = self.listening
+            && at == now_ms
+        {
+            return n;
+        }
+        let n = self.count_listeners();
+        self.listening = Some((now_ms, n));
+        n
     }
 
-    /// The next chunk some device asked for (lowest index first), once, published at `now_ms`:
-    /// a chunk asked for by twenty devices is published once and reaches them all.
-    pub fn next_chunk(&mut self, now_ms: u64) -> Option<u32> {
-        let next = self.queue.pop_first()?;
+    fn count_listeners(&self) -> usize {
+        let devices = self.tracker.devices();
+        self.asked
+            .iter()
+            .filter(|d| devices.get(*d).is_none_or(|v| matches!(v.phase, None | Some(Phase::Downloading { .. }))))
+            .count()
+    }
+
+    /// Publishes chunk `i` to the whole transfer instead of one copy per device when that is
+    /// cheaper: each copy to a single device costs a publication into the broker and one out.
+    fn promote(&mut self, i: u32, now_ms: u64) {
+        let asking = self.direct.get(&i).map_or(0, BTreeSet::len);
+        if asking > 1 && 2 * asking > self.listeners(now_ms) {
+            self.direct.remove(&i);
+            self.queue.insert(i);
+        }
+    }
+
+    /// Whether some device waits for a chunk now (deferred ones wait for [`Campaign::release_due`]).
+    pub fn has_chunks(&self) -> bool {
+        !self.queue.is_empty() || !self.direct.is_empty()
+    }
+
+    /// The next chunk to publish at `now_ms`, once: first those for every device of the
+    /// transfer (lowest index first; twenty devices asking for one cost one publication), then
+    /// copies for single devices.
+    pub fn next_chunk(&mut self, now_ms: u64) -> Option<Outgoing> {
+        if let Some(index) = self.queue.pop_first() {
+            self.sent += 1;
+            self.copies += self.listeners(now_ms) as u64;
+            self.published.insert(index);
+            self.direct.remove(&index);
+            return Some(Outgoing { index, to: Recipient::Transfer });
+        }
+        let mut entry = self.direct.first_entry()?;
+        let index = *entry.key();
+        let device = entry.get_mut().pop_first();
+        if entry.get().is_empty() {
+            entry.remove();
+        }
+        let device = device?;
         self.sent += 1;
-        self.sent_at.insert(next, now_ms);
-        // Going out now serves whoever waited for it later too.
-        self.deferred.remove(&next);
-        Some(next)
+        self.sent_direct += 1;
+        self.copies += 1;
+        Some(Outgoing { index, to: Recipient::Device(device) })
     }
 
     /// Whether the operation is over, and how.
@@ -317,11 +410,33 @@ pub fn announce(bundle: &[u8], name: &str, version: u64, chunk_size: u32, issued
 
 /// The payload of chunk `index` of `bundle` (always postcard: chunks are bytes).
 pub fn chunk_payload(a: &Announce, bundle: &[u8], index: u32) -> Vec<u8> {
-    let start = (u64::from(index) * u64::from(a.chunk_size)) as usize;
-    let end = (start + a.chunk_len(index) as usize).min(bundle.len());
-    let data = &bundle[start.min(end)..end];
-    let chunk = Chunk { transfer: a.transfer, index, sha256: Digest(Sha256::digest(data).into()), data };
-    codec::encode(PayloadFormat::Postcard, &chunk)
+    Payloads::new(a, bundle).payload(index)
+}
+
+/// The chunks' payloads, each chunk hashed once however often it is sent (a late device's
+/// copies repeat what went to everyone).
+#[derive(Debug)]
+pub struct Payloads<'a> {
+    announce: &'a Announce,
+    bundle: &'a [u8],
+    digests: BTreeMap<u32, Digest>,
+}
+
+impl<'a> Payloads<'a> {
+    /// The chunks of `bundle` as `announce` cuts them.
+    pub fn new(announce: &'a Announce, bundle: &'a [u8]) -> Payloads<'a> {
+        Payloads { announce, bundle, digests: BTreeMap::new() }
+    }
+
+    /// Chunk `index`, encoded (always postcard: chunks are bytes).
+    pub fn payload(&mut self, index: u32) -> Vec<u8> {
+        let a = self.announce;
+        let start = (u64::from(index) * u64::from(a.chunk_size)) as usize;
+        let end = (start + a.chunk_len(index) as usize).min(self.bundle.len());
+        let data = &self.bundle[start.min(end)..end];
+        let sha256 = *self.digests.entry(index).or_insert_with(|| Digest(Sha256::digest(data).into()));
+        codec::encode(PayloadFormat::Postcard, &Chunk { transfer: a.transfer, index, sha256, data })
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,20 @@ fn want(c: &Campaign, ranges: &[(u32, u32)]) -> Vec<u8> {
     codec::encode(PayloadFormat::Postcard, &w)
 }
 
+/// Everything to publish now: (index, `None` for every device of the transfer, or the device).
+fn drain(c: &mut Campaign) -> Vec<(u32, Option<String>)> {
+    std::iter::from_fn(|| c.next_chunk(0))
+        .map(|o| match o.to {
+            Recipient::Transfer => (o.index, None),
+            Recipient::Device(d) => (o.index, Some(d.to_string())),
+        })
+        .collect()
+}
+
+fn to_all(indices: std::ops::Range<u32>) -> Vec<(u32, Option<String>)> {
+    indices.map(|i| (i, None)).collect()
+}
+
 #[test]
 fn connecting_subscribes_to_the_fleet_and_announces_retained() {
     let mut c = push("lab", &bundle());
@@ -57,8 +71,7 @@ fn overlapping_requests_send_each_chunk_once() {
     for (dev, ranges) in [("pi-1", vec![(0, 20)]), ("pi-2", vec![(0, 20)]), ("pi-3", vec![(5, 7), (18, 99)])] {
         c.handle(Input::Message { topic: &format!("drover/v1/dev/{dev}/want"), payload: &want(&c, &ranges) }, 10);
     }
-    let sent: Vec<u32> = std::iter::from_fn(|| c.next_chunk(10)).collect();
-    assert_eq!(sent, (0..20).collect::<Vec<_>>(), "once each, in order, clamped to the bundle");
+    assert_eq!(drain(&mut c), to_all(0..20), "once each, in order, clamped to the bundle");
     // A request for another transfer, or a garbled one, sends nothing.
     let other = Want { transfer: Digest([0; 32]), ranges: [ChunkRange { start: 0, end: 3 }].into_iter().collect() };
     c.handle(
@@ -66,42 +79,46 @@ fn overlapping_requests_send_each_chunk_once() {
         20,
     );
     c.handle(Input::Message { topic: "drover/v1/dev/pi-1/want", payload: b"\xd1\xff\xff" }, 20);
-    assert_eq!(c.next_chunk(20), None);
+    assert_eq!(c.next_chunk(0), None);
 }
 
 #[test]
-fn devices_answering_one_after_another_share_each_resend() {
+fn a_late_device_gets_copies_of_what_it_missed_alone_until_one_to_all_costs_less() {
     let mut c = push("lab", &bundle());
     c.handle(Input::Connected, 0);
     let ask = |c: &mut Campaign, dev: &str, ranges: &[(u32, u32)], now: u64| {
         c.handle(Input::Message { topic: &format!("drover/v1/dev/{dev}/want"), payload: &want(c, ranges) }, now);
     };
-    ask(&mut c, "pi-1", &[(0, 20)], 0);
-    let first: Vec<u32> = (0..10).filter_map(|_| c.next_chunk(100)).collect();
-    assert_eq!(first, (0..10).collect::<Vec<_>>());
-    // pi-2 and pi-3 subscribed while those went out: their first requests bring them back once,
-    // FRESH_MS after they went out.
-    ask(&mut c, "pi-2", &[(0, 20)], 100 + FRESH_MS / 4);
-    ask(&mut c, "pi-3", &[(0, 20)], 100 + FRESH_MS / 2);
-    let rest: Vec<u32> = std::iter::from_fn(|| c.next_chunk(200)).collect();
-    assert_eq!(rest, (10..20).collect::<Vec<_>>(), "not yet the deferred ones");
-    c.release_due(100 + FRESH_MS);
-    let again: Vec<u32> = std::iter::from_fn(|| c.next_chunk(100 + FRESH_MS)).collect();
-    assert_eq!(again, (0..10).collect::<Vec<_>>(), "once for both");
-    // A later request (a stall, a damaged chunk) for a chunk not sent lately is served at once.
-    let later = 200 + RESEND_MS;
-    ask(&mut c, "pi-2", &[(15, 16)], later);
-    assert_eq!(c.next_chunk(later), Some(15));
-    // Impatient devices asking again for a chunk just re-sent share one more copy, RESEND_MS on.
-    for (k, dev) in ["pi-1", "pi-2", "pi-3"].iter().enumerate() {
-        ask(&mut c, dev, &[(15, 16)], later + 10 * k as u64);
-        c.release_due(later + 10 * k as u64);
-        assert_eq!(c.next_chunk(later + 10 * k as u64), None, "{dev}: the copy is on its way");
+    for k in 0..8 {
+        ask(&mut c, &format!("pi-{k}"), &[(0, 20)], 0);
     }
-    c.release_due(later + RESEND_MS);
-    assert_eq!(c.next_chunk(later + RESEND_MS), Some(15));
-    assert_eq!(c.next_chunk(later + RESEND_MS), None);
-    assert_eq!(c.chunks_sent(), 32);
+    let first: Vec<_> = (0..10).filter_map(|_| c.next_chunk(0)).map(|o| (o.index, o.to)).collect();
+    assert_eq!(first, (0..10).map(|i| (i, Recipient::Transfer)).collect::<Vec<_>>());
+    // Two devices start listening while those go out: what is still to come reaches them with
+    // everyone; what went before, as copies for each alone (not again to all ten).
+    ask(&mut c, "late-1", &[(0, 20)], 100);
+    ask(&mut c, "late-2", &[(0, 20)], 120);
+    let mut expected = to_all(10..20);
+    for i in 0..10 {
+        expected.push((i, Some("late-1".into())));
+        expected.push((i, Some("late-2".into())));
+    }
+    assert_eq!(drain(&mut c), expected);
+    assert_eq!((c.chunks_sent(), c.chunks_sent_direct()), (40, 20));
+    // 20 to the 8 first devices, 10 to all 10, and 20 copies: every device got every chunk once.
+    assert_eq!(c.copies(), 10 * 8 + 10 * 10 + 20);
+    // Devices asking again (a stall) for chunk 15: copies each, until half of the ten listening
+    // want it, when one publication to all costs less than a copy each.
+    for k in 0..5 {
+        ask(&mut c, &format!("pi-{k}"), &[(15, 16)], 5_000);
+    }
+    assert!(c.direct.get(&15).is_some_and(|d| d.len() == 5), "five copies pending");
+    ask(&mut c, "pi-5", &[(15, 16)], 5_000);
+    assert_eq!(drain(&mut c), vec![(15, None)], "six of ten: once, to all");
+    // A repeat of a request still pending adds nothing.
+    ask(&mut c, "pi-1", &[(3, 4)], 6_000);
+    ask(&mut c, "pi-1", &[(3, 4)], 6_100);
+    assert_eq!(drain(&mut c), vec![(3, Some("pi-1".into()))]);
 }
 
 fn online(c: &mut Campaign, dev: &str, now: u64) {
@@ -134,12 +151,11 @@ fn first_requests_are_gathered_so_one_publication_serves_the_group() {
     for (k, dev) in ["pi-1", "pi-2", "pi-3"].iter().enumerate() {
         ask(&mut c, dev, k as u64 * 60);
         c.release_due(k as u64 * 60 + 1);
-        assert_eq!(c.next_chunk(k as u64 * 60 + 1), None, "{dev}: still gathering");
+        assert_eq!(c.next_chunk(0), None, "{dev}: still gathering");
     }
     // The last one asks: everyone online has, so every chunk goes out once, at once.
     ask(&mut c, "pi-4", 150);
-    let sent: Vec<u32> = std::iter::from_fn(|| c.next_chunk(150)).collect();
-    assert_eq!(sent, (0..20).collect::<Vec<_>>());
+    assert_eq!(drain(&mut c), to_all(0..20));
 
     // A device that never asks holds the others up only until the requests go quiet.
     let mut c = push("lab", &bundle());
@@ -150,9 +166,9 @@ fn first_requests_are_gathered_so_one_publication_serves_the_group() {
     ask(&mut c, "pi-1", 0);
     ask(&mut c, "pi-2", 50);
     c.release_due(50 + QUIET_MS - 1);
-    assert_eq!(c.next_chunk(50 + QUIET_MS - 1), None);
+    assert_eq!(c.next_chunk(0), None);
     c.release_due(50 + QUIET_MS);
-    assert_eq!(c.next_chunk(50 + QUIET_MS), Some(0));
+    assert_eq!(c.next_chunk(0).map(|o| o.index), Some(0));
 
     // A fleet that keeps trickling in is served every MAX_GATHER_MS.
     let mut c = push("lab", &bundle());
@@ -166,7 +182,7 @@ fn first_requests_are_gathered_so_one_publication_serves_the_group() {
         let now = k as u64 * (QUIET_MS / 2);
         ask(&mut c, dev, now);
         c.release_due(now);
-        if first_send.is_none() && c.next_chunk(now).is_some() {
+        if first_send.is_none() && c.next_chunk(0).is_some() {
             first_send = Some(now);
         }
     }
@@ -233,9 +249,9 @@ fn a_push_reaches_every_device_of_the_group_through_losses_and_corruption() {
         }
         let Work::Bundle { announce } = &c.work else { panic!() };
         let announce = announce.clone();
-        while let Some(i) = c.next_chunk(now) {
+        while let Some(out) = c.next_chunk(0) {
             sent += 1;
-            let mut p = chunk_payload(&announce, &data, i);
+            let mut p = chunk_payload(&announce, &data, out.index);
             if sent.is_multiple_of(5) {
                 continue; // lost
             }
@@ -243,12 +259,15 @@ fn a_push_reaches_every_device_of_the_group_through_losses_and_corruption() {
                 let last = p.len() - 1;
                 p[last] ^= 0x55; // corrupted
             }
-            to_devices.push((topic::chunks(&announce.transfer).to_string(), p));
+            to_devices.push((out.topic(&announce), p));
         }
         let inbox = std::mem::take(&mut to_devices);
         for (k, d) in devices.iter_mut().enumerate() {
             let t = Now { ms: now, unix: now / 1000 };
-            for (topic, payload) in &inbox {
+            // The "broker": a copy for one device reaches that device alone.
+            let mine = format!("drover/v1/dev/pi-{}/", k + 1);
+            let inbox = inbox.iter().filter(|(t, _)| !t.starts_with("drover/v1/dev/") || t.starts_with(&mine));
+            for (topic, payload) in inbox {
                 if let Some(a) = route(d.handle(session::Input::Message { topic, payload }, t), &mut to_sender) {
                     assert_eq!(a, announce);
                     installed[k] = true;

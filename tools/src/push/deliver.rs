@@ -28,6 +28,8 @@ pub struct Delivered {
     pub bytes: usize,
     /// Chunks published, re-sends included.
     pub chunks_sent: u64,
+    /// Of those, copies for a single device.
+    pub chunks_sent_direct: u64,
 }
 
 /// Pushes the bundle at `path` to `audience` on `broker` and waits (at most `timeout`) until
@@ -65,5 +67,6 @@ pub fn deliver(
         elapsed: outcome.elapsed,
         bytes: bytes.len(),
         chunks_sent: outcome.chunks_sent,
+        chunks_sent_direct: outcome.chunks_sent_direct,
     })
 }

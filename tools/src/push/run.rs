@@ -10,7 +10,7 @@ use drover_wire::topic::Name;
 use rumqttc::{AsyncClient, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
 
-use super::campaign::{Action, Campaign, Input, Work};
+use super::campaign::{Action, Campaign, Input, Payloads, Work};
 use super::rate::RateLimit;
 use super::tracker::{DeviceView, End};
 
@@ -25,6 +25,10 @@ pub struct Outcome {
     pub connected: bool,
     /// Chunks published (re-sends included).
     pub chunks_sent: u64,
+    /// Of those, copies for a single device (what it missed of the others).
+    pub chunks_sent_direct: u64,
+    /// Chunk copies delivered, as the sender counts them (see [`Campaign::copies`]).
+    pub copies: u64,
     /// How long it took.
     pub elapsed: Duration,
 }
@@ -53,6 +57,7 @@ pub async fn execute(
         Work::Command(_) => None,
     };
 
+    let mut payloads = announce.as_ref().map(|a| Payloads::new(a, bundle));
     let mut rate = match (max_rate, &announce) {
         (Some(r), Some(a)) => Some(RateLimit::new(r, u64::from(a.chunk_size), 0)),
         _ => None,
@@ -111,8 +116,7 @@ pub async fn execute(
             perform(&mut conn, a, campaign, &mut on_change).await;
         }
         // Serve requested chunks a few at a time, so progress reports keep flowing meanwhile.
-        if let (true, Some(a)) = (online, &announce) {
-            let topic = drover_wire::topic::chunks(&a.transfer).to_string();
+        if let (true, Some(a), Some(payloads)) = (online, &announce, &mut payloads) {
             for _ in 0..8 {
                 if !campaign.has_chunks() {
                     break;
@@ -122,9 +126,9 @@ pub async fn execute(
                 {
                     break;
                 }
-                let Some(i) = campaign.next_chunk(ms(Instant::now())) else { break };
-                let payload = super::campaign::chunk_payload(a, bundle, i);
-                if conn.publish(&topic, false, payload).await.is_err() {
+                let Some(out) = campaign.next_chunk(ms(Instant::now())) else { break };
+                let payload = payloads.payload(out.index);
+                if conn.publish(&out.topic(a), false, payload).await.is_err() {
                     break;
                 }
             }
@@ -138,7 +142,15 @@ pub async fn execute(
         wait_closed(&mut conn.rx, Duration::from_secs(3)).await;
     }
     pumping.abort();
-    Ok(Outcome { end, last_error, connected, chunks_sent: campaign.chunks_sent(), elapsed: start.elapsed() })
+    Ok(Outcome {
+        end,
+        last_error,
+        connected,
+        chunks_sent: campaign.chunks_sent(),
+        chunks_sent_direct: campaign.chunks_sent_direct(),
+        copies: campaign.copies(),
+        elapsed: start.elapsed(),
+    })
 }
 
 /// Why the loop woke up.
