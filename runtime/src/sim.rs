@@ -12,6 +12,7 @@ use std::sync::Arc;
 use drover_wire::trust::SignedRoot;
 use tokio::sync::oneshot;
 
+use crate::agent::background::Host;
 use crate::agent::{self, AgentConfig, AgentError, Clock, SystemClock};
 use crate::serve::Inference;
 use crate::store::{Store, StoreConfig, StoreError, StoreState};
@@ -41,6 +42,8 @@ struct Driver {
 #[derive(Debug)]
 pub struct Agents {
     drivers: Vec<Driver>,
+    /// The machine they share: their installs take turns on its cores.
+    host: Host,
     /// The agents, in the order they were added.
     pub members: Vec<Member>,
 }
@@ -67,7 +70,8 @@ impl Agents {
             })?;
             drivers.push(Driver { handle, stop: Some(stop), thread: Some(thread) });
         }
-        Ok(Agents { drivers, members: Vec::new() })
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Agents { drivers, host: Host::new(cores), members: Vec::new() })
     }
 
     /// Adds an agent (not started); returns its index.
@@ -92,8 +96,9 @@ impl Agents {
         let cfg = m.cfg.clone();
         let inference = Inference::new(cfg.serve_settings(None), clock.clone());
         m.inference = Some(inference.clone());
+        let host = self.host.clone();
         m.task = Some(self.drivers[m.runtime].handle.spawn(async move {
-            agent::run_with(cfg, clock, inference, async {
+            agent::run_on(cfg, clock, inference, host, async {
                 let _ = rx.await;
             })
             .await

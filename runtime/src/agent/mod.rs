@@ -2,6 +2,7 @@
 //! bundles and signed commands over MQTT. `session.rs` is the protocol (pure), `shell.rs` the
 //! I/O around it, `config.rs` the agent's configuration file.
 
+pub mod background;
 pub mod config;
 pub mod notify;
 pub mod session;
@@ -9,4 +10,4 @@ pub mod shell;
 
 pub use config::{AgentConfig, ConfigError};
 pub use session::{Identity, Ledger, Now, Serving, Session};
-pub use shell::{AgentError, Clock, SystemClock, run, run_service, run_with};
+pub use shell::{AgentError, Clock, SystemClock, run, run_on, run_service, run_with};

@@ -18,6 +18,7 @@ use drover_wire::topic::{self, DeviceLeaf};
 use rumqttc::{AsyncClient, LastWill, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
 
+use super::background::Host;
 use super::config::AgentConfig;
 use super::notify::ServiceNotifier;
 use super::session::{Action, Identity, Input, Ledger, Now, Serving, Session, SessionLimits};
@@ -141,6 +142,8 @@ struct Agent {
     inputs: crate::input::Inputs,
     /// systemd's notifications (a no-op for in-process agents).
     notifier: ServiceNotifier,
+    /// What this agent shares with others on the same machine (the cores installs run on).
+    host: Host,
 }
 
 /// Runs one agent until `shutdown` resolves: boots the store (boot counter, verification,
@@ -162,7 +165,7 @@ pub async fn run_service(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let inference = Inference::new(cfg.serve_settings(None), clock.clone());
-    run_notifying(cfg, clock, inference, shutdown, ServiceNotifier::from_env()).await
+    run_notifying(cfg, clock, inference, shutdown, ServiceNotifier::from_env(), Host::default()).await
 }
 
 /// [`run`] with an inference service the caller keeps a handle to (the local API, sensor
@@ -173,7 +176,19 @@ pub async fn run_with(
     inference: Inference,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    run_notifying(cfg, clock, inference, shutdown, ServiceNotifier::disabled()).await
+    run_notifying(cfg, clock, inference, shutdown, ServiceNotifier::disabled(), Host::default()).await
+}
+
+/// As [`run_with`], for one of many agents on one machine (the simulator): `host` is what they
+/// share, so that their installs take turns on its cores.
+pub async fn run_on(
+    cfg: AgentConfig,
+    clock: Arc<dyn Clock>,
+    inference: Inference,
+    host: Host,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    run_notifying(cfg, clock, inference, shutdown, ServiceNotifier::disabled(), host).await
 }
 
 async fn run_notifying(
@@ -182,6 +197,7 @@ async fn run_notifying(
     inference: Inference,
     shutdown: impl std::future::Future<Output = ()>,
     notifier: ServiceNotifier,
+    host: Host,
 ) -> Result<(), AgentError> {
     let (device, groups) = cfg.names()?;
     let agent_version =
@@ -256,6 +272,7 @@ async fn run_notifying(
         next_telemetry_ms: 0,
         inputs,
         notifier,
+        host,
     };
     agent.reload().await;
     agent.probe.sample(); // the first CPU reading, so the first period reports usage
@@ -713,43 +730,45 @@ impl Agent {
         };
         let device = self.me.device.clone();
         let now = self.clock.now().unix;
-        let joined = tokio::task::spawn_blocking(move || {
-            let phase = match spool.finish() {
-                Err(e) => Phase::failed(&e.to_string()),
-                Ok(path) => match std::fs::File::open(&path) {
-                    Err(e) => Phase::failed(&format!("{}: {e}", path.display())),
-                    Ok(file) => {
-                        let facts = crate::cmd::slots::device_facts(now);
-                        let mut reader = std::io::BufReader::new(file);
-                        if a.purpose == Purpose::Stage {
-                            match store.stage_candidate(&mut reader, &facts) {
-                                Ok(m) => {
-                                    log::info!("{device}: staged {} v{} as the candidate", m.name, m.version);
-                                    Phase::Staged
+        let joined = self
+            .host
+            .run("install", move || {
+                let phase = match spool.finish() {
+                    Err(e) => Phase::failed(&e.to_string()),
+                    Ok(path) => match std::fs::File::open(&path) {
+                        Err(e) => Phase::failed(&format!("{}: {e}", path.display())),
+                        Ok(file) => {
+                            let facts = crate::cmd::slots::device_facts(now);
+                            let mut reader = std::io::BufReader::new(file);
+                            if a.purpose == Purpose::Stage {
+                                match store.stage_candidate(&mut reader, &facts) {
+                                    Ok(m) => {
+                                        log::info!("{device}: staged {} v{} as the candidate", m.name, m.version);
+                                        Phase::Staged
+                                    }
+                                    Err(e) => {
+                                        log::warn!("{device}: staging of {} v{} refused: {e}", a.name, a.version);
+                                        Phase::failed(&e.to_string())
+                                    }
                                 }
-                                Err(e) => {
-                                    log::warn!("{device}: staging of {} v{} refused: {e}", a.name, a.version);
-                                    Phase::failed(&e.to_string())
-                                }
-                            }
-                        } else {
-                            match store.install(&mut reader, &facts) {
-                                Ok(r) => {
-                                    log::info!("{device}: installed {} v{} in slot {}", r.name, r.version, r.slot);
-                                    Phase::Installed { slot: slot(r.slot) }
-                                }
-                                Err(e) => {
-                                    log::warn!("{device}: install of {} v{} refused: {e}", a.name, a.version);
-                                    Phase::failed(&e.to_string())
+                            } else {
+                                match store.install(&mut reader, &facts) {
+                                    Ok(r) => {
+                                        log::info!("{device}: installed {} v{} in slot {}", r.name, r.version, r.slot);
+                                        Phase::Installed { slot: slot(r.slot) }
+                                    }
+                                    Err(e) => {
+                                        log::warn!("{device}: install of {} v{} refused: {e}", a.name, a.version);
+                                        Phase::failed(&e.to_string())
+                                    }
                                 }
                             }
                         }
-                    }
-                },
-            };
-            (store, spool, phase)
-        })
-        .await;
+                    },
+                };
+                (store, spool, phase)
+            })
+            .await;
         match joined {
             Ok((store, spool, phase)) => {
                 let serving = serving(&store);
