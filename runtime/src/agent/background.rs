@@ -1,21 +1,16 @@
 //! Work the agent does beside serving and its link: installing a bundle (the bundle's digest,
-//! signatures, the slot written, the model loaded and optimised, the self-test). It runs on a
-//! thread of its own at a lower CPU priority, so that on a board's few cores an install never
-//! slows the requests being served or the MQTT connection; with many agents in one process (the
-//! simulator), the installs of devices that finished a download yield to those still
-//! downloading. The thread ends with the work, and its priority with it.
+//! signatures, the slot written, the model loaded and optimised, the self-test), on a thread of
+//! its own that ends with the work, so the agent's runtime keeps serving its link meanwhile.
 //!
-//! Niceness is per thread: a thousand simulated devices installing at once would still crowd
-//! out the threads that carry their links. Agents sharing a machine share a [`Host`], whose
-//! installs take turns, as many at a time as it has cores.
+//! Agents sharing a machine (the simulator, the demo) share a [`Host`], whose installs take
+//! turns, as many at a time as it has cores: a thousand devices that finished a download would
+//! otherwise install at once and take the cores from the devices still downloading (the last
+//! download of a 1,000-device push waited 3–4 s behind them). The priority is left as it is: at
+//! a lower one, an install on a busy board (or in a busy test run) waited behind everything else.
 
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
-
-/// Niceness of background work (0 is normal, 19 the lowest): low enough that serving and the
-/// link come first, high enough that an install on a busy board still completes.
-pub const NICE: i32 = 10;
 
 /// Why background work did not return a result.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +42,8 @@ impl Host {
         Host { turns: Arc::new(Semaphore::new(at_once.max(1))) }
     }
 
-    /// Runs `work` on a new thread named `name` at [`NICE`] once it is this work's turn, and
-    /// waits for its result without holding the agent's runtime.
+    /// Runs `work` on a new thread named `name` once it is this work's turn, and waits for its
+    /// result without holding the agent's runtime.
     pub async fn run<T: Send + 'static>(
         &self,
         name: &str,
@@ -60,29 +55,17 @@ impl Host {
     }
 }
 
-/// Runs `work` on a new thread named `name` at [`NICE`], and waits for its result without
-/// holding the agent's runtime.
+/// Runs `work` on a new thread named `name`, and waits for its result without holding the
+/// agent's runtime.
 pub async fn run<T: Send + 'static>(
     name: &str,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, BackgroundError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name(name.to_string()).spawn(move || {
-        lower_priority();
         let _ = tx.send(work());
     })?;
     rx.await.map_err(|_| BackgroundError::Panicked(name.to_string()))
-}
-
-/// Lowers the calling thread's priority (on Linux the niceness belongs to the thread).
-fn lower_priority() {
-    let me = rustix::thread::gettid();
-    let now = rustix::process::getpriority_process(Some(me)).unwrap_or(0);
-    if now < NICE
-        && let Err(e) = rustix::process::setpriority_process(Some(me), NICE)
-    {
-        log::debug!("background work at normal priority: {e}");
-    }
 }
 
 #[cfg(test)]
@@ -90,16 +73,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn work_runs_at_a_lower_priority_and_returns_its_result() {
+    fn work_runs_on_a_thread_of_its_own_and_returns_its_result() {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let here = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
-        let there = rt
-            .block_on(run("install", || rustix::process::getpriority_process(Some(rustix::thread::gettid()))))
-            .unwrap()
+        let here = std::thread::current().id();
+        let (id, name) = rt
+            .block_on(run("install", || (std::thread::current().id(), std::thread::current().name().map(String::from))))
             .unwrap();
-        assert_eq!(there, NICE.max(here), "the work's thread is niced");
-        let after = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
-        assert_eq!(after, here, "the caller's priority is untouched");
+        assert_ne!(id, here);
+        assert_eq!(name.as_deref(), Some("install"));
     }
 
     #[test]
