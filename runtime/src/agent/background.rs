@@ -3,7 +3,7 @@
 //! its own that ends with the work, so the agent's runtime keeps serving its link meanwhile.
 //!
 //! Agents sharing a machine (the simulator, the demo) share a [`Host`], whose installs take
-//! turns, as many at a time as it has cores: a thousand devices that finished a download would
+//! turns, a few at a time (`sim::Agents`: two per core): a thousand devices that finished a download would
 //! otherwise install at once and take the cores from the devices still downloading (the last
 //! download of a 1,000-device push waited 3–4 s behind them). The priority is left as it is: at
 //! a lower one, an install on a busy board (or in a busy test run) waited behind everything else.
@@ -37,7 +37,7 @@ impl Default for Host {
 }
 
 impl Host {
-    /// A machine on which `at_once` pieces of background work run at a time (its cores).
+    /// A machine on which `at_once` pieces of background work run at a time.
     pub fn new(at_once: usize) -> Host {
         Host { turns: Arc::new(Semaphore::new(at_once.max(1))) }
     }
