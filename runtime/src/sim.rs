@@ -71,8 +71,8 @@ impl Agents {
             drivers.push(Driver { handle, stop: Some(stop), thread: Some(thread) });
         }
         // Twice the cores: an install waits on its disk too (slot write, syncs), and with one per
-        // core the cores sat idle between them (1,000-device push: installed in 6.1 s against
-        // 4.2 s with two per core, the downloads no slower).
+        // core the cores can sit idle between them (a 1,000-device push installed in 6.1 s against
+        // 4.2 s with two per core in one pair of runs, within noise in another).
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Agents { drivers, host: Host::new(2 * cores), members: Vec::new() })
     }
