@@ -83,6 +83,8 @@ impl Spool {
     /// Starts a transfer in `dir`, replacing whatever was there. Nothing is synced yet: until
     /// the first sync, a crash costs only what was downloaded so far.
     pub fn create(dir: &Path, announce: &Announce) -> Result<Spool, SpoolError> {
+        let total = u32::try_from(announce.chunk_count())
+            .map_err(|_| SpoolError::Store(format!("{} chunks: too many", announce.chunk_count())))?;
         discard(dir)?;
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let a = serde_json::to_vec(announce).unwrap_or_default();
@@ -91,11 +93,11 @@ impl Spool {
         let (tmp, path) = (dir.join("announce.tmp"), dir.join(ANNOUNCE));
         fs::write(&tmp, a).map_err(io_err(&tmp))?;
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        let total = u32::try_from(announce.chunk_count()).unwrap_or(u32::MAX);
-        Self::open_files(dir, announce.clone(), ChunkSet::new(total), false)
+        Self::open_files(dir, announce.clone(), ChunkSet::new(total))
     }
 
-    fn open_files(dir: &Path, announce: Announce, written: ChunkSet, synced: bool) -> Result<Spool, SpoolError> {
+    /// Opens the files of the transfer in `dir`, which holds the chunks `written` (none when new).
+    fn open_files(dir: &Path, announce: Announce, written: ChunkSet) -> Result<Spool, SpoolError> {
         let part_path = dir.join(PART);
         let part = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&part_path);
         let part = part.map_err(io_err(&part_path))?;
@@ -109,7 +111,7 @@ impl Spool {
             journal,
             unsynced: false,
             synced_at: None,
-            announce_synced: synced,
+            announce_synced: false,
             written,
             hasher: Sha256::new(),
             hashed: 0,
@@ -138,7 +140,7 @@ impl Spool {
             discard(dir)?;
             return Ok(None);
         };
-        let mut spool = Self::open_files(dir, announce, ChunkSet::new(total), false)?;
+        let mut spool = Self::open_files(dir, announce, ChunkSet::new(total))?;
         let mut have = ChunkSet::new(total);
         let mut journal = Vec::new();
         let journal_path = dir.join(JOURNAL);
