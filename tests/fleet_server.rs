@@ -328,6 +328,43 @@ fn twenty_agents_one_truth_in_the_terminal_the_browser_and_prometheus() {
 }
 
 /// What a raw HTTP/1.1 request to `url` (`http://HOST:PORT`) gets: the status and the body.
+/// A device that installs a model after connecting and then dies (power cut): the broker
+/// publishes its Last Will, written at connect when it served nothing. The fleet must show it
+/// offline and still serving what it last said it served, not "no model".
+#[test]
+fn a_device_that_crashes_after_an_install_stays_on_its_model_in_the_fleet_view() {
+    let Some(broker) = Broker::start(Kind::Embedded, Options::default()) else { return };
+    let rel = trust_setup();
+    let d = rel.path();
+    let bundle = iris_bundle(d, "1", true);
+    let server = FleetServer::start(d, &broker.address(), &[]);
+    let fleet_dir = tempfile::tempdir().expect("tmp");
+    let settings = BrokerSettings { port: broker.port, ..BrokerSettings::default() };
+    let mut fleet = Fleet::new(fleet_dir.path(), "crash", 1, &["lab"], &d.join("root.json"), &settings);
+    fleet.members[0].cfg.status_every_s = 1;
+    fleet.start_all();
+    ok("drover", d, &["push", &bundle, "--broker", &broker.address(), "--group", "lab", "--timeout", "60s"]);
+    let listed = || {
+        let view = status(d, &server, &[]);
+        let found = view["devices"].as_array().and_then(|v| v.iter().find(|x| x["id"] == "crash-00")).cloned();
+        found.ok_or_else(|| format!("not listed: {view}"))
+    };
+    until(Duration::from_secs(30), "crash-00 online serving iris v1", || {
+        let x = listed()?;
+        if x["online"] == true && x["version"] == 1 { Ok(()) } else { Err(x.to_string()) }
+    });
+    fleet.kill(0);
+    let x = until(Duration::from_secs(60), "crash-00 offline", || {
+        let x = listed()?;
+        if x["online"] == false { Ok(x) } else { Err(x.to_string()) }
+    });
+    assert_eq!(
+        (&x["model"], &x["version"], &x["slot"]),
+        (&Value::from("iris"), &Value::from(1), &Value::from("a")),
+        "{x}"
+    );
+}
+
 fn raw(url: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     use std::io::Read;
     let addr = url.trim_start_matches("http://");
@@ -487,6 +524,57 @@ fn a_server_killed_mid_stream_counts_every_report_once(kind: Kind, links: &str) 
         assert_eq!(stored.len(), stored_set.len(), "{device}: a period stored twice");
         assert!(stored_set.is_superset(periods), "{device}: reports missing: {:?}", periods.difference(&stored_set));
     }
+    drop(fleet);
+}
+
+/// The embedded broker (which keeps no session across a restart) killed and started again, four
+/// times, while agents report every second: an agent that is back before the fleet server
+/// publishes what it queued to a broker with no subscriber yet, which acknowledges it and drops
+/// it. The fleet server's `stored` word, not the broker's, is what lets an agent forget a
+/// report: every request is still counted once.
+#[test]
+fn broker_restarts_while_agents_report_lose_no_telemetry() {
+    const AGENTS: usize = 4;
+    let Some(mut broker) = Broker::start(Kind::Embedded, Options::default()) else { return };
+    let rel = trust_setup();
+    let d = rel.path();
+    let server = FleetServer::start(d, &broker.address(), &[]);
+    let fleet_dir = tempfile::tempdir().expect("tmp");
+    let settings = BrokerSettings { port: broker.port, ..BrokerSettings::default() };
+    let mut fleet = Fleet::new(fleet_dir.path(), "rst", AGENTS, &[], &d.join("root.json"), &settings);
+    for m in fleet.members.iter_mut() {
+        m.cfg.telemetry.period_s = Some(1);
+        m.cfg.telemetry.resend_s = 3;
+    }
+    fleet.start_all();
+    let request = Tensor::new(vec![4], TensorData::F32(vec![5.1, 3.5, 1.4, 0.2])).expect("tensor");
+    let started = std::time::Instant::now();
+    let (mut asked, mut restarts) = (0u64, 0);
+    while started.elapsed() < Duration::from_secs(26) {
+        for i in 0..AGENTS {
+            assert!(fleet.inference(i).infer(None, std::slice::from_ref(&request)).is_err(), "no model yet");
+        }
+        asked += 1;
+        // Restarted every 5 s from the 3rd second on: the agents reconnect within half a second,
+        // the fleet server a second later, and what the agents publish in between has no
+        // subscriber on the new broker.
+        let due = started.elapsed() > Duration::from_secs(3 + 5 * restarts) && restarts < 4;
+        if due {
+            broker.restart();
+            restarts += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    until(Duration::from_secs(60), "every request counted once", || {
+        let view = server.json("/api/fleet");
+        let devices = view["devices"].as_array().ok_or("no devices")?;
+        let counted: Vec<u64> = devices.iter().filter_map(|x| x["totals"]["no_model_errors"].as_u64()).collect();
+        if counted.len() == AGENTS && counted.iter().all(|c| *c == asked) {
+            Ok(())
+        } else {
+            Err(format!("{counted:?} of {asked}"))
+        }
+    });
     drop(fleet);
 }
 

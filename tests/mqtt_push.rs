@@ -465,6 +465,7 @@ fn agent_binary_runs_as_a_service() {
     let mut agent = Command::new(workspace_bin("drover-agent"))
         .current_dir(d)
         .args(["run", "--config", "agent.toml"])
+        .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the agent");
@@ -482,6 +483,12 @@ fn agent_binary_runs_as_a_service() {
     assert!(term.success());
     let exit = agent.wait().expect("agent exit");
     assert!(exit.success(), "SIGTERM is a clean stop: {exit:?}");
+    // With no RUST_LOG (as under its systemd unit) the service's journal tells its story.
+    let mut journal = String::new();
+    std::io::Read::read_to_string(&mut agent.stderr.take().expect("stderr"), &mut journal).expect("stderr");
+    for said in ["drover-agent", "starting: device board-1", "connected to", "installed", "v1", "stopped"] {
+        assert!(journal.contains(said), "the log does not say '{said}':\n{journal}");
+    }
     // The agent published it before exiting; the broker may still be routing it to us.
     let offline = |m: &Option<(String, Vec<u8>)>| {
         m.as_ref().is_some_and(|(_, p)| codec::decode::<Status>(p).is_ok_and(|s| !s.online))

@@ -160,7 +160,7 @@ fn tamper_matrix_refusals_leave_the_device_unchanged() {
             ),
             "is revoked",
         ),
-        (make(&["--version", "9"], "unsigned.drv"), "delegation is not signed by the trusted root"),
+        (make(&["--version", "9"], "unsigned.drv"), "the bundle is not signed: sign it with `drover sign`"),
         ("v1.drv".into(), "version 1 of 'iris' is not newer than 2"),
         ("v2.drv".into(), "version 2 of 'iris' is not newer than 2"),
         (make(&[&["--version", "9", "--targets", "armv7"][..], &signed[..]].concat(), "armv7.drv"), "targets armv7"),
@@ -196,11 +196,13 @@ fn tamper_matrix_refusals_leave_the_device_unchanged() {
     let expired = make(&[&["--version", "9", "--expires", "1s"][..], &signed[..]].concat(), "expired.drv");
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let mut all = cases;
-    all.push((expired, "bundle expired"));
+    // Times people read are RFC 3339, never raw Unix seconds.
+    all.push((expired, "bundle expired at 20"));
     assert!(all.len() >= 16);
     for (bundle, reason) in &all {
         let out = fails("drover-agent", d, &["install", bundle, "--data-dir", &data]);
         assert!(out.contains(reason), "{bundle}: expected '{reason}' in:\n{out}");
+        assert_eq!(out.matches(reason).count(), 1, "{bundle}: the reason is said more than once:\n{out}");
         let after = status(d, &data);
         assert_eq!(after, before, "{bundle}: the device state changed");
         assert!(!PathBuf::from(&data).join("staging").exists(), "{bundle}: staging left behind");
@@ -212,6 +214,13 @@ fn tamper_matrix_refusals_leave_the_device_unchanged() {
 
 /// Starts an install with a fail point armed, waits for the agent to reach it, kills it.
 fn kill_at(d: &Path, data: &str, bundle: &str, point: &str, verb: &[&str]) {
+    let mut child = park_at(d, data, bundle, point, verb);
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+}
+
+/// Starts an install with a fail point armed and returns it parked there (still running).
+fn park_at(d: &Path, data: &str, bundle: &str, point: &str, verb: &[&str]) -> std::process::Child {
     let mut args: Vec<&str> = verb.to_vec();
     if !bundle.is_empty() {
         args.push(bundle);
@@ -235,8 +244,41 @@ fn kill_at(d: &Path, data: &str, bundle: &str, point: &str, verb: &[&str]) {
         }
     }
     assert!(reached, "the agent never reached fail point {point}");
-    child.kill().expect("SIGKILL");
-    let _ = child.wait();
+    child
+}
+
+/// `status` is what an operator runs on a board where the agent serves as a service: run while
+/// an install has staged its files, it reads and changes nothing (the install's staging stays).
+#[test]
+fn status_during_an_install_leaves_the_staged_files_alone() {
+    let dir = fleet();
+    let d = dir.path();
+    let data = device(d, "dev", &["1"]);
+    let mut install = park_at(d, &data, "v2.drv", "staged", &["install"]);
+    let staging = Path::new(&data).join("staging");
+    let listing = |p: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(p)
+            .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let staged = listing(&staging);
+    assert!(staged.contains(&"model.onnx".to_string()), "the install staged its files: {staged:?}");
+    let s = status(d, &data);
+    let text = ok("drover-agent", d, &["status", "--data-dir", &data]);
+    assert!(text.contains("slot A   iris v1"), "{text}");
+    let expiry = text.lines().find(|l| l.starts_with("trust")).and_then(|l| l.split("(expires ").nth(1));
+    assert!(expiry.is_some_and(|e| e.starts_with("20") && e.contains('T') && e.ends_with("Z)")), "{text}");
+    assert_eq!(listing(&staging), staged, "status removed or changed the running install's staging");
+    assert_eq!(active_version(&s), 1);
+    install.kill().expect("SIGKILL");
+    let _ = install.wait();
+    // A data dir that does not exist is an error, not an empty device made on the spot.
+    let missing = d.join("no-such-dir");
+    let out = fails("drover-agent", d, &["status", "--data-dir", &missing.to_string_lossy()]);
+    assert!(out.contains("no-such-dir"), "{out}");
+    assert!(!missing.exists(), "status created the data dir");
 }
 
 #[test]

@@ -386,3 +386,28 @@ fn a_full_disk_under_the_telemetry_queue_loses_only_what_it_could_not_write_and_
     let last = *seqs.last().expect("reports");
     assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "no report written is missing: lost ones never got a number");
 }
+
+/// `drover broker` under `RUST_LOG=info` (what an operator sets to see what happens): clients
+/// connecting, publishing and going away are not errors, and rumqttd's per-packet spans never
+/// reach the log (they came out as `ERROR rumqttd::router::routing publish; topic=…`).
+#[test]
+fn the_embedded_broker_logs_no_routine_traffic_as_errors() {
+    let opts = Options { rust_log: Some("info".into()), ..Options::default() };
+    let Some(mut broker) = Broker::start(Kind::Embedded, opts) else { return };
+    let obs = Observer::connect(broker.port, "drover/v1/dev/+/telemetry");
+    for i in 0..20u8 {
+        obs.publish("drover/v1/dev/pi-1/telemetry", vec![i; 10], false);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while obs.messages().len() < 20 {
+        assert!(Instant::now() < deadline, "only {} of 20 messages came back", obs.messages().len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(obs);
+    std::thread::sleep(Duration::from_millis(500));
+    broker.kill();
+    let log = broker.log();
+    assert!(!log.contains("publish; topic"), "per-packet spans in the log:\n{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "routine traffic logged as errors:\n{}", errors.join("\n"));
+}

@@ -11,6 +11,7 @@ pub mod input;
 pub mod link;
 pub mod outbox;
 pub mod reference;
+pub mod rfc3339;
 pub mod samples;
 pub mod serve;
 pub mod sim;

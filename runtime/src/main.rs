@@ -56,12 +56,20 @@ struct RunArgs {
 fn run_agent(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = drover_runtime::agent::AgentConfig::load(&args.config)
         .with_context(|| format!("configuration {}", args.config.display()))?;
+    log::info!(
+        "drover-agent {} starting: device {}, data dir {}, broker {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.device,
+        cfg.data_dir.display(),
+        cfg.broker.address()
+    );
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the runtime")?;
     rt.block_on(async {
         let clock = std::sync::Arc::new(drover_runtime::agent::SystemClock::default());
         drover_runtime::agent::run_service(cfg, clock, stop_signal()).await
     })
     .with_context(|| format!("agent with {}", args.config.display()))?;
+    log::info!("drover-agent stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -82,11 +90,16 @@ async fn stop_signal() {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // A service (`run`, under systemd) says at info level what it does: start, connection,
+    // installs, refusals, stop; the one-shot verbs print their result and log only warnings.
+    // RUST_LOG overrides both.
+    let default = if matches!(cli.command, Verb::Run(_)) { "info" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", drover_runtime::cmd::error_text(&e));
             ExitCode::FAILURE
         }
     }

@@ -100,6 +100,8 @@ pub struct Options {
     /// Mosquitto only: more lines for its configuration (limits a large fleet needs raised),
     /// after the listeners; with `allow_anonymous` in them, they replace `users`.
     pub extra: String,
+    /// `RUST_LOG` for the embedded broker (`drover broker`); unset: the test's own.
+    pub rust_log: Option<String>,
 }
 
 /// A running broker.
@@ -199,6 +201,9 @@ impl Broker {
             }
         };
         let err = log.try_clone().expect("log");
+        if let Some(filter) = &self.opts.rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
         cmd.stdin(Stdio::null()).stdout(log).stderr(err).spawn().expect("start the broker")
     }
 

@@ -164,6 +164,7 @@ fn load(setup: &Setup, now_ms: u64) -> Load {
                 uptime_s: 5,
                 at: now_ms / 1000,
                 labels: heapless::Vec::new(),
+                presence_only: false,
             };
             Message {
                 topic: topic::device(d, DeviceLeaf::Status).to_string(),

@@ -4,6 +4,7 @@
 pub mod acl;
 pub mod board;
 pub mod broker;
+pub mod broker_log;
 pub mod bundle_build;
 pub mod cli;
 pub mod cmd;

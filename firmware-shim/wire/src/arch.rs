@@ -3,13 +3,21 @@ use serde::{Deserialize, Serialize};
 
 /// CPU architectures a bundle can target: the boards Drover ships to, plus x86_64 for servers,
 /// the simulator and tests.
+///
+/// Self-describing encodings (JSON payloads, manifests on disk) spell them as users type them
+/// (`aarch64`, `armv7`, `x86_64`), one spelling everywhere; the capitalised names written before
+/// are still read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Arch {
     /// 64-bit ARM: Raspberry Pi OS 64-bit, Jetson.
+    #[serde(alias = "Aarch64")]
     Aarch64,
     /// 32-bit ARM with hard float: Raspberry Pi OS 32-bit.
+    #[serde(alias = "Armv7")]
     Armv7,
     /// x86_64: development machines, CI, the fleet simulator.
+    #[serde(alias = "X86_64")]
     X86_64,
 }
 

@@ -21,6 +21,7 @@ pub mod command;
 mod dtype;
 pub mod event;
 pub mod frame;
+mod hex_bytes;
 pub mod manifest;
 pub mod message;
 pub mod telemetry;

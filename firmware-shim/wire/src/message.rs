@@ -49,45 +49,13 @@ impl fmt::Display for Digest {
 
 impl Serialize for Digest {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            let mut hex = String::<64>::new();
-            let _ = fmt::Write::write_fmt(&mut hex, format_args!("{self}"));
-            s.serialize_str(&hex)
-        } else {
-            self.0.serialize(s)
-        }
+        crate::hex_bytes::serialize(&self.0, s)
     }
 }
 
 impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
-        if !d.is_human_readable() {
-            return <[u8; 32]>::deserialize(d).map(Digest);
-        }
-        struct Hex;
-        impl serde::de::Visitor<'_> for Hex {
-            type Value = Digest;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("64 hex digits")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Digest, E> {
-                let b = v.as_bytes();
-                if b.len() != 64 {
-                    return Err(E::custom("a SHA-256 digest is 64 hex digits"));
-                }
-                let mut out = [0u8; 32];
-                for (i, pair) in b.chunks(2).enumerate() {
-                    let hi = (pair[0] as char).to_digit(16);
-                    let lo = (pair[1] as char).to_digit(16);
-                    match (hi, lo) {
-                        (Some(h), Some(l)) => out[i] = (h * 16 + l) as u8,
-                        _ => return Err(E::custom("a SHA-256 digest is 64 hex digits")),
-                    }
-                }
-                Ok(Digest(out))
-            }
-        }
-        d.deserialize_str(Hex)
+        crate::hex_bytes::deserialize(d, "a SHA-256 digest").map(Digest)
     }
 }
 
@@ -134,6 +102,12 @@ pub struct Status {
     /// The operator's `key=value` labels from the agent's config (site, rack, customer), so a
     /// fleet view can be filtered by what groups do not say.
     pub labels: Vec<Label, MAX_LABELS>,
+    /// This is the device's Last Will: written when it connected and published by the broker
+    /// when it vanished, so it says only that the device is gone. Its `model`, `slot` and
+    /// `uptime_s` are empty and mean nothing: the device may have installed or rolled back
+    /// since it connected, and the last status it published itself still holds.
+    #[serde(default)]
+    pub presence_only: bool,
 }
 
 /// Most labels a device carries.
@@ -204,6 +178,60 @@ pub struct ChunkRange {
     pub start: u32,
     /// One past the last index.
     pub end: u32,
+}
+
+/// Most ranges of sequence numbers in one [`Stored`].
+pub const MAX_STORED_RANGES: usize = 32;
+
+/// An inclusive range of a device's outbox sequence numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SeqRange {
+    /// First sequence number.
+    pub first: u64,
+    /// Last sequence number (inclusive).
+    pub last: u64,
+}
+
+/// The fleet server's word to a device that these of its reports (telemetry, drift windows,
+/// events, by outbox sequence number) are in the fleet's store: the device may forget them.
+/// Until then it keeps them and sends them again, so a broker that acknowledged a report and
+/// lost it (a restart without the fleet server's session) loses nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Stored {
+    /// Stored sequence numbers, as ranges.
+    pub seqs: Vec<SeqRange, MAX_STORED_RANGES>,
+}
+
+impl Stored {
+    /// Every `Stored` message needed to say that `seqs` (any order, repeats allowed) are stored.
+    #[cfg(feature = "std")]
+    pub fn covering(seqs: &mut std::vec::Vec<u64>) -> std::vec::Vec<Stored> {
+        seqs.sort_unstable();
+        seqs.dedup();
+        let mut out = std::vec::Vec::new();
+        let mut current = Stored { seqs: Vec::new() };
+        for &seq in seqs.iter() {
+            if let Some(last) = current.seqs.last_mut()
+                && last.last.checked_add(1) == Some(seq)
+            {
+                last.last = seq;
+                continue;
+            }
+            if current.seqs.push(SeqRange { first: seq, last: seq }).is_err() {
+                out.push(core::mem::replace(&mut current, Stored { seqs: Vec::new() }));
+                let _ = current.seqs.push(SeqRange { first: seq, last: seq });
+            }
+        }
+        if !current.seqs.is_empty() {
+            out.push(current);
+        }
+        out
+    }
+
+    /// Whether `seq` is among the stored.
+    pub fn contains(&self, seq: u64) -> bool {
+        self.seqs.iter().any(|r| r.first <= seq && seq <= r.last)
+    }
 }
 
 /// A device's request for the chunks it is missing.
@@ -381,5 +409,26 @@ mod tests {
         let bytes = postcard::to_slice(&c, &mut buf).unwrap();
         let back: Chunk<'_> = postcard::from_bytes(bytes).unwrap();
         assert_eq!(back, c);
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod stored_tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_become_as_few_ranges_as_fit_in_messages() {
+        let mut seqs = std::vec![5, 3, 4, 9, 4, 1];
+        let msgs = Stored::covering(&mut seqs);
+        assert_eq!(msgs.len(), 1);
+        let ranges: std::vec::Vec<(u64, u64)> = msgs[0].seqs.iter().map(|r| (r.first, r.last)).collect();
+        assert_eq!(ranges, std::vec![(1, 1), (3, 5), (9, 9)]);
+        assert!(msgs[0].contains(4) && !msgs[0].contains(2) && !msgs[0].contains(10));
+        // Every other number: one range each, 32 to a message.
+        let mut sparse: std::vec::Vec<u64> = (0..100).map(|i| i * 2).collect();
+        let msgs = Stored::covering(&mut sparse);
+        assert_eq!(msgs.iter().map(|m| m.seqs.len()).collect::<std::vec::Vec<_>>(), std::vec![32, 32, 32, 4]);
+        assert!(msgs.iter().all(|m| !m.contains(1)) && msgs.iter().any(|m| m.contains(198)));
+        assert!(Stored::covering(&mut std::vec![]).is_empty());
     }
 }

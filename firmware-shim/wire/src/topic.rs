@@ -80,12 +80,17 @@ pub enum DeviceLeaf {
     /// missed of the chunks published to every device, so that one late device costs one copy,
     /// not one for every device of the transfer.
     Chunk,
+    /// Which of the device's reports the fleet server has stored ([`crate::message::Stored`]):
+    /// the end-to-end acknowledgement after which the device forgets them. A broker's PUBACK
+    /// only says the broker has a report; one that restarted without the fleet's session
+    /// acknowledges and then drops it.
+    Stored,
 }
 
 impl DeviceLeaf {
     /// Every leaf, so tools that reason over the whole tree (the broker's access rules) see a
     /// new one.
-    pub const ALL: [DeviceLeaf; 10] = [
+    pub const ALL: [DeviceLeaf; 11] = [
         DeviceLeaf::Status,
         DeviceLeaf::Progress,
         DeviceLeaf::Want,
@@ -96,6 +101,7 @@ impl DeviceLeaf {
         DeviceLeaf::Drift,
         DeviceLeaf::Feedback,
         DeviceLeaf::Chunk,
+        DeviceLeaf::Stored,
     ];
 
     /// The topic level.
@@ -111,6 +117,7 @@ impl DeviceLeaf {
             DeviceLeaf::Drift => "drift",
             DeviceLeaf::Feedback => "feedback",
             DeviceLeaf::Chunk => "chunk",
+            DeviceLeaf::Stored => "stored",
         }
     }
 
@@ -124,7 +131,9 @@ impl DeviceLeaf {
             | DeviceLeaf::Telemetry
             | DeviceLeaf::Events
             | DeviceLeaf::Drift => true,
-            DeviceLeaf::Cmd | DeviceLeaf::Bundle | DeviceLeaf::Feedback | DeviceLeaf::Chunk => false,
+            DeviceLeaf::Cmd | DeviceLeaf::Bundle | DeviceLeaf::Feedback | DeviceLeaf::Chunk | DeviceLeaf::Stored => {
+                false
+            }
         }
     }
 }

@@ -23,22 +23,92 @@ pub const MAX_PATTERNS: usize = 8;
 /// Most root documents a bundle carries to bring a device's root up to date.
 pub const MAX_ROOT_CHAIN: usize = 4;
 
-/// An Ed25519 public key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// An Ed25519 public key. Raw bytes in postcard, 64 hex digits in JSON (see `hex_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublicKey(pub [u8; 32]);
 
 /// A short key identifier: the first 8 bytes of the key's SHA-256, shown to users and used in
-/// revocation lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// revocation lists. 16 hex digits in JSON, as users see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(pub [u8; 8]);
 
-/// An Ed25519 signature, split in halves because serde arrays stop at 32 elements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// An Ed25519 signature, kept in halves (R and s). Postcard writes its 64 bytes as they come;
+/// JSON writes one string of 128 hex digits (and still reads the `{"r":[…],"s":[…]}` form
+/// written before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Signature {
     /// R, the first 32 bytes.
     pub r: [u8; 32],
     /// s, the last 32 bytes.
     pub s: [u8; 32],
+}
+
+impl Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        crate::hex_bytes::serialize(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PublicKey, D::Error> {
+        crate::hex_bytes::deserialize(d, "an Ed25519 public key").map(PublicKey)
+    }
+}
+
+impl Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        crate::hex_bytes::serialize(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeyId, D::Error> {
+        crate::hex_bytes::deserialize(d, "a key id").map(KeyId)
+    }
+}
+
+/// The form a signature had in JSON before it became one hex string, and its postcard form.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "Signature")]
+struct Halves {
+    r: [u8; 32],
+    s: [u8; 32],
+}
+
+impl Serialize for Signature {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(&crate::hex_bytes::Hex(&self.to_bytes()))
+        } else {
+            Halves { r: self.r, s: self.s }.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Signature {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Signature, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+        if !d.is_human_readable() {
+            return Halves::deserialize(d).map(|h| Signature { r: h.r, s: h.s });
+        }
+        struct Either;
+        impl<'de> Visitor<'de> for Either {
+            type Value = Signature;
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str("an Ed25519 signature as 128 hex digits")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Signature, E> {
+                crate::hex_bytes::parse::<64>(v)
+                    .map(|b| Signature::from_bytes(&b))
+                    .ok_or_else(|| E::custom("an Ed25519 signature must be 128 hex digits"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Signature, A::Error> {
+                let h = Halves::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Signature { r: h.r, s: h.s })
+            }
+        }
+        d.deserialize_any(Either)
+    }
 }
 
 impl Signature {
@@ -198,5 +268,66 @@ mod tests {
             *x = i as u8;
         }
         assert_eq!(Signature::from_bytes(&b).to_bytes(), b);
+    }
+
+    extern crate std;
+    use std::string::ToString;
+
+    fn sample() -> SignedDelegation {
+        let mut names = Vec::new();
+        let _ = names.push(String::try_from("iris").unwrap());
+        let mut sig = [0u8; 64];
+        sig.iter_mut().enumerate().for_each(|(i, x)| *x = i as u8);
+        SignedDelegation {
+            delegation: Delegation {
+                key: PublicKey([0xab; 32]),
+                role: DelegatedRole::Release,
+                names,
+                issued_at: 1,
+                expires_at: 2,
+            },
+            root_version: 1,
+            sig: Signature::from_bytes(&sig),
+        }
+    }
+
+    #[test]
+    fn keys_and_signatures_are_hex_in_json_and_raw_bytes_in_postcard() {
+        let d = sample();
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(json.contains(&std::format!("\"key\":\"{}\"", "ab".repeat(32))), "{json}");
+        let sig_hex: std::string::String = (0u8..64).map(|b| std::format!("{b:02x}")).collect();
+        assert!(json.contains(&std::format!("\"sig\":\"{sig_hex}\"")), "{json}");
+        let numbers = json.as_bytes().windows(2).any(|w| w[0] == b'[' && w[1].is_ascii_digit());
+        assert!(!numbers, "no arrays of numbers: {json}");
+        assert_eq!(serde_json::from_str::<SignedDelegation>(&json).unwrap(), d);
+        // The signed, canonical bytes are what they were: 32 key bytes and 64 signature bytes
+        // with no length prefix.
+        let mut buf = [0u8; 256];
+        let bytes = postcard::to_slice(&d, &mut buf).unwrap();
+        assert!(bytes.windows(32).any(|w| w == [0xab; 32]));
+        assert!(bytes.ends_with(&d.sig.to_bytes()));
+        assert_eq!(postcard::from_bytes::<SignedDelegation>(bytes).unwrap(), d);
+        let id = serde_json::to_string(&KeyId([1, 2, 3, 4, 5, 6, 7, 8])).unwrap();
+        assert_eq!(id, "\"0102030405060708\"");
+    }
+
+    #[test]
+    fn json_written_before_with_arrays_of_numbers_still_reads() {
+        let d = sample();
+        let key: std::vec::Vec<std::string::String> = d.delegation.key.0.iter().map(|b| b.to_string()).collect();
+        let r: std::vec::Vec<std::string::String> = d.sig.r.iter().map(|b| b.to_string()).collect();
+        let s: std::vec::Vec<std::string::String> = d.sig.s.iter().map(|b| b.to_string()).collect();
+        let old = std::format!(
+            "{{\"delegation\":{{\"key\":[{}],\"role\":\"Release\",\"names\":[\"iris\"],\"issued_at\":1,\"expires_at\":2}},\"root_version\":1,\"sig\":{{\"r\":[{}],\"s\":[{}]}}}}",
+            key.join(","),
+            r.join(","),
+            s.join(",")
+        );
+        assert_eq!(serde_json::from_str::<SignedDelegation>(&old).unwrap(), d);
+        // Wrong lengths are errors, not truncations.
+        assert!(serde_json::from_str::<PublicKey>("\"abcd\"").is_err());
+        assert!(serde_json::from_str::<PublicKey>("[1,2,3]").is_err());
+        assert!(serde_json::from_str::<Signature>(&std::format!("\"{}\"", "zz".repeat(64))).is_err());
     }
 }

@@ -75,6 +75,7 @@ fn main() {
         uptime_s: 5,
         at: 1_700_000_000,
         labels: heapless::Vec::new(),
+        presence_only: false,
     };
     payloads(root, "envelope", 5, "status", &status);
     let progress = Progress {

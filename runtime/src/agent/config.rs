@@ -66,15 +66,54 @@ pub struct TelemetrySettings {
     /// Disk the outbox may use, MiB (reports beyond it drop the oldest, counted).
     #[serde(default = "default_outbox_mib")]
     pub outbox_mib: u64,
+    /// Whose word delivers a report: the fleet server's (`"fleet"`, the default: kept until
+    /// `drover fleet serve` says it stored it, so a broker restart loses nothing) or the
+    /// broker's (`"broker"`: for brokers read by something other than a Drover fleet server,
+    /// which would never say so).
+    #[serde(default)]
+    pub delivery: DeliveredBy,
+    /// Seconds a report the broker took waits for the fleet's word before it is sent again.
+    #[serde(default = "default_resend_s")]
+    pub resend_s: u32,
+}
+
+/// The `delivery` setting of `[telemetry]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveredBy {
+    /// The fleet server's `stored` message.
+    #[default]
+    Fleet,
+    /// The broker's acknowledgement.
+    Broker,
 }
 
 fn default_outbox_mib() -> u64 {
     16
 }
 
+fn default_resend_s() -> u32 {
+    30
+}
+
 impl Default for TelemetrySettings {
     fn default() -> Self {
-        TelemetrySettings { period_s: None, outbox_mib: default_outbox_mib() }
+        TelemetrySettings {
+            period_s: None,
+            outbox_mib: default_outbox_mib(),
+            delivery: DeliveredBy::default(),
+            resend_s: default_resend_s(),
+        }
+    }
+}
+
+impl TelemetrySettings {
+    /// The outbox's acknowledgement rule.
+    pub fn acks(&self) -> crate::outbox::Acks {
+        match self.delivery {
+            DeliveredBy::Fleet => crate::outbox::Acks::Fleet { resend_ms: u64::from(self.resend_s.max(1)) * 1000 },
+            DeliveredBy::Broker => crate::outbox::Acks::Broker,
+        }
     }
 }
 

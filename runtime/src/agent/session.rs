@@ -8,7 +8,7 @@ use drover_wire::Arch;
 use drover_wire::command::SignedCommand;
 use drover_wire::event::Feedback;
 use drover_wire::manifest::AgentVersion;
-use drover_wire::message::{Announce, Chunk, Digest, ModelRef, Op, Phase, Progress, Slot, Status, Want};
+use drover_wire::message::{Announce, Chunk, Digest, ModelRef, Op, Phase, Progress, Slot, Status, Stored, Want};
 use drover_wire::message::{Label, MAX_LABELS};
 use drover_wire::topic::{self, DeviceLeaf, GroupLeaf, Name, Parsed};
 use serde::{Deserialize, Serialize};
@@ -168,6 +168,8 @@ pub enum Action {
     SaveLedger(Ledger),
     /// Ground-truth labels for earlier predictions: hand them to the inference service.
     Feedback(Box<Feedback>),
+    /// The fleet server stored these reports: the outbox forgets them.
+    Stored(Box<Stored>),
 }
 
 /// The agent's protocol state.
@@ -210,7 +212,13 @@ impl Session {
         }
     }
 
-    /// Presence as it stands (`online` false is the Last Will).
+    /// The Last Will the broker publishes if this device vanishes: presence only. It is set once
+    /// per connection, so it must not claim a model or slot the device may leave before then.
+    pub fn will(&self, now: Now) -> Status {
+        Status { model: None, slot: None, uptime_s: 0, presence_only: true, ..self.status(false, now) }
+    }
+
+    /// Presence as it stands, with what the device serves (`online` false on a clean stop).
     pub fn status(&self, online: bool, now: Now) -> Status {
         Status {
             online,
@@ -222,10 +230,11 @@ impl Session {
             uptime_s: now.ms.saturating_sub(self.started_ms) / 1000,
             at: now.unix,
             labels: self.me.labels.clone(),
+            presence_only: false,
         }
     }
 
-    /// The status topic (for the Last Will).
+    /// The status topic (statuses and the Last Will).
     pub fn status_topic(&self) -> String {
         topic::device(&self.me.device, DeviceLeaf::Status).to_string()
     }
@@ -284,6 +293,7 @@ impl Session {
             topic::device(d, DeviceLeaf::Cmd).to_string(),
             topic::device(d, DeviceLeaf::Feedback).to_string(),
             topic::device(d, DeviceLeaf::Chunk).to_string(),
+            topic::device(d, DeviceLeaf::Stored).to_string(),
             topic::fleet(GroupLeaf::Bundle).to_string(),
         ];
         for g in &self.me.groups {
@@ -378,6 +388,11 @@ impl Session {
             }
             Parsed::Device(_, DeviceLeaf::Feedback) => match codec::decode::<Feedback>(payload) {
                 Ok(f) => out.push(Action::Feedback(Box::new(f))),
+                Err(codec::DecodeError::Empty) => {}
+                Err(e) => log::warn!("{topic_str}: {e}"),
+            },
+            Parsed::Device(_, DeviceLeaf::Stored) => match codec::decode::<Stored>(payload) {
+                Ok(s) => out.push(Action::Stored(Box::new(s))),
                 Err(codec::DecodeError::Empty) => {}
                 Err(e) => log::warn!("{topic_str}: {e}"),
             },

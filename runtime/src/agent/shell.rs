@@ -220,7 +220,7 @@ async fn run_notifying(
     }
     let ledger = load_ledger(&cfg.data_dir.join(LEDGER));
     let quota = Quota::new(cfg.telemetry.outbox_mib.saturating_mul(1024 * 1024));
-    let outbox = Outbox::open(&cfg.data_dir.join(OUTBOX), quota)?;
+    let outbox = Outbox::open(&cfg.data_dir.join(OUTBOX), quota, cfg.telemetry.acks())?;
     let resumed = Spool::resume(&cfg.data_dir.join(TRANSFER))?;
     let now = clock.now();
     let limits = SessionLimits {
@@ -247,7 +247,7 @@ async fn run_notifying(
     let session = Session::new(me.clone(), cfg.payload, limits, serving(&store), ledger, resume, now);
 
     let mut options = cfg.broker.mqtt_options(me.device.as_str(), false)?;
-    let will = codec::encode(cfg.payload, &session.status(false, now));
+    let will = codec::encode(cfg.payload, &session.will(now));
     options.set_last_will(LastWill::new(session.status_topic(), will, QoS::AtLeastOnce, true));
     let (client, eventloop) = AsyncClient::new(options, 256);
     let (tx, rx) = mpsc::channel(1024);
@@ -708,6 +708,11 @@ impl Agent {
                 let known = f.labels.iter().filter(|l| self.inference.label(&l.request, l.label)).count();
                 if known < f.labels.len() {
                     log::debug!("{}: {} labels for unknown predictions", self.me.device, f.labels.len() - known);
+                }
+            }
+            Action::Stored(stored) => {
+                if let Err(e) = self.outbox.stored(&stored) {
+                    log::warn!("{}: outbox: {e}", self.me.device);
                 }
             }
             Action::SaveLedger(ledger) => {

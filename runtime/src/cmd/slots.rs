@@ -8,7 +8,7 @@ use drover_wire::Arch;
 use drover_wire::manifest::AgentVersion;
 use drover_wire::trust::SignedRoot;
 
-use crate::store::{FailPoint, Store, StoreConfig};
+use crate::store::{FailPoint, Store, StoreConfig, StoreSnapshot};
 use crate::trust::DeviceFacts;
 
 /// The agent's data directory (slots, state, trust).
@@ -52,7 +52,7 @@ pub fn trust(args: &TrustArgs, failpoint: FailPoint) -> anyhow::Result<()> {
         serde_json::from_str(&text).with_context(|| format!("{} is not a root document", args.root.display()))?;
     let mut store = args.dir.open(failpoint)?;
     store.set_trust(&root)?;
-    println!("trusting root v{} (expires at {})", root.doc.version, root.doc.expires_at);
+    println!("trusting root v{} (expires at {})", root.doc.version, crate::rfc3339::rfc3339(root.doc.expires_at));
     Ok(())
 }
 
@@ -138,8 +138,10 @@ pub struct StatusArgs {
 
 /// Prints the slots, the active one, trust and anti-rollback floors.
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let store = args.dir.open(FailPoint::default())?;
-    let s = store.state();
+    // Read-only: the agent may be installing beside this very command (its staging stays).
+    let store = StoreSnapshot::read(&args.dir.data_dir)
+        .with_context(|| format!("read the store in {}", args.dir.data_dir.display()))?;
+    let s = &store.state;
     if args.json {
         let v = serde_json::json!({
             "active": s.active,
@@ -151,12 +153,12 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
                 "b": s.slots[1].as_ref().map(|m| serde_json::json!({"name": m.name.as_str(), "version": m.version})),
             },
             "highest": s.highest,
-            "trust_root_version": store.trust().map(|t| t.root.version),
+            "trust_root_version": store.trust.as_ref().map(|t| t.root.version),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    match store.trust() {
+    match &store.trust {
         Some(t) => println!("trust    {t}"),
         None => println!("trust    NOT PROVISIONED (drover-agent trust --root ROOT.json)"),
     }

@@ -43,8 +43,19 @@ pub enum Acks {
     Ignore,
 }
 
-/// Runs until the receiver of `tx` is dropped. `seed` spreads the jitter of agents apart.
-pub async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<Link>, seed: u64, acks: Acks) {
+/// Runs until the receiver of `tx` is dropped, and then at once, even with nothing to report:
+/// the connection closes with the agent (an agent task dropped in a simulator is a device gone,
+/// and the broker must publish its Last Will, not keep a silent connection alive for minutes).
+/// `seed` spreads the jitter of agents apart.
+pub async fn pump(eventloop: EventLoop, tx: mpsc::Sender<Link>, seed: u64, acks: Acks) {
+    let closed = tx.clone();
+    tokio::select! {
+        () = run(eventloop, tx, seed, acks) => {}
+        () = closed.closed() => {}
+    }
+}
+
+async fn run(mut eventloop: EventLoop, tx: mpsc::Sender<Link>, seed: u64, acks: Acks) {
     // Small messages (chunk requests, progress) must not wait for Nagle's algorithm.
     let mut network = eventloop.network_options();
     network.set_tcp_nodelay(true);

@@ -10,12 +10,39 @@
 //! requests it had already taken from the queue; the link reports how many of those were fresh,
 //! and their records are sent again.
 //!
-//! Delivery is at least once: after a timeout or a lost session a record may reach the broker
-//! twice; consumers drop duplicates by `(device, seq)`.
+//! A broker's acknowledgement is not delivery: a broker that restarts without the fleet
+//! server's session acknowledges a report and then has no one to give it to. So, end to end
+//! (the default), a record the broker acknowledged waits for the fleet server's [`Stored`]
+//! (`dev/{id}/stored`) before it is forgotten, and goes out again if that does not come: after
+//! `resend_ms`, all stale ones while the fleet answers, and only a window's worth (a probe,
+//! backing off to [`MAX_PROBE_MS`]) while it does not, so a fleet server down for hours costs a
+//! trickle, not the whole backlog every half minute. With no Drover fleet server behind the
+//! broker, `Acks::Broker` keeps the broker's acknowledgement as delivery.
+//!
+//! Delivery is at least once: after a timeout, a lost session or a missing `Stored` a record may
+//! reach the fleet twice; consumers drop duplicates by `(device, seq)`.
 
 use std::collections::{HashMap, VecDeque};
 
+use drover_wire::message::Stored;
+
 use super::Record;
+
+/// The longest wait between two probes of a fleet server that stores nothing.
+pub const MAX_PROBE_MS: u64 = 600_000;
+
+/// Whose acknowledgement delivers a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// The fleet server's [`Stored`], after the broker's: nothing is lost by a broker that
+    /// acknowledged and then restarted; the record is sent again after `resend_ms` without it.
+    Fleet {
+        /// How long a record the broker took waits for the fleet's word before going out again.
+        resend_ms: u64,
+    },
+    /// The broker's PUBACK: for brokers read by something other than a Drover fleet server.
+    Broker,
+}
 
 /// What a publish handed to the MQTT client was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +56,13 @@ pub enum Tag {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Queued,
-    Handed { at_ms: u64 },
+    Handed {
+        at_ms: u64,
+    },
+    /// The broker acknowledged it (sent at `at_ms`); the fleet has not said it stored it.
+    AtBroker {
+        at_ms: u64,
+    },
     Acked,
 }
 
@@ -49,12 +82,23 @@ pub struct Delivery {
     window: usize,
     ack_timeout_ms: u64,
     bytes: usize,
+    acks: Acks,
+    /// Whether the fleet stored something since the last re-send round.
+    fleet_answers: bool,
+    /// When the next re-send round may run, and the wait after an unanswered one.
+    next_round_ms: u64,
+    probe_wait_ms: u64,
 }
 
 impl Delivery {
     /// At most `window` records await an acknowledgement at once; a record unacknowledged for
     /// `ack_timeout_ms` while online is sent again.
     pub fn new(window: usize, ack_timeout_ms: u64) -> Delivery {
+        Delivery::with_acks(window, ack_timeout_ms, Acks::Broker)
+    }
+
+    /// As [`Delivery::new`], delivered on `acks`' word.
+    pub fn with_acks(window: usize, ack_timeout_ms: u64, acks: Acks) -> Delivery {
         Delivery {
             queue: VecDeque::new(),
             handed: VecDeque::new(),
@@ -63,6 +107,10 @@ impl Delivery {
             window: window.max(1),
             ack_timeout_ms,
             bytes: 0,
+            acks,
+            fleet_answers: false,
+            next_round_ms: 0,
+            probe_wait_ms: resend_ms(acks),
         }
     }
 
@@ -121,13 +169,42 @@ impl Delivery {
     }
 
     /// The broker acknowledged `pkid`. Returns the sequence number everything up to which is now
-    /// delivered, when that moved.
+    /// delivered, when that moved (only ever with [`Acks::Broker`]).
     pub fn acked(&mut self, pkid: u16) -> Option<u64> {
+        let acks = self.acks;
         if let Some(Tag::Record(seq)) = self.inflight.remove(&pkid)
             && let Some(e) = self.entry(seq)
         {
-            e.state = State::Acked;
+            match (acks, e.state) {
+                (Acks::Broker, _) => e.state = State::Acked,
+                (Acks::Fleet { .. }, State::Handed { at_ms }) => e.state = State::AtBroker { at_ms },
+                // Stored already (the fleet's word outran the broker's), or queued again.
+                (Acks::Fleet { .. }, _) => {}
+            }
         }
+        self.forget_delivered()
+    }
+
+    /// The fleet server stored these records. Returns the sequence number everything up to
+    /// which is now delivered, when that moved.
+    pub fn stored(&mut self, stored: &Stored) -> Option<u64> {
+        let mut any = false;
+        for e in &mut self.queue {
+            if e.state != State::Acked && stored.contains(e.record.seq) {
+                e.state = State::Acked;
+                any = true;
+            }
+        }
+        if any {
+            // The fleet is there: what is stale goes out at the next tick, not after a backoff.
+            self.fleet_answers = true;
+            self.probe_wait_ms = resend_ms(self.acks);
+            self.next_round_ms = 0;
+        }
+        self.forget_delivered()
+    }
+
+    fn forget_delivered(&mut self) -> Option<u64> {
         let mut through = None;
         while self.queue.front().is_some_and(|e| e.state == State::Acked) {
             if let Some(e) = self.queue.pop_front() {
@@ -178,6 +255,39 @@ impl Delivery {
                 e.state = State::Queued;
             }
         }
+        self.resend_unstored(now_ms);
+    }
+
+    /// Records the broker took but the fleet never said it stored, sent again: every stale one
+    /// while the fleet answers, a window's worth (backing off) while it does not.
+    fn resend_unstored(&mut self, now_ms: u64) {
+        let Acks::Fleet { resend_ms } = self.acks else { return };
+        if now_ms < self.next_round_ms {
+            return;
+        }
+        let limit = if self.fleet_answers { usize::MAX } else { self.window };
+        let mut sent = 0;
+        for e in &mut self.queue {
+            if sent == limit {
+                break;
+            }
+            if let State::AtBroker { at_ms } = e.state
+                && now_ms.saturating_sub(at_ms) >= resend_ms
+            {
+                e.state = State::Queued;
+                sent += 1;
+            }
+        }
+        if sent == 0 {
+            return;
+        }
+        if self.fleet_answers {
+            self.next_round_ms = now_ms + resend_ms;
+        } else {
+            self.next_round_ms = now_ms + self.probe_wait_ms;
+            self.probe_wait_ms = (self.probe_wait_ms * 2).clamp(resend_ms, MAX_PROBE_MS.max(resend_ms));
+        }
+        self.fleet_answers = false;
     }
 
     /// Undelivered records.
@@ -193,6 +303,11 @@ impl Delivery {
     /// Bytes of payload not yet delivered.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Undelivered records the broker has taken, waiting for the fleet's word.
+    pub fn at_broker(&self) -> usize {
+        self.queue.iter().filter(|e| matches!(e.state, State::AtBroker { .. })).count()
     }
 
     fn entry(&mut self, seq: u64) -> Option<&mut Entry> {
@@ -212,6 +327,13 @@ impl Delivery {
         {
             e.state = State::Queued;
         }
+    }
+}
+
+fn resend_ms(acks: Acks) -> u64 {
+    match acks {
+        Acks::Fleet { resend_ms } => resend_ms.max(1),
+        Acks::Broker => 0,
     }
 }
 
@@ -333,5 +455,87 @@ mod tests {
         assert_eq!(d.bytes(), 20);
         d.up(false, 0);
         assert_eq!(send_ready(&mut d, 0), vec![4, 5]);
+    }
+    fn stored(seqs: &[u64]) -> Stored {
+        Stored::covering(&mut seqs.to_vec()).remove(0)
+    }
+
+    /// The broker acknowledges 1..=4 and then restarts without the fleet's session: nothing
+    /// reached the fleet. The records stay, go out again after the wait, and are forgotten only
+    /// once the fleet says it stored them.
+    #[test]
+    fn end_to_end_a_broker_ack_is_not_delivery_and_unstored_records_go_out_again() {
+        let mut d = Delivery::with_acks(8, 30_000, Acks::Fleet { resend_ms: 5_000 });
+        d.up(false, 0);
+        (1..=4).for_each(|s| d.push(rec(s)));
+        assert_eq!(send_ready(&mut d, 0), vec![1, 2, 3, 4]);
+        (1..=4).for_each(|p| d.packet_id(p));
+        assert_eq!((1..=4).filter_map(|p| d.acked(p)).last(), None, "the broker's word delivers nothing");
+        assert_eq!((d.len(), d.at_broker()), (4, 4));
+        d.tick(4_999);
+        assert!(d.ready().is_none(), "not before the wait");
+        d.tick(5_000);
+        assert_eq!(send_ready(&mut d, 5_000), vec![1, 2, 3, 4], "a probe: at most a window");
+        (5..=8).for_each(|p| d.packet_id(p));
+        (5..=8).for_each(|p| assert_eq!(d.acked(p), None));
+        // The fleet server (back now) stores them and says so.
+        assert_eq!(d.stored(&stored(&[1, 2, 4])), Some(2));
+        assert_eq!(d.stored(&stored(&[3])), Some(4));
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn without_a_fleet_answer_probes_are_a_window_at_a_time_and_back_off() {
+        let mut d = Delivery::with_acks(2, 30_000, Acks::Fleet { resend_ms: 1_000 });
+        d.up(false, 0);
+        (1..=5).for_each(|s| d.push(rec(s)));
+        let mut pkid = 0;
+        let mut round = |d: &mut Delivery, now: u64| {
+            let sent = send_ready(d, now);
+            for _ in &sent {
+                pkid += 1;
+                d.packet_id(pkid);
+                d.acked(pkid);
+            }
+            sent
+        };
+        // The first pass: two at a time, each acknowledged by the broker at once.
+        let mut first = vec![];
+        while first.len() < 5 {
+            first.extend(round(&mut d, 0));
+        }
+        assert_eq!(first, vec![1, 2, 3, 4, 5]);
+        d.tick(1_000);
+        assert_eq!(round(&mut d, 1_000), vec![1, 2], "a window's worth, the oldest");
+        d.tick(1_500);
+        assert!(round(&mut d, 1_500).is_empty());
+        d.tick(2_000);
+        assert_eq!(round(&mut d, 2_000), vec![1, 2]);
+        d.tick(3_999);
+        assert!(round(&mut d, 3_999).is_empty(), "the next probe waits twice as long");
+        d.tick(4_000);
+        assert_eq!(round(&mut d, 4_000), vec![1, 2]);
+        // The fleet answers the probe: everything stale goes out at the next tick.
+        assert_eq!(d.stored(&stored(&[1, 2])), Some(2));
+        d.tick(4_100);
+        let mut all = round(&mut d, 4_100);
+        all.extend(round(&mut d, 4_100));
+        assert_eq!(all, vec![3, 4, 5], "two windows' worth");
+        assert_eq!(d.stored(&stored(&[3, 4, 5])), Some(5));
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn a_stored_word_that_outruns_the_brokers_ack_still_counts() {
+        let mut d = Delivery::with_acks(8, 30_000, Acks::Fleet { resend_ms: 1_000 });
+        d.up(false, 0);
+        d.push(rec(1));
+        assert_eq!(send_ready(&mut d, 0), vec![1]);
+        d.packet_id(1);
+        assert_eq!(d.stored(&stored(&[1])), Some(1));
+        assert_eq!(d.acked(1), None);
+        assert!(d.is_empty());
+        d.tick(10_000);
+        assert!(d.ready().is_none());
     }
 }

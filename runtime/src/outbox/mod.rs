@@ -1,6 +1,6 @@
 //! Store-and-forward for what the agent reports (telemetry, drift windows, events): every record
-//! is journaled on disk before it is sent, sent in order, and forgotten only once the broker has
-//! acknowledged it. A broker outage or an agent restart loses nothing that fit in the quota; when
+//! is journaled on disk before it is sent, sent in order, and forgotten only once the fleet server
+//! has said it stored it (or, configured so, once the broker has acknowledged it). A broker outage or an agent restart loses nothing that fit in the quota; when
 //! the quota is full the oldest records go first, and the loss is counted and reported.
 //!
 //! `delivery.rs` is the pure part (what to send next, which acknowledgement delivers which
@@ -9,7 +9,7 @@
 pub mod delivery;
 pub mod journal;
 
-pub use delivery::{Delivery, Tag};
+pub use delivery::{Acks, Delivery, Tag};
 pub use journal::{Journal, JournalError, Quota};
 
 /// Which topic a record goes to.
@@ -69,9 +69,9 @@ const ACK_TIMEOUT_MS: u64 = 30_000;
 
 impl Outbox {
     /// Opens the outbox in `dir`; what was not delivered before a restart is queued again.
-    pub fn open(dir: &std::path::Path, quota: Quota) -> Result<Outbox, JournalError> {
+    pub fn open(dir: &std::path::Path, quota: Quota, acks: Acks) -> Result<Outbox, JournalError> {
         let (journal, pending) = Journal::open(dir, quota)?;
-        let mut delivery = Delivery::new(WINDOW, ACK_TIMEOUT_MS);
+        let mut delivery = Delivery::with_acks(WINDOW, ACK_TIMEOUT_MS, acks);
         if !pending.is_empty() {
             log::info!("outbox: {} reports from before the restart still to send", pending.len());
         }
@@ -99,6 +99,14 @@ impl Outbox {
     /// The broker acknowledged `pkid`: what it delivers is forgotten on disk.
     pub fn acked(&mut self, pkid: u16) -> Result<(), JournalError> {
         match self.delivery.acked(pkid) {
+            Some(through) => self.journal.delivered(through),
+            None => Ok(()),
+        }
+    }
+
+    /// The fleet server stored these records: they are forgotten on disk.
+    pub fn stored(&mut self, stored: &drover_wire::message::Stored) -> Result<(), JournalError> {
+        match self.delivery.stored(stored) {
             Some(through) => self.journal.delivered(through),
             None => Ok(()),
         }

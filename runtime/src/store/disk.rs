@@ -171,8 +171,36 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, S
     }
 }
 
+/// The store as it stands on disk, read without changing anything: what read-only verbs
+/// (`drover-agent status`) show while the agent may be running and installing beside them.
+#[derive(Debug, Clone)]
+pub struct StoreSnapshot {
+    /// The slots' state.
+    pub state: StoreState,
+    /// The trust root, if provisioned.
+    pub trust: Option<TrustState>,
+}
+
+impl StoreSnapshot {
+    /// Reads the store in `data_dir`. Unlike [`Store::open`] it creates nothing and never
+    /// discards a staged install: a running agent's install in progress is left alone.
+    pub fn read(data_dir: &Path) -> Result<StoreSnapshot, StoreError> {
+        match fs::metadata(data_dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(StoreError::Corrupt { path: data_dir.to_path_buf(), reason: "not a directory".into() });
+            }
+            Err(error) => return Err(StoreError::Io { path: data_dir.to_path_buf(), error }),
+        }
+        let state = read_json(&data_dir.join(STATE))?.unwrap_or_default();
+        let trust = read_json(&data_dir.join(TRUST))?;
+        Ok(StoreSnapshot { state, trust })
+    }
+}
+
 impl Store {
-    /// Opens (or creates) the store in `cfg.data_dir`, discarding any half-staged install.
+    /// Opens (or creates) the store in `cfg.data_dir`, discarding any half-staged install: for
+    /// the one process that installs (the agent, or an install verb), never for a reader.
     pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
         let dir = cfg.data_dir.clone();
         fs::create_dir_all(dir.join(SLOTS)).map_err(io_err(&dir))?;

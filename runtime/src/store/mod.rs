@@ -10,6 +10,8 @@ pub mod failpoint;
 mod state;
 
 pub(crate) use disk::atomic_write;
-pub use disk::{BootOutcome, CommandOutcome, Experiment, InstallError, InstallReport, Store, StoreConfig, StoreError};
+pub use disk::{
+    BootOutcome, CommandOutcome, Experiment, InstallError, InstallReport, Store, StoreConfig, StoreError, StoreSnapshot,
+};
 pub use failpoint::FailPoint;
 pub use state::{BootDecision, RollbackError, SlotId, StoreState};

@@ -3,6 +3,7 @@ use drover_wire::trust::{CONTEXT_DELEGATION, DelegatedRole};
 
 use super::crypto::{key_id, verify_document};
 use super::verify::TrustState;
+use crate::rfc3339::rfc3339;
 
 /// Who this device is, for matching a command's target, and its replay floor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +23,7 @@ pub struct CommandFacts<'a> {
 pub enum CommandRefusal {
     /// The device's root of trust expired: it takes no orders until a new root reaches it (an
     /// install carrying one), as it takes no bundles.
-    #[error("the trust root expired at {expires_at} (now {now})")]
+    #[error("the trust root expired at {} (now {})", rfc3339(*.expires_at), rfc3339(*.now))]
     RootExpired {
         /// The root's expiry.
         expires_at: u64,
@@ -56,7 +57,7 @@ pub enum CommandRefusal {
     #[error("command for '{0}', not for this device")]
     NotForThisDevice(String),
     /// The command expired.
-    #[error("command expired at {expires_at} (now {now})")]
+    #[error("command expired at {} (now {})", rfc3339(*.expires_at), rfc3339(*.now))]
     Expired {
         /// Expiry.
         expires_at: u64,

@@ -287,3 +287,12 @@ fn expired_root_authorises_nothing() {
     h.manifest_sig = sign_document(&f.release, CONTEXT_MANIFEST, &h.manifest);
     assert!(matches!(refusal(&h, &trust(&f), &d), Refusal::RootExpired { .. }));
 }
+
+#[test]
+fn an_unsigned_bundle_is_refused_as_unsigned_not_as_a_forgery() {
+    let f = fleet();
+    let h = BundleHeader::unsigned(manifest(5));
+    let r = refusal(&h, &trust(&f), &device(0));
+    assert_eq!(r, Refusal::Unsigned);
+    assert!(r.to_string().contains("drover sign"), "{r}");
+}

@@ -8,6 +8,7 @@ use drover_wire::trust::{
 use serde::{Deserialize, Serialize};
 
 use super::crypto::{key_id, verify_document};
+use crate::rfc3339::rfc3339;
 
 /// What a device trusts: the newest root document it has accepted. Persisted by the store; the
 /// device is provisioned with the first one.
@@ -44,6 +45,9 @@ pub struct Verified {
 /// tell a forged bundle from a stale one from one meant for another board.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    /// The bundle was built but never signed (`drover bundle` without `drover sign`).
+    #[error("the bundle is not signed: sign it with `drover sign` (a release key delegated by the fleet's root)")]
+    Unsigned,
     /// A root document in the chain is not signed by the previous root, or skips a version.
     #[error("root document v{version} is not a valid successor of the trusted root")]
     RootChain {
@@ -51,7 +55,7 @@ pub enum Refusal {
         version: u64,
     },
     /// The (possibly updated) root has expired.
-    #[error("the trusted root expired at {expires_at} (now {now}): provision a new root")]
+    #[error("the trusted root expired at {} (now {}): provision a new root", rfc3339(*.expires_at), rfc3339(*.now))]
     RootExpired {
         /// Expiry, Unix seconds.
         expires_at: u64,
@@ -65,7 +69,7 @@ pub enum Refusal {
         root_version: u64,
     },
     /// The delegation has expired.
-    #[error("the delegation of release key {key} expired at {expires_at} (now {now})")]
+    #[error("the delegation of release key {key} expired at {} (now {})", rfc3339(*.expires_at), rfc3339(*.now))]
     DelegationExpired {
         /// The release key id (hex).
         key: String,
@@ -106,7 +110,7 @@ pub enum Refusal {
     #[error("malformed manifest: {0}")]
     Manifest(ManifestError),
     /// The bundle has expired.
-    #[error("bundle expired at {expires_at} (now {now})")]
+    #[error("bundle expired at {} (now {})", rfc3339(*.expires_at), rfc3339(*.now))]
     BundleExpired {
         /// Expiry.
         expires_at: u64,
@@ -167,8 +171,11 @@ fn follow_roots(trust: &TrustState, chain: &[SignedRoot]) -> Result<TrustState, 
 }
 
 /// Checks a bundle header against the device's trust and facts, in the order of the threats:
-/// root chain, delegation, signature, manifest consistency, freshness, target, anti-rollback.
+/// signed at all, root chain, delegation, signature, manifest consistency, freshness, target, anti-rollback.
 pub fn verify_header(header: &BundleHeader, trust: &TrustState, device: &DeviceFacts) -> Result<Verified, Refusal> {
+    if !header.is_signed() {
+        return Err(Refusal::Unsigned);
+    }
     let now = device.now;
     let trust = follow_roots(trust, &header.roots)?;
     let root = &trust.root;
@@ -227,7 +234,7 @@ impl fmt::Display for TrustState {
             "root v{} key {} (expires {})",
             self.root.version,
             hex_id(key_id(&self.root.key)),
-            self.root.expires_at
+            rfc3339(self.root.expires_at)
         )
     }
 }

@@ -65,7 +65,8 @@ fn read_reports() -> Rules {
 fn operator_rules() -> Rules {
     let mut r = read_reports();
     r.push((Access::Read, topic::every_rollout().to_string()));
-    for leaf in DeviceLeaf::ALL.iter().filter(|l| !l.from_device()) {
+    // `stored` makes a device forget reports: the fleet server's word alone (below).
+    for leaf in DeviceLeaf::ALL.iter().filter(|l| !l.from_device() && **l != DeviceLeaf::Stored) {
         r.push((Access::ReadWrite, topic::every_device(*leaf).to_string()));
     }
     for leaf in GroupLeaf::ALL {
@@ -82,6 +83,7 @@ fn fleet_server_rules() -> Rules {
     let mut r = operator_rules();
     r.retain(|(_, t)| *t != topic::every_rollout().as_str());
     r.push((Access::ReadWrite, topic::every_rollout().to_string()));
+    r.push((Access::Write, topic::every_device(DeviceLeaf::Stored).to_string()));
     r
 }
 
@@ -148,7 +150,9 @@ mod tests {
         for leaf in ["status", "progress", "want", "telemetry", "events", "drift"] {
             assert!(pi1.contains(&format!("topic write drover/v1/dev/pi-1/{leaf}")), "{leaf}: {pi1:?}");
         }
-        for t in ["dev/pi-1/bundle", "dev/pi-1/cmd", "dev/pi-1/feedback", "grp/lab/bundle", "grp/lab/cmd"] {
+        for t in
+            ["dev/pi-1/bundle", "dev/pi-1/cmd", "dev/pi-1/feedback", "dev/pi-1/stored", "grp/lab/bundle", "grp/lab/cmd"]
+        {
             assert!(pi1.contains(&format!("topic read drover/v1/{t}")), "{t}: {pi1:?}");
         }
         assert!(pi1.contains(&"topic read drover/v1/fleet/bundle".to_string()));
@@ -170,9 +174,11 @@ mod tests {
         assert!(alice.contains(&"topic read drover/v1/dev/+/status".to_string()));
         assert!(alice.contains(&"topic read drover/v1/rollout/+/event".to_string()));
         assert!(!alice.iter().any(|l| l.contains("write drover/v1/dev/+/status")));
+        assert!(!alice.iter().any(|l| l.contains("dev/+/stored")), "only the fleet server says what it stored");
         let fleet = block_of(&text, "fleet");
         assert!(fleet.contains(&"topic read drover/v1/dev/+/telemetry".to_string()));
         assert!(fleet.contains(&"topic readwrite drover/v1/rollout/+/event".to_string()));
+        assert!(fleet.contains(&"topic write drover/v1/dev/+/stored".to_string()));
         assert!(fleet.contains(&"topic readwrite drover/v1/grp/+/bundle".to_string()), "rollouts push");
         assert!(!fleet.iter().any(|l| l.contains("write drover/v1/dev/+/telemetry")));
     }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use drover_runtime::link::codec::{self, DecodeError};
 use drover_wire::command::SignedCommand;
 use drover_wire::event::{Event, Feedback};
-use drover_wire::message::{Announce, Chunk, Progress, Status, Want};
+use drover_wire::message::{Announce, Chunk, Progress, Status, Stored, Want};
 use drover_wire::telemetry::{DriftWindow, Telemetry};
 use drover_wire::topic::{self, DeviceLeaf, GroupLeaf, Parsed};
 use serde_json::{Value, json};
@@ -55,6 +55,7 @@ pub fn to_json(topic_str: &str, payload: &[u8]) -> anyhow::Result<Value> {
         Parsed::Device(_, DeviceLeaf::Drift) => j(codec::decode::<DriftWindow>(payload)),
         Parsed::Device(_, DeviceLeaf::Events) => j(codec::decode::<Event>(payload)),
         Parsed::Device(_, DeviceLeaf::Feedback) => j(codec::decode::<Feedback>(payload)),
+        Parsed::Device(_, DeviceLeaf::Stored) => j(codec::decode::<Stored>(payload)),
         // The fleet server writes these in JSON, for people and scripts.
         Parsed::Rollout(_) => Ok(serde_json::from_slice(payload)?),
     }

@@ -37,7 +37,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 /// Formats Unix seconds as RFC 3339 UTC.
 pub fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix)).to_string()
+    drover_runtime::rfc3339::rfc3339(unix)
 }
 
 /// A flag that Ctrl-C sets, so a long-running command (demo, simulate) ends cleanly instead of

@@ -20,13 +20,32 @@ use super::storage::{Arrived, Pruned, Retention, Storage, StorageError};
 use super::writer::{Batch, SharedStorage, Sinks, WaitError, Writer};
 use crate::rollout::Rollout;
 
-/// What became of one message.
+/// What became of one message, and the outbox record it was, if any (to say it is stored once
+/// its batch is written: a repeat too, as its sender missed the first word).
 #[derive(Debug, PartialEq)]
 pub enum Taken {
     /// Its changes wait for the next write.
-    Pending,
+    Pending(Option<Receipt>),
     /// A repeated delivery, or a cleared retained message: nothing to store.
-    Nothing,
+    Nothing(Option<Receipt>),
+}
+
+impl Taken {
+    /// The outbox record to acknowledge once written.
+    pub fn receipt(self) -> Option<Receipt> {
+        match self {
+            Taken::Pending(r) | Taken::Nothing(r) => r,
+        }
+    }
+}
+
+/// One device's outbox record, by sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The device.
+    pub device: String,
+    /// Its outbox sequence number.
+    pub seq: u64,
 }
 
 /// Why a rollout request failed.
@@ -136,26 +155,27 @@ impl Hub {
                 return Err(e);
             }
         };
-        let Some((device, rec)) = decoded else { return Ok(Taken::Nothing) };
+        let Some((device, rec)) = decoded else { return Ok(Taken::Nothing(None)) };
+        let receipt = rec.outbox_seq().map(|seq| Receipt { device: device.clone(), seq });
         if self.shared {
             // The store tells repeats apart, against what every server stored.
             let mut pending = lock(&self.pending);
             pending.records.push(Arrived { now_ms, device, record: rec });
             pending.messages += 1;
-            return Ok(Taken::Pending);
+            return Ok(Taken::Pending(receipt));
         }
         // Under the registry's lock to the end: a submission sees a device's row and the
         // message's other changes together.
         let mut registry = lock(&self.registry);
         let Some(changes) = registry.apply(now_ms, &device, &rec) else {
             lock(&self.ingest).repeated += 1;
-            return Ok(Taken::Nothing);
+            return Ok(Taken::Nothing(receipt));
         };
         lock(&self.ingest).stored += 1;
         let mut pending = lock(&self.pending);
         pending.changes.extend(changes);
         pending.messages += 1;
-        Ok(Taken::Pending)
+        Ok(Taken::Pending(receipt))
     }
 
     /// Hands what was taken since the last call to the writer; returns the ticket that is written
@@ -447,7 +467,7 @@ mod tests {
             unreachable!()
         };
         let payload = codec::encode(PayloadFormat::Postcard, &s);
-        assert_eq!(hub.take(1, "drover/v1/dev/pi-1/status", &payload).expect("taken"), Taken::Pending);
+        assert_eq!(hub.take(1, "drover/v1/dev/pi-1/status", &payload).expect("taken"), Taken::Pending(None));
         assert!(hub.take(2, "drover/v1/dev/pi-1/telemetry", b"\xd1\x00").is_err());
         assert!(hub.take(2, "drover/v1/dev/pi-2/status", b"{not json").is_err());
         assert_eq!(hub.storage(|s| s.devices().expect("devices").len()), 0, "nothing written before the flush");
@@ -458,7 +478,7 @@ mod tests {
         assert_eq!(hub.registry(|r| r.devices().count()), 1, "the garbled messages made no device");
         assert_eq!(hub.ingest(), Ingest { stored: 1, written: 1, rejected: 2, repeated: 0 });
         assert_eq!(hub.submit(), 1, "nothing new to submit: the same ticket");
-        assert_eq!(hub.take(3, "drover/v1/dev/pi-1/status", &payload).expect("taken"), Taken::Pending);
+        assert_eq!(hub.take(3, "drover/v1/dev/pi-1/status", &payload).expect("taken"), Taken::Pending(None));
         assert_eq!(hub.submit(), 2);
         let written = hub.written();
         assert!(*written.borrow() >= 1, "the first batch is written; the second may be by now");

@@ -36,6 +36,17 @@ impl Record {
             Record::Event(_) => "event",
         }
     }
+
+    /// Its place in the device's outbox, for the reports that come through it (telemetry,
+    /// drift windows, events): what the server names when it says it stored them.
+    pub fn outbox_seq(&self) -> Option<u64> {
+        match self {
+            Record::Telemetry(t) => Some(t.seq),
+            Record::Drift(w) => Some(w.seq),
+            Record::Event(e) => Some(e.seq),
+            Record::Status(_) | Record::Progress(_) => None,
+        }
+    }
 }
 
 /// A message the server refused.
@@ -132,6 +143,7 @@ pub(crate) mod tests {
             uptime_s: 5,
             at: 1_700_000_000,
             labels: heapless::Vec::new(),
+            presence_only: false,
         }
     }
 

@@ -516,13 +516,15 @@ impl Registry {
 
 fn apply_status(d: &mut Device, s: &Status) {
     d.online = s.online;
+    if s.presence_only {
+        // A Last Will: the device is gone; what it serves is what it last said itself.
+        return;
+    }
     d.agent = Some(s.agent.to_string());
     d.arch = Some(s.arch.to_string());
     d.groups = s.groups.iter().map(|g| g.to_string()).collect();
     d.labels = s.labels.iter().map(|l| (l.key.to_string(), l.value.to_string())).collect();
     d.uptime_s = s.uptime_s;
-    // The Last Will is the status of the last connection with `online: false`: what it says
-    // about the model is still the device's latest word.
     d.model = s.model.as_ref().map(|m| m.name.to_string());
     d.version = s.model.as_ref().map(|m| m.version);
     d.slot = s.slot.map(|s| slot_name(s).into());
@@ -585,6 +587,7 @@ pub(crate) mod tests {
                 value: "berlin \"north\"".try_into().expect("value"),
             }])
             .expect("one label"),
+            presence_only: false,
         }))
     }
 
@@ -636,6 +639,24 @@ pub(crate) mod tests {
         );
         let d = r.device("pi-1").expect("known");
         assert_eq!((d.online, d.version, d.last_seen_ms, d.first_seen_ms), (false, Some(2), 3000, 1000));
+    }
+
+    /// A device that installed v2 after it connected (its Will written then, with v1) and then
+    /// crashed: the Will says it is offline, and the fleet still shows v2 in slot b.
+    #[test]
+    fn a_last_will_changes_presence_and_keeps_the_model_the_device_last_reported() {
+        let mut r = Registry::default();
+        r.apply(1000, "pi-1", &status(true, Some(2)));
+        let Record::Status(mut will) = status(false, None) else { unreachable!() };
+        will.presence_only = true;
+        will.uptime_s = 0;
+        let c = r.apply(2000, "pi-1", &Record::Status(will)).expect("applied");
+        assert!(matches!(&c[0], Change::Event(e) if e.kind == "offline"));
+        let d = r.device("pi-1").expect("known");
+        assert_eq!(
+            (d.online, d.model.as_deref(), d.version, d.slot.as_deref(), d.uptime_s),
+            (false, Some("iris"), Some(2), Some("a"), 3)
+        );
     }
 
     #[test]

@@ -11,19 +11,22 @@
 //! unacknowledged messages per connection (rumqttd's 100, Mosquitto's `max_inflight_messages`)
 //! bounds how many can gather on one.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use drover_runtime::link::BrokerSettings;
+use drover_runtime::link::codec::{self, PayloadFormat};
+use drover_wire::message::Stored;
+use drover_wire::topic::{self, DeviceLeaf, Name};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS, SubscribeFilter};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::http::{Api, UnixMs, router};
-use super::hub::Hub;
+use super::hub::{Hub, Receipt};
 use super::record;
 use super::storage::{Retention, Sqlite, StorageError};
 
@@ -295,6 +298,7 @@ impl Link {
         let mut written = hub.written();
         let mut batches = Batches::default();
         let mut acks = Acks::default();
+        let mut stored = StoredWords::default();
         let mut subscribe_due = false;
         let mut flush_tick = tokio::time::interval(cfg.batch_delay.max(Duration::from_millis(1)));
         loop {
@@ -305,6 +309,7 @@ impl Link {
                 subscribe_due = client.try_subscribe_many(filters).is_err();
             }
             acks.hand_over(&client);
+            stored.hand_over(&client);
             let done = *written.borrow();
             // Hand over what gathered once nothing more is waiting to be read and the writer is
             // idle: everything already here goes in one transaction.
@@ -313,12 +318,12 @@ impl Link {
                 biased;
                 Ok(()) = written.changed() => {
                     let done = *written.borrow_and_update();
-                    batches.written(done, &mut acks);
+                    batches.written(done, &mut acks, &mut stored);
                 }
                 Ok(()) = stop.changed() => break,
                 _ = flush_tick.tick() => {
                     if !batches.gathering.is_empty() {
-                        batches.submit(&hub, *written.borrow(), &mut acks);
+                        batches.submit(&hub, *written.borrow(), &mut acks, &mut stored);
                     }
                 }
                 // After the timers, which so run while messages keep coming; the hand-over last,
@@ -329,12 +334,13 @@ impl Link {
                         subscribe_due = true;
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Err(e) = hub.take(now_ms(), &p.topic, &p.payload) {
-                            log::warn!("dropped: {e}");
+                        match hub.take(now_ms(), &p.topic, &p.payload) {
+                            Ok(taken) => batches.receipts.extend(taken.receipt()),
+                            Err(e) => log::warn!("dropped: {e}"),
                         }
                         batches.gathering.push(p);
                         if batches.gathering.len() >= cfg.batch_max {
-                            batches.submit(&hub, done, &mut acks);
+                            batches.submit(&hub, done, &mut acks, &mut stored);
                         }
                     }
                     Ok(_) => {}
@@ -346,19 +352,20 @@ impl Link {
                         hub.submit();
                         batches.clear();
                         acks.clear();
+                        stored.clear();
                         tokio::select! {
                             () = tokio::time::sleep(Duration::from_secs(1)) => {}
                             Ok(()) = stop_pause.changed() => break,
                         }
                     }
                 },
-                () = std::future::ready(()), if hand_over => batches.submit(&hub, done, &mut acks),
+                () = std::future::ready(()), if hand_over => batches.submit(&hub, done, &mut acks, &mut stored),
             }
         }
-        batches.submit(&hub, *written.borrow(), &mut acks);
+        batches.submit(&hub, *written.borrow(), &mut acks, &mut stored);
         let last = batches.last_ticket();
         match tokio::time::timeout(FINAL_WRITE, written.wait_for(|w| *w >= last)).await {
-            Ok(Ok(_)) => batches.written(last, &mut acks),
+            Ok(Ok(_)) => batches.written(last, &mut acks, &mut stored),
             _ => log::error!("fleet database: the last batch was not written; its messages stay unacknowledged"),
         }
         // Lets the last acknowledgements, then the disconnect, go out.
@@ -366,6 +373,7 @@ impl Link {
             let mut disconnecting = false;
             loop {
                 acks.hand_over(&client);
+                stored.hand_over(&client);
                 if acks.is_empty() && !disconnecting {
                     disconnecting = client.try_disconnect().is_ok();
                 }
@@ -383,42 +391,89 @@ impl Link {
 #[derive(Default)]
 struct Batches {
     gathering: Vec<Publish>,
-    submitted: VecDeque<(u64, Vec<Publish>)>,
+    /// The outbox records among `gathering`, to tell their devices once written.
+    receipts: Vec<Receipt>,
+    submitted: VecDeque<(u64, Vec<Publish>, Vec<Receipt>)>,
 }
 
 impl Batches {
     /// Hands the gathered messages' changes to the writer, which has written up to `written`.
-    fn submit(&mut self, hub: &Hub, written: u64, acks: &mut Acks) {
+    fn submit(&mut self, hub: &Hub, written: u64, acks: &mut Acks, stored: &mut StoredWords) {
         let ticket = hub.submit();
         if !self.gathering.is_empty() {
             // Repeats and garbled messages changed nothing: they ride on the latest ticket (maybe
             // written already), so that acknowledgements still go out in order.
-            self.submitted.push_back((ticket, std::mem::take(&mut self.gathering)));
+            let (batch, receipts) = (std::mem::take(&mut self.gathering), std::mem::take(&mut self.receipts));
+            self.submitted.push_back((ticket, batch, receipts));
         }
-        self.written(written, acks);
+        self.written(written, acks, stored);
     }
 
     /// Whether the writer has written everything submitted (then the next message goes at once).
     fn writer_idle(&self, written: u64) -> bool {
-        self.submitted.back().is_none_or(|(t, _)| *t <= written)
+        self.submitted.back().is_none_or(|(t, _, _)| *t <= written)
     }
 
-    /// Moves the messages of the batches written up to `ticket` to the acknowledgements.
-    fn written(&mut self, ticket: u64, acks: &mut Acks) {
-        while self.submitted.front().is_some_and(|(t, _)| *t <= ticket) {
-            if let Some((_, done)) = self.submitted.pop_front() {
+    /// Moves the messages of the batches written up to `ticket` to the acknowledgements, and
+    /// their outbox records to what the devices are told is stored.
+    fn written(&mut self, ticket: u64, acks: &mut Acks, stored: &mut StoredWords) {
+        while self.submitted.front().is_some_and(|(t, _, _)| *t <= ticket) {
+            if let Some((_, done, receipts)) = self.submitted.pop_front() {
                 acks.0.extend(done);
+                stored.add(receipts);
             }
         }
     }
 
     fn last_ticket(&self) -> u64 {
-        self.submitted.back().map_or(0, |(t, _)| *t)
+        self.submitted.back().map_or(0, |(t, _, _)| *t)
     }
 
     fn clear(&mut self) {
         self.gathering.clear();
+        self.receipts.clear();
         self.submitted.clear();
+    }
+}
+
+/// Outbox records written to the store, by device, not yet told to their devices
+/// (`dev/{id}/stored`, QoS 0: a lost word only makes the device send the record again, which
+/// the store recognises as a repeat and acknowledges once more).
+#[derive(Default)]
+struct StoredWords(BTreeMap<String, Vec<u64>>);
+
+impl StoredWords {
+    fn add(&mut self, receipts: Vec<Receipt>) {
+        for r in receipts {
+            self.0.entry(r.device).or_default().push(r.seq);
+        }
+    }
+
+    /// Publishes what the client's queue takes now; the rest waits for the next turn.
+    fn hand_over(&mut self, client: &AsyncClient) {
+        while let Some(mut entry) = self.0.first_entry() {
+            let Ok(name) = Name::new(entry.key()) else {
+                entry.remove();
+                continue;
+            };
+            let topic = topic::device(&name, DeviceLeaf::Stored).to_string();
+            let words = Stored::covering(entry.get_mut());
+            for (i, word) in words.iter().enumerate() {
+                let payload = codec::encode(PayloadFormat::Postcard, word);
+                if client.try_publish(topic.clone(), QoS::AtMostOnce, false, payload).is_err() {
+                    // Keep what was not said (this message and the ones after it).
+                    let rest: Vec<u64> =
+                        words[i..].iter().flat_map(|w| w.seqs.iter().flat_map(|r| r.first..=r.last)).collect();
+                    *entry.get_mut() = rest;
+                    return;
+                }
+            }
+            entry.remove();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
@@ -469,35 +524,37 @@ mod tests {
     #[test]
     fn messages_are_acknowledged_in_order_and_only_once_their_batch_is_written() {
         let hub = Hub::new(Box::new(Sqlite::in_memory().expect("db")), Catalog::default()).expect("hub");
-        let (mut batches, mut acks) = (Batches::default(), Acks::default());
+        let (mut batches, mut acks, mut stored) = (Batches::default(), Acks::default(), StoredWords::default());
         let take = |batches: &mut Batches, p: Publish| {
-            let _ = hub.take(1, &p.topic, &p.payload);
+            if let Ok(taken) = hub.take(1, &p.topic, &p.payload) {
+                batches.receipts.extend(taken.receipt());
+            }
             batches.gathering.push(p);
         };
         take(&mut batches, status(true));
         assert!(batches.writer_idle(0));
-        batches.submit(&hub, 0, &mut acks);
+        batches.submit(&hub, 0, &mut acks, &mut stored);
         assert!(!batches.writer_idle(0), "ticket 1 is out");
         take(&mut batches, status(false));
         // A garbled message changes nothing, but is acknowledged after the ones before it.
         let mut garbled = status(true);
         garbled.payload = b"\xd1\x00".to_vec().into();
         take(&mut batches, garbled);
-        batches.submit(&hub, 0, &mut acks);
+        batches.submit(&hub, 0, &mut acks, &mut stored);
         assert_eq!((batches.last_ticket(), acks.0.len()), (2, 0), "nothing written yet, nothing acknowledged");
         hub.flush(Duration::from_secs(10)).expect("written");
         let written = *hub.written().borrow();
         assert_eq!(written, 2);
-        batches.written(1, &mut acks);
+        batches.written(1, &mut acks, &mut stored);
         assert_eq!(acks.0.len(), 1, "ticket 1's message");
-        batches.written(written, &mut acks);
+        batches.written(written, &mut acks, &mut stored);
         assert_eq!(acks.0.len(), 3);
         assert!(batches.writer_idle(written));
         // Nothing new to write: it rides on the written ticket and is acknowledged at once.
         let mut garbled = status(true);
         garbled.payload = b"{".to_vec().into();
         take(&mut batches, garbled);
-        batches.submit(&hub, written, &mut acks);
+        batches.submit(&hub, written, &mut acks, &mut stored);
         assert_eq!(acks.0.len(), 4);
         assert_eq!(hub.registry(|r| r.device("pi-1").map(|d| d.online)), Some(false));
     }

@@ -132,6 +132,7 @@ fn online(c: &mut Campaign, dev: &str, now: u64) {
         uptime_s: 0,
         at: 0,
         labels: heapless::Vec::new(),
+        presence_only: false,
     };
     let topic = format!("drover/v1/dev/{dev}/status");
     c.handle(Input::Message { topic: &topic, payload: &codec::encode(PayloadFormat::Json, &status) }, now);

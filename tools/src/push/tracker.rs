@@ -187,6 +187,7 @@ mod tests {
             uptime_s: 0,
             at: 0,
             labels: heapless::Vec::new(),
+            presence_only: false,
         }
     }
 

@@ -10,8 +10,10 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Isa {
     /// x86-64 with AVX-512F/BW (16 lanes of i32).
+    #[cfg(target_arch = "x86_64")]
     Avx512,
     /// x86-64 with AVX2 (8 lanes).
+    #[cfg(target_arch = "x86_64")]
     Avx2,
     /// Plain Rust (8 lanes).
     Portable,
@@ -35,8 +37,11 @@ impl Isa {
     /// Values computed side by side: weights and rows are padded to a multiple of it.
     pub(crate) fn lanes(self) -> usize {
         match self {
+            #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => 16,
-            Isa::Avx2 | Isa::Portable => 8,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => 8,
+            Isa::Portable => 8,
         }
     }
 }
@@ -185,20 +190,19 @@ pub(crate) trait Task {
 /// instruction set. On a CPU without it (never the case for the `isa` [`Isa::detect`] chose)
 /// the same lane count runs in plain Rust.
 pub(crate) fn dispatch<T: Task>(isa: Isa, task: T) -> T::Output {
+    #[cfg(target_arch = "x86_64")]
     match isa {
-        #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
             if let Some(simd) = pulp::x86::V4::try_new() {
                 return simd.vectorize(|| task.run(simd));
             }
         }
-        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             if let Some(simd) = pulp::x86::V3::try_new() {
                 return simd.vectorize(|| task.run(simd));
             }
         }
-        _ => {}
+        Isa::Portable => {}
     }
     match isa.lanes() {
         16 => task.run(Portable::<16>),
