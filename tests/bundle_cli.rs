@@ -42,6 +42,23 @@ fn secret_keys_are_private_and_never_overwritten() {
 }
 
 #[test]
+fn keygen_gives_each_role_advice_that_is_true_for_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let root = ok(d, &["keygen", "--role", "root", "--out", "keys"]);
+    assert!(root.contains("keep it offline"), "{root}");
+    let release = ok(d, &["keygen", "--role", "release", "--out", "keys"]);
+    assert!(release.contains("on the build or CI machine that signs bundles"), "{release}");
+    let operator = ok(d, &["keygen", "--role", "operator", "--out", "keys"]);
+    assert!(operator.contains("on the operator's machine that signs commands"), "{operator}");
+    // The root's advice is the root's alone: a release or operator key kept offline could sign nothing.
+    for out in [&release, &operator] {
+        assert!(!out.contains("offline"), "{out}");
+        assert!(!out.contains("root key"), "{out}");
+    }
+}
+
+#[test]
 fn signed_bundle_verifies_and_runs_its_self_test() {
     let dir = fleet();
     let d = dir.path();
