@@ -272,6 +272,38 @@ fn mlflow_pickle_models_are_refused_without_being_opened() {
 }
 
 #[test]
+fn mlflow_sklearn_directories_are_refused_saying_what_they_are_and_how_to_convert_them() {
+    let dir = fleet();
+    let d = dir.path();
+    let bundle = |name: &str| {
+        let dir = mlflow_dir(name).to_string_lossy().into_owned();
+        fails(d, &["bundle", "--mlflow", &dir, "--name", "iris", "--version", "1", "--out", "x.drv"])
+    };
+    // MLflow 3's default for scikit-learn (no serialization_format given): skops.
+    let skops = bundle("iris_sklearn_skops");
+    for what in [
+        "flavor 'sklearn'",
+        "serialized with skops (model.skops)",
+        "runs ONNX models only",
+        "skl2onnx",
+        "to_onnx(model, X[:1].astype(numpy.float32))",
+        "mlflow.onnx.log_model",
+        "mlflow.onnx.save_model",
+        "drover bundle --mlflow DIR",
+    ] {
+        assert!(skops.contains(what), "{what}: {skops}");
+    }
+    assert!(!skops.contains("no onnx flavor"), "{skops}");
+    // A pickle is named by its own flavor, not by python_function (which every flavor adds).
+    let pickle = bundle("iris_sklearn_pickle");
+    for what in ["flavor 'sklearn'", "serialized with pickle (model.pkl)", "runs code when loaded", "skl2onnx"] {
+        assert!(pickle.contains(what), "{what}: {pickle}");
+    }
+    assert!(!pickle.contains("python_function"), "{pickle}");
+    assert!(!d.join("x.drv").exists());
+}
+
+#[test]
 fn mlflow_directories_that_lie_are_refused() {
     let dir = fleet();
     let d = dir.path();
