@@ -191,6 +191,9 @@ pub fn interruption_text(i: &Interruption) -> String {
             format!("offline mid-transfer, before reporting any of {total} chunks")
         }
         Interruption::Online => "back online, waiting for its request for the chunks it lacks".into(),
+        Interruption::Reconnected => {
+            "dropped out and reconnected mid-transfer, waiting for its request for the chunks it lacks".into()
+        }
         Interruption::Resumed { at, total } => format!("resumed at chunk {at}/{total}"),
     }
 }

@@ -72,6 +72,9 @@ pub enum Interruption {
     },
     /// Its presence is online again; its request for what it lacks follows.
     Online,
+    /// A fresh online presence while it was online: its earlier connection vanished without a
+    /// Last Will (the broker handed the session to its new connection); its request follows.
+    Reconnected,
     /// It asked for the chunks it lacks again: the first of them is `at` (counted from 1).
     Resumed {
         /// The first chunk it lacks, counted from 1 (chunk `at` of `total`).
@@ -115,6 +118,9 @@ pub struct Campaign {
     listening: Option<(u64, usize)>,
     /// Devices that went offline mid-transfer and have not asked for chunks since.
     away: BTreeMap<Name, Away>,
+    /// Each device's latest presence: a copy delivered again (this tool reconnecting) is the
+    /// same, a device's new connection publishes a new one.
+    presence: BTreeMap<Name, Status>,
 }
 
 /// Where a device that dropped out of the transfer stands.
@@ -183,6 +189,7 @@ impl Campaign {
             awaited: None,
             listening: None,
             away: BTreeMap::new(),
+            presence: BTreeMap::new(),
         }
     }
 
@@ -250,7 +257,13 @@ impl Campaign {
                     let was = self.tracker.devices().get(&device).and_then(|v| v.online);
                     if self.tracker.on_status(device.clone(), &s) {
                         out.push(Action::Changed(device.clone()));
-                        if let Some(i) = self.presence_changed(&device, was, s.online) {
+                        // A new presence serving what the last one did: a new connection (a
+                        // changed model is published too, and is no reconnection).
+                        let fresh = self
+                            .presence
+                            .insert(device.clone(), s.clone())
+                            .is_some_and(|old| old != s && old.model == s.model && old.slot == s.slot);
+                        if let Some(i) = self.presence_changed(&device, was, s.online, fresh) {
                             out.push(Action::Interrupted(device, i));
                         }
                     }
@@ -326,9 +339,16 @@ impl Campaign {
                 .is_none_or(|v| matches!(v.phase, None | Some(Phase::Downloading { .. })))
     }
 
-    /// A device's presence went from `was` to `online`: whether that interrupts the transfer
-    /// (it went offline in the middle of it) or ends an interruption (it is back).
-    fn presence_changed(&mut self, device: &Name, was: Option<bool>, online: bool) -> Option<Interruption> {
+    /// A device's presence went from `was` to `online` (`fresh`: not a copy of the one before):
+    /// whether that interrupts the transfer (it went offline in the middle of it) or ends an
+    /// interruption (it is back, or it reconnected without ever being seen offline).
+    fn presence_changed(
+        &mut self,
+        device: &Name,
+        was: Option<bool>,
+        online: bool,
+        fresh: bool,
+    ) -> Option<Interruption> {
         let Work::Bundle { announce } = &self.work else { return None };
         if !online && was != Some(false) && self.in_transfer(device) {
             self.away.insert(device.clone(), Away::Offline);
@@ -342,6 +362,13 @@ impl Campaign {
         if online && self.away.get(device) == Some(&Away::Offline) {
             self.away.insert(device.clone(), Away::Back);
             return Some(Interruption::Online);
+        }
+        // A device publishes its presence when it connects: a new one while it was online and
+        // in the transfer means its connection dropped and came back, with no Last Will (a
+        // broker hands the session to the new connection without one).
+        if online && fresh && was == Some(true) && !self.away.contains_key(device) && self.in_transfer(device) {
+            self.away.insert(device.clone(), Away::Back);
+            return Some(Interruption::Reconnected);
         }
         None
     }

@@ -134,16 +134,22 @@ fn presence(c: &mut Campaign, dev: &str, online: bool, now: u64) -> Vec<Action> 
         model: None,
         slot: None,
         uptime_s: 0,
-        at: 0,
+        // Made when published: a fresh presence differs from a retained copy delivered again.
+        at: now / 1000,
         labels: heapless::Vec::new(),
     };
     let topic = format!("drover/v1/dev/{dev}/status");
     c.handle(Input::Message { topic: &topic, payload: &codec::encode(PayloadFormat::Json, &status) }, now)
 }
 
-fn downloading(c: &mut Campaign, dev: &str, have: u32, now: u64) -> Vec<Action> {
+fn op_of(c: &Campaign) -> Op {
     let Work::Bundle { announce: a } = &c.work else { panic!() };
-    let op = Op::Bundle { transfer: a.transfer, name: a.name.clone(), version: a.version, issued_at: a.issued_at };
+    Op::Bundle { transfer: a.transfer, name: a.name.clone(), version: a.version, issued_at: a.issued_at }
+}
+
+fn downloading(c: &mut Campaign, dev: &str, have: u32, now: u64) -> Vec<Action> {
+    let op = op_of(c);
+    let Work::Bundle { announce: a } = &c.work else { panic!() };
     let total = u32::try_from(a.chunk_count()).unwrap();
     let p = Progress { op, phase: Phase::Downloading { have, total }, at: 0 };
     let topic = format!("drover/v1/dev/{dev}/progress");
@@ -193,6 +199,24 @@ fn a_device_that_drops_out_mid_transfer_is_reported_offline_then_resumed_at_its_
         c.handle(Input::Message { topic: "drover/v1/dev/pi-1/want", payload: &want(&c, &[(15, 20)]) }, 10_010);
     assert_eq!(interruptions(&resumed), [("pi-1".into(), Interruption::Resumed { at: 16, total: 20 })]);
     assert!(interruptions(&presence(&mut c, "pi-1", true, 10_020)).is_empty(), "already resumed");
+
+    // A connection that vanished without a Last Will (the broker handed the session to the
+    // device's new connection): no offline presence, but a fresh online one mid-transfer.
+    assert!(interruptions(&presence(&mut c, "pi-1", true, 10_020)).is_empty(), "the same presence again");
+    let back = presence(&mut c, "pi-1", true, 12_000);
+    assert_eq!(interruptions(&back), [("pi-1".into(), Interruption::Reconnected)]);
+    assert!(interruptions(&presence(&mut c, "pi-1", true, 12_000)).is_empty(), "the same presence again");
+    let resumed =
+        c.handle(Input::Message { topic: "drover/v1/dev/pi-1/want", payload: &want(&c, &[(18, 20)]) }, 12_010);
+    assert_eq!(interruptions(&resumed), [("pi-1".into(), Interruption::Resumed { at: 19, total: 20 })]);
+    // Once it has the whole bundle, a new presence (it installed and serves it) is no drop-out.
+    downloading(&mut c, "pi-1", 20, 13_000);
+    let p = Progress { op: op_of(&c), phase: Phase::Installing, at: 0 };
+    c.handle(
+        Input::Message { topic: "drover/v1/dev/pi-1/progress", payload: &codec::encode(PayloadFormat::Json, &p) },
+        13_100,
+    );
+    assert!(interruptions(&presence(&mut c, "pi-1", true, 14_000)).is_empty());
 }
 
 #[test]
