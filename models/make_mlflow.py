@@ -5,6 +5,10 @@
   signature MLflow infers from the reference inputs and onnxruntime's outputs.
 - models/mlflow/iris_sklearn_pickle/: the same classifier saved with mlflow.sklearn in pickle
   format. Drover must refuse it without ever loading it (a pickle runs code when loaded).
+- models/mlflow/iris_sklearn_skops/: the same classifier saved with mlflow.sklearn's default
+  serialization, which is skops since MLflow 3 (Python objects too, restored by the skops
+  library): what a user who never picked a format hands over. Drover must refuse it and say how
+  to convert it to ONNX.
 
 Run: pip install -r models/requirements.txt && python3 models/make_mlflow.py
 """
@@ -44,6 +48,8 @@ def main():
     features, target = load_iris(return_X_y=True)
     clf = LogisticRegression(max_iter=1000).fit(features, target)
     mlflow.sklearn.save_model(clf, os.path.join(OUT, "iris_sklearn_pickle"), serialization_format="pickle")
+    # No serialization_format: MLflow's default (skops outside Databricks, needs `pip install skops`).
+    mlflow.sklearn.save_model(clf, os.path.join(OUT, "iris_sklearn_skops"))
 
     for root, _, files in sorted(os.walk(OUT)):
         for f in sorted(files):

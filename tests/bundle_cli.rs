@@ -42,6 +42,23 @@ fn secret_keys_are_private_and_never_overwritten() {
 }
 
 #[test]
+fn keygen_gives_each_role_advice_that_is_true_for_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let root = ok(d, &["keygen", "--role", "root", "--out", "keys"]);
+    assert!(root.contains("keep it offline"), "{root}");
+    let release = ok(d, &["keygen", "--role", "release", "--out", "keys"]);
+    assert!(release.contains("on the build or CI machine that signs bundles"), "{release}");
+    let operator = ok(d, &["keygen", "--role", "operator", "--out", "keys"]);
+    assert!(operator.contains("on the operator's machine that signs commands"), "{operator}");
+    // The root's advice is the root's alone: a release or operator key kept offline could sign nothing.
+    for out in [&release, &operator] {
+        assert!(!out.contains("offline"), "{out}");
+        assert!(!out.contains("root key"), "{out}");
+    }
+}
+
+#[test]
 fn signed_bundle_verifies_and_runs_its_self_test() {
     let dir = fleet();
     let d = dir.path();
@@ -252,6 +269,38 @@ fn mlflow_pickle_models_are_refused_without_being_opened() {
     let out = fails(d, &["bundle", "--mlflow", &full, "--name", "iris", "--version", "1", "--out", "p.drv"]);
     assert!(out.contains("model.pkl"), "{out}");
     assert!(!d.join("p.drv").exists());
+}
+
+#[test]
+fn mlflow_sklearn_directories_are_refused_saying_what_they_are_and_how_to_convert_them() {
+    let dir = fleet();
+    let d = dir.path();
+    let bundle = |name: &str| {
+        let dir = mlflow_dir(name).to_string_lossy().into_owned();
+        fails(d, &["bundle", "--mlflow", &dir, "--name", "iris", "--version", "1", "--out", "x.drv"])
+    };
+    // MLflow 3's default for scikit-learn (no serialization_format given): skops.
+    let skops = bundle("iris_sklearn_skops");
+    for what in [
+        "flavor 'sklearn'",
+        "serialized with skops (model.skops)",
+        "runs ONNX models only",
+        "skl2onnx",
+        "to_onnx(model, X[:1].astype(numpy.float32))",
+        "mlflow.onnx.log_model",
+        "mlflow.onnx.save_model",
+        "drover bundle --mlflow DIR",
+    ] {
+        assert!(skops.contains(what), "{what}: {skops}");
+    }
+    assert!(!skops.contains("no onnx flavor"), "{skops}");
+    // A pickle is named by its own flavor, not by python_function (which every flavor adds).
+    let pickle = bundle("iris_sklearn_pickle");
+    for what in ["flavor 'sklearn'", "serialized with pickle (model.pkl)", "runs code when loaded", "skl2onnx"] {
+        assert!(pickle.contains(what), "{what}: {pickle}");
+    }
+    assert!(!pickle.contains("python_function"), "{pickle}");
+    assert!(!d.join("x.drv").exists());
 }
 
 #[test]

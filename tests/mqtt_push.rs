@@ -317,6 +317,12 @@ fn agent_restart_resumes(kind: Kind) {
         .find_map(|(_, p)| codec::decode::<Want>(p).ok())
         .expect("a request after the restart");
     assert!(first_after.ranges[0].start > 0, "resumed with {kept} chunks on disk, asked for {first_after:?}");
+    // The log (no terminal here) says so: a count that merely stops moving would not. The killed
+    // agent's connection may end with its Last Will (offline) or be handed to the new one
+    // without it (reconnected).
+    assert!(out.contains("offline mid-transfer") || out.contains("reconnected mid-transfer"), "{out}");
+    let resumed = format!("resumed at chunk {}/", first_after.ranges[0].start + 1);
+    assert!(out.contains(&resumed), "{resumed}: {out}");
 }
 
 #[test]

@@ -94,6 +94,24 @@ impl ReferenceStats {
         }
     }
 
+    /// The classifier outputs whose class distribution prediction drift is judged on: every
+    /// `label` output, and a score vector's argmax only when the model has no label.
+    ///
+    /// A classifier that outputs both (scikit-learn's `label` and `probabilities`, as converted
+    /// by skl2onnx) predicts one class per sample, and the argmax of its probabilities *is* that
+    /// label. Testing the argmax as a second class label repeats the label's chi-squared test on
+    /// the same counts: one shift of the predictions raised two identical alerts and listed two
+    /// causes for retraining, and the second adds no evidence (the same test on the same data is
+    /// not more significant for being run twice). The probabilities carry something the label
+    /// does not — how sure the model is — but that is a distribution of scores, judged against a
+    /// reference of scores, which no bundle carries yet; a class test of the argmax would never
+    /// see it either. A model whose only prediction is a score vector (a CNN's softmax) has no
+    /// label, so its argmax is its predicted class and is judged as one.
+    pub fn judged_outputs(&self) -> impl Iterator<Item = &OutputStats> {
+        let has_label = self.outputs.iter().any(|o| o.kind == "label");
+        self.outputs.iter().filter(move |o| !has_label || o.kind == "label")
+    }
+
     /// Input feature `i` as the drift monitor compares against it: its bins, and its moments
     /// when it has spread (a constant feature has no variance to test).
     pub fn feature_ref(&self, i: usize) -> Result<drover_drift::FeatureRef, drover_drift::RefError> {

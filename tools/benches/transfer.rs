@@ -26,7 +26,7 @@ use drover_runtime::link::{BrokerSettings, PayloadFormat};
 use drover_tests::broker::{Broker, Kind, Options, free_port};
 use drover_tests::fleet::Fleet;
 use drover_tests::onnx_gen::{write_matmul_model, write_samples};
-use drover_tools::push::run::execute;
+use drover_tools::push::run::{Report, execute};
 use drover_tools::push::{Audience, Campaign, Tracker, Work};
 use drover_wire::message::Phase;
 use drover_wire::topic::Name;
@@ -204,7 +204,8 @@ async fn push(bundle: &[u8], version: u64, port: u16) -> (Duration, Duration, Du
     let mut downloaded: BTreeMap<Name, Duration> = BTreeMap::new();
     let mut installed: BTreeMap<Name, Duration> = BTreeMap::new();
     let settings = BrokerSettings { port, ..BrokerSettings::default() };
-    let outcome = execute(&mut campaign, bundle, None, &settings, |d, v| {
+    let outcome = execute(&mut campaign, bundle, None, &settings, |report| {
+        let Report::Changed(d, v) = report else { return };
         let t = start.elapsed();
         if v.phase.is_some() {
             started.entry(d.clone()).or_insert(t);

@@ -1,8 +1,11 @@
 //! Importing an MLflow model directory (`MLmodel` + files) into a bundle.
 //!
-//! Only the `onnx` flavor is accepted. A directory whose model is a pickle (scikit-learn's
-//! `pickle`/`cloudpickle`, joblib) is refused without the pickle ever being opened: loading a
-//! pickle runs code, and Drover never needs to, since skl2onnx converts such models to ONNX.
+//! Only the `onnx` flavor is accepted: the agent runs ONNX models and nothing else. A directory
+//! whose model is stored as Python objects (scikit-learn's default skops format since MLflow 3,
+//! `pickle`/`cloudpickle`, joblib) is refused without the file ever being opened, and the refusal
+//! says which flavor and format it found and how to convert the model to ONNX: loading a pickle
+//! runs code, and Drover never needs to, since skl2onnx (or onnxmltools, torch.onnx) converts
+//! such models once, on the machine that trained them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,19 +32,29 @@ pub enum MlflowError {
         /// Why.
         reason: String,
     },
-    /// The model is a pickle: refused unopened.
+    /// The model is stored as Python objects (skops, pickle, cloudpickle, joblib): refused
+    /// unopened, with the conversion to ONNX.
     #[error(
-        "{dir}: the model is a Python pickle ({what}); Drover never loads pickles (they run code when loaded). \
-         Convert it to ONNX with skl2onnx (to_onnx(model, X[:1].astype(numpy.float32))) and log it with mlflow.onnx"
+        "{dir}: an MLflow model of flavor '{flavor}' serialized with {format} ({file}): {why}, and the Drover \
+         agent runs ONNX models only. {convert}",
+        why = format.why(),
+        convert = conversion(flavor)
     )]
-    Pickle {
+    Python {
         /// The model directory.
         dir: PathBuf,
-        /// What gave it away.
-        what: String,
+        /// The flavor that stored it (`sklearn`, or `python_function` for a custom model).
+        flavor: String,
+        /// How it is serialized.
+        format: PythonFormat,
+        /// The model file the flavor names (never opened).
+        file: String,
     },
-    /// No onnx flavor.
-    #[error("{dir}: no onnx flavor (flavors: {flavors}); log the model with mlflow.onnx")]
+    /// No onnx flavor, and none stored as Python objects that we recognise.
+    #[error(
+        "{dir}: no onnx flavor (flavors: {flavors}); the Drover agent runs ONNX models only. {convert}",
+        convert = conversion("")
+    )]
     NoOnnx {
         /// The model directory.
         dir: PathBuf,
@@ -98,7 +111,102 @@ pub struct MlflowModel {
     outputs: Vec<(String, String, Vec<i64>)>,
 }
 
-const PICKLE_EXTENSIONS: [&str; 4] = ["pkl", "pickle", "joblib", "cloudpickle"];
+/// How a non-ONNX flavor stored its model: each is Python objects that only a Python process
+/// with the training libraries can rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PythonFormat {
+    /// skops, scikit-learn's default in MLflow 3: rebuilt from an allow-list of types, no code run.
+    Skops,
+    /// Python's pickle.
+    Pickle,
+    /// cloudpickle (custom `python_function` models, or `serialization_format="cloudpickle"`).
+    Cloudpickle,
+    /// joblib (pickle with numpy arrays beside it).
+    Joblib,
+}
+
+impl PythonFormat {
+    /// The format a flavor's `serialization_format` names, else the one its file's extension says.
+    fn detect(serialization_format: &str, file: &str) -> Option<PythonFormat> {
+        let ext = Path::new(file).extension().and_then(|e| e.to_str()).unwrap_or("");
+        match (serialization_format, ext) {
+            ("skops", _) | ("", "skops") => Some(PythonFormat::Skops),
+            ("pickle", _) | ("", "pkl" | "pickle") => Some(PythonFormat::Pickle),
+            ("cloudpickle", _) | ("", "cloudpickle") => Some(PythonFormat::Cloudpickle),
+            ("", "joblib") => Some(PythonFormat::Joblib),
+            _ => None,
+        }
+    }
+
+    /// Why Drover cannot use a model stored this way.
+    fn why(self) -> &'static str {
+        match self {
+            PythonFormat::Skops => {
+                "scikit-learn Python objects that only a Python process with scikit-learn can rebuild and run"
+            }
+            PythonFormat::Pickle | PythonFormat::Cloudpickle | PythonFormat::Joblib => {
+                "a Python pickle, which runs code when loaded (Drover never opens it) and needs the \
+                 training libraries in a Python process to run"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for PythonFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PythonFormat::Skops => "skops",
+            PythonFormat::Pickle => "pickle",
+            PythonFormat::Cloudpickle => "cloudpickle",
+            PythonFormat::Joblib => "joblib",
+        })
+    }
+}
+
+/// What to run to turn a `flavor` model into a directory `drover bundle --mlflow` takes: the
+/// flavor's ONNX converter, then the onnx flavor.
+fn conversion(flavor: &str) -> String {
+    let convert = match flavor {
+        "sklearn" => {
+            "Convert it where it was trained: `from skl2onnx import to_onnx; onnx_model = to_onnx(model, \
+             X[:1].astype(numpy.float32))`"
+        }
+        "xgboost" | "lightgbm" => {
+            "Convert it where it was trained with onnxmltools (`onnxmltools.convert_xgboost` / `convert_lightgbm`)"
+        }
+        "pytorch" => "Convert it where it was trained with `torch.onnx.export(model, example_input, \"model.onnx\")`",
+        _ => {
+            "Convert it to ONNX where it was trained (scikit-learn: skl2onnx `to_onnx(model, X[:1])`; \
+             XGBoost/LightGBM: onnxmltools; PyTorch: torch.onnx.export)"
+        }
+    };
+    format!(
+        "{convert}, then log it with `mlflow.onnx.log_model(onnx_model, name=\"model\")` (or write a directory with \
+         `mlflow.onnx.save_model(onnx_model, DIR)`) and run `drover bundle --mlflow DIR`"
+    )
+}
+
+/// The flavor that stored the model as Python objects, if one did: the framework's own flavor
+/// (`sklearn`, …) before `python_function`, which MLflow adds to every model and which names the
+/// same file.
+fn python_model(flavors: &BTreeMap<String, serde_json::Value>) -> Option<(String, PythonFormat, String)> {
+    let framework_first = flavors
+        .iter()
+        .filter(|(name, _)| name.as_str() != "python_function")
+        .chain(flavors.iter().filter(|(name, _)| name.as_str() == "python_function"));
+    for (name, flavor) in framework_first {
+        let format = flavor.get("serialization_format").and_then(|v| v.as_str()).unwrap_or("");
+        let file = ["pickled_model", "model_path", "python_model"]
+            .iter()
+            .find_map(|k| flavor.get(*k).and_then(|v| v.as_str()))
+            .unwrap_or("");
+        if let Some(format) = PythonFormat::detect(format, file) {
+            let file = if file.is_empty() { "no file named".to_string() } else { file.to_string() };
+            return Some((name.clone(), format, file));
+        }
+    }
+    None
+}
 
 /// Reads `dir/MLmodel` and finds the ONNX model, refusing pickles unopened.
 pub fn read(dir: &Path) -> Result<MlflowModel, MlflowError> {
@@ -112,15 +220,9 @@ pub fn read(dir: &Path) -> Result<MlflowModel, MlflowError> {
         serde_saphyr::from_str(&text).map_err(|e| MlflowError::Format { path: path.clone(), reason: e.to_string() })?;
 
     let Some(onnx) = ml.flavors.get("onnx") else {
-        // Name the pickle, if that is what the model is, so the user knows what to do.
-        for (name, flavor) in &ml.flavors {
-            let format = flavor.get("serialization_format").and_then(|v| v.as_str()).unwrap_or("");
-            let file = flavor.get("pickled_model").or(flavor.get("model_path")).and_then(|v| v.as_str()).unwrap_or("");
-            let ext = Path::new(file).extension().and_then(|e| e.to_str()).unwrap_or("");
-            if matches!(format, "pickle" | "cloudpickle") || PICKLE_EXTENSIONS.contains(&ext) {
-                let what = format!("flavor '{name}', {}", if file.is_empty() { format } else { file });
-                return Err(MlflowError::Pickle { dir: dir.into(), what });
-            }
+        // Say what the model is (flavor, format), so the user knows what to convert and how.
+        if let Some((flavor, format, file)) = python_model(&ml.flavors) {
+            return Err(MlflowError::Python { dir: dir.into(), flavor, format, file });
         }
         let flavors = ml.flavors.keys().cloned().collect::<Vec<_>>().join(", ");
         return Err(MlflowError::NoOnnx { dir: dir.into(), flavors });

@@ -83,9 +83,10 @@ impl Observer {
         if reference.input != first {
             return Err(ObserverError::Input(reference.input.clone(), first));
         }
+        // A classifier's class is judged once: on its label when it has one (see
+        // `ReferenceStats::judged_outputs`).
         let outputs: Vec<(usize, &crate::reference::OutputStats)> = reference
-            .outputs
-            .iter()
+            .judged_outputs()
             .filter_map(|o| signature.outputs.iter().position(|s| s.name.as_str() == o.name).map(|i| (i, o)))
             .take(MAX_FEATURES / 2)
             .collect();
@@ -257,11 +258,18 @@ mod tests {
     /// Every training row once (a window of exactly the reference), then every row with
     /// `shift` added: the verdicts of both windows.
     fn two_windows(shift: [f32; 4]) -> (WindowReport<MAX_FEATURES>, WindowReport<MAX_FEATURES>, FeatureNames) {
+        let (mut windows, names) = windows(&[[0.0; 4], shift]);
+        let second = windows.pop().expect("two");
+        (windows.pop().expect("two"), second, names)
+    }
+
+    /// One window per shift: every training row with that shift added (sustain 3).
+    fn windows(shifts: &[[f32; 4]]) -> (Vec<WindowReport<MAX_FEATURES>>, FeatureNames) {
         let (mut model, reference) = iris();
         let mut o = Observer::new(&reference, model.signature(), POLICY, Thresholds::default(), 3, 0.0, 0).expect("o");
         let mut outputs = Vec::new();
         let mut windows = vec![];
-        for shift in [[0.0; 4], shift] {
+        for &shift in shifts {
             for row in rows() {
                 let x: Vec<f32> = row.iter().zip(shift).map(|(v, s)| v + s).collect();
                 let t = Tensor::new(vec![4], TensorData::F32(x)).expect("tensor");
@@ -272,15 +280,14 @@ mod tests {
             assert!(o.due(1));
             windows.push(o.close(1));
         }
-        let second = windows.pop().expect("two");
-        (windows.pop().expect("two"), second, o.names())
+        (windows, o.names())
     }
 
     #[test]
-    fn features_are_named_inputs_first_then_output_classes() {
+    fn features_are_named_inputs_first_then_the_predicted_class() {
         let (_, _, names) = two_windows([0.0; 4]);
         let names: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["sepal_length", "sepal_width", "petal_length", "petal_width", "label", "probabilities"]);
+        assert_eq!(names, ["sepal_length", "sepal_width", "petal_length", "petal_width", "label"]);
     }
 
     #[test]
@@ -301,6 +308,54 @@ mod tests {
         assert_eq!(shifted.features[2].drifted, Some(Statistic::Psi));
         // Longer petals turn setosas into other classes: the label distribution drifts too.
         assert!(drifted.contains(&"label"), "{drifted:?}");
+    }
+
+    #[test]
+    fn a_classifier_shift_raises_one_prediction_drift_alert_for_the_label_not_again_for_its_probabilities() {
+        use crate::serve::ClosedWindow;
+        use drover_wire::event::EventKind;
+        use drover_wire::message::ModelRef;
+        use drover_wire::telemetry::Source;
+
+        // iris_logreg outputs `label` (int64) and `probabilities` (float32[3]), whose argmax is
+        // the label: one shift of the predictions must be judged once.
+        let shift = [0.0, 0.0, 2.0, 0.0];
+        let (reports, names) = windows(&[shift, shift, shift]);
+        let model = ModelRef { name: "iris".try_into().expect("name"), version: 1 };
+        let mut alerts = Vec::new();
+        let mut retrain = Vec::new();
+        for report in reports {
+            let w = ClosedWindow {
+                model: model.clone(),
+                report,
+                names: names.clone(),
+                reference_samples: 150,
+                thresholds: Thresholds::default(),
+                every: 1,
+            };
+            // No output is judged as a class but a classifier's label (or its only score vector).
+            for (score, (name, source)) in w.report.features.iter().zip(w.names.iter()) {
+                if *source == Source::Output && score.chi2.is_some() {
+                    assert_eq!(name, "label", "{name} judged as a class label");
+                }
+            }
+            for e in crate::telemetry::alerts::window_events(&w) {
+                match e {
+                    EventKind::Drift { feature, source: Source::Output, .. } => alerts.push(feature.to_string()),
+                    EventKind::Retrain { features, .. } => {
+                        retrain = features.iter().map(|f| f.to_string()).collect::<Vec<_>>();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(alerts, ["label"], "one prediction-drift alert");
+        assert!(retrain.contains(&"label".to_string()), "{retrain:?}");
+        let mut once = retrain.clone();
+        once.sort();
+        once.dedup();
+        assert_eq!(once.len(), retrain.len(), "each cause once: {retrain:?}");
+        assert!(!retrain.contains(&"probabilities".to_string()), "{retrain:?}");
     }
 
     #[test]

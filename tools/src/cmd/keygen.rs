@@ -26,7 +26,20 @@ pub fn run(args: &KeygenArgs) -> anyhow::Result<()> {
     let key = generate()?;
     let (secret, public) = write_pair(&args.out, &name, args.role, &key).context("keygen")?;
     println!("{:?} key {}", args.role, id_of(&key.public()));
-    println!("  secret {} (0600: keep it offline for a root key)", secret.display());
+    println!("  secret {} (0600: {})", secret.display(), where_to_keep(args.role));
     println!("  public {}", public.display());
     Ok(())
+}
+
+/// Where the secret key belongs, which follows from what it signs: the root signs rarely (root
+/// documents, delegations) and can take everything, so it stays offline; a release key must be
+/// where bundles are built and an operator key where commands are issued, or it signs nothing.
+fn where_to_keep(role: Role) -> &'static str {
+    match role {
+        Role::Root => "keep it offline; bring it out only to sign root documents and delegations",
+        Role::Release => "keep it on the build or CI machine that signs bundles, and nowhere else",
+        Role::Operator => {
+            "keep it on the operator's machine that signs commands, or the fleet server if it runs rollouts"
+        }
+    }
 }

@@ -14,7 +14,8 @@ use drover_wire::topic::Name;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::broker_args::BrokerArgs;
-use crate::push::run::{Outcome, execute};
+use crate::push::campaign::Interruption;
+use crate::push::run::{Outcome, Report, execute};
 use crate::push::{Audience, Campaign, DeviceView, End, Tracker, Work};
 
 /// Who an operation is for (exactly one of the three).
@@ -112,7 +113,10 @@ pub fn drive(
 ) -> anyhow::Result<Outcome> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the runtime")?;
     let mut display = Display::new();
-    rt.block_on(execute(campaign, bundle, max_rate, settings, |d, v| display.update(d, v)))
+    rt.block_on(execute(campaign, bundle, max_rate, settings, |report| match report {
+        Report::Changed(d, v) => display.update(d, v),
+        Report::Interrupted(d, i) => display.interrupted(d, i),
+    }))
 }
 
 /// Prints the final table; true when every device succeeded.
@@ -176,6 +180,24 @@ fn phase_text(p: &Phase) -> String {
     }
 }
 
+/// What a device dropping out of a transfer or coming back says in the log: a bar or a count
+/// that merely stops moving tells the operator nothing.
+pub fn interruption_text(i: &Interruption) -> String {
+    match i {
+        Interruption::Offline { have: Some(have), total } => {
+            format!("offline mid-transfer, with {have}/{total} chunks")
+        }
+        Interruption::Offline { have: None, total } => {
+            format!("offline mid-transfer, before reporting any of {total} chunks")
+        }
+        Interruption::Online => "back online, waiting for its request for the chunks it lacks".into(),
+        Interruption::Reconnected => {
+            "dropped out and reconnected mid-transfer, waiting for its request for the chunks it lacks".into()
+        }
+        Interruption::Resumed { at, total } => format!("resumed at chunk {at}/{total}"),
+    }
+}
+
 /// Progress bars on a terminal, a line per change otherwise (logs, CI).
 struct Display {
     multi: Option<MultiProgress>,
@@ -188,6 +210,26 @@ impl Display {
         let multi =
             std::io::stderr().is_terminal().then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         Display { multi, bars: BTreeMap::new(), last: BTreeMap::new() }
+    }
+
+    /// A line for a device dropping out of the transfer or coming back, above the bars on a
+    /// terminal (its bar shows it until its next progress), in the log otherwise.
+    fn interrupted(&mut self, device: &Name, i: &Interruption) {
+        let text = interruption_text(i);
+        let line = format!("{:<24} {text}", device.as_str());
+        match &self.multi {
+            Some(multi) => {
+                let _ = multi.println(line);
+                if let Some(bar) = self.bars.get(device) {
+                    bar.set_message(text);
+                }
+            }
+            None => {
+                eprintln!("{line}");
+                // The next progress gets its line again: the log shows the transfer moving on.
+                self.last.remove(device);
+            }
+        }
     }
 
     fn update(&mut self, device: &Name, view: &DeviceView) {
@@ -232,5 +274,19 @@ impl Display {
         } else {
             bar.set_message(text);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interruptions_read_as_lines_that_say_where_the_transfer_stands() {
+        let text = |i| interruption_text(&i);
+        assert_eq!(text(Interruption::Offline { have: Some(8), total: 20 }), "offline mid-transfer, with 8/20 chunks");
+        assert!(text(Interruption::Offline { have: None, total: 20 }).contains("any of 20 chunks"));
+        assert!(text(Interruption::Online).starts_with("back online"));
+        assert_eq!(text(Interruption::Resumed { at: 9, total: 20 }), "resumed at chunk 9/20");
     }
 }

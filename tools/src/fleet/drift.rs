@@ -126,7 +126,8 @@ impl Catalog {
             let reference = stats.feature_ref(i).map_err(|e| format!("{name}: {e}"))?;
             features.push(Feature { name, reference });
         }
-        for o in &stats.outputs {
+        // The same outputs the agents judge: a classifier's class once, on its label.
+        for o in stats.judged_outputs() {
             let values: Vec<i64> = o.classes.keys().copied().collect();
             let counts: Vec<u64> = o.classes.values().copied().collect();
             let reference = FeatureRef::categorical(&values, &counts).map_err(|e| format!("{}: {e}", o.name))?;

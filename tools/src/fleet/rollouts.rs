@@ -326,7 +326,7 @@ async fn deploy(
     let tracker = Tracker::new(audience(devices)?, 0, 1500, timeout);
     let mut campaign =
         Campaign::new(crate::push::Work::Bundle { announce }, tracker, drover_runtime::link::PayloadFormat::default());
-    crate::push::run::execute(&mut campaign, bundle, None, broker, |_, _| {}).await?;
+    crate::push::run::execute(&mut campaign, bundle, None, broker, |_| {}).await?;
     if shadow {
         let op = Operation::Shadow { name: short(&plan.model), version: plan.version, sample_ppm: 1_000_000 };
         command(devices, op, plan, broker, signer, now_ms).await?;
@@ -363,7 +363,7 @@ async fn command(
                 tracker,
                 drover_runtime::link::PayloadFormat::default(),
             );
-            crate::push::run::execute(&mut campaign, &[], None, broker, |_, _| {}).await.map(|_| ())
+            crate::push::run::execute(&mut campaign, &[], None, broker, |_| {}).await.map(|_| ())
         }
     });
     for r in futures_util::future::join_all(runs).await {

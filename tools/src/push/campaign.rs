@@ -54,6 +54,34 @@ pub enum Action {
     },
     /// A device's view changed (redraw it).
     Changed(Name),
+    /// A device of the transfer dropped out or came back (a line in the log: a progress bar or
+    /// a count that merely stops moving tells the operator nothing).
+    Interrupted(Name, Interruption),
+}
+
+/// A device of the transfer (it asked for chunks and does not have the whole bundle yet)
+/// dropping out mid-transfer and coming back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interruption {
+    /// Its presence went offline (its Last Will, or a clean disconnect).
+    Offline {
+        /// Chunks it had reported having, when it had reported any.
+        have: Option<u32>,
+        /// Chunks in the bundle.
+        total: u32,
+    },
+    /// Its presence is online again; its request for what it lacks follows.
+    Online,
+    /// A fresh online presence while it was online: its earlier connection vanished without a
+    /// Last Will (the broker handed the session to its new connection); its request follows.
+    Reconnected,
+    /// It asked for the chunks it lacks again: the first of them is `at` (counted from 1).
+    Resumed {
+        /// The first chunk it lacks, counted from 1 (chunk `at` of `total`).
+        at: u32,
+        /// Chunks in the bundle.
+        total: u32,
+    },
 }
 
 /// A push or a command in flight.
@@ -88,6 +116,20 @@ pub struct Campaign {
     awaited: Option<(usize, usize, usize)>,
     /// [`Campaign::listeners`] as counted at a given ms (a burst of requests shares one count).
     listening: Option<(u64, usize)>,
+    /// Devices that went offline mid-transfer and have not asked for chunks since.
+    away: BTreeMap<Name, Away>,
+    /// Each device's latest presence: a copy delivered again (this tool reconnecting) is the
+    /// same, a device's new connection publishes a new one.
+    presence: BTreeMap<Name, Status>,
+}
+
+/// Where a device that dropped out of the transfer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Away {
+    /// Its presence says offline.
+    Offline,
+    /// Its presence says online again; its request has not come yet.
+    Back,
 }
 
 /// Who a chunk goes to.
@@ -146,6 +188,8 @@ impl Campaign {
             gathering_since: None,
             awaited: None,
             listening: None,
+            away: BTreeMap::new(),
+            presence: BTreeMap::new(),
         }
     }
 
@@ -210,8 +254,18 @@ impl Campaign {
         match leaf {
             DeviceLeaf::Status => match codec::decode::<Status>(payload) {
                 Ok(s) => {
+                    let was = self.tracker.devices().get(&device).and_then(|v| v.online);
                     if self.tracker.on_status(device.clone(), &s) {
-                        out.push(Action::Changed(device));
+                        out.push(Action::Changed(device.clone()));
+                        // A new presence serving what the last one did: a new connection (a
+                        // changed model is published too, and is no reconnection).
+                        let fresh = self
+                            .presence
+                            .insert(device.clone(), s.clone())
+                            .is_some_and(|old| old != s && old.model == s.model && old.slot == s.slot);
+                        if let Some(i) = self.presence_changed(&device, was, s.online, fresh) {
+                            out.push(Action::Interrupted(device, i));
+                        }
                     }
                 }
                 Err(codec::DecodeError::Empty) => {}
@@ -222,6 +276,10 @@ impl Campaign {
                     let work = &self.work;
                     let ours = |op: &Op| Campaign::matches(work, op);
                     if self.tracker.on_progress(&device, &p.op, p.phase, ours, now_ms) {
+                        if !self.in_transfer(&device) {
+                            // Done with the transfer (installing, or finished): nothing to resume.
+                            self.away.remove(&device);
+                        }
                         out.push(Action::Changed(device));
                     }
                 }
@@ -231,6 +289,15 @@ impl Campaign {
             DeviceLeaf::Want => match (codec::decode::<Want>(payload), &self.work) {
                 (Ok(w), Work::Bundle { announce }) if w.transfer == announce.transfer => {
                     let count = u32::try_from(announce.chunk_count()).unwrap_or(u32::MAX);
+                    if self.away.remove(&device).is_some() {
+                        // Its first request since it dropped out (whether or not its presence
+                        // came first): where it picks the transfer up again.
+                        let lacking = w.ranges.iter().filter(|r| r.start < r.end.min(count)).map(|r| r.start).min();
+                        if let Some(first) = lacking {
+                            let resumed = Interruption::Resumed { at: first + 1, total: count };
+                            out.push(Action::Interrupted(device.clone(), resumed));
+                        }
+                    }
                     let first = self.asked.insert(device.clone());
                     if first {
                         self.last_asker_ms = now_ms;
@@ -259,6 +326,51 @@ impl Campaign {
             },
             _ => {}
         }
+    }
+
+    /// Whether `device` is in the middle of the transfer: it asked for chunks and has not
+    /// reported the whole bundle (installing, or a final phase).
+    fn in_transfer(&self, device: &Name) -> bool {
+        self.asked.contains(device)
+            && self
+                .tracker
+                .devices()
+                .get(device)
+                .is_none_or(|v| matches!(v.phase, None | Some(Phase::Downloading { .. })))
+    }
+
+    /// A device's presence went from `was` to `online` (`fresh`: not a copy of the one before):
+    /// whether that interrupts the transfer (it went offline in the middle of it) or ends an
+    /// interruption (it is back, or it reconnected without ever being seen offline).
+    fn presence_changed(
+        &mut self,
+        device: &Name,
+        was: Option<bool>,
+        online: bool,
+        fresh: bool,
+    ) -> Option<Interruption> {
+        let Work::Bundle { announce } = &self.work else { return None };
+        if !online && was != Some(false) && self.in_transfer(device) {
+            self.away.insert(device.clone(), Away::Offline);
+            let have = match self.tracker.devices().get(device).and_then(|v| v.phase.as_ref()) {
+                Some(Phase::Downloading { have, .. }) => Some(*have),
+                _ => None,
+            };
+            let total = u32::try_from(announce.chunk_count()).unwrap_or(u32::MAX);
+            return Some(Interruption::Offline { have, total });
+        }
+        if online && self.away.get(device) == Some(&Away::Offline) {
+            self.away.insert(device.clone(), Away::Back);
+            return Some(Interruption::Online);
+        }
+        // A device publishes its presence when it connects: a new one while it was online and
+        // in the transfer means its connection dropped and came back, with no Last Will (a
+        // broker hands the session to the new connection without one).
+        if online && fresh && was == Some(true) && !self.away.contains_key(device) && self.in_transfer(device) {
+            self.away.insert(device.clone(), Away::Back);
+            return Some(Interruption::Reconnected);
+        }
+        None
     }
 
     /// Whether a report is about this operation: the same transfer and announcement (not an

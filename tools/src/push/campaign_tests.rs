@@ -122,20 +122,102 @@ fn a_late_device_gets_copies_of_what_it_missed_alone_until_one_to_all_costs_less
 }
 
 fn online(c: &mut Campaign, dev: &str, now: u64) {
+    presence(c, dev, true, now);
+}
+
+fn presence(c: &mut Campaign, dev: &str, online: bool, now: u64) -> Vec<Action> {
     let status = Status {
-        online: true,
+        online,
         agent: drover_wire::AgentVersion { major: 0, minor: 1, patch: 0 },
         arch: Arch::X86_64,
         groups: ["lab".try_into().unwrap()].into_iter().collect(),
         model: None,
         slot: None,
         uptime_s: 0,
-        at: 0,
+        // Made when published: a fresh presence differs from a retained copy delivered again.
+        at: now / 1000,
         labels: heapless::Vec::new(),
         presence_only: false,
     };
     let topic = format!("drover/v1/dev/{dev}/status");
-    c.handle(Input::Message { topic: &topic, payload: &codec::encode(PayloadFormat::Json, &status) }, now);
+    c.handle(Input::Message { topic: &topic, payload: &codec::encode(PayloadFormat::Json, &status) }, now)
+}
+
+fn op_of(c: &Campaign) -> Op {
+    let Work::Bundle { announce: a } = &c.work else { panic!() };
+    Op::Bundle { transfer: a.transfer, name: a.name.clone(), version: a.version, issued_at: a.issued_at }
+}
+
+fn downloading(c: &mut Campaign, dev: &str, have: u32, now: u64) -> Vec<Action> {
+    let op = op_of(c);
+    let Work::Bundle { announce: a } = &c.work else { panic!() };
+    let total = u32::try_from(a.chunk_count()).unwrap();
+    let p = Progress { op, phase: Phase::Downloading { have, total }, at: 0 };
+    let topic = format!("drover/v1/dev/{dev}/progress");
+    c.handle(Input::Message { topic: &topic, payload: &codec::encode(PayloadFormat::Json, &p) }, now)
+}
+
+fn interruptions(actions: &[Action]) -> Vec<(String, Interruption)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Interrupted(d, i) => Some((d.to_string(), i.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_device_that_drops_out_mid_transfer_is_reported_offline_then_resumed_at_its_first_missing_chunk() {
+    let mut c = push("lab", &bundle());
+    c.handle(Input::Connected, 0);
+    online(&mut c, "pi-1", 0);
+    online(&mut c, "idle", 0);
+    c.handle(Input::Message { topic: "drover/v1/dev/pi-1/want", payload: &want(&c, &[(0, 20)]) }, 10);
+    c.release_due(10 + QUIET_MS);
+    assert_eq!(drain(&mut c), to_all(0..20));
+    assert!(interruptions(&downloading(&mut c, "pi-1", 8, 200)).is_empty());
+
+    // Its Last Will: offline with 8 of 20 chunks. The same presence delivered again (the
+    // tool reconnecting to the broker) says nothing new.
+    let dropped = presence(&mut c, "pi-1", false, 300);
+    assert_eq!(interruptions(&dropped), [("pi-1".into(), Interruption::Offline { have: Some(8), total: 20 })]);
+    assert!(interruptions(&presence(&mut c, "pi-1", false, 310)).is_empty());
+    // A device that never joined the transfer going offline is no interruption of it.
+    assert!(interruptions(&presence(&mut c, "idle", false, 320)).is_empty());
+
+    // Back: online, then its request for chunks 9..20 (counted from 1) says where it resumes.
+    assert_eq!(interruptions(&presence(&mut c, "pi-1", true, 5_000)), [("pi-1".into(), Interruption::Online)]);
+    let resumed = c.handle(Input::Message { topic: "drover/v1/dev/pi-1/want", payload: &want(&c, &[(8, 20)]) }, 5_010);
+    assert_eq!(interruptions(&resumed), [("pi-1".into(), Interruption::Resumed { at: 9, total: 20 })]);
+    // Later requests (a stall, a damaged chunk) are no resumption.
+    let again = c.handle(Input::Message { topic: "drover/v1/dev/pi-1/want", payload: &want(&c, &[(12, 13)]) }, 9_000);
+    assert!(interruptions(&again).is_empty());
+
+    // A device back so fast that its request comes before its presence: resumed all the same.
+    presence(&mut c, "pi-1", false, 10_000);
+    let resumed =
+        c.handle(Input::Message { topic: "drover/v1/dev/pi-1/want", payload: &want(&c, &[(15, 20)]) }, 10_010);
+    assert_eq!(interruptions(&resumed), [("pi-1".into(), Interruption::Resumed { at: 16, total: 20 })]);
+    assert!(interruptions(&presence(&mut c, "pi-1", true, 10_020)).is_empty(), "already resumed");
+
+    // A connection that vanished without a Last Will (the broker handed the session to the
+    // device's new connection): no offline presence, but a fresh online one mid-transfer.
+    assert!(interruptions(&presence(&mut c, "pi-1", true, 10_020)).is_empty(), "the same presence again");
+    let back = presence(&mut c, "pi-1", true, 12_000);
+    assert_eq!(interruptions(&back), [("pi-1".into(), Interruption::Reconnected)]);
+    assert!(interruptions(&presence(&mut c, "pi-1", true, 12_000)).is_empty(), "the same presence again");
+    let resumed =
+        c.handle(Input::Message { topic: "drover/v1/dev/pi-1/want", payload: &want(&c, &[(18, 20)]) }, 12_010);
+    assert_eq!(interruptions(&resumed), [("pi-1".into(), Interruption::Resumed { at: 19, total: 20 })]);
+    // Once it has the whole bundle, a new presence (it installed and serves it) is no drop-out.
+    downloading(&mut c, "pi-1", 20, 13_000);
+    let p = Progress { op: op_of(&c), phase: Phase::Installing, at: 0 };
+    c.handle(
+        Input::Message { topic: "drover/v1/dev/pi-1/progress", payload: &codec::encode(PayloadFormat::Json, &p) },
+        13_100,
+    );
+    assert!(interruptions(&presence(&mut c, "pi-1", true, 14_000)).is_empty());
 }
 
 #[test]

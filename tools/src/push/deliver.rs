@@ -50,7 +50,7 @@ pub fn deliver(
     let tracker = Tracker::new(audience, 0, settle, timeout.as_millis() as u64);
     let mut campaign = Campaign::new(Work::Bundle { announce }, tracker, PayloadFormat::Postcard);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let outcome = rt.block_on(execute(&mut campaign, &bytes, None, broker, |_, _| {}))?;
+    let outcome = rt.block_on(execute(&mut campaign, &bytes, None, broker, |_| {}))?;
     let t = campaign.tracker();
     let ok = t.devices().values().filter(|v| v.phase.as_ref().is_some_and(|p| p.is_success())).count();
     anyhow::ensure!(

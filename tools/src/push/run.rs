@@ -10,7 +10,7 @@ use drover_wire::topic::Name;
 use rumqttc::{AsyncClient, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
 
-use super::campaign::{Action, Campaign, Input, Payloads, Work};
+use super::campaign::{Action, Campaign, Input, Interruption, Payloads, Work};
 use super::rate::RateLimit;
 use super::tracker::{DeviceView, End};
 
@@ -33,15 +33,24 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
+/// What an operation tells its caller as it goes (progress bars, log lines).
+#[derive(Debug, Clone, Copy)]
+pub enum Report<'a> {
+    /// A device's view changed.
+    Changed(&'a Name, &'a DeviceView),
+    /// A device of the transfer dropped out or came back.
+    Interrupted(&'a Name, &'a Interruption),
+}
+
 /// Runs `campaign` to its end. `bundle` holds the bundle's bytes for a push, sent at most at
-/// `max_rate` bytes per second; `on_change` is called whenever a device's view changes
-/// (progress bars, log lines).
+/// `max_rate` bytes per second; `on_report` is called whenever a device's view changes or it
+/// drops out of the transfer or comes back.
 pub async fn execute(
     campaign: &mut Campaign,
     bundle: &[u8],
     max_rate: Option<u64>,
     broker: &BrokerSettings,
-    mut on_change: impl FnMut(&Name, &DeviceView),
+    mut on_report: impl FnMut(Report<'_>),
 ) -> anyhow::Result<Outcome> {
     let start = Instant::now();
     let ms = |t: Instant| t.duration_since(start).as_millis() as u64;
@@ -113,7 +122,7 @@ pub async fn execute(
             }
         };
         for a in actions {
-            perform(&mut conn, a, campaign, &mut on_change).await;
+            perform(&mut conn, a, campaign, &mut on_report).await;
         }
         // Serve requested chunks a few at a time, so progress reports keep flowing meanwhile.
         if let (true, Some(a), Some(payloads)) = (online, &announce, &mut payloads) {
@@ -136,7 +145,7 @@ pub async fn execute(
     };
     if online {
         for a in campaign.closing() {
-            perform(&mut conn, a, campaign, &mut on_change).await;
+            perform(&mut conn, a, campaign, &mut on_report).await;
         }
         let _ = conn.client.try_disconnect();
         wait_closed(&mut conn.rx, Duration::from_secs(3)).await;
@@ -202,7 +211,7 @@ impl Conn {
     }
 }
 
-async fn perform(conn: &mut Conn, action: Action, campaign: &Campaign, on_change: &mut impl FnMut(&Name, &DeviceView)) {
+async fn perform(conn: &mut Conn, action: Action, campaign: &Campaign, on_report: &mut impl FnMut(Report<'_>)) {
     match action {
         Action::Subscribe(filters) => {
             let filters: Vec<_> = filters.into_iter().map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce)).collect();
@@ -217,8 +226,9 @@ async fn perform(conn: &mut Conn, action: Action, campaign: &Campaign, on_change
         }
         Action::Changed(device) => {
             if let Some(view) = campaign.tracker().devices().get(&device) {
-                on_change(&device, view);
+                on_report(Report::Changed(&device, view));
             }
         }
+        Action::Interrupted(device, interruption) => on_report(Report::Interrupted(&device, &interruption)),
     }
 }
