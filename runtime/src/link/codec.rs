@@ -91,6 +91,19 @@ mod tests {
     }
 
     #[test]
+    fn architectures_are_spelled_as_users_type_them_and_the_old_spelling_still_reads() {
+        use drover_wire::Arch;
+        for arch in Arch::ALL {
+            let json = String::from_utf8(encode(PayloadFormat::Json, &arch)).unwrap();
+            assert_eq!(json, format!("\"{}\"", arch.name()));
+            assert_eq!(serde_json::from_str::<Arch>(&json).unwrap(), arch);
+            assert_eq!(decode::<Arch>(&encode(PayloadFormat::Postcard, &arch)).unwrap(), arch);
+        }
+        assert_eq!(serde_json::from_str::<Arch>("\"Aarch64\"").unwrap(), Arch::Aarch64);
+        assert_eq!(serde_json::from_str::<Arch>("\"X86_64\"").unwrap(), Arch::X86_64);
+    }
+
+    #[test]
     fn garbled_payloads_are_errors() {
         let good = encode(PayloadFormat::Postcard, &progress());
         assert!(matches!(decode::<Progress>(&[]), Err(DecodeError::Empty)));

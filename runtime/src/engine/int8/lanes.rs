@@ -388,6 +388,7 @@ pub(crate) mod tests {
 
     /// Every instruction set this CPU can run, each with the Portable lanes of its width.
     pub(crate) fn isas() -> Vec<Isa> {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut v = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         {
