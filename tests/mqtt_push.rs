@@ -86,8 +86,12 @@ fn finish(child: Child) -> (bool, String) {
 
 /// The rows of the result table (`drover push` and `drover rollback` print it on stdout,
 /// progress on stderr): lines ending in a time or `-`.
+/// The rows of `drover push`'s final table: a device, its result, and its time (`9.5s`, or `-`);
+/// the progress lines before it (`dev-03  downloading 5/77`, `… reconnected mid-transfer, …`)
+/// end otherwise.
 fn table_rows<'a>(out: &'a str, device_prefix: &str) -> Vec<&'a str> {
-    out.lines().filter(|l| l.starts_with(device_prefix) && (l.ends_with('s') || l.ends_with('-'))).collect()
+    let is_time = |t: &str| t == "-" || t.strip_suffix('s').is_some_and(|n| n.parse::<f64>().is_ok());
+    out.lines().filter(|l| l.starts_with(device_prefix) && l.split_whitespace().last().is_some_and(is_time)).collect()
 }
 
 fn push(rel: &Release, bundle: &Path, broker: &Broker, extra: &[&str]) -> Child {

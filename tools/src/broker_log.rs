@@ -14,10 +14,17 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
-/// rumqttd events that describe one client's connection ending or failing: routine on a broker
-/// (clients come and go), so debug, not error.
-const ROUTINE: [&str; 5] =
-    ["disconnected", "connection-stop", "router-drop", "Remote link error", "Error while handling MQTT connect packet"];
+/// Fragments of rumqttd events that describe one client's connection ending or failing:
+/// routine on a broker (clients come and go, and a disconnect can race the router), so debug,
+/// not error.
+const ROUTINE: [&str; 6] = [
+    "disconnected",
+    "connection-stop",
+    "router-drop",
+    "Remote link error",
+    "Error while handling MQTT connect packet",
+    "is already gone",
+];
 
 /// Installs the bridge for the whole process; a no-op if a tracing subscriber is already set.
 pub fn install() {
@@ -26,7 +33,7 @@ pub fn install() {
 
 /// The level an event from `target` with `message` gets in Drover's log.
 fn level_of(target: &str, message: &str, level: tracing::Level) -> log::Level {
-    if target.starts_with("rumqttd") && ROUTINE.contains(&message) {
+    if target.starts_with("rumqttd") && ROUTINE.iter().any(|r| message.contains(r)) {
         return log::Level::Debug;
     }
     match level {
@@ -121,5 +128,7 @@ mod tests {
             log::Level::Error
         );
         assert_eq!(level_of("other", "disconnected", tracing::Level::ERROR), log::Level::Error);
+        let gone = "no-connection id 0 is already gone";
+        assert_eq!(level_of("rumqttd::router::routing", gone, tracing::Level::ERROR), log::Level::Debug);
     }
 }
