@@ -43,6 +43,35 @@ fn check_with(reference: &ReferenceModel, samples: &[Sample], batch: usize, opti
     largest
 }
 
+/// What users bring: skl2onnx's default export (an unnamed batch axis, a ZipMap), torch's
+/// dynamo exporter and MLflow 3's ONNX directory (weights in a side file). Each gives
+/// onnxruntime's answers one sample at a time and in batches, and a ZipMap's maps come out as
+/// the tensor of their values, columns in the order of the class labels the signature names.
+#[test]
+fn models_as_the_exporters_write_them_match_onnxruntime() {
+    let models = manifest::load_exported().models;
+    assert!(models.len() >= 5, "the manifest lists the exported models");
+    for reference in models {
+        let model = Model::load(&reference.path()).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
+        let samples = read_all(&model, &reference.reference.as_ref().expect("reference").input_jsonl);
+        for out in &reference.reference.as_ref().expect("reference").outputs {
+            let served = model.signature().class_labels.iter().find(|l| l.output == out.name);
+            assert_eq!(served.map(|l| &l.labels), out.class_labels.as_ref(), "{}: {} class labels", reference.name, out.name);
+        }
+        if reference.batch == "unnamed" {
+            assert_eq!(
+                model.signature().batch,
+                drover_runtime::engine::BatchAxis::Symbolic("N".into()),
+                "{}: the unnamed leading axis is the batch",
+                reference.name
+            );
+        }
+        for batch in [1, 5, 16] {
+            check(&reference, &samples, batch);
+        }
+    }
+}
+
 fn runnable() -> Vec<ReferenceModel> {
     let models: Vec<ReferenceModel> = manifest::load().models.into_iter().filter(|m| !m.refused).collect();
     assert!(models.len() >= 8, "the manifest lists the reference models");

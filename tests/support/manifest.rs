@@ -67,6 +67,10 @@ pub struct ReferenceOutput {
     pub npy: String,
     /// Largest absolute difference allowed.
     pub tolerance: f64,
+    /// For an output the file wrote as a ZipMap (maps per sample): the class label of each
+    /// column of the tensor Drover serves instead.
+    #[serde(default)]
+    pub class_labels: Option<Vec<String>>,
 }
 
 /// The `models/` directory of this checkout.
@@ -77,6 +81,14 @@ pub fn models_dir() -> PathBuf {
 /// Loads the manifest; panics with the path if it is missing or malformed (a broken checkout).
 pub fn load() -> Manifest {
     let path = models_dir().join("reference").join("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The models real exporters wrote with their default calls (`models/exported/manifest.json`,
+/// written by `models/exported/make_exported.py`), in the same schema.
+pub fn load_exported() -> Manifest {
+    let path = models_dir().join("exported").join("manifest.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

@@ -14,13 +14,15 @@ pub mod proto;
 pub mod qdq;
 mod signature;
 mod stage;
+pub mod zipmap;
 
 pub use error::{LoadError, RunError};
-pub use model::{LoadOptions, Model};
+pub use model::{LoadOptions, Model, external_data_of};
 pub use profile::{NodeTime, Profile};
 pub use qdq::QdqRewrites;
 pub use signature::{BatchAxis, Signature, describe_shape};
 pub use stage::{LoadTimings, Stage};
+pub use zipmap::ClassLabels;
 
 #[cfg(test)]
 mod robustness {

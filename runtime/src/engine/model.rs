@@ -112,6 +112,31 @@ impl Model {
         let onnx = tract_onnx::onnx();
 
         let check_start = Instant::now();
+        let side_files = super::proto::external_data(proto)?;
+        if !side_files.is_empty() && dir.is_none() {
+            return Err(LoadError::ExternalDataMissing(side_files));
+        }
+        // What converters write that tract cannot take as is, made servable on a copy (only when
+        // there is something to do: a big CNN is not copied for nothing): `[?, 4]` (skl2onnx's
+        // and onnxmltools' default batch axis) typed as `[N, 4]`, and a classifier's ZipMap
+        // served as its probability tensor with the class labels in the signature.
+        let zipmaps = super::proto::all_nodes(proto).iter().any(|n| n.op_type == "ZipMap");
+        let normalised = (super::proto::has_unnamed_dims(proto) || zipmaps).then(|| {
+            let mut copy = proto.clone();
+            let n = super::proto::name_unnamed_dims(&mut copy);
+            if n > 0 {
+                log::info!("named {n} input/output dimension(s) the file left without a size or a name");
+            }
+            let labels = super::zipmap::rewrite(&mut copy);
+            for l in &labels {
+                log::info!("output '{}': ZipMap served as a [N, {}] probability tensor", l.output, l.labels.len());
+            }
+            (copy, labels)
+        });
+        let (proto, class_labels) = match &normalised {
+            Some((copy, labels)) => (copy, labels.clone()),
+            None => (proto, Vec::new()),
+        };
         let missing = unsupported_ops(proto, &onnx.op_register);
         if !missing.is_empty() {
             log::warn!("model refused: {} unsupported operator kind(s)", missing.len());
@@ -178,7 +203,7 @@ impl Model {
             Ok((plan, state))
         })?;
         let batch = BatchAxis::of(&inputs);
-        let signature = Signature { inputs, outputs, batch };
+        let signature = Signature { inputs, outputs, batch, class_labels };
         let expected = (0..signature.inputs.len())
             .map(|i| (signature.inputs[i].shape.iter().map(fixed).collect(), signature.sample_shape(i)))
             .collect();
@@ -378,6 +403,12 @@ fn compile(
     let outputs = output_specs(&typed, declared_outputs.iter().map(|d| d.name.as_str()))?;
     let optimised = stage(timings, Stage::Optimise, || typed.into_optimized())?;
     Ok((optimised, outputs))
+}
+
+/// The side files (ONNX external data) the model in `bytes` keeps weights in, as file names
+/// beside it; an error for a location that is not a plain file name.
+pub fn external_data_of(bytes: &[u8]) -> Result<Vec<String>, LoadError> {
+    super::proto::external_data(&decode(bytes)?)
 }
 
 /// Takes the only sample of a one-sample batch.

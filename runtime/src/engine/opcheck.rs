@@ -52,6 +52,13 @@ pub fn hint(ops: &[UnsupportedOp]) -> &'static str {
     if ops.iter().any(|o| o.domain == "com.microsoft") {
         "onnxruntime's quantizer emits Microsoft-only operators by default: re-quantize with standard ops only \
          (QuantFormat.QDQ, or QOperator with op_types_to_quantize limited to Conv/MatMul and no MatMul+Add fusion)"
+    } else if ops.iter().any(|o| o.domain == "ai.onnx.ml" && o.op == "ZipMap") {
+        "this ZipMap feeds another operator, so it cannot be served as a probability tensor: convert the \
+         classifier with skl2onnx's options={id(model): {'zipmap': False}} (the probabilities become a plain tensor)"
+    } else if ops.iter().any(|o| o.domain == "ai.onnx.ml") {
+        "this ONNX-ML operator is standard, but Drover's engine does not run it yet: convert the model without \
+         it (skl2onnx/onnxmltools options), or use an estimator whose converter writes supported operators \
+         (linear models, tree ensembles); `drover-agent inspect` lists what is supported"
     } else {
         "re-export the model with standard ONNX operators (a lower or higher opset, or without custom ops)"
     }

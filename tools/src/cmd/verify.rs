@@ -58,11 +58,11 @@ pub fn run(args: &VerifyArgs, now: u64) -> anyhow::Result<bool> {
             return Ok(false);
         }
     }
-    let Some(model_bytes) = bundle.file(FileRole::Model) else {
+    if bundle.file(FileRole::Model).is_none() {
         println!("FAIL no model file");
         return Ok(false);
-    };
-    let mut model = match Model::from_bytes(model_bytes) {
+    }
+    let mut model = match bundle.load_model() {
         Ok(m) => m,
         Err(e) => {
             println!("FAIL model does not load: {e}");
