@@ -187,7 +187,7 @@ fn compare_ml(what: &str, got: &Tensor, want: &Tensor, tolerance: MlTolerance) -
 #[test]
 fn ml_models_from_real_exporters_match_onnxruntime() {
     let ml = manifest::load_ml();
-    assert!(ml.models.len() >= 14, "the manifest lists the exported models");
+    assert!(ml.models.len() >= 15, "the manifest lists the exported models");
     for m in &ml.models {
         let what = format!("{} ({} {})", m.name, m.producer.name, m.producer.version);
         let mut model = Model::load(&manifest::ml_dir().join(&m.file))

@@ -41,6 +41,7 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
+from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeRegressor
 
 HERE = Path(__file__).resolve().parent
@@ -167,6 +168,8 @@ def models():
     out.append(("skl_gradient_boosting_iris_classifier", "GradientBoostingClassifier(n_estimators=3, max_depth=2) on iris",
                 skl(m, Xti, {"zipmap": False}), Xhi))
 
+    m = StandardScaler().fit(Xt)
+    out.append(("skl_standard_scaler", "StandardScaler()", skl(m, Xt), Xh))
     return out
 
 
