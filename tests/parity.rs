@@ -5,9 +5,9 @@
 //! instruction sets is shown.
 
 use drover_runtime::engine::{LoadError, LoadOptions};
-use drover_runtime::samples::{Sample, SampleFile};
+use drover_runtime::samples::{Sample, SampleFile, read_npy};
 use drover_runtime::{Model, Tensor};
-use drover_tests::manifest::{self, ReferenceModel, resolve};
+use drover_tests::manifest::{self, MlTolerance, ReferenceModel, resolve};
 use drover_tests::parity::check_output;
 
 fn read_all(model: &Model, file: &str) -> Vec<Sample> {
@@ -183,4 +183,71 @@ fn microsoft_op_models_are_refused_with_every_op_named() {
             other => panic!("{}: expected a refusal naming the ops, got {other:?}", reference.name),
         }
     }
+}
+
+/// Reads a `models/ml/` `.npy` file.
+fn ml_npy(relative: &str) -> Tensor {
+    read_npy(&manifest::ml_dir().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
+/// Compares Drover's `got` with onnxruntime's `want` (same dtype and shape; integers exactly,
+/// floats within the tolerance, NaN only where onnxruntime has NaN); returns the largest
+/// absolute difference.
+fn compare_ml(what: &str, got: &Tensor, want: &Tensor, tolerance: MlTolerance) -> f64 {
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    let mut worst = 0f64;
+    for (i, (g, w)) in got.to_f64_vec().into_iter().zip(want.to_f64_vec()).enumerate() {
+        if w.is_nan() {
+            assert!(g.is_nan(), "{what}[{i}]: {g}, onnxruntime NaN");
+            continue;
+        }
+        let diff = (g - w).abs();
+        let allowed = tolerance.abs.max(tolerance.rel * w.abs());
+        assert!(diff <= allowed, "{what}[{i}]: {g}, onnxruntime {w} (difference {diff:e} over {allowed:e})");
+        worst = worst.max(diff);
+    }
+    worst
+}
+
+/// scikit-learn, XGBoost and LightGBM models as skl2onnx and onnxmltools write them (tree
+/// ensembles, scalers: the ai.onnx.ml operators Drover adds to tract) give onnxruntime's labels
+/// exactly and its scores within 1e-5, as one batch and one row at a time.
+#[test]
+fn ml_models_from_real_exporters_match_onnxruntime() {
+    let ml = manifest::load_ml();
+    assert!(ml.models.len() >= 15, "the manifest lists the exported models");
+    for m in &ml.models {
+        let what = format!("{} ({} {})", m.name, m.producer.name, m.producer.version);
+        let mut model = Model::load(&manifest::ml_dir().join(&m.file))
+            .unwrap_or_else(|e| panic!("{what}: {e}\n{}", m.producer.call));
+        let inputs: Vec<Tensor> = m.inputs.iter().map(|i| ml_npy(&i.npy)).collect();
+        let expected: Vec<Tensor> = m.outputs.iter().map(|o| ml_npy(&o.npy)).collect();
+        let outputs = model.run(&inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(outputs.len(), expected.len(), "{what}: output count");
+        for ((o, got), want) in m.outputs.iter().zip(&outputs).zip(&expected) {
+            let tolerance = o.tolerance.unwrap_or(MlTolerance { abs: 0.0, rel: 0.0 });
+            let worst = compare_ml(&format!("{what}/{}", o.name), got, want, tolerance);
+            eprintln!("{:<42} {:<14} max abs diff {worst:.3e}", m.name, o.name);
+        }
+
+        // One row at a time, each as a batch of one.
+        let rows = inputs[0].shape()[0];
+        for r in 0..rows {
+            let row: Vec<Tensor> = inputs.iter().map(|t| one_row(t, r)).collect();
+            let outputs = model.run(&row).unwrap_or_else(|e| panic!("{what} row {r}: {e}"));
+            for ((o, got), want) in m.outputs.iter().zip(&outputs).zip(&expected) {
+                let tolerance = o.tolerance.unwrap_or(MlTolerance { abs: 0.0, rel: 0.0 });
+                compare_ml(&format!("{what}/{} row {r}", o.name), got, &one_row(want, r), tolerance);
+            }
+        }
+    }
+}
+
+/// Row `r` of `t`, keeping the leading axis (length 1).
+fn one_row(t: &Tensor, r: usize) -> Tensor {
+    let mut shape = t.shape().to_vec();
+    let row = t.unstack(shape[0]).expect("rows").swap_remove(r);
+    shape[0] = 1;
+    row.reshape(shape).expect("same element count")
 }

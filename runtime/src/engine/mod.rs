@@ -7,6 +7,7 @@
 mod error;
 mod guard;
 mod int8;
+mod ml;
 mod model;
 pub mod opcheck;
 mod profile;
@@ -23,6 +24,18 @@ pub use qdq::QdqRewrites;
 pub use signature::{BatchAxis, Signature, describe_shape};
 pub use stage::{LoadTimings, Stage};
 pub use zipmap::ClassLabels;
+
+/// tract-onnx with every operator Drover adds: tract's own, the fused int8 layers of the QDQ
+/// rewrite, and the `ai.onnx.ml` operators of scikit-learn/XGBoost/LightGBM models.
+///
+/// The one place the operator set is decided: the operator check ([`opcheck::unsupported_ops`]),
+/// loading and `inspect` all use it, so what the check accepts is what loading can parse.
+pub(crate) fn onnx() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    int8::register(&mut onnx.op_register);
+    ml::register(&mut onnx.op_register);
+    onnx
+}
 
 #[cfg(test)]
 mod robustness {

@@ -109,7 +109,7 @@ impl Model {
         mut timings: LoadTimings,
         options: LoadOptions,
     ) -> Result<Model, LoadError> {
-        let onnx = tract_onnx::onnx();
+        let onnx = super::onnx();
 
         let check_start = Instant::now();
         let side_files = super::proto::external_data(proto)?;
@@ -387,8 +387,7 @@ fn compile(
     declared_outputs: &[DeclaredValue],
     timings: &mut LoadTimings,
 ) -> Result<(TypedModel, Vec<TensorSpec>), LoadError> {
-    let mut onnx = tract_onnx::onnx();
-    super::int8::register(&mut onnx.op_register);
+    let onnx = super::onnx();
     let inference = stage(timings, Stage::Parse, || {
         let parsed = onnx.parse(proto, dir)?;
         if !parsed.unresolved_inputs.is_empty() {
@@ -399,7 +398,11 @@ fn compile(
         }
         Ok(parsed.model)
     })?;
-    let typed = stage(timings, Stage::Type, || inference.into_typed())?;
+    let typed = stage(timings, Stage::Type, || {
+        let mut typed = inference.into_typed()?;
+        int64_outputs(&mut typed)?;
+        Ok(typed)
+    })?;
     let outputs = output_specs(&typed, declared_outputs.iter().map(|d| d.name.as_str()))?;
     let optimised = stage(timings, Stage::Optimise, || typed.into_optimized())?;
     Ok((optimised, outputs))
@@ -409,6 +412,28 @@ fn compile(
 /// beside it; an error for a location that is not a plain file name.
 pub fn external_data_of(bytes: &[u8]) -> Result<Vec<String>, LoadError> {
     super::proto::external_data(&decode(bytes)?)
+}
+
+/// Casts outputs tract typed as `TDim` back to int64.
+///
+/// tract-onnx reads every ONNX `Cast(to=INT64)` as a cast to its symbolic dimension type, so a
+/// graph ending in one (onnxmltools' LightGBM classifiers cast their labels so) would give
+/// outputs no caller can read. The values are plain integers: a cast at the output restores them.
+fn int64_outputs(typed: &mut TypedModel) -> tract_onnx::prelude::TractResult<()> {
+    let mut outputs = typed.output_outlets()?.to_vec();
+    let mut changed = false;
+    for (ix, outlet) in outputs.iter_mut().enumerate() {
+        if typed.outlet_fact(*outlet)?.datum_type == DatumType::TDim {
+            use tract_onnx::prelude::SpecialOps;
+            let cast = tract_onnx::tract_core::ops::cast::cast(DatumType::I64);
+            *outlet = typed.wire_node(format!("drover.output_{ix}_as_i64"), cast, &[*outlet])?[0];
+            changed = true;
+        }
+    }
+    if changed {
+        typed.select_output_outlets(&outputs)?;
+    }
+    Ok(())
 }
 
 /// Takes the only sample of a one-sample batch.

@@ -84,7 +84,7 @@ mod tests {
 
     #[test]
     fn lists_every_unknown_op_with_domain_and_count() {
-        let reg = tract_onnx::onnx().op_register;
+        let reg = crate::engine::onnx().op_register;
         let m = model(vec![
             node("", "Conv"),
             node("com.microsoft", "QGemm"),
@@ -99,7 +99,7 @@ mod tests {
 
     #[test]
     fn a_known_name_in_a_custom_domain_is_refused() {
-        let reg = tract_onnx::onnx().op_register;
+        let reg = crate::engine::onnx().op_register;
         let ops = unsupported_ops(&model(vec![node("com.acme", "Relu")]), &reg);
         assert_eq!(describe(&ops), "com.acme::Relu (1)");
     }
@@ -107,11 +107,21 @@ mod tests {
     #[test]
     fn ops_inside_subgraphs_are_checked() {
         use tract_onnx::pb::AttributeProto;
-        let reg = tract_onnx::onnx().op_register;
+        let reg = crate::engine::onnx().op_register;
         let body = GraphProto { node: vec![node("", "NoSuchOp")], ..Default::default() };
         let mut if_node = node("", "If");
         if_node.attribute.push(AttributeProto { name: "then_branch".into(), g: Some(body), ..Default::default() });
         let ops = unsupported_ops(&model(vec![if_node]), &reg);
         assert_eq!(describe(&ops), "ai.onnx::NoSuchOp (1)");
+    }
+
+    #[test]
+    fn drovers_ml_operators_pass_and_its_internal_domain_does_not() {
+        let reg = crate::engine::onnx().op_register;
+        let ml = ["TreeEnsembleRegressor", "TreeEnsembleClassifier", "Scaler"].map(|op| node("ai.onnx.ml", op));
+        assert!(unsupported_ops(&model(ml.to_vec()), &reg).is_empty());
+        // The fused int8 layer is registered for the QDQ pass, but no file may contain it.
+        let fused = node(crate::engine::int8::DOMAIN, crate::engine::int8::OP_TYPE);
+        assert_eq!(unsupported_ops(&model(vec![fused]), &reg).len(), 1);
     }
 }
