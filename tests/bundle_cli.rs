@@ -308,7 +308,8 @@ fn external_data_outside_the_model_directory_is_refused() {
     std::fs::write(d.join("x.jsonl"), format!("[{}]\n", vec!["0.5"; 16].join(","))).expect("write");
     let out = fails(d, &["bundle", "evil.onnx", "--name", "iris", "--version", "1", "--out", "e.drv"]);
     assert!(out.contains("not a file name beside the model"), "{out}");
-    let out = cli::fails("drover-agent", d, &["infer", "--model", "evil.onnx", "--input", "x.jsonl", "--output", "o.jsonl"]);
+    let out =
+        cli::fails("drover-agent", d, &["infer", "--model", "evil.onnx", "--input", "x.jsonl", "--output", "o.jsonl"]);
     assert!(out.contains("not a file name beside the model"), "{out}");
 }
 

@@ -136,7 +136,10 @@ fn a_zipmap_classifier_serves_its_probabilities_as_a_tensor_with_the_labels_in_i
         "data": [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]}]}))
     .expect("json");
     let r = post(&api.url("/v2/models/iris/infer"), &body).json();
-    let out = r["outputs"].as_array().and_then(|o| o.iter().find(|o| o["name"] == "output_probability")).expect("probabilities");
+    let out = r["outputs"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["name"] == "output_probability"))
+        .expect("probabilities");
     assert_eq!(out["shape"], json!([2, 3]), "{r}");
     let p: Vec<f64> = out["data"].as_array().expect("data").iter().filter_map(|v| v.as_f64()).collect();
     assert!(p[0] > 0.9 && p[5] > 0.5, "setosa, then virginica: {p:?}");

@@ -56,7 +56,13 @@ fn models_as_the_exporters_write_them_match_onnxruntime() {
         let samples = read_all(&model, &reference.reference.as_ref().expect("reference").input_jsonl);
         for out in &reference.reference.as_ref().expect("reference").outputs {
             let served = model.signature().class_labels.iter().find(|l| l.output == out.name);
-            assert_eq!(served.map(|l| &l.labels), out.class_labels.as_ref(), "{}: {} class labels", reference.name, out.name);
+            assert_eq!(
+                served.map(|l| &l.labels),
+                out.class_labels.as_ref(),
+                "{}: {} class labels",
+                reference.name,
+                out.name
+            );
         }
         if reference.batch == "unnamed" {
             assert_eq!(
@@ -69,6 +75,25 @@ fn models_as_the_exporters_write_them_match_onnxruntime() {
         for batch in [1, 5, 16] {
             check(&reference, &samples, batch);
         }
+        check_one_by_one(&reference, &samples);
+    }
+}
+
+/// The serving path (`Model::run_one`, what the agent and `infer` use for one sample): one model
+/// and one state for every sample in turn, so nothing one run leaves behind (a `Scan`'s state)
+/// may change the next one's answer.
+fn check_one_by_one(reference: &ReferenceModel, samples: &[Sample]) {
+    let mut model = Model::load(&reference.path()).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
+    let mut outputs: Vec<Vec<Tensor>> = Vec::new();
+    for sample in samples {
+        let mut out = Vec::new();
+        model.run_one(sample, &mut out).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
+        outputs.push(out);
+    }
+    for (o, expected) in reference.reference.as_ref().expect("reference").outputs.iter().enumerate() {
+        let column: Vec<Tensor> = outputs.iter().map(|s| s[o].clone()).collect();
+        let worst = check_output(&reference.name, expected, &column);
+        eprintln!("{:<14} {:<14} one by one: max abs diff {worst:.3e}", reference.name, expected.name);
     }
 }
 
@@ -135,6 +160,7 @@ fn drover_quantized_models_match_onnxruntime_within_one_output_step() {
             dtype: "float32".into(),
             npy: q.output_npy.clone(),
             tolerance: q.output_step * 1.0001,
+            class_labels: None,
         };
         let worst = check_output(&q.name, &expected, &got);
         eprintln!("{:<24} logits: max abs diff {worst:.3e} (one output step {:.3e})", q.name, q.output_step);

@@ -129,6 +129,18 @@ def sklearn_models(entries: list, versions: dict):
                          {"output_label": 0, "output_probability": 1e-5},
                          "skl2onnx to_onnx(RandomForestClassifier(n_estimators=4, max_depth=3), X[:1]) (defaults)"))
 
+    # k-NN: skl2onnx computes the distances with a Scan whose state is the query, a stateful
+    # operator in tract.
+    from sklearn.neighbors import KNeighborsRegressor
+
+    Xk, yk = make_regression(n_samples=60, n_features=5, noise=0.1, random_state=6)
+    Xk = Xk.astype(np.float32)
+    knn = KNeighborsRegressor(n_neighbors=3).fit(Xk, yk)
+    (HERE / "skl_knn_regressor.onnx").write_bytes(skl2onnx.to_onnx(knn, Xk[:1]).SerializeToString())
+    entries.append(write("skl_knn_regressor", "exported/skl_knn_regressor.onnx", "sklearn",
+                         {"X": rng.standard_normal((SAMPLES, 5)).astype(np.float32)}, {"variable": 1e-4},
+                         "skl2onnx to_onnx(KNeighborsRegressor(n_neighbors=3), X[:1]) (defaults: a Scan, [?, 5])"))
+
     Xr, yr = make_regression(n_samples=200, n_features=6, noise=0.1, random_state=5)
     Xr = Xr.astype(np.float32)
     lin = LinearRegression().fit(Xr, yr)

@@ -33,6 +33,12 @@ pub struct Model {
     expected: Vec<(ExpectedShape, ExpectedShape)>,
     /// What the QDQ rewrite changed (all zero for other models).
     rewrites: QdqRewrites,
+    /// The plan holds operators with state of their own (`Scan`, `Loop`, and the recurrent
+    /// layers tract builds from them), which tract carries from one run to the next, as for
+    /// streaming. A request is not the continuation of the one before (skl2onnx's k-NN computes
+    /// its distances in a Scan whose state is the query: the second request got the first one's
+    /// answer), so these plans get a fresh state for every run; stateless plans keep theirs.
+    fresh_state_per_run: bool,
 }
 
 /// Choices for loading a model. The defaults are what the agent uses.
@@ -202,6 +208,10 @@ impl Model {
             let state = plan.spawn()?;
             Ok((plan, state))
         })?;
+        let fresh_state_per_run = state.op_states.iter().any(Option::is_some);
+        if fresh_state_per_run {
+            log::info!("the model has stateful operators: each run starts from a fresh state");
+        }
         let batch = BatchAxis::of(&inputs);
         let signature = Signature { inputs, outputs, batch, class_labels };
         let expected = (0..signature.inputs.len())
@@ -214,7 +224,7 @@ impl Model {
             signature.outputs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
             signature.batch
         );
-        Ok(Model { signature, plan, state, timings, expected, rewrites })
+        Ok(Model { signature, plan, state, timings, expected, rewrites, fresh_state_per_run })
     }
 
     /// What the model takes and returns.
@@ -336,6 +346,9 @@ impl Model {
 
     /// Evaluates the plan with panics contained; after a panic the state is rebuilt.
     fn eval(&mut self, values: TVec<TValue>) -> Result<TVec<TValue>, RunError> {
+        if self.fresh_state_per_run {
+            self.state = self.plan.spawn().map_err(|e| RunError::Engine(format!("{e:#}")))?;
+        }
         match contain(|| self.state.run(values)) {
             Ok(result) => result.map_err(|e| RunError::Engine(format!("{e:#}"))),
             Err(message) => {

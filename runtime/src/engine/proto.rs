@@ -213,7 +213,7 @@ pub fn external_data(model: &ModelProto) -> Result<Vec<String>, LoadError> {
     let mut files: Vec<String> = Vec::new();
     for t in all {
         // data_location 1 is EXTERNAL; `location` is the one required key.
-        if t.data_location != 1 && t.external_data.is_empty() {
+        if t.data_location != Some(1) && t.external_data.is_empty() {
             continue;
         }
         let Some(location) = t.external_data.iter().find(|e| e.key == "location").map(|e| e.value.clone()) else {
@@ -309,7 +309,9 @@ fn shape_dims(v: &ValueInfoProto) -> &[tract_onnx::pb::tensor_shape_proto::Dimen
 
 fn shape_dims_mut(v: &mut ValueInfoProto) -> Vec<&mut tract_onnx::pb::tensor_shape_proto::Dimension> {
     match v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
-        Some(type_proto::Value::TensorType(t)) => t.shape.as_mut().map(|s| s.dim.iter_mut().collect()).unwrap_or_default(),
+        Some(type_proto::Value::TensorType(t)) => {
+            t.shape.as_mut().map(|s| s.dim.iter_mut().collect()).unwrap_or_default()
+        }
         _ => Vec::new(),
     }
 }

@@ -16,7 +16,7 @@
 use tract_onnx::pb::{ModelProto, NodeProto, TypeProto, type_proto};
 
 /// The class labels of one output whose ZipMap was taken out.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ClassLabels {
     /// The output (the former ZipMap's output name).
     pub output: String,
@@ -111,7 +111,10 @@ mod tests {
             AttributeProto { name: "classlabels_int64s".into(), ints: vec![0, 1, 2], ..AttributeProto::default() };
         let mut m = model(vec![zipmap(attr)]);
         let labels = rewrite(&mut m);
-        assert_eq!(labels, vec![ClassLabels { output: "output_probability".into(), labels: vec!["0".into(), "1".into(), "2".into()] }]);
+        assert_eq!(
+            labels,
+            vec![ClassLabels { output: "output_probability".into(), labels: vec!["0".into(), "1".into(), "2".into()] }]
+        );
         let g = m.graph.expect("graph");
         assert_eq!((g.node[0].op_type.as_str(), g.node[0].domain.as_str()), ("Identity", ""));
         assert_eq!(g.node[0].input, vec!["probabilities".to_string()]);

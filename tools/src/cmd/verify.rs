@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use drover_runtime::Model;
 use drover_runtime::bundle::Limits;
 use drover_runtime::bundle::selftest::run_selftest;
 use drover_runtime::trust::{DeviceFacts, TrustState, verify_header};
