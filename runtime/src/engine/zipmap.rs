@@ -40,7 +40,7 @@ pub fn rewrite(model: &mut ModelProto) -> Vec<ClassLabels> {
         }
         let output = node.output[0].clone();
         let is_graph_output = graph.output.iter().any(|o| o.name == output);
-        let consumed = graph.node.iter().any(|n| n.input.iter().any(|x| *x == output));
+        let consumed = graph.node.iter().any(|n| n.input.contains(&output));
         let Some(labels) = labels(node) else { continue };
         if !is_graph_output || consumed {
             continue;
