@@ -255,6 +255,64 @@ fn mlflow_onnx_model_directory_becomes_a_verified_bundle() {
     assert!(out.contains("self-test: 8 case(s) match"), "{out}");
 }
 
+/// MLflow 3's own ONNX directory keeps the weights in a UUID-named side file (external data):
+/// the bundle carries it, `verify` loads the model with it, and a device installs both and serves.
+#[test]
+fn an_mlflow_directory_with_external_data_is_bundled_installed_and_served() {
+    let dir = fleet();
+    let d = dir.path();
+    let mlflow = mlflow_dir("torch_mlp_external");
+    let side = std::fs::read_dir(&mlflow)
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .find(|n| n.ends_with(".data"))
+        .expect("MLflow wrote external data");
+    let samples = resolve("exported/mlflow_mlp_external.input.jsonl").to_string_lossy().into_owned();
+    let m = mlflow.to_string_lossy().into_owned();
+    let args = ["bundle", "--mlflow", &m, "--name", "iris", "--version", "1", "--selftest", &samples];
+    let signer = ["--key", "keys/release.key", "--delegation", "release.delegation.json", "--out", "ext.drv"];
+    ok(d, &[&args[..], &signer[..]].concat());
+    let report: serde_json::Value = serde_json::from_str(&ok(d, &["inspect", "ext.drv", "--json"])).expect("json");
+    let files = report["files"].as_array().expect("files");
+    assert!(
+        files.iter().any(|f| f["name"] == side.as_str() && f["role"] == "ModelData"),
+        "the side file travels in the bundle: {report}"
+    );
+    let out = ok(d, &["verify", "ext.drv", "--root", "root.json"]);
+    assert!(out.contains("self-test: 8 case(s) match"), "{out}");
+    let data = d.join("dev").to_string_lossy().into_owned();
+    cli::ok("drover-agent", d, &["trust", "--root", "root.json", "--data-dir", &data]);
+    let out = cli::ok("drover-agent", d, &["install", "ext.drv", "--data-dir", &data]);
+    assert!(out.contains("8 self-test case(s) passed"), "{out}");
+    let out = cli::ok("drover-agent", d, &["boot", "--data-dir", &data]);
+    assert!(out.contains("serving iris v1"), "{out}");
+}
+
+/// A model whose external data points outside its directory is refused before anything is read.
+#[test]
+fn external_data_outside_the_model_directory_is_refused() {
+    let dir = fleet();
+    let d = dir.path();
+    let src = mlflow_dir("torch_mlp_external").join("model.onnx");
+    let mut bytes = std::fs::read(&src).expect("model");
+    let side = std::fs::read_dir(mlflow_dir("torch_mlp_external"))
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .find(|n| n.ends_with(".data"))
+        .expect("side file");
+    // Same length, so the protobuf stays well-formed: `../` plus the name's last characters.
+    let evil = format!("../{}", &side[3..]);
+    let at = bytes.windows(side.len()).position(|w| w == side.as_bytes()).expect("location in the file");
+    bytes[at..at + side.len()].copy_from_slice(evil.as_bytes());
+    std::fs::write(d.join("evil.onnx"), &bytes).expect("write");
+    std::fs::write(d.join("x.jsonl"), format!("[{}]\n", vec!["0.5"; 16].join(","))).expect("write");
+    let out = fails(d, &["bundle", "evil.onnx", "--name", "iris", "--version", "1", "--out", "e.drv"]);
+    assert!(out.contains("not a file name beside the model"), "{out}");
+    let out =
+        cli::fails("drover-agent", d, &["infer", "--model", "evil.onnx", "--input", "x.jsonl", "--output", "o.jsonl"]);
+    assert!(out.contains("not a file name beside the model"), "{out}");
+}
+
 #[test]
 fn mlflow_pickle_models_are_refused_without_being_opened() {
     let dir = fleet();

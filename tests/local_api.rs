@@ -116,6 +116,36 @@ fn metadata_health_and_readiness_follow_the_spec() {
     assert_eq!(get(&api.url("/v2/health/ready")).status, 503, "unloaded: not ready again");
 }
 
+/// A classifier as skl2onnx writes it by default: `[?, 4]` input, probabilities behind a ZipMap.
+/// OIP v2 carries tensors, not maps: the probabilities come as a [N, 3] tensor and the model's
+/// metadata names the class of each column.
+#[test]
+fn a_zipmap_classifier_serves_its_probabilities_as_a_tensor_with_the_labels_in_its_metadata() {
+    let api = LocalApi::start(service(""), 1 << 20);
+    serve_model(&api.inference, "exported/skl_logreg_zipmap.onnx", "iris", 1);
+    let meta = get(&api.url("/v2/models/iris")).json();
+    assert_eq!(meta["inputs"], json!([{"name": "X", "datatype": "FP32", "shape": [-1, 4]}]), "{meta}");
+    let probs = meta["outputs"].as_array().and_then(|o| o.iter().find(|o| o["name"] == "output_probability"));
+    assert_eq!(
+        probs,
+        Some(&json!({"name": "output_probability", "datatype": "FP32", "shape": [-1, 3],
+                     "parameters": {"class_labels": ["0", "1", "2"]}})),
+        "{meta}"
+    );
+    let body = serde_json::to_vec(&json!({"inputs": [{"name": "X", "shape": [2, 4], "datatype": "FP32",
+        "data": [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]}]}))
+    .expect("json");
+    let r = post(&api.url("/v2/models/iris/infer"), &body).json();
+    let out = r["outputs"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["name"] == "output_probability"))
+        .expect("probabilities");
+    assert_eq!(out["shape"], json!([2, 3]), "{r}");
+    let p: Vec<f64> = out["data"].as_array().expect("data").iter().filter_map(|v| v.as_f64()).collect();
+    assert!(p[0] > 0.9 && p[5] > 0.5, "setosa, then virginica: {p:?}");
+    assert!((p[0] + p[1] + p[2] - 1.0).abs() < 1e-5, "{p:?}");
+}
+
 #[test]
 fn bad_requests_get_the_protocols_error_json_and_change_nothing() {
     let api = LocalApi::start(service(""), 64 * 1024);

@@ -5,9 +5,9 @@
 //! instruction sets is shown.
 
 use drover_runtime::engine::{LoadError, LoadOptions};
-use drover_runtime::samples::{Sample, SampleFile};
+use drover_runtime::samples::{Sample, SampleFile, read_npy};
 use drover_runtime::{Model, Tensor};
-use drover_tests::manifest::{self, ReferenceModel, resolve};
+use drover_tests::manifest::{self, MlTolerance, ReferenceModel, resolve};
 use drover_tests::parity::check_output;
 
 fn read_all(model: &Model, file: &str) -> Vec<Sample> {
@@ -41,6 +41,60 @@ fn check_with(reference: &ReferenceModel, samples: &[Sample], batch: usize, opti
         largest = largest.max(worst);
     }
     largest
+}
+
+/// What users bring: skl2onnx's default export (an unnamed batch axis, a ZipMap), torch's
+/// dynamo exporter and MLflow 3's ONNX directory (weights in a side file). Each gives
+/// onnxruntime's answers one sample at a time and in batches, and a ZipMap's maps come out as
+/// the tensor of their values, columns in the order of the class labels the signature names.
+#[test]
+fn models_as_the_exporters_write_them_match_onnxruntime() {
+    let models = manifest::load_exported().models;
+    assert!(models.len() >= 5, "the manifest lists the exported models");
+    for reference in models {
+        let model = Model::load(&reference.path()).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
+        let samples = read_all(&model, &reference.reference.as_ref().expect("reference").input_jsonl);
+        for out in &reference.reference.as_ref().expect("reference").outputs {
+            let served = model.signature().class_labels.iter().find(|l| l.output == out.name);
+            assert_eq!(
+                served.map(|l| &l.labels),
+                out.class_labels.as_ref(),
+                "{}: {} class labels",
+                reference.name,
+                out.name
+            );
+        }
+        if reference.batch == "unnamed" {
+            assert_eq!(
+                model.signature().batch,
+                drover_runtime::engine::BatchAxis::Symbolic("N".into()),
+                "{}: the unnamed leading axis is the batch",
+                reference.name
+            );
+        }
+        for batch in [1, 5, 16] {
+            check(&reference, &samples, batch);
+        }
+        check_one_by_one(&reference, &samples);
+    }
+}
+
+/// The serving path (`Model::run_one`, what the agent and `infer` use for one sample): one model
+/// and one state for every sample in turn, so nothing one run leaves behind (a `Scan`'s state)
+/// may change the next one's answer.
+fn check_one_by_one(reference: &ReferenceModel, samples: &[Sample]) {
+    let mut model = Model::load(&reference.path()).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
+    let mut outputs: Vec<Vec<Tensor>> = Vec::new();
+    for sample in samples {
+        let mut out = Vec::new();
+        model.run_one(sample, &mut out).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
+        outputs.push(out);
+    }
+    for (o, expected) in reference.reference.as_ref().expect("reference").outputs.iter().enumerate() {
+        let column: Vec<Tensor> = outputs.iter().map(|s| s[o].clone()).collect();
+        let worst = check_output(&reference.name, expected, &column);
+        eprintln!("{:<14} {:<14} one by one: max abs diff {worst:.3e}", reference.name, expected.name);
+    }
 }
 
 fn runnable() -> Vec<ReferenceModel> {
@@ -106,6 +160,7 @@ fn drover_quantized_models_match_onnxruntime_within_one_output_step() {
             dtype: "float32".into(),
             npy: q.output_npy.clone(),
             tolerance: q.output_step * 1.0001,
+            class_labels: None,
         };
         let worst = check_output(&q.name, &expected, &got);
         eprintln!("{:<24} logits: max abs diff {worst:.3e} (one output step {:.3e})", q.name, q.output_step);
@@ -154,4 +209,71 @@ fn microsoft_op_models_are_refused_with_every_op_named() {
             other => panic!("{}: expected a refusal naming the ops, got {other:?}", reference.name),
         }
     }
+}
+
+/// Reads a `models/ml/` `.npy` file.
+fn ml_npy(relative: &str) -> Tensor {
+    read_npy(&manifest::ml_dir().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
+/// Compares Drover's `got` with onnxruntime's `want` (same dtype and shape; integers exactly,
+/// floats within the tolerance, NaN only where onnxruntime has NaN); returns the largest
+/// absolute difference.
+fn compare_ml(what: &str, got: &Tensor, want: &Tensor, tolerance: MlTolerance) -> f64 {
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    let mut worst = 0f64;
+    for (i, (g, w)) in got.to_f64_vec().into_iter().zip(want.to_f64_vec()).enumerate() {
+        if w.is_nan() {
+            assert!(g.is_nan(), "{what}[{i}]: {g}, onnxruntime NaN");
+            continue;
+        }
+        let diff = (g - w).abs();
+        let allowed = tolerance.abs.max(tolerance.rel * w.abs());
+        assert!(diff <= allowed, "{what}[{i}]: {g}, onnxruntime {w} (difference {diff:e} over {allowed:e})");
+        worst = worst.max(diff);
+    }
+    worst
+}
+
+/// scikit-learn, XGBoost and LightGBM models as skl2onnx and onnxmltools write them (tree
+/// ensembles, scalers: the ai.onnx.ml operators Drover adds to tract) give onnxruntime's labels
+/// exactly and its scores within 1e-5, as one batch and one row at a time.
+#[test]
+fn ml_models_from_real_exporters_match_onnxruntime() {
+    let ml = manifest::load_ml();
+    assert!(ml.models.len() >= 15, "the manifest lists the exported models");
+    for m in &ml.models {
+        let what = format!("{} ({} {})", m.name, m.producer.name, m.producer.version);
+        let mut model = Model::load(&manifest::ml_dir().join(&m.file))
+            .unwrap_or_else(|e| panic!("{what}: {e}\n{}", m.producer.call));
+        let inputs: Vec<Tensor> = m.inputs.iter().map(|i| ml_npy(&i.npy)).collect();
+        let expected: Vec<Tensor> = m.outputs.iter().map(|o| ml_npy(&o.npy)).collect();
+        let outputs = model.run(&inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(outputs.len(), expected.len(), "{what}: output count");
+        for ((o, got), want) in m.outputs.iter().zip(&outputs).zip(&expected) {
+            let tolerance = o.tolerance.unwrap_or(MlTolerance { abs: 0.0, rel: 0.0 });
+            let worst = compare_ml(&format!("{what}/{}", o.name), got, want, tolerance);
+            eprintln!("{:<42} {:<14} max abs diff {worst:.3e}", m.name, o.name);
+        }
+
+        // One row at a time, each as a batch of one.
+        let rows = inputs[0].shape()[0];
+        for r in 0..rows {
+            let row: Vec<Tensor> = inputs.iter().map(|t| one_row(t, r)).collect();
+            let outputs = model.run(&row).unwrap_or_else(|e| panic!("{what} row {r}: {e}"));
+            for ((o, got), want) in m.outputs.iter().zip(&outputs).zip(&expected) {
+                let tolerance = o.tolerance.unwrap_or(MlTolerance { abs: 0.0, rel: 0.0 });
+                compare_ml(&format!("{what}/{} row {r}", o.name), got, &one_row(want, r), tolerance);
+            }
+        }
+    }
+}
+
+/// Row `r` of `t`, keeping the leading axis (length 1).
+fn one_row(t: &Tensor, r: usize) -> Tensor {
+    let mut shape = t.shape().to_vec();
+    let row = t.unstack(shape[0]).expect("rows").swap_remove(r);
+    shape[0] = 1;
+    row.reshape(shape).expect("same element count")
 }

@@ -67,6 +67,10 @@ pub struct ReferenceOutput {
     pub npy: String,
     /// Largest absolute difference allowed.
     pub tolerance: f64,
+    /// For an output the file wrote as a ZipMap (maps per sample): the class label of each
+    /// column of the tensor Drover serves instead.
+    #[serde(default)]
+    pub class_labels: Option<Vec<String>>,
 }
 
 /// The `models/` directory of this checkout.
@@ -77,6 +81,14 @@ pub fn models_dir() -> PathBuf {
 /// Loads the manifest; panics with the path if it is missing or malformed (a broken checkout).
 pub fn load() -> Manifest {
     let path = models_dir().join("reference").join("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The models real exporters wrote with their default calls (`models/exported/manifest.json`,
+/// written by `models/exported/make_exported.py`), in the same schema.
+pub fn load_exported() -> Manifest {
+    let path = models_dir().join("exported").join("manifest.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -119,6 +131,77 @@ pub struct QuantizedModel {
 /// Loads `quantize.json`; panics with the path if it is missing or malformed (a broken checkout).
 pub fn load_quantized() -> Quantized {
     let path = models_dir().join("reference").join("quantize.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The scikit-learn/XGBoost/LightGBM models and onnxruntime's outputs on them
+/// (`models/ml/manifest.json`, written by `models/ml/make_ml_models.py`).
+#[derive(Debug, Deserialize)]
+pub struct MlManifest {
+    /// Versions of the trainers, exporters and onnxruntime.
+    pub versions: std::collections::BTreeMap<String, String>,
+    /// Every model.
+    pub models: Vec<MlModel>,
+}
+
+/// One exported model.
+#[derive(Debug, Deserialize)]
+pub struct MlModel {
+    /// Short name (`xgb_binary_classifier`…).
+    pub name: String,
+    /// File name under `models/ml/`.
+    pub file: String,
+    /// The exporter and the exact call that wrote the file.
+    pub producer: MlProducer,
+    /// The inputs onnxruntime ran (one tensor per model input, batch axis first).
+    pub inputs: Vec<MlTensor>,
+    /// onnxruntime's outputs, in the model's output order.
+    pub outputs: Vec<MlTensor>,
+}
+
+/// Who wrote a model file.
+#[derive(Debug, Deserialize)]
+pub struct MlProducer {
+    /// `skl2onnx` or `onnxmltools`.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The conversion call.
+    pub call: String,
+}
+
+/// One input or output tensor of the reference run.
+#[derive(Debug, Deserialize)]
+pub struct MlTensor {
+    /// Value name in the model.
+    pub name: String,
+    /// numpy dtype name.
+    pub dtype: String,
+    /// `.npy` file, relative to `models/ml/`.
+    pub npy: String,
+    /// How far Drover may be from onnxruntime (outputs only; integers exact).
+    #[serde(default)]
+    pub tolerance: Option<MlTolerance>,
+}
+
+/// An allowance of `abs` or `rel` · |expected|, whichever is larger.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct MlTolerance {
+    /// Absolute allowance.
+    pub abs: f64,
+    /// Relative allowance.
+    pub rel: f64,
+}
+
+/// `models/ml/`.
+pub fn ml_dir() -> PathBuf {
+    models_dir().join("ml")
+}
+
+/// Loads `models/ml/manifest.json`; panics with the path if it is missing or malformed.
+pub fn load_ml() -> MlManifest {
+    let path = ml_dir().join("manifest.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

@@ -111,6 +111,38 @@ impl Bundle {
         self.header.is_signed()
     }
 
+    /// Loads the bundle's model through the engine, with its side files (external data)
+    /// beside it in a scratch directory when it has any.
+    pub fn load_model(&self) -> Result<Model, BuildError> {
+        let manifest = &self.header.manifest;
+        let Some(model_at) = manifest.files.iter().position(|f| f.role == FileRole::Model) else {
+            return Err(BuildError::Invalid("the bundle holds no model file".into()));
+        };
+        let bytes = self.files.get(model_at).map(Vec::as_slice).unwrap_or_default();
+        let path = std::path::PathBuf::from(manifest.files[model_at].name.as_str());
+        if !manifest.files.iter().any(|f| f.role == FileRole::ModelData) {
+            return Model::from_bytes(bytes).map_err(|error| BuildError::Model { path, error });
+        }
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("drover-bundle-{}-{nanos}", std::process::id()));
+        let io = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |error| BuildError::Io { path, error }
+        };
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let loaded = (|| {
+            for (f, content) in manifest.files.iter().zip(&self.files) {
+                if matches!(f.role, FileRole::Model | FileRole::ModelData) {
+                    let p = dir.join(f.name.as_str());
+                    std::fs::write(&p, content).map_err(io(&p))?;
+                }
+            }
+            Model::load(&dir.join(&path)).map_err(|error| BuildError::Model { path: path.clone(), error })
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded
+    }
+
     /// The content of the file with `role`.
     pub fn file(&self, role: FileRole) -> Option<&[u8]> {
         let i = self.header.manifest.files.iter().position(|f| f.role == role)?;
@@ -196,12 +228,28 @@ pub fn build(spec: &BundleSpec) -> Result<Bundle, BuildError> {
         return Err(BuildError::Invalid(format!("model name '{}' must be [A-Za-z0-9][A-Za-z0-9._-]*", spec.name)));
     }
     let model_bytes = std::fs::read(&spec.model).map_err(|error| BuildError::Io { path: spec.model.clone(), error })?;
-    let mut model =
-        Model::from_bytes(&model_bytes).map_err(|error| BuildError::Model { path: spec.model.clone(), error })?;
+    let model_error = |error| BuildError::Model { path: spec.model.clone(), error };
+    // Weights kept beside the model (external data) travel in the bundle, under the names the
+    // model refers to them by, and the load below reads them from where they are now.
+    let side_files = drover_runtime::engine::external_data_of(&model_bytes).map_err(model_error)?;
+    let mut model = Model::load(&spec.model).map_err(model_error)?;
     let mut files = vec![model_bytes];
     let mut entries: HVec<FileEntry, { drover_wire::manifest::MAX_FILES }> = HVec::new();
     let too_many = |_| BuildError::Invalid("too many files".into());
     entries.push(entry(FileRole::Model, "model.onnx", &files[0])?).map_err(too_many)?;
+    let dir = spec.model.parent().unwrap_or(std::path::Path::new("."));
+    for name in &side_files {
+        if ["model.onnx", "selftest.jsonl", "reference.json"].contains(&name.as_str()) {
+            return Err(BuildError::Invalid(format!(
+                "the model's external data file is named '{name}', a name the bundle uses for another file: \
+                 re-save it with another location (e.g. model.onnx.data)"
+            )));
+        }
+        let path = dir.join(name);
+        let bytes = std::fs::read(&path).map_err(|error| BuildError::Io { path, error })?;
+        entries.push(entry(FileRole::ModelData, name, &bytes)?).map_err(too_many)?;
+        files.push(bytes);
+    }
 
     if let Some(samples_path) = &spec.selftest_from {
         let text = selftest_vectors(&mut model, samples_path, spec.selftest_count)?;

@@ -62,6 +62,10 @@ pub enum FileRole {
     ReferenceStats,
     /// Inputs with expected outputs, run through the engine before a slot is activated.
     SelfTest,
+    /// A side file holding some of the model's weights (ONNX external data, as MLflow 3 and
+    /// torch's dynamo exporter write them), named as the model file refers to it and installed
+    /// beside it.
+    ModelData,
 }
 
 /// One file of a bundle: its role, name, exact size and SHA-256.

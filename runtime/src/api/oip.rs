@@ -116,6 +116,10 @@ pub struct MetadataTensor {
     pub datatype: &'static str,
     /// Shape, -1 for a variable dimension.
     pub shape: Vec<i64>,
+    /// `{"class_labels": [...]}` for a classifier's probabilities that the file wrote as a
+    /// ZipMap (a map per sample, which OIP v2 cannot carry): column `j` is the `j`-th label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Value>,
 }
 
 /// `$ready_model_response`.

@@ -143,6 +143,7 @@ async fn model_metadata(
     p: Result<Path<ModelPath>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let served = find(&inference, &path(p)?)?;
+    let labels = &served.signature.class_labels;
     let describe = |specs: &[drover_wire::TensorSpec]| {
         specs
             .iter()
@@ -150,6 +151,10 @@ async fn model_metadata(
                 name: s.name.to_string(),
                 datatype: oip::datatype(s.dtype),
                 shape: tensors::metadata_shape(&s.shape),
+                parameters: labels
+                    .iter()
+                    .find(|l| l.output == s.name.as_str())
+                    .map(|l| serde_json::json!({ "class_labels": l.labels })),
             })
             .collect()
     };

@@ -274,7 +274,12 @@ mod tests {
             [drover_wire::DimRef::Symbolic("N"), drover_wire::DimRef::Symbolic("T")],
         )
         .expect("fits");
-        let sig = Signature { inputs: vec![spec], outputs: vec![], batch: BatchAxis::Symbolic("N".into()) };
+        let sig = Signature {
+            inputs: vec![spec],
+            outputs: vec![],
+            batch: BatchAxis::Symbolic("N".into()),
+            class_labels: Vec::new(),
+        };
         let body = br#"{"inputs":[{"name":"x","shape":[1000000000000,0],"datatype":"FP32","data":[]}]}"#;
         let request: super::oip::InferenceRequest = serde_json::from_slice(body).expect("parses");
         let e = samples(&sig, request.inputs).unwrap_err();

@@ -83,7 +83,7 @@ pub enum InspectError {
 pub fn inspect(path: &Path) -> Result<InspectReport, InspectError> {
     let unreadable = |error| InspectError::Unreadable { path: path.to_path_buf(), error };
     let bytes = std::fs::read(path).map_err(|error| unreadable(LoadError::Read { path: path.to_path_buf(), error }))?;
-    let onnx = tract_onnx::onnx();
+    let onnx = crate::engine::onnx();
     let proto =
         onnx.proto_model_for_read(&mut &bytes[..]).map_err(|e| unreadable(LoadError::Decode(format!("{e:#}"))))?;
     let (inputs, outputs) = declared_io(&proto).map_err(unreadable)?;

@@ -24,6 +24,27 @@ pub enum LoadError {
     /// Operators tract cannot run; all of them, not just the first.
     #[error("unsupported operators: {}\nhint: {}", describe(.0), hint(.0))]
     UnsupportedOps(Vec<UnsupportedOp>),
+    /// An initializer's data lives in a side file that is not a plain file name beside the
+    /// model (an absolute path, or one leaving the model's directory): refused, as reading it
+    /// would let a model file read any file on the device.
+    #[error(
+        "tensor '{tensor}' keeps its data in '{location}', which is not a file name beside the model: \
+         re-save the model with its external data in the same directory (onnx.save_model(..., \
+         save_as_external_data=True, location=\"model.onnx.data\"))"
+    )]
+    ExternalDataLocation {
+        /// The tensor.
+        tensor: String,
+        /// Where the file says its data is.
+        location: String,
+    },
+    /// A model with external data given as bytes alone: its side files are not at hand.
+    #[error(
+        "the model keeps its weights in side files ({}): load it from its file, with them beside it \
+         (`drover bundle` carries them into the bundle)",
+        .0.join(", ")
+    )]
+    ExternalDataMissing(Vec<String>),
     /// A graph input or output of a type Drover does not carry.
     #[error("{role} '{name}' has element type {dtype}; Drover carries float32, float64, int64, int32, uint8 and int8")]
     UnsupportedType {

@@ -7,6 +7,7 @@
 mod error;
 mod guard;
 mod int8;
+mod ml;
 mod model;
 pub mod opcheck;
 mod profile;
@@ -14,13 +15,27 @@ pub mod proto;
 pub mod qdq;
 mod signature;
 mod stage;
+pub mod zipmap;
 
 pub use error::{LoadError, RunError};
-pub use model::{LoadOptions, Model};
+pub use model::{LoadOptions, Model, external_data_of};
 pub use profile::{NodeTime, Profile};
 pub use qdq::QdqRewrites;
 pub use signature::{BatchAxis, Signature, describe_shape};
 pub use stage::{LoadTimings, Stage};
+pub use zipmap::ClassLabels;
+
+/// tract-onnx with every operator Drover adds: tract's own, the fused int8 layers of the QDQ
+/// rewrite, and the `ai.onnx.ml` operators of scikit-learn/XGBoost/LightGBM models.
+///
+/// The one place the operator set is decided: the operator check ([`opcheck::unsupported_ops`]),
+/// loading and `inspect` all use it, so what the check accepts is what loading can parse.
+pub(crate) fn onnx() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    int8::register(&mut onnx.op_register);
+    ml::register(&mut onnx.op_register);
+    onnx
+}
 
 #[cfg(test)]
 mod robustness {

@@ -33,6 +33,12 @@ pub struct Model {
     expected: Vec<(ExpectedShape, ExpectedShape)>,
     /// What the QDQ rewrite changed (all zero for other models).
     rewrites: QdqRewrites,
+    /// The plan holds operators with state of their own (`Scan`, `Loop`, and the recurrent
+    /// layers tract builds from them), which tract carries from one run to the next, as for
+    /// streaming. A request is not the continuation of the one before (skl2onnx's k-NN computes
+    /// its distances in a Scan whose state is the query: the second request got the first one's
+    /// answer), so these plans get a fresh state for every run; stateless plans keep theirs.
+    fresh_state_per_run: bool,
 }
 
 /// Choices for loading a model. The defaults are what the agent uses.
@@ -109,9 +115,34 @@ impl Model {
         mut timings: LoadTimings,
         options: LoadOptions,
     ) -> Result<Model, LoadError> {
-        let onnx = tract_onnx::onnx();
+        let onnx = super::onnx();
 
         let check_start = Instant::now();
+        let side_files = super::proto::external_data(proto)?;
+        if !side_files.is_empty() && dir.is_none() {
+            return Err(LoadError::ExternalDataMissing(side_files));
+        }
+        // What converters write that tract cannot take as is, made servable on a copy (only when
+        // there is something to do: a big CNN is not copied for nothing): `[?, 4]` (skl2onnx's
+        // and onnxmltools' default batch axis) typed as `[N, 4]`, and a classifier's ZipMap
+        // served as its probability tensor with the class labels in the signature.
+        let zipmaps = super::proto::all_nodes(proto).iter().any(|n| n.op_type == "ZipMap");
+        let normalised = (super::proto::has_unnamed_dims(proto) || zipmaps).then(|| {
+            let mut copy = proto.clone();
+            let n = super::proto::name_unnamed_dims(&mut copy);
+            if n > 0 {
+                log::info!("named {n} input/output dimension(s) the file left without a size or a name");
+            }
+            let labels = super::zipmap::rewrite(&mut copy);
+            for l in &labels {
+                log::info!("output '{}': ZipMap served as a [N, {}] probability tensor", l.output, l.labels.len());
+            }
+            (copy, labels)
+        });
+        let (proto, class_labels) = match &normalised {
+            Some((copy, labels)) => (copy, labels.clone()),
+            None => (proto, Vec::new()),
+        };
         let missing = unsupported_ops(proto, &onnx.op_register);
         if !missing.is_empty() {
             log::warn!("model refused: {} unsupported operator kind(s)", missing.len());
@@ -177,8 +208,12 @@ impl Model {
             let state = plan.spawn()?;
             Ok((plan, state))
         })?;
+        let fresh_state_per_run = state.op_states.iter().any(Option::is_some);
+        if fresh_state_per_run {
+            log::info!("the model has stateful operators: each run starts from a fresh state");
+        }
         let batch = BatchAxis::of(&inputs);
-        let signature = Signature { inputs, outputs, batch };
+        let signature = Signature { inputs, outputs, batch, class_labels };
         let expected = (0..signature.inputs.len())
             .map(|i| (signature.inputs[i].shape.iter().map(fixed).collect(), signature.sample_shape(i)))
             .collect();
@@ -189,7 +224,7 @@ impl Model {
             signature.outputs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
             signature.batch
         );
-        Ok(Model { signature, plan, state, timings, expected, rewrites })
+        Ok(Model { signature, plan, state, timings, expected, rewrites, fresh_state_per_run })
     }
 
     /// What the model takes and returns.
@@ -311,6 +346,9 @@ impl Model {
 
     /// Evaluates the plan with panics contained; after a panic the state is rebuilt.
     fn eval(&mut self, values: TVec<TValue>) -> Result<TVec<TValue>, RunError> {
+        if self.fresh_state_per_run {
+            self.state = self.plan.spawn().map_err(|e| RunError::Engine(format!("{e:#}")))?;
+        }
         match contain(|| self.state.run(values)) {
             Ok(result) => result.map_err(|e| RunError::Engine(format!("{e:#}"))),
             Err(message) => {
@@ -362,8 +400,7 @@ fn compile(
     declared_outputs: &[DeclaredValue],
     timings: &mut LoadTimings,
 ) -> Result<(TypedModel, Vec<TensorSpec>), LoadError> {
-    let mut onnx = tract_onnx::onnx();
-    super::int8::register(&mut onnx.op_register);
+    let onnx = super::onnx();
     let inference = stage(timings, Stage::Parse, || {
         let parsed = onnx.parse(proto, dir)?;
         if !parsed.unresolved_inputs.is_empty() {
@@ -374,10 +411,42 @@ fn compile(
         }
         Ok(parsed.model)
     })?;
-    let typed = stage(timings, Stage::Type, || inference.into_typed())?;
+    let typed = stage(timings, Stage::Type, || {
+        let mut typed = inference.into_typed()?;
+        int64_outputs(&mut typed)?;
+        Ok(typed)
+    })?;
     let outputs = output_specs(&typed, declared_outputs.iter().map(|d| d.name.as_str()))?;
     let optimised = stage(timings, Stage::Optimise, || typed.into_optimized())?;
     Ok((optimised, outputs))
+}
+
+/// The side files (ONNX external data) the model in `bytes` keeps weights in, as file names
+/// beside it; an error for a location that is not a plain file name.
+pub fn external_data_of(bytes: &[u8]) -> Result<Vec<String>, LoadError> {
+    super::proto::external_data(&decode(bytes)?)
+}
+
+/// Casts outputs tract typed as `TDim` back to int64.
+///
+/// tract-onnx reads every ONNX `Cast(to=INT64)` as a cast to its symbolic dimension type, so a
+/// graph ending in one (onnxmltools' LightGBM classifiers cast their labels so) would give
+/// outputs no caller can read. The values are plain integers: a cast at the output restores them.
+fn int64_outputs(typed: &mut TypedModel) -> tract_onnx::prelude::TractResult<()> {
+    let mut outputs = typed.output_outlets()?.to_vec();
+    let mut changed = false;
+    for (ix, outlet) in outputs.iter_mut().enumerate() {
+        if typed.outlet_fact(*outlet)?.datum_type == DatumType::TDim {
+            use tract_onnx::prelude::SpecialOps;
+            let cast = tract_onnx::tract_core::ops::cast::cast(DatumType::I64);
+            *outlet = typed.wire_node(format!("drover.output_{ix}_as_i64"), cast, &[*outlet])?[0];
+            changed = true;
+        }
+    }
+    if changed {
+        typed.select_output_outlets(&outputs)?;
+    }
+    Ok(())
 }
 
 /// Takes the only sample of a one-sample batch.

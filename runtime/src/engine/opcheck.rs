@@ -52,6 +52,13 @@ pub fn hint(ops: &[UnsupportedOp]) -> &'static str {
     if ops.iter().any(|o| o.domain == "com.microsoft") {
         "onnxruntime's quantizer emits Microsoft-only operators by default: re-quantize with standard ops only \
          (QuantFormat.QDQ, or QOperator with op_types_to_quantize limited to Conv/MatMul and no MatMul+Add fusion)"
+    } else if ops.iter().any(|o| o.domain == "ai.onnx.ml" && o.op == "ZipMap") {
+        "this ZipMap feeds another operator, so it cannot be served as a probability tensor: convert the \
+         classifier with skl2onnx's options={id(model): {'zipmap': False}} (the probabilities become a plain tensor)"
+    } else if ops.iter().any(|o| o.domain == "ai.onnx.ml") {
+        "this ONNX-ML operator is standard, but Drover's engine does not run it yet: convert the model without \
+         it (skl2onnx/onnxmltools options), or use an estimator whose converter writes supported operators \
+         (linear models, tree ensembles); `drover-agent inspect` lists what is supported"
     } else {
         "re-export the model with standard ONNX operators (a lower or higher opset, or without custom ops)"
     }
@@ -77,7 +84,7 @@ mod tests {
 
     #[test]
     fn lists_every_unknown_op_with_domain_and_count() {
-        let reg = tract_onnx::onnx().op_register;
+        let reg = crate::engine::onnx().op_register;
         let m = model(vec![
             node("", "Conv"),
             node("com.microsoft", "QGemm"),
@@ -92,7 +99,7 @@ mod tests {
 
     #[test]
     fn a_known_name_in_a_custom_domain_is_refused() {
-        let reg = tract_onnx::onnx().op_register;
+        let reg = crate::engine::onnx().op_register;
         let ops = unsupported_ops(&model(vec![node("com.acme", "Relu")]), &reg);
         assert_eq!(describe(&ops), "com.acme::Relu (1)");
     }
@@ -100,11 +107,21 @@ mod tests {
     #[test]
     fn ops_inside_subgraphs_are_checked() {
         use tract_onnx::pb::AttributeProto;
-        let reg = tract_onnx::onnx().op_register;
+        let reg = crate::engine::onnx().op_register;
         let body = GraphProto { node: vec![node("", "NoSuchOp")], ..Default::default() };
         let mut if_node = node("", "If");
         if_node.attribute.push(AttributeProto { name: "then_branch".into(), g: Some(body), ..Default::default() });
         let ops = unsupported_ops(&model(vec![if_node]), &reg);
         assert_eq!(describe(&ops), "ai.onnx::NoSuchOp (1)");
+    }
+
+    #[test]
+    fn drovers_ml_operators_pass_and_its_internal_domain_does_not() {
+        let reg = crate::engine::onnx().op_register;
+        let ml = ["TreeEnsembleRegressor", "TreeEnsembleClassifier", "Scaler"].map(|op| node("ai.onnx.ml", op));
+        assert!(unsupported_ops(&model(ml.to_vec()), &reg).is_empty());
+        // The fused int8 layer is registered for the QDQ pass, but no file may contain it.
+        let fused = node(crate::engine::int8::DOMAIN, crate::engine::int8::OP_TYPE);
+        assert_eq!(unsupported_ops(&model(vec![fused]), &reg).len(), 1);
     }
 }

@@ -186,6 +186,136 @@ fn declared(v: &ValueInfoProto) -> DeclaredValue {
     DeclaredValue { name: v.name.clone(), dtype: onnx_type_name(code).to_string(), shape, spec }
 }
 
+/// The side files the model's tensors keep their data in (ONNX external data, as MLflow 3 and
+/// torch's dynamo exporter write weights), each once, in order of first use. Every one must be
+/// a plain file name beside the model: a location with a directory part or `..` is refused, so
+/// a model file can never make the agent read anything but its own bundle's files.
+pub fn external_data(model: &ModelProto) -> Result<Vec<String>, LoadError> {
+    fn tensors<'a>(graph: &'a GraphProto, out: &mut Vec<&'a TensorProto>) {
+        out.extend(graph.initializer.iter());
+        for node in &graph.node {
+            for attr in &node.attribute {
+                out.extend(attr.t.iter());
+                out.extend(attr.tensors.iter());
+                if let Some(g) = &attr.g {
+                    tensors(g, out);
+                }
+                for g in &attr.graphs {
+                    tensors(g, out);
+                }
+            }
+        }
+    }
+    let mut all = Vec::new();
+    if let Some(g) = &model.graph {
+        tensors(g, &mut all);
+    }
+    let mut files: Vec<String> = Vec::new();
+    for t in all {
+        // data_location 1 is EXTERNAL; `location` is the one required key.
+        if t.data_location != Some(1) && t.external_data.is_empty() {
+            continue;
+        }
+        let Some(location) = t.external_data.iter().find(|e| e.key == "location").map(|e| e.value.clone()) else {
+            continue;
+        };
+        let plain = !location.is_empty()
+            && location != "."
+            && location != ".."
+            && !location.contains(['/', '\\', '\0'])
+            && !location.starts_with('~');
+        if !plain {
+            return Err(LoadError::ExternalDataLocation { tensor: t.name.clone(), location });
+        }
+        if !files.contains(&location) {
+            files.push(location);
+        }
+    }
+    Ok(files)
+}
+
+/// Gives every dimension of the graph's inputs and outputs that has neither a size nor a name
+/// a name, and returns how many it named.
+///
+/// skl2onnx (`to_onnx(model, X[:1])`, its default), onnxmltools and MLflow's sklearn-to-ONNX
+/// write the batch axis as `[?, 4]`: a dimension with no `dim_value` and no `dim_param`.
+/// onnxruntime reads such a dimension as "any size"; tract cannot type a graph whose input has
+/// no known rank-and-symbol fact. A leading unnamed axis becomes `N`, the batch (the name
+/// Drover's own models and tools use; several inputs' leading axes share it, as their batch
+/// does); any other gets a name of its own (`unk__1`, …, onnxruntime's spelling), so nothing
+/// claims two unrelated sizes are equal.
+pub fn name_unnamed_dims(model: &mut ModelProto) -> usize {
+    use tensor_shape_proto::dimension::Value;
+    let Some(graph) = model.graph.as_mut() else { return 0 };
+    let init: std::collections::HashSet<String> = graph.initializer.iter().map(|t| t.name.clone()).collect();
+    let mut used: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for v in graph.input.iter().chain(graph.output.iter()) {
+        for d in shape_dims(v) {
+            if let Some(Value::DimParam(p)) = &d.value {
+                used.insert(p.clone());
+            }
+        }
+    }
+    // `N` for the batch unless the file already names some other axis so.
+    let batch = if used.contains("N") { "unk__batch" } else { "N" }.to_string();
+    let mut next = 0usize;
+    let mut named = 0;
+    let values = graph.input.iter_mut().filter(|v| !init.contains(&v.name)).chain(graph.output.iter_mut());
+    for v in values {
+        for (axis, d) in shape_dims_mut(v).into_iter().enumerate() {
+            let unnamed = match &d.value {
+                None => true,
+                Some(Value::DimParam(p)) => p.is_empty(),
+                Some(Value::DimValue(n)) => *n < 0,
+            };
+            if !unnamed {
+                continue;
+            }
+            let name = if axis == 0 {
+                batch.clone()
+            } else {
+                loop {
+                    next += 1;
+                    let candidate = format!("unk__{next}");
+                    if !used.contains(&candidate) {
+                        break candidate;
+                    }
+                }
+            };
+            d.value = Some(Value::DimParam(name));
+            named += 1;
+        }
+    }
+    named
+}
+
+/// Whether [`name_unnamed_dims`] has anything to do (so a model that needs nothing is not copied).
+pub fn has_unnamed_dims(model: &ModelProto) -> bool {
+    use tensor_shape_proto::dimension::Value;
+    let Some(graph) = model.graph.as_ref() else { return false };
+    graph.input.iter().chain(graph.output.iter()).flat_map(shape_dims).any(|d| match &d.value {
+        None => true,
+        Some(Value::DimParam(p)) => p.is_empty(),
+        Some(Value::DimValue(n)) => *n < 0,
+    })
+}
+
+fn shape_dims(v: &ValueInfoProto) -> &[tract_onnx::pb::tensor_shape_proto::Dimension] {
+    match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or_default(),
+        _ => &[],
+    }
+}
+
+fn shape_dims_mut(v: &mut ValueInfoProto) -> Vec<&mut tract_onnx::pb::tensor_shape_proto::Dimension> {
+    match v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        Some(type_proto::Value::TensorType(t)) => {
+            t.shape.as_mut().map(|s| s.dim.iter_mut().collect()).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// The graph's real inputs (initializers listed as inputs by old exporters are left out) and
 /// its outputs, as the file declares them.
 pub fn declared_io(model: &ModelProto) -> Result<(Vec<DeclaredValue>, Vec<DeclaredValue>), LoadError> {

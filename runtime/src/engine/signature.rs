@@ -49,6 +49,10 @@ pub struct Signature {
     pub outputs: Vec<TensorSpec>,
     /// How samples are batched.
     pub batch: BatchAxis,
+    /// The class labels of outputs that were a ZipMap's map in the file: their columns, in
+    /// order (see [`super::zipmap`]). OIP v2 carries tensors, not maps, so clients read the labels
+    /// from the model's metadata.
+    pub class_labels: Vec<super::zipmap::ClassLabels>,
 }
 
 impl Signature {
@@ -111,6 +115,7 @@ mod tests {
     #[test]
     fn sample_shape_drops_the_batch_axis() {
         let sig = Signature {
+            class_labels: Vec::new(),
             inputs: vec![spec("a", &[DimRef::Symbolic("N"), DimRef::Symbolic("T"), DimRef::Fixed(3)])],
             outputs: vec![],
             batch: BatchAxis::Symbolic("N".into()),

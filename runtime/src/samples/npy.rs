@@ -239,7 +239,12 @@ mod tests {
 
     fn iris_signature() -> Signature {
         let spec = TensorSpec::new("float_input", DType::F32, [DimRef::Symbolic("N"), DimRef::Fixed(4)]).expect("fits");
-        Signature { inputs: vec![spec], outputs: vec![], batch: BatchAxis::Symbolic("N".into()) }
+        Signature {
+            inputs: vec![spec],
+            outputs: vec![],
+            batch: BatchAxis::Symbolic("N".into()),
+            class_labels: Vec::new(),
+        }
     }
 
     fn reference_npy() -> Vec<u8> {

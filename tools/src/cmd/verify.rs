@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use drover_runtime::Model;
 use drover_runtime::bundle::Limits;
 use drover_runtime::bundle::selftest::run_selftest;
 use drover_runtime::trust::{DeviceFacts, TrustState, verify_header};
@@ -58,11 +57,11 @@ pub fn run(args: &VerifyArgs, now: u64) -> anyhow::Result<bool> {
             return Ok(false);
         }
     }
-    let Some(model_bytes) = bundle.file(FileRole::Model) else {
+    if bundle.file(FileRole::Model).is_none() {
         println!("FAIL no model file");
         return Ok(false);
-    };
-    let mut model = match Model::from_bytes(model_bytes) {
+    }
+    let mut model = match bundle.load_model() {
         Ok(m) => m,
         Err(e) => {
             println!("FAIL model does not load: {e}");

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Small models as the real exporters write them by default, with onnxruntime's answers.
+
+Drover's reference models (models/make_models.py) were built to fit; these are what users
+bring, written by the tools' own default calls, untouched:
+
+- skl2onnx `to_onnx(model, X[:1])`: the batch axis as a dimension with neither a size nor a
+  name (`[?, 4]`), classifiers' probabilities behind an ai.onnx.ml ZipMap (a map per sample).
+- MLflow 3 `mlflow.onnx.save_model` (its default `save_as_external_data=True`): the weights in
+  a side file named by a UUID, beside model.onnx.
+- torch.onnx.export with the dynamo exporter (torch 2.x's default path), batch axis dynamic.
+
+Every file is small (KBs) and committed with its inputs and onnxruntime's outputs, so the Rust
+tests never need Python. Writes models/exported/ and models/exported/manifest.json (the
+schema of models/reference/manifest.json, paths relative to models/, plus `class_labels` for
+outputs that were a ZipMap: onnxruntime's list of maps is stored as a [N, classes] tensor in
+the order of the labels).
+
+Run: pip install -r models/exported/requirements.txt && python3 models/exported/make_exported.py
+"""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+HERE = Path(__file__).resolve().parent
+MODELS = HERE.parent
+SAMPLES = 16
+
+
+def session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def json_array(a: np.ndarray) -> str:
+    if a.ndim == 0:
+        v = a.item()
+        return repr(float(v)) if isinstance(v, float) else str(v)
+    return "[" + ",".join(json_array(a[i]) for i in range(a.shape[0])) + "]"
+
+
+def run(path: Path, x: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """onnxruntime's outputs for all samples at once; ZipMap outputs (lists of dicts) become
+    [N, classes] float32 tensors, with their class labels."""
+    sess = session(path)
+    names = [o.name for o in sess.get_outputs()]
+    results = sess.run(names, x)
+    outputs, labels = {}, {}
+    for name, r in zip(names, results):
+        if isinstance(r, list):
+            keys = list(r[0].keys())
+            outputs[name] = np.array([[row[k] for k in keys] for row in r], dtype=np.float32)
+            labels[name] = [str(k) for k in keys]
+        else:
+            outputs[name] = np.asarray(r)
+    return outputs, labels
+
+
+def write(name: str, file: str, kind: str, x: dict[str, np.ndarray], tolerance: dict[str, float], producer: str):
+    outputs, labels = run(MODELS / file, x)
+    lines = []
+    for i in range(SAMPLES):
+        if len(x) == 1:
+            lines.append(json_array(next(iter(x.values()))[i]))
+        else:
+            lines.append("{" + ",".join(f"{json.dumps(k)}:{json_array(v[i])}" for k, v in x.items()) + "}")
+    jsonl = HERE / f"{name}.input.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    for i, line in enumerate(jsonl.read_text().splitlines()):
+        parsed = json.loads(line)
+        if len(x) == 1:
+            parsed = {next(iter(x)): parsed}
+        for k, arr in x.items():
+            back = np.array(parsed[k], dtype=np.float64 if arr.dtype.kind == "f" else np.int64).astype(arr.dtype)
+            assert back.tobytes() == arr[i].tobytes(), (name, k, i)
+    outs = []
+    for oname, arr in outputs.items():
+        rel = f"exported/{name}.output.{oname}.npy"
+        np.save(MODELS / rel, arr)
+        out = {"name": oname, "dtype": str(arr.dtype), "npy": rel, "tolerance": tolerance[oname]}
+        if oname in labels:
+            out["class_labels"] = labels[oname]
+        outs.append(out)
+    dims = [d for i in onnx.load(str(MODELS / file), load_external_data=False).graph.input for d in i.type.tensor_type.shape.dim]
+    first = dims[0] if dims else None
+    batch = "unnamed" if first is not None and not first.HasField("dim_value") and not first.dim_param else "symbolic"
+    return {
+        "name": name,
+        "file": file,
+        "kind": kind,
+        "batch": batch,
+        "refused": False,
+        "unsupported": [],
+        "producer": producer,
+        "reference": {"samples": SAMPLES, "input_jsonl": f"exported/{name}.input.jsonl", "input_npy": None, "outputs": outs},
+    }
+
+
+def sklearn_models(entries: list, versions: dict):
+    import skl2onnx
+    import sklearn
+    from sklearn.datasets import load_iris, make_regression
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    versions["scikit-learn"] = sklearn.__version__
+    versions["skl2onnx"] = skl2onnx.__version__
+    X, y = load_iris(return_X_y=True)
+    X = X.astype(np.float32)
+    rng = np.random.default_rng(33)
+    idx = rng.choice(len(X), SAMPLES, replace=False)
+    probe = {"X": X[idx]}
+
+    clf = LogisticRegression(max_iter=1000).fit(X, y)
+    (HERE / "skl_logreg_zipmap.onnx").write_bytes(skl2onnx.to_onnx(clf, X[:1]).SerializeToString())
+    entries.append(write("skl_logreg_zipmap", "exported/skl_logreg_zipmap.onnx", "sklearn", probe,
+                         {"output_label": 0, "output_probability": 1e-5},
+                         "skl2onnx to_onnx(LogisticRegression(max_iter=1000), X[:1]) (defaults: ZipMap, [?, 4])"))
+
+    rf = RandomForestClassifier(n_estimators=4, max_depth=3, random_state=0).fit(X, y)
+    (HERE / "skl_forest_zipmap.onnx").write_bytes(skl2onnx.to_onnx(rf, X[:1]).SerializeToString())
+    entries.append(write("skl_forest_zipmap", "exported/skl_forest_zipmap.onnx", "sklearn", probe,
+                         {"output_label": 0, "output_probability": 1e-5},
+                         "skl2onnx to_onnx(RandomForestClassifier(n_estimators=4, max_depth=3), X[:1]) (defaults)"))
+
+    # k-NN: skl2onnx computes the distances with a Scan whose state is the query, a stateful
+    # operator in tract.
+    from sklearn.neighbors import KNeighborsRegressor
+
+    Xk, yk = make_regression(n_samples=60, n_features=5, noise=0.1, random_state=6)
+    Xk = Xk.astype(np.float32)
+    knn = KNeighborsRegressor(n_neighbors=3).fit(Xk, yk)
+    (HERE / "skl_knn_regressor.onnx").write_bytes(skl2onnx.to_onnx(knn, Xk[:1]).SerializeToString())
+    entries.append(write("skl_knn_regressor", "exported/skl_knn_regressor.onnx", "sklearn",
+                         {"X": rng.standard_normal((SAMPLES, 5)).astype(np.float32)}, {"variable": 1e-4},
+                         "skl2onnx to_onnx(KNeighborsRegressor(n_neighbors=3), X[:1]) (defaults: a Scan, [?, 5])"))
+
+    Xr, yr = make_regression(n_samples=200, n_features=6, noise=0.1, random_state=5)
+    Xr = Xr.astype(np.float32)
+    lin = LinearRegression().fit(Xr, yr)
+    (HERE / "skl_linreg.onnx").write_bytes(skl2onnx.to_onnx(lin, Xr[:1]).SerializeToString())
+    entries.append(write("skl_linreg", "exported/skl_linreg.onnx", "sklearn", {"X": Xr[:SAMPLES]},
+                         {"variable": 1e-4}, "skl2onnx to_onnx(LinearRegression(), X[:1]) (defaults: [?, 6])"))
+
+
+def torch_models(entries: list, versions: dict):
+    import mlflow
+    import mlflow.onnx
+    import torch
+
+    versions["torch"] = torch.__version__
+    versions["mlflow"] = mlflow.__version__
+    torch.manual_seed(7)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3)).eval()
+    example = torch.randn(2, 16)
+    x = np.random.default_rng(8).standard_normal((SAMPLES, 16)).astype(np.float32)
+
+    dynamo = HERE / "torch_mlp_dynamo.onnx"
+    torch.onnx.export(net, (example,), str(dynamo), dynamo=True, input_names=["x"], output_names=["logits"],
+                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+    entries.append(write("torch_mlp_dynamo", "exported/torch_mlp_dynamo.onnx", "fp32", {"x": x}, {"logits": 1e-4},
+                         "torch.onnx.export(nn.Sequential(Linear(16,64), ReLU, Linear(64,3)), dynamo=True, "
+                         "dynamic_shapes=({0: Dim('batch')},))"))
+
+    # MLflow 3's own ONNX directory: weights of 1 KiB and more go to a UUID-named side file.
+    mlflow_dir = MODELS / "mlflow" / "torch_mlp_external"
+    shutil.rmtree(mlflow_dir, ignore_errors=True)
+    mlflow.onnx.save_model(onnx.load(str(dynamo)), str(mlflow_dir))
+    side = [f for f in os.listdir(mlflow_dir) if f.endswith(".data")]
+    assert side, "mlflow.onnx.save_model wrote no external data"
+    entries.append(write("mlflow_mlp_external", "mlflow/torch_mlp_external/model.onnx", "fp32", {"x": x},
+                         {"logits": 1e-4}, "mlflow.onnx.save_model(onnx.load(torch_mlp_dynamo.onnx), DIR) "
+                         f"(defaults: save_as_external_data=True -> {side[0]})"))
+
+
+def main():
+    for f in HERE.iterdir():
+        if f.suffix in (".onnx", ".npy", ".jsonl", ".data") or f.name == "manifest.json":
+            f.unlink()
+    versions = {"onnx": onnx.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__}
+    entries: list = []
+    sklearn_models(entries, versions)
+    torch_models(entries, versions)
+    manifest = {"generator": "models/exported/make_exported.py", "versions": versions, "models": entries}
+    (HERE / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    for e in entries:
+        print(f"{e['name']:<22} {e['batch']:<9} {(MODELS / e['file']).stat().st_size:>7} B  {e['producer']}")
+    print(versions)
+
+
+if __name__ == "__main__":
+    main()
