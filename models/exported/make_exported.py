@@ -171,11 +171,15 @@ def torch_models(entries: list, versions: dict):
     # MLflow 3's own ONNX directory: weights of 1 KiB and more go to a UUID-named side file.
     mlflow_dir = MODELS / "mlflow" / "torch_mlp_external"
     shutil.rmtree(mlflow_dir, ignore_errors=True)
-    mlflow.onnx.save_model(onnx.load(str(dynamo)), str(mlflow_dir))
+    # The signature as most users make it: infer_signature on numpy arrays (unnamed tensors).
+    from mlflow.models import infer_signature
+
+    logits = session(dynamo).run(None, {"x": x})[0]
+    mlflow.onnx.save_model(onnx.load(str(dynamo)), str(mlflow_dir), signature=infer_signature(x, logits))
     side = [f for f in os.listdir(mlflow_dir) if f.endswith(".data")]
     assert side, "mlflow.onnx.save_model wrote no external data"
     entries.append(write("mlflow_mlp_external", "mlflow/torch_mlp_external/model.onnx", "fp32", {"x": x},
-                         {"logits": 1e-4}, "mlflow.onnx.save_model(onnx.load(torch_mlp_dynamo.onnx), DIR) "
+                         {"logits": 1e-4}, "mlflow.onnx.save_model(onnx.load(torch_mlp_dynamo.onnx), DIR, signature=infer_signature(x, logits)) "
                          f"(defaults: save_as_external_data=True -> {side[0]})"))
 
 

@@ -254,11 +254,20 @@ impl MlflowModel {
     pub fn check(&self, inputs: &[TensorSpec], outputs: &[TensorSpec]) -> Result<(), MlflowError> {
         let pairs = [("input", &self.inputs, inputs), ("output", &self.outputs, outputs)];
         for (role, declared, actual) in pairs {
-            for (name, dtype, shape) in declared.iter() {
-                let spec = actual
-                    .iter()
-                    .find(|s| s.name.as_str() == name)
+            // `infer_signature(ndarray, …)` (what most users call) writes tensors without names:
+            // they stand for the model's tensors in order.
+            let unnamed = declared.iter().any(|(name, _, _)| name.is_empty());
+            if unnamed && declared.len() != actual.len() {
+                return Err(MlflowError::Signature(format!(
+                    "{} unnamed {role}(s) in MLflow, {} in the ONNX model",
+                    declared.len(),
+                    actual.len()
+                )));
+            }
+            for (i, (name, dtype, shape)) in declared.iter().enumerate() {
+                let spec = if unnamed { actual.get(i) } else { actual.iter().find(|s| s.name.as_str() == name) }
                     .ok_or_else(|| MlflowError::Signature(format!("{role} '{name}' is not in the ONNX model")))?;
+                let name = if name.is_empty() { format!("#{} ({})", i + 1, spec.name) } else { name.clone() };
                 let expected = numpy_dtype(spec.dtype);
                 if dtype != expected {
                     return Err(MlflowError::Signature(format!(
@@ -283,4 +292,37 @@ impl MlflowModel {
 
 fn numpy_dtype(d: DType) -> &'static str {
     d.name()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_wire::DimRef;
+
+    fn spec(name: &str) -> TensorSpec {
+        TensorSpec::new(name, DType::F32, [DimRef::Symbolic("batch"), DimRef::Fixed(16)]).expect("spec")
+    }
+
+    fn model(inputs: &[&str]) -> MlflowModel {
+        MlflowModel {
+            onnx: PathBuf::from("model.onnx"),
+            inputs: inputs.iter().map(|n| (n.to_string(), "float32".to_string(), vec![-1, 16])).collect(),
+            outputs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn unnamed_signature_tensors_stand_for_the_models_in_order() {
+        // infer_signature(ndarray, …): no names.
+        assert!(model(&[""]).check(&[spec("x")], &[]).is_ok());
+        let e = model(&["", ""]).check(&[spec("x")], &[]).expect_err("two for one");
+        assert!(e.to_string().contains("2 unnamed input(s) in MLflow, 1 in the ONNX model"), "{e}");
+        let mut wrong = model(&[""]);
+        wrong.inputs[0].2 = vec![-1, 8];
+        let e = wrong.check(&[spec("x")], &[]).expect_err("shape");
+        assert!(e.to_string().contains("input '#1 (x)'"), "{e}");
+        // Named ones still match by name.
+        assert!(model(&["x"]).check(&[spec("x")], &[]).is_ok());
+        assert!(model(&["y"]).check(&[spec("x")], &[]).is_err());
+    }
 }
