@@ -161,6 +161,33 @@ def torch_models(entries: list, versions: dict):
     example = torch.randn(2, 16)
     x = np.random.default_rng(8).standard_normal((SAMPLES, 16)).astype(np.float32)
 
+    # An LSTM autoencoder (encoder → last state repeated over time → decoder), as for anomaly
+    # detection on sensor windows; tract's optimiser fails on the decoder fed the repeated state.
+    class LstmAutoencoder(torch.nn.Module):
+        def __init__(self, features=3, hidden=8, steps=6):
+            super().__init__()
+            self.steps = steps
+            self.enc = torch.nn.LSTM(features, hidden, batch_first=True)
+            self.dec = torch.nn.LSTM(hidden, hidden, batch_first=True)
+            self.out = torch.nn.Linear(hidden, features)
+
+        def forward(self, x):
+            _, (h, _) = self.enc(x)
+            z = h[-1].unsqueeze(1).repeat(1, self.steps, 1)
+            y, _ = self.dec(z)
+            return self.out(y)
+
+    ae = LstmAutoencoder().eval()
+    lstm_ae = HERE / "torch_lstm_ae.onnx"
+    torch.onnx.export(ae, (torch.randn(2, 6, 3),), str(lstm_ae), dynamo=False, opset_version=17,
+                      input_names=["window"], output_names=["reconstruction"],
+                      dynamic_axes={"window": {0: "batch"}, "reconstruction": {0: "batch"}})
+    windows = np.random.default_rng(9).standard_normal((SAMPLES, 6, 3)).astype(np.float32)
+    entries.append(write("torch_lstm_ae", "exported/torch_lstm_ae.onnx", "fp32", {"window": windows},
+                         {"reconstruction": 1e-4},
+                         "torch.onnx.export(LSTM autoencoder 3->8->8->3 over 6 steps, dynamo=False, opset 17, "
+                         "dynamic batch)"))
+
     dynamo = HERE / "torch_mlp_dynamo.onnx"
     torch.onnx.export(net, (example,), str(dynamo), dynamo=True, input_names=["x"], output_names=["logits"],
                       dynamic_shapes=({0: torch.export.Dim("batch")},))

@@ -417,7 +417,21 @@ fn compile(
         Ok(typed)
     })?;
     let outputs = output_specs(&typed, declared_outputs.iter().map(|d| d.name.as_str()))?;
-    let optimised = stage(timings, Stage::Optimise, || typed.into_optimized())?;
+    // tract's optimiser has bugs of its own on some real graphs (an LSTM decoder fed a repeated
+    // encoder state fails in its declutter pass): such a model still runs, unoptimised, rather
+    // than not at all. The typed graph is cheap to keep (weights are shared, not copied).
+    let fallback = typed.clone();
+    let optimised = match stage(timings, Stage::Optimise, || typed.into_optimized()) {
+        Ok(optimised) => optimised,
+        Err(e @ LoadError::Panicked { .. }) => return Err(e),
+        Err(e) => {
+            // tract's message goes on with a dump of its patch: the first line says what failed.
+            let text = e.to_string();
+            let first: String = text.lines().next().unwrap_or_default().chars().take(300).collect();
+            log::warn!("{first}; running the model unoptimised (slower, same results)");
+            fallback
+        }
+    };
     Ok((optimised, outputs))
 }
 
