@@ -200,18 +200,30 @@ fn batch_larger_than_a_fixed_batch_model_allows_is_refused() {
 
 #[test]
 fn microsoft_op_model_is_refused_naming_every_op_and_the_fix() {
+    // onnxruntime's quantize_dynamic on an LSTM: DynamicQuantizeLSTM has no standard definition.
     assert_refused(
-        "cnn_int8_qop_msft.onnx",
-        &resolve("reference/cnn.input.jsonl"),
+        "qop/qd_lstm_refused.onnx",
+        &resolve("qop/qd_lstm_refused.input.jsonl"),
         1,
-        &["unsupported operators: com.microsoft::QGemm (2)", "standard ops"],
+        &["unsupported operators: com.microsoft::DynamicQuantizeLSTM (1)", "standard ops"],
     );
-    let o = run(agent().args(["inspect", "--json", "--model"]).arg(model("mlp_int8_qop_msft.onnx")));
+    let o = run(agent().args(["inspect", "--json", "--model"]).arg(model("qop/qd_lstm_refused.onnx")));
     assert_eq!(o.status.code(), Some(1), "inspect exits 1 for a model Drover cannot run");
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON");
-    assert_eq!(report["unsupported"][0]["op"], "QLinearAdd");
-    assert_eq!(report["unsupported"][0]["count"], 3);
+    assert_eq!(report["unsupported"][0]["op"], "DynamicQuantizeLSTM");
+    assert_eq!(report["unsupported"][0]["count"], 1);
     assert_eq!(report["load"]["ok"], false);
+}
+
+/// onnxruntime's default QOperator output (com.microsoft QGemm, QLinearAdd) loads, and `inspect`
+/// lists nothing unsupported for it.
+#[test]
+fn onnxruntime_qoperator_models_load_and_inspect_clean() {
+    let o = run(agent().args(["inspect", "--json", "--model"]).arg(model("mlp_int8_qop_msft.onnx")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON");
+    assert_eq!(report["unsupported"], serde_json::json!([]));
+    assert_eq!(report["load"]["ok"], true);
 }
 
 #[test]
@@ -323,9 +335,9 @@ fn operator_cli_inspects_models_like_the_agent() {
     assert_eq!(r["outputs"][0]["name"], "label");
     assert_eq!(r["outputs"][0]["dtype"], "int64");
     assert_eq!(r["load"]["batch"]["kind"], "symbolic");
-    let refused = run(Command::new(&drover).arg("inspect").arg(model("cnn_int8_qop_msft.onnx")));
+    let refused = run(Command::new(&drover).arg("inspect").arg(model("qop/qd_lstm_refused.onnx")));
     assert_eq!(refused.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&refused.stdout).contains("com.microsoft::QGemm (2)"));
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("com.microsoft::DynamicQuantizeLSTM (1)"));
     let help = run(Command::new(&drover).arg("--help"));
     assert!(String::from_utf8_lossy(&help.stdout).contains("inspect"));
 }

@@ -93,6 +93,14 @@ pub fn load_exported() -> Manifest {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// onnxruntime's QOperator int8 models as its quantizer writes them (`models/qop/manifest.json`,
+/// written by `models/qop/make_qop.py`), in the same schema.
+pub fn load_qop() -> Manifest {
+    let path = models_dir().join("qop").join("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 impl ReferenceModel {
     /// Absolute path of the model file.
     pub fn path(&self) -> PathBuf {

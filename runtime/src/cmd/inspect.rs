@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tract_onnx::prelude::Framework;
 
-use crate::engine::opcheck::{UnsupportedOp, hint, unsupported_ops};
+use crate::engine::opcheck::{UnsupportedOp, hint, unsupported_as_loaded};
 use crate::engine::proto::{DeclaredValue, QuantStyle, declared_io, op_histogram, parameter_bytes, quant_style};
 use crate::engine::{BatchAxis, LoadError, Model, Stage};
 
@@ -87,7 +87,7 @@ pub fn inspect(path: &Path) -> Result<InspectReport, InspectError> {
     let proto =
         onnx.proto_model_for_read(&mut &bytes[..]).map_err(|e| unreadable(LoadError::Decode(format!("{e:#}"))))?;
     let (inputs, outputs) = declared_io(&proto).map_err(unreadable)?;
-    let unsupported = unsupported_ops(&proto, &onnx.op_register);
+    let unsupported = unsupported_as_loaded(&proto, &onnx.op_register);
     let ops = op_histogram(&proto);
     let load = match Model::load(path) {
         Ok(model) => LoadOutcome {

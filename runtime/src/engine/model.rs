@@ -126,8 +126,11 @@ impl Model {
         // there is something to do: a big CNN is not copied for nothing): `[?, 4]` (skl2onnx's
         // and onnxmltools' default batch axis) typed as `[N, 4]`, and a classifier's ZipMap
         // served as its probability tensor with the class labels in the signature.
+        // onnxruntime's Microsoft-only QOperator operators (QGemm, QLinearAdd…) become their
+        // definition in standard operators, before the check that would refuse them.
         let zipmaps = super::proto::all_nodes(proto).iter().any(|n| n.op_type == "ZipMap");
-        let normalised = (super::proto::has_unnamed_dims(proto) || zipmaps).then(|| {
+        let microsoft = qdq::qop_ms::has_any(proto);
+        let normalised = (super::proto::has_unnamed_dims(proto) || zipmaps || microsoft).then(|| {
             let mut copy = proto.clone();
             let n = super::proto::name_unnamed_dims(&mut copy);
             if n > 0 {
@@ -136,6 +139,16 @@ impl Model {
             let labels = super::zipmap::rewrite(&mut copy);
             for l in &labels {
                 log::info!("output '{}': ZipMap served as a [N, {}] probability tensor", l.output, l.labels.len());
+            }
+            if microsoft {
+                // `expand` changes the graph only once it is done: a contained crash leaves the
+                // copy as written, and the operator check then refuses it.
+                match contain(|| qdq::qop_ms::expand(&mut copy)) {
+                    Ok(n) => log::info!(
+                        "{n} com.microsoft QOperator node(s) rewritten as DequantizeLinear → op → QuantizeLinear"
+                    ),
+                    Err(message) => log::warn!("com.microsoft operator rewrite crashed (contained): {message}"),
+                }
             }
             (copy, labels)
         });

@@ -47,11 +47,29 @@ pub fn unsupported_ops(model: &ModelProto, registry: &OnnxOpRegister) -> Vec<Uns
     missing.into_iter().map(|((domain, op), count)| UnsupportedOp { domain, op, count }).collect()
 }
 
+/// [`unsupported_ops`] of the model as loading sees it: after the rewrite of onnxruntime's
+/// Microsoft-only QOperator operators ([`super::qdq::qop_ms`]), so that `inspect` reports what
+/// loading refuses, not what the file spells differently.
+pub fn unsupported_as_loaded(model: &ModelProto, registry: &OnnxOpRegister) -> Vec<UnsupportedOp> {
+    if !super::qdq::qop_ms::has_any(model) {
+        return unsupported_ops(model, registry);
+    }
+    let mut copy = model.clone();
+    if let Err(message) = super::guard::contain(|| super::qdq::qop_ms::expand(&mut copy)) {
+        log::warn!("com.microsoft operator rewrite crashed (contained): {message}");
+        return unsupported_ops(model, registry);
+    }
+    unsupported_ops(&copy, registry)
+}
+
 /// The advice that goes with a list of unsupported operators.
 pub fn hint(ops: &[UnsupportedOp]) -> &'static str {
     if ops.iter().any(|o| o.domain == "com.microsoft") {
-        "onnxruntime's quantizer emits Microsoft-only operators by default: re-quantize with standard ops only \
-         (QuantFormat.QDQ, or QOperator with op_types_to_quantize limited to Conv/MatMul and no MatMul+Add fusion)"
+        "Drover runs onnxruntime's QOperator operators (QGemm, QLinearAdd, QLinearGlobalAveragePool, QLinearMul, \
+         QLinearConcat, QLinearSigmoid, QLinearLeakyRelu, QLinearAveragePool, QLinearSoftmax) in the form its \
+         quantizer writes them (constant per-tensor activation parameters, known attributes); for other \
+         Microsoft-only operators, or these in another form, re-quantize with standard ops only (QuantFormat.QDQ, \
+         or QOperator with op_types_to_quantize limited to Conv/MatMul)"
     } else if ops.iter().any(|o| o.domain == "ai.onnx.ml" && o.op == "ZipMap") {
         "this ZipMap feeds another operator, so it cannot be served as a probability tensor: convert the \
          classifier with skl2onnx's options={id(model): {'zipmap': False}} (the probabilities become a plain tensor)"

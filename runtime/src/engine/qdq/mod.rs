@@ -22,6 +22,7 @@ mod fuse;
 mod graph;
 mod movement;
 mod params;
+pub mod qop_ms;
 #[cfg(test)]
 mod test_graph;
 
