@@ -10,6 +10,7 @@
 
 mod attrs;
 mod scaler;
+mod svm;
 mod transform;
 mod tree;
 mod tree_op;
@@ -21,4 +22,6 @@ pub(crate) fn register(register: &mut OnnxOpRegister) {
     register.insert("TreeEnsembleRegressor", tree_op::build_regressor);
     register.insert("TreeEnsembleClassifier", tree_op::build_classifier);
     register.insert("Scaler", scaler::build);
+    register.insert("SVMClassifier", svm::build_classifier);
+    register.insert("SVMRegressor", svm::build_regressor);
 }
