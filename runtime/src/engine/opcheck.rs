@@ -118,8 +118,15 @@ mod tests {
     #[test]
     fn drovers_ml_operators_pass_and_its_internal_domain_does_not() {
         let reg = crate::engine::onnx().op_register;
-        let ml = ["TreeEnsembleRegressor", "TreeEnsembleClassifier", "Scaler", "SVMClassifier", "SVMRegressor"]
-            .map(|op| node("ai.onnx.ml", op));
+        let ml = [
+            "TreeEnsembleRegressor",
+            "TreeEnsembleClassifier",
+            "Scaler",
+            "SVMClassifier",
+            "SVMRegressor",
+            "LabelEncoder",
+        ]
+        .map(|op| node("ai.onnx.ml", op));
         assert!(unsupported_ops(&model(ml.to_vec()), &reg).is_empty());
         // The fused int8 layer is registered for the QDQ pass, but no file may contain it.
         let fused = node(crate::engine::int8::DOMAIN, crate::engine::int8::OP_TYPE);

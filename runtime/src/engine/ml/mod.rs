@@ -9,6 +9,7 @@
 //! tract's own `TreeEnsembleClassifier`.
 
 mod attrs;
+mod label_encoder;
 mod scaler;
 mod svm;
 mod transform;
@@ -24,4 +25,5 @@ pub(crate) fn register(register: &mut OnnxOpRegister) {
     register.insert("Scaler", scaler::build);
     register.insert("SVMClassifier", svm::build_classifier);
     register.insert("SVMRegressor", svm::build_regressor);
+    register.insert("LabelEncoder", label_encoder::build);
 }
