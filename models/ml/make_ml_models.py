@@ -18,6 +18,7 @@ script, so it runs from any directory).
 """
 
 import json
+import os
 import shutil
 import sys
 import warnings
@@ -210,6 +211,9 @@ def models():
 
 
 def main():
+    # skl2onnx lists opset imports from a set: fix string hashing so reruns write the same bytes.
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
     if DATA.exists():
         shutil.rmtree(DATA)
     DATA.mkdir(parents=True)
