@@ -271,12 +271,13 @@ fn compare_ml(what: &str, got: &Tensor, want: &Tensor, tolerance: MlTolerance) -
 }
 
 /// scikit-learn, XGBoost and LightGBM models as skl2onnx and onnxmltools write them (tree
-/// ensembles, scalers: the ai.onnx.ml operators Drover adds to tract) give onnxruntime's labels
-/// exactly and its scores within 1e-5, as one batch and one row at a time.
+/// ensembles, scalers, SVMs, IsolationForest's label encoders: the ai.onnx.ml operators Drover
+/// adds to tract) give onnxruntime's labels exactly and its scores within 1e-5, as one batch,
+/// one row at a time and through the serving path.
 #[test]
 fn ml_models_from_real_exporters_match_onnxruntime() {
     let ml = manifest::load_ml();
-    assert!(ml.models.len() >= 15, "the manifest lists the exported models");
+    assert!(ml.models.len() >= 27, "the manifest lists the exported models");
     for m in &ml.models {
         let what = format!("{} ({} {})", m.name, m.producer.name, m.producer.version);
         let mut model = Model::load(&manifest::ml_dir().join(&m.file))
@@ -299,6 +300,21 @@ fn ml_models_from_real_exporters_match_onnxruntime() {
             for ((o, got), want) in m.outputs.iter().zip(&outputs).zip(&expected) {
                 let tolerance = o.tolerance.unwrap_or(MlTolerance { abs: 0.0, rel: 0.0 });
                 compare_ml(&format!("{what}/{} row {r}", o.name), got, &one_row(want, r), tolerance);
+            }
+        }
+
+        // The serving path (`Model::run_one`): each sample without its batch axis, one state.
+        let strip = model.signature().batch.strips_leading_axis();
+        let sample_of = |t: &Tensor, r: usize| {
+            if strip { t.unstack(t.shape()[0]).expect("rows").swap_remove(r) } else { one_row(t, r) }
+        };
+        let mut served = Vec::new();
+        for r in 0..rows {
+            let sample: Vec<Tensor> = inputs.iter().map(|t| sample_of(t, r)).collect();
+            model.run_one(&sample, &mut served).unwrap_or_else(|e| panic!("{what} run_one row {r}: {e}"));
+            for ((o, got), want) in m.outputs.iter().zip(&served).zip(&expected) {
+                let tolerance = o.tolerance.unwrap_or(MlTolerance { abs: 0.0, rel: 0.0 });
+                compare_ml(&format!("{what}/{} run_one row {r}", o.name), got, &sample_of(want, r), tolerance);
             }
         }
     }

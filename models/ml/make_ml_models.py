@@ -3,10 +3,10 @@
 onnxruntime's outputs, for Drover's ai.onnx.ml parity test (tests/parity.rs).
 
 Every model is converted with the exporter's ordinary call (classifiers with zipmap=False: Drover
-has no maps) and saved as written but for one edit, listed per model in the manifest: the
-inputs' unnamed batch axis is named N (see name_batch_axis). Each gets seeded held-out inputs (.npy) and onnxruntime's
-outputs on them (.npy per output); manifest.json says what made each file and how close Drover
-must come. Trees are few and shallow so the files stay a few KB.
+has no maps) and saved exactly as written, the unnamed batch axis included (Drover names it at
+load time). Each gets seeded held-out inputs (.npy) and onnxruntime's outputs on them (.npy per
+output); manifest.json says what made each file and how close Drover must come. Trees are few
+and shallow and the SVMs are trained on small sets so the files stay a few KB.
 
     pip install -r models/ml/requirements.txt && python3 models/ml/make_ml_models.py
 
@@ -18,6 +18,7 @@ script, so it runs from any directory).
 """
 
 import json
+import os
 import shutil
 import sys
 import warnings
@@ -38,10 +39,12 @@ from sklearn.datasets import load_iris, make_classification, make_regression
 from sklearn.ensemble import (
     GradientBoostingClassifier,
     GradientBoostingRegressor,
+    IsolationForest,
     RandomForestClassifier,
     RandomForestRegressor,
 )
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, SVR, NuSVC, NuSVR, OneClassSVM
 from sklearn.tree import DecisionTreeRegressor
 
 HERE = Path(__file__).resolve().parent
@@ -76,10 +79,12 @@ def classification(n_classes, weights=None, seed=SEED):
     return X.astype(np.float32), y
 
 
-def skl(model, X_train, options=None):
+def skl(model, X_train, options=None, target_opset=None):
     """skl2onnx's default call, as its docs show it."""
-    call = "skl2onnx.to_onnx(model, X_train[:1]" + (f", options={options!r}" if options else "") + ")"
-    return to_onnx(model, X_train[:1], options=options), ("skl2onnx", skl2onnx.__version__, call)
+    call = "skl2onnx.to_onnx(model, X_train[:1]" + (f", options={options!r}" if options else "")
+    call += (f", target_opset={target_opset!r}" if target_opset else "") + ")"
+    onx = to_onnx(model, X_train[:1], options=options, target_opset=target_opset)
+    return onx, ("skl2onnx", skl2onnx.__version__, call)
 
 
 def xgb(model, n_features):
@@ -170,26 +175,45 @@ def models():
 
     m = StandardScaler().fit(Xt)
     out.append(("skl_standard_scaler", "StandardScaler()", skl(m, Xt), Xh))
+
+    # SVMs: small training sets keep the support vectors (stored in full) to a few KB.
+    Xc3, yc3 = classification(3)
+    Xt3, yt3, Xh3 = Xc3[:100], yc3[:100], Xc3[-40:]
+    for kernel in ["rbf", "linear", "poly", "sigmoid"]:
+        m = SVC(kernel=kernel, probability=True, random_state=0).fit(Xt3, yt3)
+        out.append((f"skl_svc_{kernel}_proba", f"SVC(kernel='{kernel}', probability=True), 3 classes",
+                    skl(m, Xt3, {"zipmap": False}), Xh3))
+    m = SVC().fit(Xt3, yt3)
+    out.append(("skl_svc_rbf_ovr", "SVC() (decision_function_shape='ovr'), 3 classes",
+                skl(m, Xt3, {"zipmap": False}), Xh3))
+    m = NuSVC(nu=0.3, probability=True, random_state=0).fit(Xt3, yt3)
+    out.append(("skl_nusvc_proba", "NuSVC(nu=0.3, probability=True), 3 classes",
+                skl(m, Xt3, {"zipmap": False}), Xh3))
+    Xtb2, ytb2, Xhb2 = Xs[:100], ys[:100], Xs[-40:]
+    m = SVC(probability=True, random_state=0).fit(Xtb2, ytb2)
+    out.append(("skl_svc_binary_proba", "SVC(probability=True), 2 classes",
+                skl(m, Xtb2, {"zipmap": False}), Xhb2))
+    m = SVC(kernel="poly").fit(Xtb2, ytb2)
+    out.append(("skl_svc_binary", "SVC(kernel='poly'), 2 classes", skl(m, Xtb2, {"zipmap": False}), Xhb2))
+    Xtr, ytr = Xt[:100], yt[:100]
+    m = SVR().fit(Xtr, ytr / 100)
+    out.append(("skl_svr", "SVR() on y/100", skl(m, Xtr), Xh))
+    m = NuSVR(kernel="linear").fit(Xtr, ytr / 100)
+    out.append(("skl_nusvr_linear", "NuSVR(kernel='linear') on y/100", skl(m, Xtr), Xh))
+    m = OneClassSVM(nu=0.2).fit(Xtr)
+    out.append(("skl_one_class_svm", "OneClassSVM(nu=0.2)", skl(m, Xtr), Xh))
+
+    # skl2onnx 1.20 needs ai.onnx.ml opset 3 for it: LabelEncoder (int64 -> float) per tree.
+    m = IsolationForest(n_estimators=3, max_samples=64, random_state=0).fit(Xt)
+    out.append(("skl_isolation_forest", "IsolationForest(n_estimators=3, max_samples=64)",
+                skl(m, Xt, target_opset={"": 22, "ai.onnx.ml": 3}), Xh))
     return out
 
 
-def name_batch_axis(onx):
-    """Names the inputs' unnamed batch axis "N", the one change made to the exporters' files.
-
-    skl2onnx and onnxmltools leave it without dim_value or dim_param; this Drover release cannot
-    type such an input yet (naming it at load time is separate work), and models/make_models.py
-    makes the same change to its skl2onnx models. Outputs are left exactly as written.
-    """
-    edits = []
-    for vi in onx.graph.input:
-        d0 = vi.type.tensor_type.shape.dim[0]
-        if not d0.HasField("dim_value") and not d0.dim_param:
-            d0.dim_param = "N"
-            edits.append(f"input '{vi.name}': unnamed batch axis named N")
-    return edits
-
-
 def main():
+    # skl2onnx lists opset imports from a set: fix string hashing so reruns write the same bytes.
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
     if DATA.exists():
         shutil.rmtree(DATA)
     DATA.mkdir(parents=True)
@@ -199,7 +223,6 @@ def main():
     options.intra_op_num_threads = 1
     entries = []
     for name, what, (onx, (producer, version, call)), X in models():
-        edits = name_batch_axis(onx)
         path = HERE / f"{name}.onnx"
         path.write_bytes(onx.SerializeToString())
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -221,7 +244,7 @@ def main():
             "file": path.name,
             "model": what,
             "producer": {"name": producer, "version": version, "call": call},
-            "edits": edits,
+            "edits": [],
             "ops": ops,
             "bytes": path.stat().st_size,
             "inputs": [{"name": inp.name, "dtype": "float32", "shape": list(X.shape),

@@ -76,7 +76,7 @@ pub fn hint(ops: &[UnsupportedOp]) -> &'static str {
     } else if ops.iter().any(|o| o.domain == "ai.onnx.ml") {
         "this ONNX-ML operator is standard, but Drover's engine does not run it yet: convert the model without \
          it (skl2onnx/onnxmltools options), or use an estimator whose converter writes supported operators \
-         (linear models, tree ensembles); `drover-agent inspect` lists what is supported"
+         (linear models, tree ensembles, SVMs); `drover-agent inspect` lists what is supported"
     } else {
         "re-export the model with standard ONNX operators (a lower or higher opset, or without custom ops)"
     }
@@ -136,7 +136,15 @@ mod tests {
     #[test]
     fn drovers_ml_operators_pass_and_its_internal_domain_does_not() {
         let reg = crate::engine::onnx().op_register;
-        let ml = ["TreeEnsembleRegressor", "TreeEnsembleClassifier", "Scaler"].map(|op| node("ai.onnx.ml", op));
+        let ml = [
+            "TreeEnsembleRegressor",
+            "TreeEnsembleClassifier",
+            "Scaler",
+            "SVMClassifier",
+            "SVMRegressor",
+            "LabelEncoder",
+        ]
+        .map(|op| node("ai.onnx.ml", op));
         assert!(unsupported_ops(&model(ml.to_vec()), &reg).is_empty());
         // The fused int8 layer is registered for the QDQ pass, but no file may contain it.
         let fused = node(crate::engine::int8::DOMAIN, crate::engine::int8::OP_TYPE);

@@ -89,6 +89,11 @@ impl<'a> Attrs<'a> {
         self.get(name).map(|a| a.i).unwrap_or(default)
     }
 
+    /// A float, or `default` when absent.
+    pub fn float_or(&self, name: &str, default: f32) -> f32 {
+        self.get(name).map(|a| a.f).unwrap_or(default)
+    }
+
     /// Non-negative integers that fit `u32` (ids and indices).
     pub fn indices(&self, name: &str) -> Result<Vec<u32>, AttrError> {
         self.ints(name)
