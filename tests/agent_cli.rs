@@ -226,6 +226,17 @@ fn onnxruntime_qoperator_models_load_and_inspect_clean() {
     assert_eq!(report["load"]["ok"], true);
 }
 
+/// skl2onnx's default classifier (a ZipMap, an unnamed batch axis): `inspect` says what loading
+/// does, no "unsupported ZipMap" beside "load ok".
+#[test]
+fn a_default_skl2onnx_classifier_inspects_clean() {
+    let o = run(agent().args(["inspect", "--json", "--model"]).arg(model("exported/skl_forest_zipmap.onnx")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON");
+    assert_eq!(report["unsupported"], serde_json::json!([]), "{report}");
+    assert_eq!(report["load"]["ok"], true, "{report}");
+}
+
 #[test]
 fn garbage_and_missing_model_files_give_clear_errors() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -122,36 +122,7 @@ impl Model {
         if !side_files.is_empty() && dir.is_none() {
             return Err(LoadError::ExternalDataMissing(side_files));
         }
-        // What converters write that tract cannot take as is, made servable on a copy (only when
-        // there is something to do: a big CNN is not copied for nothing): `[?, 4]` (skl2onnx's
-        // and onnxmltools' default batch axis) typed as `[N, 4]`, and a classifier's ZipMap
-        // served as its probability tensor with the class labels in the signature.
-        // onnxruntime's Microsoft-only QOperator operators (QGemm, QLinearAdd…) become their
-        // definition in standard operators, before the check that would refuse them.
-        let zipmaps = super::proto::all_nodes(proto).iter().any(|n| n.op_type == "ZipMap");
-        let microsoft = qdq::qop_ms::has_any(proto);
-        let normalised = (super::proto::has_unnamed_dims(proto) || zipmaps || microsoft).then(|| {
-            let mut copy = proto.clone();
-            let n = super::proto::name_unnamed_dims(&mut copy);
-            if n > 0 {
-                log::info!("named {n} input/output dimension(s) the file left without a size or a name");
-            }
-            let labels = super::zipmap::rewrite(&mut copy);
-            for l in &labels {
-                log::info!("output '{}': ZipMap served as a [N, {}] probability tensor", l.output, l.labels.len());
-            }
-            if microsoft {
-                // `expand` changes the graph only once it is done: a contained crash leaves the
-                // copy as written, and the operator check then refuses it.
-                match contain(|| qdq::qop_ms::expand(&mut copy)) {
-                    Ok(n) => log::info!(
-                        "{n} com.microsoft QOperator node(s) rewritten as DequantizeLinear → op → QuantizeLinear"
-                    ),
-                    Err(message) => log::warn!("com.microsoft operator rewrite crashed (contained): {message}"),
-                }
-            }
-            (copy, labels)
-        });
+        let normalised = normalise(proto);
         let (proto, class_labels) = match &normalised {
             Some((copy, labels)) => (copy, labels.clone()),
             None => (proto, Vec::new()),
@@ -446,6 +417,40 @@ fn compile(
         }
     };
     Ok((optimised, outputs))
+}
+
+/// What converters write that tract cannot take as is, made servable on a copy, or `None` when
+/// there is nothing to do (a big CNN is not copied for nothing): `[?, 4]` (skl2onnx's and
+/// onnxmltools' default batch axis) typed as `[N, 4]`; a classifier's ZipMap served as its
+/// probability tensor, with the class labels for the signature; onnxruntime's Microsoft-only
+/// QOperator operators (QGemm, QLinearAdd…) as their definition in standard operators. Loading
+/// and `inspect`'s operator check both see the model so.
+pub(crate) fn normalise(proto: &ModelProto) -> Option<(ModelProto, Vec<super::zipmap::ClassLabels>)> {
+    let zipmaps = super::proto::all_nodes(proto).iter().any(|n| n.op_type == "ZipMap");
+    let microsoft = qdq::qop_ms::has_any(proto);
+    if !(super::proto::has_unnamed_dims(proto) || zipmaps || microsoft) {
+        return None;
+    }
+    let mut copy = proto.clone();
+    let n = super::proto::name_unnamed_dims(&mut copy);
+    if n > 0 {
+        log::info!("named {n} input/output dimension(s) the file left without a size or a name");
+    }
+    let labels = super::zipmap::rewrite(&mut copy);
+    for l in &labels {
+        log::info!("output '{}': ZipMap served as a [N, {}] probability tensor", l.output, l.labels.len());
+    }
+    if microsoft {
+        // `expand` changes the graph only once it is done: a contained crash leaves the copy as
+        // written, and the operator check then refuses it.
+        match contain(|| qdq::qop_ms::expand(&mut copy)) {
+            Ok(n) => {
+                log::info!("{n} com.microsoft QOperator node(s) rewritten as DequantizeLinear → op → QuantizeLinear")
+            }
+            Err(message) => log::warn!("com.microsoft operator rewrite crashed (contained): {message}"),
+        }
+    }
+    Some((copy, labels))
 }
 
 /// The side files (ONNX external data) the model in `bytes` keeps weights in, as file names

@@ -47,19 +47,14 @@ pub fn unsupported_ops(model: &ModelProto, registry: &OnnxOpRegister) -> Vec<Uns
     missing.into_iter().map(|((domain, op), count)| UnsupportedOp { domain, op, count }).collect()
 }
 
-/// [`unsupported_ops`] of the model as loading sees it: after the rewrite of onnxruntime's
-/// Microsoft-only QOperator operators ([`super::qdq::qop_ms`]), so that `inspect` reports what
-/// loading refuses, not what the file spells differently.
+/// [`unsupported_ops`] of the model as loading sees it: after the ZipMap rewrite, the naming of
+/// unnamed dimensions and the rewrite of onnxruntime's Microsoft-only QOperator operators, so
+/// that `inspect` reports what loading refuses, not what the file spells differently.
 pub fn unsupported_as_loaded(model: &ModelProto, registry: &OnnxOpRegister) -> Vec<UnsupportedOp> {
-    if !super::qdq::qop_ms::has_any(model) {
-        return unsupported_ops(model, registry);
+    match super::model::normalise(model) {
+        Some((copy, _)) => unsupported_ops(&copy, registry),
+        None => unsupported_ops(model, registry),
     }
-    let mut copy = model.clone();
-    if let Err(message) = super::guard::contain(|| super::qdq::qop_ms::expand(&mut copy)) {
-        log::warn!("com.microsoft operator rewrite crashed (contained): {message}");
-        return unsupported_ops(model, registry);
-    }
-    unsupported_ops(&copy, registry)
 }
 
 /// The advice that goes with a list of unsupported operators.
