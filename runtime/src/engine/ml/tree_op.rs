@@ -327,21 +327,7 @@ impl Expansion for TreeEnsemble {
         check_input_arity(inputs, 1)?;
         check_output_arity(outputs, self.nboutputs()?)?;
         let width = self.forest.targets().to_dim();
-        let scores = outputs.len() - 1;
-        s.equals(&outputs[scores].datum_type, DatumType::F32)?;
-        s.equals(&outputs[scores].rank, 2)?;
-        s.equals(&outputs[scores].shape[1], width)?;
-        if scores == 1 {
-            s.equals(&outputs[0].datum_type, DatumType::I64)?;
-            s.equals(&outputs[0].rank, 1)?;
-            s.equals(&outputs[0].shape[0], &outputs[1].shape[0])?;
-        }
-        s.given(&inputs[0].rank, move |s, rank| match rank {
-            1 => s.equals(&outputs[scores].shape[0], 1.to_dim()),
-            2 => s.equals(&outputs[scores].shape[0], &inputs[0].shape[0]),
-            r => bail!("{} node '{}': input of rank {r}; it takes [N, features]", self.op_name(), self.node),
-        })?;
-        Ok(())
+        super::estimator_rules(s, inputs, outputs, width, self.op_name(), self.node.to_string())
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
