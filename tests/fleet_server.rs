@@ -365,6 +365,21 @@ fn a_device_that_crashes_after_an_install_stays_on_its_model_in_the_fleet_view()
     );
 }
 
+/// Waits until the server has counted each of `agents` devices' `asked` no-model requests, no
+/// more and no fewer: every report stored exactly once.
+fn every_request_counted_once(server: &FleetServer, agents: usize, asked: u64, timeout: Duration) {
+    until(timeout, "every request counted once", || {
+        let view = server.json("/api/fleet");
+        let devices = view["devices"].as_array().ok_or("no devices")?;
+        let counted: Vec<u64> = devices.iter().filter_map(|x| x["totals"]["no_model_errors"].as_u64()).collect();
+        if counted.len() == agents && counted.iter().all(|c| *c == asked) {
+            Ok(())
+        } else {
+            Err(format!("{counted:?} of {asked}"))
+        }
+    });
+}
+
 fn raw(url: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     use std::io::Read;
     let addr = url.trim_start_matches("http://");
@@ -492,16 +507,7 @@ fn a_server_killed_mid_stream_counts_every_report_once(kind: Kind, links: &str) 
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    until(Duration::from_secs(30), "every request counted once", || {
-        let view = server.json("/api/fleet");
-        let devices = view["devices"].as_array().ok_or("no devices")?;
-        let counted: Vec<u64> = devices.iter().filter_map(|x| x["totals"]["no_model_errors"].as_u64()).collect();
-        if counted.len() == AGENTS && counted.iter().all(|c| *c == asked) {
-            Ok(())
-        } else {
-            Err(format!("{counted:?} of {asked}"))
-        }
-    });
+    every_request_counted_once(&server, AGENTS, asked, Duration::from_secs(30));
     // Each report once in the database, as the broker delivered them.
     let mut sent: BTreeMap<String, std::collections::BTreeSet<u64>> = BTreeMap::new();
     for (topic, payload) in observer.seen.lock().expect("lock").iter() {
@@ -565,16 +571,7 @@ fn broker_restarts_while_agents_report_lose_no_telemetry() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    until(Duration::from_secs(60), "every request counted once", || {
-        let view = server.json("/api/fleet");
-        let devices = view["devices"].as_array().ok_or("no devices")?;
-        let counted: Vec<u64> = devices.iter().filter_map(|x| x["totals"]["no_model_errors"].as_u64()).collect();
-        if counted.len() == AGENTS && counted.iter().all(|c| *c == asked) {
-            Ok(())
-        } else {
-            Err(format!("{counted:?} of {asked}"))
-        }
-    });
+    every_request_counted_once(&server, AGENTS, asked, Duration::from_secs(60));
     drop(fleet);
 }
 
