@@ -1,0 +1,153 @@
+//! The model zoo: files written by the real exporters' current releases (torch.onnx, skl2onnx,
+//! onnxmltools, onnxruntime's quantizers, MLflow), run through the agent as a user runs them, and
+//! compared with onnxruntime's answers, on x86_64 and on the boards' aarch64 and armv7 builds
+//! under qemu-user.
+//!
+//! The zoo is ~290 MB, so it is not committed: `models/zoo/make_zoo.py` writes it into
+//! `target/zoo` (or `$DROVER_ZOO_DIR`) and does nothing when its cache key (the script and its
+//! pinned requirements) is unchanged. `models/zoo/check_zoo.py` does the per-model work:
+//! `drover-agent infer` one sample per run and `--batch N`, parity under each output's tolerance,
+//! and on the host `drover bundle` (or `--mlflow`) of every model. Both scripts need Python 3
+//! with `models/zoo/requirements.txt`, which `tests/run` installs; elsewhere a machine without
+//! them skips these tests and says what to install.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use drover_tests::tools::{in_ci, require_tool, workspace_bin};
+use serde_json::Value;
+
+/// The repository root.
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// `target/`, from the running test executable (`target/<profile>/deps/zoo-…`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("exe");
+    exe.ancestors().nth(3).expect("target dir").to_path_buf()
+}
+
+/// The zoo, generated (or found up to date) by the committed script; `None` (skip) when Python's
+/// packages for it are missing outside CI.
+fn zoo() -> Option<PathBuf> {
+    let python = require_tool("python3", "python3")?;
+    let flock = require_tool("flock", "util-linux")?;
+    let probe = Command::new(&python)
+        .args(["-c", "import torch, torchvision, onnxruntime, skl2onnx, onnxmltools, xgboost, lightgbm, mlflow"])
+        .output()
+        .expect("run python3");
+    if !probe.status.success() {
+        let why = String::from_utf8_lossy(&probe.stderr);
+        assert!(!in_ci(), "the zoo needs `pip install -r models/zoo/requirements.txt` (tests/run does it): {why}");
+        eprintln!("SKIPPED: the zoo needs `pip install -r models/zoo/requirements.txt`: {}", why.trim());
+        return None;
+    }
+    let dir = std::env::var_os("DROVER_ZOO_DIR").map(PathBuf::from).unwrap_or_else(|| target_dir().join("zoo"));
+    std::fs::create_dir_all(dir.parent().expect("zoo parent")).expect("zoo parent");
+    // The three tests of this file run at once in separate processes: one generates, the others
+    // wait on the lock and then find the cache up to date.
+    let lock = dir.with_extension("lock");
+    let status = Command::new(flock)
+        .arg(&lock)
+        .arg(&python)
+        .arg(repo().join("models/zoo/make_zoo.py"))
+        .arg("--out")
+        .arg(&dir)
+        .status()
+        .expect("run make_zoo.py");
+    assert!(status.success(), "models/zoo/make_zoo.py failed ({status}); its output is above");
+    Some(dir)
+}
+
+/// The model names of the zoo's manifest.
+fn manifest_models(zoo: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(zoo.join("manifest.json")).expect("manifest.json");
+    let manifest: Value = serde_json::from_str(&text).expect("manifest.json is JSON");
+    assert_eq!(manifest["partial"], Value::Bool(false), "the zoo in {} is a partial build (--only)", zoo.display());
+    let entries = manifest["entries"].as_array().expect("entries");
+    entries.iter().map(|e| e["name"].as_str().expect("name").to_string()).collect()
+}
+
+/// Runs check_zoo.py with `agent` (under `runner`, if any) and asserts that every model of the
+/// manifest was checked and passed. `drover` also bundles every model (host only).
+fn check(zoo: &Path, agent: &Path, runner: &str, drover: Option<&Path>) {
+    let out_dir = tempfile::tempdir().expect("tmp");
+    let json = out_dir.path().join("results.json");
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo().join("models/zoo/check_zoo.py"))
+        .arg("--zoo")
+        .arg(zoo)
+        .arg("--agent")
+        .arg(agent)
+        .arg("--json")
+        .arg(&json)
+        .arg("--no-timing");
+    if !runner.is_empty() {
+        cmd.args(["--runner", runner]);
+    }
+    if let Some(drover) = drover {
+        cmd.arg("--drover").arg(drover);
+    }
+    let out = cmd.output().expect("run check_zoo.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let results: Value = match std::fs::read_to_string(&json) {
+        Ok(text) => serde_json::from_str(&text).expect("results are JSON"),
+        Err(e) => panic!("check_zoo.py wrote no results ({e}); it said:\n{stderr}\n{stdout}"),
+    };
+    let results = results["results"].as_array().expect("results");
+    let mut failed = Vec::new();
+    let mut seen = Vec::new();
+    for r in results {
+        let model = r["model"].as_str().expect("model").to_string();
+        let status = r["status"].as_str().expect("status");
+        // Without `drover`, the MLflow directory that must be refused by `drover bundle --mlflow`
+        // has nothing else to check: the only model allowed to be skipped.
+        let skipped_ok = status == "skipped" && drover.is_none();
+        if status != "pass" && !skipped_ok {
+            failed.push(format!("{model}: {status}: {}", r["error"].as_str().unwrap_or("")));
+        }
+        seen.push(model);
+    }
+    let missing: Vec<_> = manifest_models(zoo).into_iter().filter(|m| !seen.contains(m)).collect();
+    assert!(missing.is_empty(), "check_zoo.py did not check {missing:?}");
+    assert!(failed.is_empty(), "{} zoo model(s) failed:\n{}\n\n{stdout}", failed.len(), failed.join("\n"));
+    assert!(out.status.success(), "check_zoo.py exited with {}:\n{stderr}\n{stdout}", out.status);
+    eprintln!("{stdout}");
+}
+
+/// The agent `tests/run` cross-builds for `triple` before the host tests.
+fn cross_agent(triple: &str) -> Option<PathBuf> {
+    let found = ["debug", "release"]
+        .iter()
+        .map(|p| target_dir().join(triple).join(p).join("drover-agent"))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(!in_ci(), "tests/run cross-builds the {triple} agent before the host tests; it is missing");
+        eprintln!("SKIPPED: no {triple} agent (cargo build --target {triple} -p drover-runtime --bin drover-agent)");
+    }
+    found
+}
+
+#[test]
+fn every_zoo_model_loads_runs_and_bundles_with_onnxruntimes_answers_on_x86_64() {
+    let Some(zoo) = zoo() else { return };
+    check(&zoo, &workspace_bin("drover-agent"), "", Some(&workspace_bin("drover")));
+}
+
+#[test]
+fn every_zoo_model_runs_with_onnxruntimes_answers_on_aarch64_under_qemu() {
+    let Some(_) = require_tool("qemu-aarch64-static", "qemu-user-static") else { return };
+    let Some(agent) = cross_agent("aarch64-unknown-linux-musl") else { return };
+    let Some(zoo) = zoo() else { return };
+    check(&zoo, &agent, "qemu-aarch64-static", None);
+}
+
+#[test]
+fn every_zoo_model_runs_with_onnxruntimes_answers_on_armv7_under_qemu() {
+    let Some(_) = require_tool("qemu-arm-static", "qemu-user-static") else { return };
+    let Some(agent) = cross_agent("armv7-unknown-linux-gnueabihf") else { return };
+    let Some(zoo) = zoo() else { return };
+    check(&zoo, &agent, "qemu-arm-static -L /usr/arm-linux-gnueabihf", None);
+}
