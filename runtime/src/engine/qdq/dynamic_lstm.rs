@@ -84,7 +84,7 @@ fn rewrite(graph: &GraphProto, node: &NodeProto) -> Option<(NodeProto, [TensorPr
     // W: [D, I, 4H], R: [D, H, 4H].
     let [d, i, four_h] = dims3(w)?;
     let [rd, h, r_four_h] = dims3(r)?;
-    let covered = (d == 1 || d == 2) && i > 0 && h > 0 && rd == d && four_h == 4 * h && r_four_h == four_h;
+    let covered = (d == 1 || d == 2) && rd == d && h.checked_mul(4) == Some(four_h) && r_four_h == four_h;
     if !covered {
         return None;
     }
@@ -576,6 +576,10 @@ mod tests {
             (
                 "negative scale",
                 with(&|g| g.initializer.iter_mut().filter(|t| t.name == "rs").for_each(|t| t.float_data[0] = -1.0)),
+            ),
+            (
+                "R of a hidden size whose four gates overflow",
+                with(&|g| g.initializer.iter_mut().filter(|t| t.name == "rq").for_each(|t| t.dims[1] = i64::MAX / 2)),
             ),
             (
                 "W of the wrong shape",
