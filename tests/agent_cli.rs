@@ -227,6 +227,23 @@ fn onnxruntime_qoperator_models_load_and_inspect_clean() {
     assert_eq!(report["load"]["ok"], true);
 }
 
+/// onnxruntime's `quantize_dynamic` on an LSTM (com.microsoft::DynamicQuantizeLSTM): `inspect` sees
+/// the standard LSTM loading makes of it, and `infer` runs its samples in one batch.
+#[test]
+fn quantize_dynamic_lstm_inspects_clean_and_runs() {
+    let o = run(agent().args(["inspect", "--json", "--model"]).arg(model("qop/qd_lstm.onnx")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON");
+    assert_eq!(report["unsupported"], serde_json::json!([]), "{report}");
+    assert_eq!(report["load"]["ok"], true, "{report}");
+    assert_eq!(report["quantization"], "dynamic", "{report}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.jsonl");
+    let o = infer("qop/qd_lstm.onnx", &resolve("qop/qd_lstm.input.jsonl"), &out, 16);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&out).expect("output").lines().count(), 16);
+}
+
 /// skl2onnx's default classifier (a ZipMap, an unnamed batch axis): `inspect` says what loading
 /// does, no "unsupported ZipMap" beside "load ok".
 #[test]
