@@ -200,14 +200,15 @@ fn batch_larger_than_a_fixed_batch_model_allows_is_refused() {
 
 #[test]
 fn microsoft_op_model_is_refused_naming_every_op_and_the_fix() {
-    // onnxruntime's quantize_dynamic on an LSTM: DynamicQuantizeLSTM has no standard definition.
+    // onnxruntime's quantize_dynamic on an LSTM with a cell clip: tract's LSTM has no clip, so
+    // DynamicQuantizeLSTM stays as written and is refused.
     assert_refused(
-        "qop/qd_lstm_refused.onnx",
-        &resolve("qop/qd_lstm_refused.input.jsonl"),
+        "qop/qd_lstm_clip_refused.onnx",
+        &resolve("qop/qd_lstm_clip_refused.input.jsonl"),
         1,
         &["unsupported operators: com.microsoft::DynamicQuantizeLSTM (1)", "standard ops"],
     );
-    let o = run(agent().args(["inspect", "--json", "--model"]).arg(model("qop/qd_lstm_refused.onnx")));
+    let o = run(agent().args(["inspect", "--json", "--model"]).arg(model("qop/qd_lstm_clip_refused.onnx")));
     assert_eq!(o.status.code(), Some(1), "inspect exits 1 for a model Drover cannot run");
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON");
     assert_eq!(report["unsupported"][0]["op"], "DynamicQuantizeLSTM");
@@ -224,6 +225,23 @@ fn onnxruntime_qoperator_models_load_and_inspect_clean() {
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON");
     assert_eq!(report["unsupported"], serde_json::json!([]));
     assert_eq!(report["load"]["ok"], true);
+}
+
+/// onnxruntime's `quantize_dynamic` on an LSTM (com.microsoft::DynamicQuantizeLSTM): `inspect` sees
+/// the standard LSTM loading makes of it, and `infer` runs its samples in one batch.
+#[test]
+fn quantize_dynamic_lstm_inspects_clean_and_runs() {
+    let o = run(agent().args(["inspect", "--json", "--model"]).arg(model("qop/qd_lstm.onnx")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON");
+    assert_eq!(report["unsupported"], serde_json::json!([]), "{report}");
+    assert_eq!(report["load"]["ok"], true, "{report}");
+    assert_eq!(report["quantization"], "dynamic", "{report}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.jsonl");
+    let o = infer("qop/qd_lstm.onnx", &resolve("qop/qd_lstm.input.jsonl"), &out, 16);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&out).expect("output").lines().count(), 16);
 }
 
 /// skl2onnx's default classifier (a ZipMap, an unnamed batch axis): `inspect` says what loading
@@ -346,7 +364,7 @@ fn operator_cli_inspects_models_like_the_agent() {
     assert_eq!(r["outputs"][0]["name"], "label");
     assert_eq!(r["outputs"][0]["dtype"], "int64");
     assert_eq!(r["load"]["batch"]["kind"], "symbolic");
-    let refused = run(Command::new(&drover).arg("inspect").arg(model("qop/qd_lstm_refused.onnx")));
+    let refused = run(Command::new(&drover).arg("inspect").arg(model("qop/qd_lstm_clip_refused.onnx")));
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stdout).contains("com.microsoft::DynamicQuantizeLSTM (1)"));
     let help = run(Command::new(&drover).arg("--help"));

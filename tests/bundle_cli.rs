@@ -224,7 +224,7 @@ fn a_model_the_agent_cannot_run_is_never_bundled() {
     let dir = fleet();
     let out = fails(
         dir.path(),
-        &["bundle", &model("qop/qd_lstm_refused.onnx"), "--name", "lstm", "--version", "1", "--out", "x.drv"],
+        &["bundle", &model("qop/qd_lstm_clip_refused.onnx"), "--name", "lstm", "--version", "1", "--out", "x.drv"],
     );
     assert!(out.contains("unsupported operators: com.microsoft::DynamicQuantizeLSTM (1)"), "{out}");
     assert!(!PathBuf::from(dir.path()).join("x.drv").exists());

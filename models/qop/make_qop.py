@@ -9,6 +9,12 @@ QLinearConcat, QLinearSoftmax. Drover rewrites them at load time into their defi
 standard operators (runtime/src/engine/qdq/qop_ms.rs); these files are what the parity test
 (tests/parity.rs) checks that against.
 
+`quantize_dynamic(model_in, model_out)` with its defaults writes com.microsoft::DynamicQuantizeLSTM
+for an LSTM; Drover runs it as a standard LSTM over the dequantized weights
+(runtime/src/engine/qdq/dynamic_lstm.rs). qd_lstm is that file with onnxruntime's answers;
+qd_lstm_clip_refused is the same LSTM given a cell clip (an ONNX LSTM attribute tract does not
+implement) before quantize_dynamic, which Drover must go on refusing, naming the operator.
+
 Pipeline, per model: torch module -> torch.onnx.export (TorchScript exporter, opset 17, dynamic
 batch) -> onnxruntime.quantization.shape_inference.quant_pre_process -> quantize_static with a
 seeded CalibrationDataReader and QuantFormat.QOperator; everything else at its default
@@ -21,6 +27,15 @@ models/exported/manifest.json). Tolerance: the graph outputs are DequantizeLinea
 tensor, so one quantization step of that tensor (its scale) is the bound for "the same integer
 but for one rounding": onnxruntime's kernels (MLAS fixed-point/float requantization, lookup
 tables) and the float definitions round a few values to the neighbouring integer.
+
+qd_lstm's output is float, and onnxruntime's kernel quantizes each step's input on the fly (uint8,
+over the whole batch), so its answers depend on the batch: one sample alone differs from the same
+sample in the batch of 16 by more than the dynamic int8 rule max|ref|/127 on this small LSTM. Its
+tolerance is therefore the larger of that rule and onnxruntime's own spread (batch of 16 against
+one sample at a time). The output also carries a strict reference, `definition`: onnxruntime on
+the operator's float definition, the standard LSTM over the dequantized weights (built here with
+numpy from the file's integers, scales and zero points, transposed to ONNX LSTM's layout), which
+Drover must match within float rounding.
 
 Run: pip install -r models/qop/requirements.txt && python3 models/qop/make_qop.py
 """
@@ -82,8 +97,7 @@ class Mlp(torch.nn.Module):
 
 
 class Lstm(torch.nn.Module):
-    """A one-layer LSTM: quantize_dynamic writes com.microsoft::DynamicQuantizeLSTM, which has no
-    definition in standard operators Drover could rewrite it into (the refused fixture)."""
+    """A one-layer LSTM: quantize_dynamic writes com.microsoft::DynamicQuantizeLSTM."""
 
     def __init__(self):
         super().__init__()
@@ -118,6 +132,36 @@ def export(net: torch.nn.Module, example: torch.Tensor, path: Path, input_name: 
                       output_names=[output_name], dynamic_axes={input_name: {0: "N"}, output_name: {0: "N"}})
 
 
+def dynamic_lstm_definition(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with each com.microsoft::DynamicQuantizeLSTM replaced by its float definition:
+    ai.onnx LSTM with W, R = (q - zero_point) * scale (per direction, or per gate column),
+    transposed from the contrib layout [D, K, 4H] to ONNX LSTM's [D, 4H, K]."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+    def dequantized(q: str, scale: str, zero_point: str) -> np.ndarray:
+        s, z = inits[scale].astype(np.float32), inits[zero_point].astype(np.float32)
+        s, z = (s[:, None, None], z[:, None, None]) if s.ndim == 1 else (s[:, None, :], z[:, None, :])
+        return np.ascontiguousarray(np.transpose((inits[q].astype(np.float32) - z) * s, (0, 2, 1)))
+
+    nodes = []
+    for n in model.graph.node:
+        if n.op_type != "DynamicQuantizeLSTM":
+            nodes.append(n)
+            continue
+        w, r = f"{n.input[1]}_definition", f"{n.input[2]}_definition"
+        model.graph.initializer.extend([numpy_helper.from_array(dequantized(*n.input[1:2], *n.input[8:10]), w),
+                                        numpy_helper.from_array(dequantized(*n.input[2:3], *n.input[10:12]), r)])
+        inputs = [n.input[0], w, r, *n.input[3:8]]
+        while inputs[-1] == "":
+            inputs.pop()
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        nodes.append(onnx.helper.make_node("LSTM", inputs, list(n.output), name=n.name, **attrs))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
 def final_scale(model: onnx.ModelProto, output: str) -> float:
     """The scale of the DequantizeLinear that writes `output` (one output quantization step)."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -143,7 +187,9 @@ def quantize(name: str, fp32: Path, input_name: str, calib: np.ndarray, **option
     return out
 
 
-def write(name: str, path: Path, input_name: str, x: np.ndarray, producer: str) -> dict:
+def write(name: str, path: Path, input_name: str, x: np.ndarray, producer: str, dynamic: bool = False) -> dict:
+    """Runs onnxruntime on `x` and writes the inputs and outputs. Tolerance: one step of the
+    output's quantization, or for a dynamic model's float output max|ref|/127."""
     sess = session(path)
     names = [o.name for o in sess.get_outputs()]
     results = sess.run(names, {input_name: x})
@@ -156,6 +202,21 @@ def write(name: str, path: Path, input_name: str, x: np.ndarray, producer: str) 
     for oname, arr in zip(names, results):
         rel = f"qop/{name}.output.{oname}.npy"
         np.save(MODELS / rel, arr)
+        if dynamic:
+            alone = np.concatenate([sess.run([oname], {input_name: x[i : i + 1]})[0] for i in range(len(x))])
+            spread = float(np.abs(alone - arr).max())
+            rule = float(np.abs(arr).max()) / 127
+            definition = ort.InferenceSession(dynamic_lstm_definition(model).SerializeToString(),
+                                              providers=["CPUExecutionProvider"]).run([oname], {input_name: x})[0]
+            drel = f"qop/{name}.definition.{oname}.npy"
+            np.save(MODELS / drel, definition)
+            assert float(np.abs(definition - arr).max()) <= max(rule, spread), (name, "definition too far")
+            outs.append({"name": oname, "dtype": str(arr.dtype), "npy": rel, "tolerance": max(rule, spread),
+                         "tolerance_rule": "max(max|ref|/127, onnxruntime's spread: batch of 16 against one "
+                                           "sample at a time)", "max_ref_over_127": rule, "onnxruntime_spread": spread,
+                         "definition": {"npy": drel, "tolerance": 1e-5,
+                                        "what": "onnxruntime on the standard LSTM over the dequantized weights"}})
+            continue
         step = final_scale(model, oname)
         # One step of the output's quantization, with room for float rounding of (q - z) * s.
         outs.append({"name": oname, "dtype": str(arr.dtype), "npy": rel, "tolerance": step * (1 + 1e-5),
@@ -165,7 +226,7 @@ def write(name: str, path: Path, input_name: str, x: np.ndarray, producer: str) 
     return {
         "name": name,
         "file": f"qop/{name}.onnx",
-        "kind": "int8-qop",
+        "kind": "int8-dynamic" if dynamic else "int8-qop",
         "batch": "symbolic",
         "refused": False,
         "unsupported": [],
@@ -210,17 +271,32 @@ def main():
         export(Lstm(), torch.randn(2, 5, 8), lstm_fp32, "sequence", "hidden")
         pre = Path(tmp) / "lstm_pre.onnx"
         quant_pre_process(str(lstm_fp32), str(pre))
-        refused = HERE / "qd_lstm_refused.onnx"
-        quantize_dynamic(str(pre), str(refused))
+        lstm = HERE / "qd_lstm.onnx"
+        quantize_dynamic(str(pre), str(lstm))
         lstm_x = rng.standard_normal((SAMPLES, 5, 8)).astype(np.float32)
-        (HERE / "qd_lstm_refused.input.jsonl").write_text("\n".join(json_array(v) for v in lstm_x) + "\n")
+        dynamic = "torch.onnx.export(LSTM(8, 16, batch_first=True), dynamo=False, opset 17); quant_pre_process, " \
+                  "then quantize_dynamic(pre, out) (defaults)"
+        entries.append(write("qd_lstm", lstm, "sequence", lstm_x, dynamic, dynamic=True))
+        assert "com.microsoft::DynamicQuantizeLSTM" in entries[-1]["operators"], entries[-1]["operators"]
+        # The same LSTM with a cell clip: quantize_dynamic carries the attribute over to
+        # DynamicQuantizeLSTM; tract's LSTM has no clip, so Drover refuses the file.
+        clipped = onnx.load(str(lstm_fp32))
+        next(n for n in clipped.graph.node if n.op_type == "LSTM").attribute.append(onnx.helper.make_attribute("clip", 0.5))
+        clipped_fp32 = Path(tmp) / "lstm_clip.onnx"
+        onnx.save(clipped, str(clipped_fp32))
+        quant_pre_process(str(clipped_fp32), str(pre))
+        refused = HERE / "qd_lstm_clip_refused.onnx"
+        quantize_dynamic(str(pre), str(refused))
+        session(refused).run(None, {"sequence": lstm_x})  # a file onnxruntime runs
+        (HERE / "qd_lstm_clip_refused.input.jsonl").write_text("\n".join(json_array(v) for v in lstm_x) + "\n")
         unsupported = [{"domain": k.split("::")[0], "op": k.split("::")[1], "count": v}
                        for k, v in ops(onnx.load(str(refused))).items() if k.startswith("com.microsoft")]
         assert [u["op"] for u in unsupported] == ["DynamicQuantizeLSTM"], unsupported
-        entries.append({"name": "qd_lstm_refused", "file": "qop/qd_lstm_refused.onnx", "kind": "int8-dynamic",
-                        "batch": "symbolic", "refused": True, "unsupported": unsupported,
-                        "producer": "torch.onnx.export(LSTM(8, 16), dynamo=False, opset 17); quant_pre_process, "
-                                    "then quantize_dynamic(pre, out) (defaults)",
+        entries.append({"name": "qd_lstm_clip_refused", "file": "qop/qd_lstm_clip_refused.onnx",
+                        "kind": "int8-dynamic", "batch": "symbolic", "refused": True, "unsupported": unsupported,
+                        "producer": "torch.onnx.export(LSTM(8, 16, batch_first=True), dynamo=False, opset 17); "
+                                    "onnx: the LSTM node given clip=0.5; quant_pre_process, then "
+                                    "quantize_dynamic(pre, out) (defaults)",
                         "operators": ops(onnx.load(str(refused))), "reference": None})
     manifest = {"generator": "models/qop/make_qop.py", "versions": versions, "models": entries}
     (HERE / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -71,6 +71,21 @@ pub struct ReferenceOutput {
     /// column of the tensor Drover serves instead.
     #[serde(default)]
     pub class_labels: Option<Vec<String>>,
+    /// For an output onnxruntime computes with a quantization of its own on the fly (a dynamic
+    /// int8 LSTM): onnxruntime's answers on the operator's float definition, which Drover runs.
+    #[serde(default)]
+    pub definition: Option<Definition>,
+}
+
+/// onnxruntime's outputs on a model's float definition, and how close Drover must be to them.
+#[derive(Debug, Deserialize)]
+pub struct Definition {
+    /// `.npy` of all samples (first axis = samples).
+    pub npy: String,
+    /// Largest absolute difference allowed.
+    pub tolerance: f64,
+    /// What the definition is.
+    pub what: String,
 }
 
 /// The `models/` directory of this checkout.

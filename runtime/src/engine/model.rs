@@ -423,12 +423,14 @@ fn compile(
 /// there is nothing to do (a big CNN is not copied for nothing): `[?, 4]` (skl2onnx's and
 /// onnxmltools' default batch axis) typed as `[N, 4]`; a classifier's ZipMap served as its
 /// probability tensor, with the class labels for the signature; onnxruntime's Microsoft-only
-/// QOperator operators (QGemm, QLinearAdd…) as their definition in standard operators. Loading
-/// and `inspect`'s operator check both see the model so.
+/// QOperator operators (QGemm, QLinearAdd…) as their definition in standard operators, and its
+/// DynamicQuantizeLSTM (`quantize_dynamic` on an LSTM) as a standard LSTM over the dequantized
+/// weights. Loading and `inspect`'s operator check both see the model so.
 pub(crate) fn normalise(proto: &ModelProto) -> Option<(ModelProto, Vec<super::zipmap::ClassLabels>)> {
     let zipmaps = super::proto::all_nodes(proto).iter().any(|n| n.op_type == "ZipMap");
     let microsoft = qdq::qop_ms::has_any(proto);
-    if !(super::proto::has_unnamed_dims(proto) || zipmaps || microsoft) {
+    let dynamic_lstm = qdq::dynamic_lstm::has_any(proto);
+    if !(super::proto::has_unnamed_dims(proto) || zipmaps || microsoft || dynamic_lstm) {
         return None;
     }
     let mut copy = proto.clone();
@@ -448,6 +450,15 @@ pub(crate) fn normalise(proto: &ModelProto) -> Option<(ModelProto, Vec<super::zi
                 log::info!("{n} com.microsoft QOperator node(s) rewritten as DequantizeLinear → op → QuantizeLinear")
             }
             Err(message) => log::warn!("com.microsoft operator rewrite crashed (contained): {message}"),
+        }
+    }
+    if dynamic_lstm {
+        // Each node is replaced whole or not at all: a contained crash leaves the rest as written.
+        match contain(|| qdq::dynamic_lstm::expand(&mut copy)) {
+            Ok(n) => {
+                log::info!("{n} com.microsoft DynamicQuantizeLSTM node(s) rewritten as LSTM over dequantized weights")
+            }
+            Err(message) => log::warn!("DynamicQuantizeLSTM rewrite crashed (contained): {message}"),
         }
     }
     Some((copy, labels))

@@ -48,8 +48,9 @@ pub fn unsupported_ops(model: &ModelProto, registry: &OnnxOpRegister) -> Vec<Uns
 }
 
 /// [`unsupported_ops`] of the model as loading sees it: after the ZipMap rewrite, the naming of
-/// unnamed dimensions and the rewrite of onnxruntime's Microsoft-only QOperator operators, so
-/// that `inspect` reports what loading refuses, not what the file spells differently.
+/// unnamed dimensions and the rewrite of onnxruntime's Microsoft-only QOperator operators and
+/// DynamicQuantizeLSTM, so that `inspect` reports what loading refuses, not what the file spells
+/// differently.
 pub fn unsupported_as_loaded(model: &ModelProto, registry: &OnnxOpRegister) -> Vec<UnsupportedOp> {
     match super::model::normalise(model) {
         Some((copy, _)) => unsupported_ops(&copy, registry),
@@ -62,9 +63,11 @@ pub fn hint(ops: &[UnsupportedOp]) -> &'static str {
     if ops.iter().any(|o| o.domain == "com.microsoft") {
         "Drover runs onnxruntime's QOperator operators (QGemm, QLinearAdd, QLinearGlobalAveragePool, QLinearMul, \
          QLinearConcat, QLinearSigmoid, QLinearLeakyRelu, QLinearAveragePool, QLinearSoftmax) in the form its \
-         quantizer writes them (constant per-tensor activation parameters, known attributes); for other \
-         Microsoft-only operators, or these in another form, re-quantize with standard ops only (QuantFormat.QDQ, \
-         or QOperator with op_types_to_quantize limited to Conv/MatMul)"
+         quantizer writes them (constant per-tensor activation parameters, known attributes), and \
+         quantize_dynamic's DynamicQuantizeLSTM with constant weights, direction forward or bidirectional, the \
+         default activations and no clip; for other Microsoft-only operators, or these in another form, \
+         re-quantize with standard ops only (QuantFormat.QDQ, QOperator with op_types_to_quantize limited to \
+         Conv/MatMul, or quantize_dynamic with op_types_to_quantize=['MatMul', 'Gemm'] to keep LSTMs in fp32)"
     } else if ops.iter().any(|o| o.domain == "ai.onnx.ml" && o.op == "ZipMap") {
         "this ZipMap feeds another operator, so it cannot be served as a probability tensor: convert the \
          classifier with skl2onnx's options={id(model): {'zipmap': False}} (the probabilities become a plain tensor)"

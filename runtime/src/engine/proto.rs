@@ -57,7 +57,8 @@ pub enum QuantStyle {
     Qdq,
     /// Integer operators such as QLinearConv, QLinearMatMul, MatMulInteger (QOperator format).
     Qoperator,
-    /// Weights quantized ahead of time, activations at run time (DynamicQuantizeLinear).
+    /// Weights quantized ahead of time, activations at run time (DynamicQuantizeLinear,
+    /// onnxruntime's DynamicQuantizeLSTM).
     Dynamic,
 }
 
@@ -79,7 +80,9 @@ pub fn quant_style(model: &ModelProto) -> QuantStyle {
     let has = |pred: &dyn Fn(&str) -> bool| nodes.iter().any(|n| pred(&n.op_type));
     if has(&|op| op.starts_with("QLinear") || matches!(op, "ConvInteger" | "MatMulInteger" | "QGemm" | "QAttention")) {
         QuantStyle::Qoperator
-    } else if has(&|op| matches!(op, "DynamicQuantizeLinear" | "DynamicQuantizeMatMul" | "MatMulIntegerToFloat")) {
+    } else if has(&|op| {
+        matches!(op, "DynamicQuantizeLinear" | "DynamicQuantizeMatMul" | "MatMulIntegerToFloat" | "DynamicQuantizeLSTM")
+    }) {
         QuantStyle::Dynamic
     } else if has(&|op| op == "QuantizeLinear") && has(&|op| op == "DequantizeLinear") {
         QuantStyle::Qdq
@@ -346,5 +349,14 @@ mod tests {
         let model = tract_onnx::onnx().proto_model_for_read(&mut &bytes[..]).expect("decodes");
         assert_eq!(model.graph.as_ref().map(|g| g.initializer.len()), Some(2));
         assert_eq!(parameter_bytes(&model), u64::MAX);
+    }
+
+    #[test]
+    fn an_lstm_from_quantize_dynamic_is_dynamic_int8() {
+        let node =
+            NodeProto { op_type: "DynamicQuantizeLSTM".into(), domain: "com.microsoft".into(), ..Default::default() };
+        let model =
+            ModelProto { graph: Some(GraphProto { node: vec![node], ..Default::default() }), ..Default::default() };
+        assert_eq!(quant_style(&model), QuantStyle::Dynamic);
     }
 }

@@ -18,6 +18,7 @@
 
 mod chain;
 mod constant;
+pub mod dynamic_lstm;
 mod fuse;
 mod graph;
 mod movement;
