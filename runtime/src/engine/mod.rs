@@ -15,6 +15,7 @@ mod profile;
 pub mod proto;
 pub mod qdq;
 mod signature;
+mod slice_bounds;
 mod stage;
 pub mod zipmap;
 
