@@ -370,3 +370,122 @@ impl TypedOp for TypedIf {
         Ok(Some(patch))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
+    use tract_onnx::pb::{
+        AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
+        TypeProto, ValueInfoProto, type_proto,
+    };
+
+    use crate::Tensor;
+    use crate::engine::model::{LoadOptions, Model};
+    use crate::tensor::TensorData;
+
+    fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            name: format!("{op}_{output}"),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            attribute,
+            ..Default::default()
+        }
+    }
+
+    fn named(name: &str) -> ValueInfoProto {
+        ValueInfoProto { name: name.into(), ..Default::default() }
+    }
+
+    /// `x`: float `[3]`.
+    fn x3() -> ValueInfoProto {
+        let dim = Dimension { value: Some(dimension::Value::DimValue(3)), ..Default::default() };
+        let tensor = type_proto::Tensor { elem_type: 1, shape: Some(TensorShapeProto { dim: vec![dim] }) };
+        ValueInfoProto {
+            name: "x".into(),
+            r#type: Some(TypeProto { value: Some(type_proto::Value::TensorType(tensor)), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    /// `If(cond) then x (from the enclosing graph) else an empty float [0]`: as torchvision's
+    /// `batched_nms`, branches of different shapes.
+    fn model(cond_nodes: Vec<NodeProto>, initializer: Vec<TensorProto>) -> ModelProto {
+        let then_branch = GraphProto {
+            node: vec![node("Identity", &["x"], "t", vec![])],
+            output: vec![named("t")],
+            ..Default::default()
+        };
+        let empty = TensorProto { dims: vec![0], data_type: 1, ..Default::default() };
+        let value = AttributeProto { name: "value".into(), t: Some(empty), r#type: 4, ..Default::default() };
+        let else_branch = GraphProto {
+            node: vec![node("Constant", &[], "e", vec![value])],
+            output: vec![named("e")],
+            ..Default::default()
+        };
+        let graph_attr = |name: &str, g: GraphProto| AttributeProto {
+            name: name.into(),
+            g: Some(g),
+            r#type: 5,
+            ..Default::default()
+        };
+        let mut nodes = cond_nodes;
+        nodes.push(node(
+            "If",
+            &["cond"],
+            "y",
+            vec![graph_attr("then_branch", then_branch), graph_attr("else_branch", else_branch)],
+        ));
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 13 }],
+            graph: Some(GraphProto {
+                node: nodes,
+                initializer,
+                input: vec![x3()],
+                output: vec![named("y")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn run(model: &mut Model, x: [f32; 3]) -> Tensor {
+        let x = Tensor::new(vec![3], TensorData::F32(x.to_vec())).expect("tensor");
+        model.run(&[x]).expect("runs").remove(0)
+    }
+
+    #[test]
+    fn a_condition_known_only_at_run_time_takes_either_branch_whatever_its_shape() {
+        // cond = max(x) > 0.
+        let keepdims = AttributeProto { name: "keepdims".into(), i: 0, r#type: 2, ..Default::default() };
+        let zero = TensorProto { name: "zero".into(), data_type: 1, float_data: vec![0.0], ..Default::default() };
+        let proto = model(
+            vec![node("ReduceMax", &["x"], "m", vec![keepdims]), node("Greater", &["m", "zero"], "cond", vec![])],
+            vec![zero],
+        );
+        let mut model = Model::from_proto_for_test(&proto, LoadOptions::default()).expect("loads");
+        let taken = run(&mut model, [1.0, -2.0, 3.0]);
+        assert_eq!((taken.shape(), taken.data()), (&[3][..], &TensorData::F32(vec![1.0, -2.0, 3.0])));
+        let empty = run(&mut model, [-1.0, -2.0, -3.0]);
+        assert_eq!(empty.shape(), &[0]);
+        // And back: the branches' plans are kept, not spent.
+        assert_eq!(run(&mut model, [0.5, 0.0, 0.0]).shape(), &[3]);
+    }
+
+    #[test]
+    fn a_condition_decided_by_static_shapes_leaves_only_the_taken_branch() {
+        // cond = Size(x) == 3, true for the declared [3] input.
+        let three = TensorProto { name: "three".into(), data_type: 7, int64_data: vec![3], ..Default::default() };
+        let proto =
+            model(vec![node("Size", &["x"], "n", vec![]), node("Equal", &["n", "three"], "cond", vec![])], vec![three]);
+        let mut model = Model::from_proto_for_test(&proto, LoadOptions::default()).expect("loads");
+        assert!(
+            model.plan.model().nodes().iter().all(|n| !n.op.name().contains("If")),
+            "the If is folded into its then branch"
+        );
+        assert_eq!(model.signature().outputs[0].shape.len(), 1);
+        assert_eq!(run(&mut model, [4.0, 5.0, 6.0]).data(), &TensorData::F32(vec![4.0, 5.0, 6.0]));
+    }
+}

@@ -26,7 +26,7 @@ use crate::tensor::Tensor;
 /// here and reused by every [`Model::run`].
 pub struct Model {
     signature: Signature,
-    plan: Arc<TypedSimplePlan>,
+    pub(super) plan: Arc<TypedSimplePlan>,
     state: TypedSimpleState,
     timings: LoadTimings,
     /// Per input: the full shape and the per-sample shape (`None` = any size), computed once.
