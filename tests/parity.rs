@@ -370,3 +370,31 @@ fn one_row(t: &Tensor, r: usize) -> Tensor {
     shape[0] = 1;
     row.reshape(shape).expect("same element count")
 }
+
+/// torchvision's detector ending (score filter, `batched_nms`, a cap of 4) as the TorchScript
+/// exporter writes it: an `If` whose branches' shapes differ (an empty tensor when nothing
+/// passes the filter, NonMaxSuppression's run-time count otherwise) and a slice past that
+/// count. Each case (more detections than the cap, fewer, none) gives onnxruntime's whole
+/// tensors, through `run` and through the per-sample path the agent's `infer` takes (the
+/// outputs have no batch axis: they are the one sample's answer).
+#[test]
+fn detector_endings_with_an_if_of_unequal_branches_match_onnxruntime() {
+    let dir = manifest::models_dir().join("exported");
+    let mut model = Model::load(&dir.join("tv_batched_nms.onnx")).unwrap_or_else(|e| panic!("tv_batched_nms: {e}"));
+    let exact = MlTolerance { abs: 1e-6, rel: 1e-5 };
+    for case in ["many", "few", "none"] {
+        let npy = |what: &str| {
+            let path = dir.join(format!("tv_batched_nms.{case}.{what}.npy"));
+            read_npy(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        let x = npy("input");
+        let got = model.run(std::slice::from_ref(&x)).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let sample = Tensor::new(x.shape()[1..].to_vec(), x.data().clone()).expect("the input without its batch axis");
+        let per_sample = model.run_samples(&[vec![sample]]).unwrap_or_else(|e| panic!("{case}, one sample: {e}"));
+        for (o, name) in ["boxes", "scores", "labels"].into_iter().enumerate() {
+            let want = npy(&format!("output.{name}"));
+            compare_ml(&format!("{case} {name}"), &got[o], &want, exact);
+            compare_ml(&format!("{case} {name}, one sample"), &per_sample[0][o], &want, exact);
+        }
+    }
+}

@@ -9,6 +9,11 @@ bring, written by the tools' own default calls, untouched:
 - MLflow 3 `mlflow.onnx.save_model` (its default `save_as_external_data=True`): the weights in
   a side file named by a UUID, beside model.onnx.
 - torch.onnx.export with the dynamo exporter (torch 2.x's default path), batch axis dynamic.
+- torch.onnx.export (TorchScript, dynamo=False) of torchvision's detector ending (score filter,
+  `batched_nms`, cap): an `If` whose branches' shapes differ (`numel() == 0` → an empty tensor,
+  else NonMaxSuppression's run-time count) and a slice past a run-time length. Its outputs have
+  no batch axis, so it is kept out of the manifest's sample-wise entries: whole input and output
+  tensors per case (`tv_batched_nms.<case>.input.npy`, `...output.<name>.npy`).
 
 Every file is small (KBs) and committed with its inputs and onnxruntime's outputs, so the Rust
 tests never need Python. Writes models/exported/ and models/exported/manifest.json (the
@@ -210,6 +215,51 @@ def torch_models(entries: list, versions: dict):
                          f"(defaults: save_as_external_data=True -> {side[0]})"))
 
 
+def detector_ending(versions: dict):
+    """torchvision's detectors' last step as the TorchScript exporter writes it, on three inputs:
+    more detections than the cap, fewer, and none (the `If`'s other branch)."""
+    import torch
+    import torchvision
+
+    versions["torchvision"] = torchvision.__version__
+
+    class DetectorEnding(torch.nn.Module):
+        """x[1, boxes, (x1, y1, x2, y2, score, label)]: keep scores > 0.5, batched NMS, at most 4."""
+
+        def forward(self, x):
+            boxes, scores, labels = x[0, :, :4], x[0, :, 4], x[0, :, 5].to(torch.int64)
+            # One index for the three (torchvision's detectors filter with torch.where so).
+            keep = torch.where(scores > 0.5)[0]
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = torchvision.ops.batched_nms(boxes, scores, labels, 0.5)[:4]
+            return boxes[keep], scores[keep], labels[keep]
+
+    path = HERE / "tv_batched_nms.onnx"
+    torch.manual_seed(0)
+    torch.onnx.export(DetectorEnding().eval(), (torch.rand(1, 12, 6),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["boxes", "scores", "labels"])
+    assert any(n.op_type == "If" for n in onnx.load(str(path)).graph.node), "the exporter wrote no If"
+
+    def case(passing: int, seed: int) -> np.ndarray:
+        # Distinct scores: no two detections tie, so the order of the answer is defined.
+        r = np.random.default_rng(seed)
+        xy, wh = r.uniform(0, 10, (12, 2)), r.uniform(2, 6, (12, 2))
+        scores = np.empty(12)
+        order = r.permutation(12)
+        scores[order[:passing]] = np.linspace(0.9, 0.6, passing)
+        scores[order[passing:]] = np.linspace(0.45, 0.05, 12 - passing)
+        labels = r.integers(0, 2, 12)
+        return np.concatenate([xy, xy + wh, scores[:, None], labels[:, None]], 1)[None].astype(np.float32)
+
+    sess = session(path)
+    for name, passing, seed in [("many", 9, 1), ("few", 3, 2), ("none", 0, 3)]:
+        x = case(passing, seed)
+        np.save(HERE / f"tv_batched_nms.{name}.input.npy", x)
+        for oname, arr in zip(["boxes", "scores", "labels"], sess.run(None, {"x": x})):
+            np.save(HERE / f"tv_batched_nms.{name}.output.{oname}.npy", arr)
+        print(f"tv_batched_nms {name}: {len(arr)} detection(s)")
+
+
 def main():
     for f in HERE.iterdir():
         if f.suffix in (".onnx", ".npy", ".jsonl", ".data") or f.name == "manifest.json":
@@ -218,6 +268,7 @@ def main():
     entries: list = []
     sklearn_models(entries, versions)
     torch_models(entries, versions)
+    detector_ending(versions)
     manifest = {"generator": "models/exported/make_exported.py", "versions": versions, "models": entries}
     (HERE / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     for e in entries:

@@ -4,6 +4,7 @@
 //! plan), each failing with its own error and each timed. tract is contained here: the rest of
 //! the agent sees [`Model`], [`Signature`] and [`crate::tensor::Tensor`] only.
 
+mod branch;
 mod error;
 mod guard;
 mod int8;
@@ -14,6 +15,7 @@ mod profile;
 pub mod proto;
 pub mod qdq;
 mod signature;
+mod slice_bounds;
 mod stage;
 pub mod zipmap;
 
@@ -26,7 +28,8 @@ pub use stage::{LoadTimings, Stage};
 pub use zipmap::ClassLabels;
 
 /// tract-onnx with every operator Drover adds: tract's own, the fused int8 layers of the QDQ
-/// rewrite, and the `ai.onnx.ml` operators of scikit-learn/XGBoost/LightGBM models.
+/// rewrite, the `ai.onnx.ml` operators of scikit-learn/XGBoost/LightGBM models, and an `If`
+/// whose branches may give outputs of different shapes ([`branch`]).
 ///
 /// The one place the operator set is decided: the operator check ([`opcheck::unsupported_ops`]),
 /// loading and `inspect` all use it, so what the check accepts is what loading can parse.
@@ -34,6 +37,7 @@ pub(crate) fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
     int8::register(&mut onnx.op_register);
     ml::register(&mut onnx.op_register);
+    onnx.op_register.insert("If", branch::build);
     onnx
 }
 

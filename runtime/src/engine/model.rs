@@ -26,7 +26,7 @@ use crate::tensor::Tensor;
 /// here and reused by every [`Model::run`].
 pub struct Model {
     signature: Signature,
-    plan: Arc<TypedSimplePlan>,
+    pub(super) plan: Arc<TypedSimplePlan>,
     state: TypedSimpleState,
     timings: LoadTimings,
     /// Per input: the full shape and the per-sample shape (`None` = any size), computed once.
@@ -39,6 +39,10 @@ pub struct Model {
     /// its distances in a Scan whose state is the query: the second request got the first one's
     /// answer), so these plans get a fresh state for every run; stateless plans keep theirs.
     fresh_state_per_run: bool,
+    /// Per output: whether it has the leading batch axis samples are split along. A model fed
+    /// one sample as `[1, …]` may give outputs without one (a detector's `[K, 4]` boxes, K found
+    /// at run time): such an output is the sample's whole answer.
+    output_batched: Vec<bool>,
 }
 
 /// Choices for loading a model. The defaults are what the agent uses.
@@ -197,6 +201,7 @@ impl Model {
             log::info!("the model has stateful operators: each run starts from a fresh state");
         }
         let batch = BatchAxis::of(&inputs);
+        let output_batched = outputs.iter().map(|o| batch.batches_output(o)).collect();
         let signature = Signature { inputs, outputs, batch, class_labels };
         let expected = (0..signature.inputs.len())
             .map(|i| (signature.inputs[i].shape.iter().map(fixed).collect(), signature.sample_shape(i)))
@@ -208,7 +213,7 @@ impl Model {
             signature.outputs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
             signature.batch
         );
-        Ok(Model { signature, plan, state, timings, expected, rewrites, fresh_state_per_run })
+        Ok(Model { signature, plan, state, timings, expected, rewrites, fresh_state_per_run, output_batched })
     }
 
     /// What the model takes and returns.
@@ -263,7 +268,8 @@ impl Model {
             outputs.push(Tensor::empty());
         }
         for (o, (out, result)) in outputs.iter_mut().zip(&results).enumerate() {
-            out.assign_from_tract(result, strip).map_err(|e| {
+            let batched = self.output_batched.get(o).copied().unwrap_or(true);
+            out.assign_from_tract(result, strip && batched).map_err(|e| {
                 RunError::Batch(format!(
                     "output '{}': {e}",
                     self.signature.outputs.get(o).map(|s| s.name.as_str()).unwrap_or("?")
@@ -293,6 +299,11 @@ impl Model {
         let outputs = self.eval(values)?;
         let mut per_sample: Vec<Vec<Tensor>> = (0..n).map(|_| Vec::with_capacity(outputs.len())).collect();
         for (o, out) in outputs.iter().enumerate() {
+            if n == 1 && !self.output_batched.get(o).copied().unwrap_or(true) {
+                let whole = Tensor::from_tract(out).map_err(|e| RunError::Engine(e.to_string()))?;
+                per_sample[0].push(whole);
+                continue;
+            }
             let parts = Tensor::split_tract(out, n).map_err(|e| {
                 RunError::Batch(format!(
                     "output '{}' has no batch axis of {n} ({e}); run with a batch of 1",
@@ -400,13 +411,31 @@ fn compile(
         int64_outputs(&mut typed)?;
         Ok(typed)
     })?;
-    let outputs = output_specs(&typed, declared_outputs.iter().map(|d| d.name.as_str()))?;
+    let mut outputs = output_specs(&typed, declared_outputs.iter().map(|d| d.name.as_str()))?;
     // tract's optimiser has bugs of its own on some real graphs (an LSTM decoder fed a repeated
     // encoder state fails in its declutter pass): such a model still runs, unoptimised, rather
     // than not at all. The typed graph is cheap to keep (weights are shared, not copied).
     let fallback = typed.clone();
-    let optimised = match stage(timings, Stage::Optimise, || typed.into_optimized()) {
-        Ok(optimised) => optimised,
+    let optimise = || {
+        let mut model = typed;
+        model.declutter()?;
+        // Decluttering turns ONNX slices whose bounds are constants into tract's `Slice`.
+        let (mut model, bounded) = super::slice_bounds::bound_slices(model)?;
+        if bounded > 0 {
+            model.declutter()?;
+        }
+        model.optimize()?;
+        Ok((model, bounded))
+    };
+    let optimised = match stage(timings, Stage::Optimise, optimise) {
+        Ok((optimised, bounded)) => {
+            if bounded > 0 {
+                log::info!("{bounded} slice(s) bounded by an axis whose length is known only at run time");
+                // Their lengths, and those of what follows, changed: the outputs say so.
+                outputs = output_specs(&optimised, declared_outputs.iter().map(|d| d.name.as_str()))?;
+            }
+            optimised
+        }
         Err(e @ LoadError::Panicked { .. }) => return Err(e),
         Err(e) => {
             // tract's message goes on with a dump of its patch: the first line says what failed.

@@ -27,6 +27,18 @@ impl BatchAxis {
         !matches!(self, BatchAxis::None)
     }
 
+    /// Whether `output` has this batch axis in front, to split samples along. Outputs of a
+    /// [`BatchAxis::FixedOne`] model that do not start with a fixed 1 have none (a detector's
+    /// `[K, 4]` boxes): they are the one sample's whole answer. Outputs of a symbolic batch
+    /// are taken to have it (a run checks that they do).
+    pub fn batches_output(&self, output: &TensorSpec) -> bool {
+        match self {
+            BatchAxis::Symbolic(_) => true,
+            BatchAxis::FixedOne => output.shape.first() == Some(&Dim::Fixed(1)),
+            BatchAxis::None => false,
+        }
+    }
+
     /// Finds the batch axis shared by all inputs.
     pub fn of(inputs: &[TensorSpec]) -> BatchAxis {
         let firsts: Vec<Option<&Dim>> = inputs.iter().map(|i| i.shape.first()).collect();
@@ -110,6 +122,16 @@ mod tests {
         assert_eq!(BatchAxis::of(&[spec("a", &[])]), BatchAxis::None);
         // An unnamed axis is not a batch axis Drover can rely on.
         assert_eq!(BatchAxis::of(&[spec("a", &[DimRef::Symbolic("?")])]), BatchAxis::None);
+    }
+
+    #[test]
+    fn a_fixed_one_batch_is_in_outputs_that_start_with_one() {
+        let one = BatchAxis::FixedOne;
+        assert!(one.batches_output(&spec("logits", &[DimRef::Fixed(1), DimRef::Fixed(10)])));
+        assert!(!one.batches_output(&spec("boxes", &[DimRef::Fixed(300), DimRef::Fixed(4)])));
+        assert!(!one.batches_output(&spec("scores", &[DimRef::Symbolic("k")])));
+        assert!(!one.batches_output(&spec("count", &[])));
+        assert!(BatchAxis::Symbolic("N".into()).batches_output(&spec("y", &[DimRef::Symbolic("N")])));
     }
 
     #[test]
