@@ -13,6 +13,7 @@ pub mod opcheck;
 mod profile;
 pub mod proto;
 pub mod qdq;
+mod recurrent;
 mod signature;
 mod stage;
 pub mod zipmap;
