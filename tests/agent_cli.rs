@@ -216,6 +216,34 @@ fn microsoft_op_model_is_refused_naming_every_op_and_the_fix() {
     assert_eq!(report["load"]["ok"], false);
 }
 
+/// torch's TorchScript export of `nn.RNN(nonlinearity='relu')` is an ONNX RNN with
+/// `activations=["Relu"]`, which tract would run with Tanh (a wrong answer, no error): `infer` and
+/// `inspect` refuse it, naming the operator, the node, the attribute and what to export instead.
+#[test]
+fn a_recurrent_node_tract_would_run_wrongly_is_refused_naming_node_and_attribute() {
+    const FILE: &str = "exported/torch_rnn_relu_refused.onnx";
+    let named = ["RNN node '/rnn/RNN' sets activations=[Relu]", "always applies Tanh", "nonlinearity='tanh'"];
+    let mut expected = vec!["unsupported operator attributes"];
+    expected.extend(named);
+    assert_refused(FILE, &resolve("exported/torch_rnn_relu_refused.input.jsonl"), 1, &expected);
+    let o = run(agent().args(["inspect", "--json", "--model"]).arg(model(FILE)));
+    assert_eq!(o.status.code(), Some(1), "inspect exits 1 for a model Drover cannot run");
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect --json prints JSON");
+    assert_eq!(report["unsupported"], serde_json::json!([]), "RNN itself runs: {report}");
+    let refused = &report["unsupported_attributes"][0];
+    assert_eq!(
+        (&refused["op"], &refused["node"], &refused["attribute"]),
+        (&"RNN".into(), &"/rnn/RNN".into(), &"activations".into())
+    );
+    assert_eq!(report["load"]["ok"], false);
+    let o = run(agent().args(["inspect", "--model"]).arg(model(FILE)));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("load         FAILED: unsupported attributes (above)"), "{text}");
+    for needle in named {
+        assert!(text.contains(needle), "inspect lacks {needle:?}: {text}");
+    }
+}
+
 /// onnxruntime's default QOperator output (com.microsoft QGemm, QLinearAdd) loads, and `inspect`
 /// lists nothing unsupported for it.
 #[test]

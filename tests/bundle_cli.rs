@@ -230,6 +230,16 @@ fn a_model_the_agent_cannot_run_is_never_bundled() {
     assert!(!PathBuf::from(dir.path()).join("x.drv").exists());
 }
 
+#[test]
+fn a_model_the_agent_would_run_wrongly_is_never_bundled() {
+    let dir = fleet();
+    let file = model("exported/torch_rnn_relu_refused.onnx");
+    let out = fails(dir.path(), &["bundle", &file, "--name", "rnn", "--version", "1", "--out", "x.drv"]);
+    assert!(out.contains("RNN node '/rnn/RNN' sets activations=[Relu]"), "{out}");
+    assert!(out.contains("export with the default activations"), "{out}");
+    assert!(!PathBuf::from(dir.path()).join("x.drv").exists());
+}
+
 fn mlflow_dir(name: &str) -> PathBuf {
     models_dir().join("mlflow").join(name)
 }

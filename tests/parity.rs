@@ -49,7 +49,7 @@ fn check_with(reference: &ReferenceModel, samples: &[Sample], batch: usize, opti
 /// the tensor of their values, columns in the order of the class labels the signature names.
 #[test]
 fn models_as_the_exporters_write_them_match_onnxruntime() {
-    let models = manifest::load_exported().models;
+    let models: Vec<ReferenceModel> = manifest::load_exported().models.into_iter().filter(|m| !m.refused).collect();
     assert!(models.len() >= 5, "the manifest lists the exported models");
     for reference in models {
         let model = Model::load(&reference.path()).unwrap_or_else(|e| panic!("{}: {e}", reference.name));
@@ -76,6 +76,33 @@ fn models_as_the_exporters_write_them_match_onnxruntime() {
             check(&reference, &samples, batch);
         }
         check_one_by_one(&reference, &samples);
+    }
+}
+
+/// What torch writes that tract would load and answer wrongly is refused, naming the node and
+/// the attribute: `nn.RNN(nonlinearity='relu')` through the TorchScript exporter is an ONNX RNN
+/// with `activations=["Relu"]`, which tract's importer ignores (it always applies Tanh). Run
+/// anyway (the check disabled), tract's states differ from onnxruntime's (kept in the manifest)
+/// by up to 0.83 where they reach 1.75 (mean 0.18; 46% of the values change sign, as ReLU
+/// states are never negative), and equal onnxruntime's for the same file with Tanh to 2e-7.
+#[test]
+fn exported_models_tract_would_get_wrong_are_refused_naming_the_attribute() {
+    let refused: Vec<ReferenceModel> = manifest::load_exported().models.into_iter().filter(|m| m.refused).collect();
+    assert!(!refused.is_empty());
+    for reference in refused {
+        match Model::load(&reference.path()) {
+            Err(LoadError::UnsupportedAttributes(got)) => {
+                let got: Vec<(&str, &str, &str)> =
+                    got.iter().map(|a| (a.op.as_str(), a.node.as_str(), a.attribute.as_str())).collect();
+                let want: Vec<(&str, &str, &str)> = reference
+                    .refused_attributes
+                    .iter()
+                    .map(|a| (a.op.as_str(), a.node.as_str(), a.attribute.as_str()))
+                    .collect();
+                assert_eq!(got, want, "{}", reference.name);
+            }
+            other => panic!("{}: expected a refusal naming the attributes, got {other:?}", reference.name),
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! ONNX model protobuf facts (`engine::proto`): what Drover reads from a model file before
-//! tract builds a graph (operators and the ones tract lacks, quantisation style, parameter bytes, declared inputs and
+//! tract builds a graph (operators and the ones tract lacks or would run wrongly, quantisation style, parameter bytes, declared inputs and
 //! outputs). The bytes are decoded with tract's own prost types, as `Model::load` does, then
 //! every fact is computed. Never panics. Full `Model::from_bytes` (tract's typing and
 //! optimisation) is out of scope here: far slower per input, and already contained by
@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(model) = onnx.proto_model_for_read(&mut reader) else { return };
     let missing = opcheck::unsupported_ops(&model, &onnx.op_register);
     let _ = (opcheck::hint(&missing), opcheck::describe(&missing));
+    let _ = opcheck::describe_attributes(&opcheck::unsupported_attributes(&model));
     let nodes = proto::all_nodes(&model);
     let histogram = proto::op_histogram(&model);
     assert_eq!(histogram.values().sum::<usize>(), nodes.len(), "every node is counted once");

@@ -14,6 +14,9 @@ bring, written by the tools' own default calls, untouched:
   else NonMaxSuppression's run-time count) and a slice past a run-time length. Its outputs have
   no batch axis, so it is kept out of the manifest's sample-wise entries: whole input and output
   tensors per case (`tv_batched_nms.<case>.input.npy`, `...output.<name>.npy`).
+- torch.onnx.export(dynamo=False) of nn.RNN(nonlinearity='relu'), which writes an ONNX RNN with
+  activations=["Relu"]: tract's RNN always applies Tanh, so Drover must refuse it (`refused`,
+  `refused_attributes`); onnxruntime's answers are kept to measure the wrong answer prevented.
 
 Every file is small (KBs) and committed with its inputs and onnxruntime's outputs, so the Rust
 tests never need Python. Writes models/exported/ and models/exported/manifest.json (the
@@ -260,6 +263,41 @@ def detector_ending(versions: dict):
         print(f"tv_batched_nms {name}: {len(arr)} detection(s)")
 
 
+def torch_refused_models(entries: list, versions: dict):
+    """Files torch writes that tract would load and answer wrongly, so Drover refuses them."""
+    import torch
+
+    versions["torch"] = torch.__version__
+    torch.manual_seed(11)
+
+    # A ReLU Elman RNN (sensor windows of 6 steps, 3 features -> 8 hidden), untouched as the
+    # TorchScript exporter writes it: RNN with activations=["Relu"] (tract ignores the attribute
+    # and computes Tanh). The dynamo exporter unrolls the same module into standard operators.
+    class ReluRnn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.RNN(3, 8, batch_first=True, nonlinearity="relu")
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    path = HERE / "torch_rnn_relu_refused.onnx"
+    torch.onnx.export(ReluRnn().eval(), (torch.randn(2, 6, 3),), str(path), dynamo=False, opset_version=17,
+                      input_names=["window"], output_names=["states"],
+                      dynamic_axes={"window": {0: "batch"}, "states": {0: "batch"}})
+    node = next(n for n in onnx.load(str(path)).graph.node if n.op_type == "RNN")
+    activations = [a for a in node.attribute if a.name == "activations"]
+    assert activations and list(activations[0].strings) == [b"Relu"], "torch no longer writes activations=[Relu]"
+    windows = np.random.default_rng(12).standard_normal((SAMPLES, 6, 3)).astype(np.float32)
+    entry = write("torch_rnn_relu_refused", "exported/torch_rnn_relu_refused.onnx", "fp32", {"window": windows},
+                  {"states": 1e-4},
+                  "torch.onnx.export(nn.RNN(3, 8, batch_first=True, nonlinearity='relu'), dynamo=False, "
+                  "opset 17, dynamic batch): RNN with activations=['Relu']")
+    entry["refused"] = True
+    entry["refused_attributes"] = [{"op": "RNN", "node": node.name, "attribute": "activations"}]
+    entries.append(entry)
+
+
 def main():
     for f in HERE.iterdir():
         if f.suffix in (".onnx", ".npy", ".jsonl", ".data") or f.name == "manifest.json":
@@ -269,6 +307,7 @@ def main():
     sklearn_models(entries, versions)
     torch_models(entries, versions)
     detector_ending(versions)
+    torch_refused_models(entries, versions)
     manifest = {"generator": "models/exported/make_exported.py", "versions": versions, "models": entries}
     (HERE / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     for e in entries:

@@ -28,6 +28,10 @@ pub struct ReferenceModel {
     pub refused: bool,
     /// The operators that make it refused.
     pub unsupported: Vec<ExpectedOp>,
+    /// The node attributes that make it refused (operators the engine runs, written in a form
+    /// it would ignore).
+    #[serde(default)]
+    pub refused_attributes: Vec<ExpectedAttribute>,
     /// Inputs and onnxruntime's outputs, for models Drover runs.
     pub reference: Option<Reference>,
 }
@@ -41,6 +45,17 @@ pub struct ExpectedOp {
     pub op: String,
     /// Nodes using it.
     pub count: usize,
+}
+
+/// A node attribute a refused model sets.
+#[derive(Debug, Deserialize)]
+pub struct ExpectedAttribute {
+    /// Operator name.
+    pub op: String,
+    /// Node name.
+    pub node: String,
+    /// Attribute name.
+    pub attribute: String,
 }
 
 /// Reference inputs and outputs.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tract_onnx::prelude::Framework;
 
-use crate::engine::opcheck::{UnsupportedOp, hint, unsupported_as_loaded};
+use crate::engine::opcheck::{UnsupportedAttribute, UnsupportedOp, hint, unsupported_as_loaded};
 use crate::engine::proto::{DeclaredValue, QuantStyle, declared_io, op_histogram, parameter_bytes, quant_style};
 use crate::engine::{BatchAxis, LoadError, Model, Stage};
 
@@ -49,6 +49,9 @@ pub struct InspectReport {
     pub ops: BTreeMap<String, usize>,
     /// Operators Drover cannot run (empty when it can run them all).
     pub unsupported: Vec<UnsupportedOp>,
+    /// Nodes written with attributes the engine would ignore, so it refuses them (empty when
+    /// there are none).
+    pub unsupported_attributes: Vec<UnsupportedAttribute>,
     /// What happened when the model was loaded through every stage.
     pub load: LoadOutcome,
 }
@@ -87,7 +90,7 @@ pub fn inspect(path: &Path) -> Result<InspectReport, InspectError> {
     let proto =
         onnx.proto_model_for_read(&mut &bytes[..]).map_err(|e| unreadable(LoadError::Decode(format!("{e:#}"))))?;
     let (inputs, outputs) = declared_io(&proto).map_err(unreadable)?;
-    let unsupported = unsupported_as_loaded(&proto, &onnx.op_register);
+    let refusals = unsupported_as_loaded(&proto, &onnx.op_register);
     let ops = op_histogram(&proto);
     let load = match Model::load(path) {
         Ok(model) => LoadOutcome {
@@ -114,7 +117,8 @@ pub fn inspect(path: &Path) -> Result<InspectReport, InspectError> {
         parameter_bytes: parameter_bytes(&proto),
         nodes: ops.values().sum(),
         ops,
-        unsupported,
+        unsupported: refusals.ops,
+        unsupported_attributes: refusals.attributes,
         load,
     })
 }
@@ -144,6 +148,12 @@ impl InspectReport {
             let _ = writeln!(s, "unsupported operators: {}", list.join(", "));
             let _ = writeln!(s, "hint: {}", hint(&self.unsupported));
         }
+        if !self.unsupported_attributes.is_empty() {
+            let _ = writeln!(s, "unsupported attributes (the engine would ignore them and compute something else):");
+            for refused in &self.unsupported_attributes {
+                let _ = writeln!(s, "  {refused}");
+            }
+        }
         if self.load.ok {
             let _ = writeln!(s, "load         ok");
             for (stage, us) in &self.load.stages_us {
@@ -161,6 +171,8 @@ impl InspectReport {
             }
         } else if !self.unsupported.is_empty() {
             let _ = writeln!(s, "load         FAILED: unsupported operators (above)");
+        } else if !self.unsupported_attributes.is_empty() {
+            let _ = writeln!(s, "load         FAILED: unsupported attributes (above)");
         } else if let Some(e) = &self.load.error {
             let _ = writeln!(s, "load         FAILED: {e}");
         }

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use super::opcheck::{UnsupportedOp, describe, hint};
+use super::opcheck::{UnsupportedAttribute, UnsupportedOp, describe, describe_attributes, hint};
 use super::stage::Stage;
 
 /// Why a model could not be loaded. One variant per stage of the load pipeline, so a caller (and
@@ -24,6 +24,14 @@ pub enum LoadError {
     /// Operators tract cannot run; all of them, not just the first.
     #[error("unsupported operators: {}\nhint: {}", describe(.0), hint(.0))]
     UnsupportedOps(Vec<UnsupportedOp>),
+    /// Nodes of operators tract runs, written with attributes it would ignore: refused, as the
+    /// model would otherwise load and answer wrongly with no error. Checked once every operator
+    /// is known; each line names the operator, the node, the attribute and what to do.
+    #[error(
+        "unsupported operator attributes (the engine would ignore them and compute something else):\n{}",
+        describe_attributes(.0)
+    )]
+    UnsupportedAttributes(Vec<UnsupportedAttribute>),
     /// An initializer's data lives in a side file that is not a plain file name beside the
     /// model (an absolute path, or one leaving the model's directory): refused, as reading it
     /// would let a model file read any file on the device.

@@ -14,6 +14,7 @@ pub mod opcheck;
 mod profile;
 pub mod proto;
 pub mod qdq;
+mod recurrent;
 mod signature;
 mod slice_bounds;
 mod stage;

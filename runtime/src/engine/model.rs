@@ -11,7 +11,7 @@ use tract_onnx::prelude::{
 
 use super::error::{LoadError, RunError};
 use super::guard::contain;
-use super::opcheck::unsupported_ops;
+use super::opcheck::{unsupported_attributes, unsupported_ops};
 use super::profile::{Profile, profile_state};
 use super::proto::{DeclaredValue, declared_io};
 use super::qdq::{self, QdqRewrites};
@@ -135,6 +135,11 @@ impl Model {
         if !missing.is_empty() {
             log::warn!("model refused: {} unsupported operator kind(s)", missing.len());
             return Err(LoadError::UnsupportedOps(missing));
+        }
+        let ignored = unsupported_attributes(proto);
+        if !ignored.is_empty() {
+            log::warn!("model refused: {} node attribute(s) the engine would ignore", ignored.len());
+            return Err(LoadError::UnsupportedAttributes(ignored));
         }
         let (declared_inputs, declared_outputs) = declared_io(proto)?;
         let mut inputs = Vec::with_capacity(declared_inputs.len());

@@ -1,7 +1,11 @@
-//! The operator check that runs before tract: every operator the engine cannot run, at once.
+//! The operator check that runs before tract: every operator the engine cannot run, at once,
+//! and every node of an operator it runs written in a form it would silently get wrong.
 //!
 //! tract reports the first unknown operator deep inside typing, with a debug dump; a user who
 //! quantized a model with onnxruntime's defaults needs the whole list and what to do about it.
+//! Worse, tract's importers skip attributes they do not implement (the recurrent operators'
+//! `clip`, `activations`, `direction="reverse"`…): such a model would load and answer wrongly
+//! with no error, so those nodes are refused too, each by name ([`unsupported_attributes`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,6 +38,44 @@ impl fmt::Display for UnsupportedOp {
     }
 }
 
+/// A node of an operator the engine runs, written with an attribute value tract would ignore (or
+/// read differently from ONNX), so that it would compute something else without any error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnsupportedAttribute {
+    /// Operator name (`LSTM`, `GRU`, `RNN`).
+    pub op: String,
+    /// The node's name (or its output's, for an unnamed node).
+    pub node: String,
+    /// The attribute.
+    pub attribute: String,
+    /// What the file sets, as `attribute=value`.
+    pub value: String,
+    /// What the engine would do with it instead, and what to export instead.
+    pub reason: String,
+}
+
+impl fmt::Display for UnsupportedAttribute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} node '{}' sets {}: {}", self.op, self.node, self.value, self.reason)
+    }
+}
+
+/// Lists every node of `model` (subgraphs included) whose attributes the engine would not
+/// honour, in graph order. Only standard-domain nodes are looked at: an operator of another
+/// domain is refused by [`unsupported_ops`] whatever its attributes.
+pub fn unsupported_attributes(model: &ModelProto) -> Vec<UnsupportedAttribute> {
+    all_nodes(model)
+        .into_iter()
+        .filter(|node| domain_of(node) == "ai.onnx")
+        .flat_map(super::recurrent::unsupported_attributes)
+        .collect()
+}
+
+/// Formats the list one refusal a line, for the error a user reads.
+pub fn describe_attributes(refused: &[UnsupportedAttribute]) -> String {
+    refused.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n")
+}
+
 /// Lists every operator in `model` that `registry` cannot build, sorted by domain and name.
 pub fn unsupported_ops(model: &ModelProto, registry: &OnnxOpRegister) -> Vec<UnsupportedOp> {
     let mut missing: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -47,15 +89,25 @@ pub fn unsupported_ops(model: &ModelProto, registry: &OnnxOpRegister) -> Vec<Uns
     missing.into_iter().map(|((domain, op), count)| UnsupportedOp { domain, op, count }).collect()
 }
 
-/// [`unsupported_ops`] of the model as loading sees it: after the ZipMap rewrite, the naming of
-/// unnamed dimensions and the rewrite of onnxruntime's Microsoft-only QOperator operators and
-/// DynamicQuantizeLSTM, so that `inspect` reports what loading refuses, not what the file spells
-/// differently.
-pub fn unsupported_as_loaded(model: &ModelProto, registry: &OnnxOpRegister) -> Vec<UnsupportedOp> {
-    match super::model::normalise(model) {
-        Some((copy, _)) => unsupported_ops(&copy, registry),
-        None => unsupported_ops(model, registry),
-    }
+/// Everything the operator check refuses in one model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// Operators the engine cannot run ([`unsupported_ops`]).
+    pub ops: Vec<UnsupportedOp>,
+    /// Nodes written in a form it would get wrong ([`unsupported_attributes`]).
+    pub attributes: Vec<UnsupportedAttribute>,
+}
+
+/// [`unsupported_ops`] and [`unsupported_attributes`] of the model as loading sees it: after the
+/// ZipMap rewrite, the naming of unnamed dimensions and the rewrite of onnxruntime's
+/// Microsoft-only QOperator operators and DynamicQuantizeLSTM, so that `inspect` reports what
+/// loading refuses, not what the file spells differently. (A DynamicQuantizeLSTM is rewritten
+/// only when tract honours all its attributes, so one with a clip stays an unsupported
+/// operator rather than becoming a refused attribute.)
+pub fn unsupported_as_loaded(model: &ModelProto, registry: &OnnxOpRegister) -> Refusals {
+    let normalised = super::model::normalise(model);
+    let model = normalised.as_ref().map_or(model, |(copy, _)| copy);
+    Refusals { ops: unsupported_ops(model, registry), attributes: unsupported_attributes(model) }
 }
 
 /// The advice that goes with a list of unsupported operators.
@@ -147,5 +199,105 @@ mod tests {
         // The fused int8 layer is registered for the QDQ pass, but no file may contain it.
         let fused = node(crate::engine::int8::DOMAIN, crate::engine::int8::OP_TYPE);
         assert_eq!(unsupported_ops(&model(vec![fused]), &reg).len(), 1);
+    }
+
+    /// A one-node recurrent graph: an LSTM over X [T=2, B=1, I=1] with constant weights
+    /// (hidden size 1), writing `y`.
+    fn lstm(attribute: Vec<tract_onnx::pb::AttributeProto>) -> ModelProto {
+        use tract_onnx::pb::{TensorProto, ValueInfoProto};
+        let value = |name: &str, dims: &[i64]| ValueInfoProto {
+            name: name.into(),
+            r#type: Some(tract_onnx::pb::TypeProto {
+                denotation: String::new(),
+                value: Some(tract_onnx::pb::type_proto::Value::TensorType(tract_onnx::pb::type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(tract_onnx::pb::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|d| tract_onnx::pb::tensor_shape_proto::Dimension {
+                                value: Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(*d)),
+                                denotation: String::new(),
+                            })
+                            .collect(),
+                    }),
+                })),
+            }),
+            ..Default::default()
+        };
+        let weight = |name: &str| TensorProto {
+            name: name.into(),
+            dims: vec![1, 4, 1],
+            data_type: 1,
+            float_data: vec![0.5, -0.25, 0.75, 1.0],
+            ..Default::default()
+        };
+        let node = NodeProto {
+            op_type: "LSTM".into(),
+            name: "enc".into(),
+            input: vec!["x".into(), "w".into(), "r".into()],
+            output: vec!["y".into()],
+            attribute,
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![tract_onnx::pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
+            graph: Some(GraphProto {
+                node: vec![node],
+                initializer: vec![weight("w"), weight("r")],
+                input: vec![value("x", &[2, 1, 1])],
+                output: vec![value("y", &[2, 1, 1, 1])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn load(m: &ModelProto) -> Result<crate::engine::Model, crate::engine::LoadError> {
+        crate::engine::Model::from_proto_for_test(m, crate::engine::LoadOptions::default())
+    }
+
+    #[test]
+    fn an_ignored_recurrent_attribute_refuses_the_load_naming_node_and_remedy() {
+        use tract_onnx::pb::AttributeProto;
+        let clip = AttributeProto { name: "clip".into(), f: 0.5, ..Default::default() };
+        let m = lstm(vec![clip]);
+        assert!(unsupported_ops(&m, &crate::engine::onnx().op_register).is_empty(), "LSTM itself runs");
+        let refused = unsupported_attributes(&m);
+        assert_eq!(refused.len(), 1);
+        let err = load(&m).expect_err("a clipped LSTM is refused");
+        let text = err.to_string();
+        assert!(matches!(err, crate::engine::LoadError::UnsupportedAttributes(_)), "{text}");
+        for part in ["LSTM node 'enc'", "clip=0.5", "export without a cell clip"] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
+    }
+
+    #[test]
+    fn a_recurrent_node_with_defaults_written_out_loads() {
+        use tract_onnx::pb::AttributeProto;
+        let strings = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect();
+        let m = lstm(vec![
+            AttributeProto { name: "hidden_size".into(), i: 1, ..Default::default() },
+            AttributeProto { name: "direction".into(), s: b"forward".to_vec(), ..Default::default() },
+            AttributeProto { name: "input_forget".into(), ..Default::default() },
+            AttributeProto {
+                name: "activations".into(),
+                strings: strings(&["Sigmoid", "Tanh", "Tanh"]),
+                ..Default::default()
+            },
+        ]);
+        assert_eq!(unsupported_attributes(&m), []);
+        load(&m).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn only_standard_domain_nodes_have_their_attributes_checked() {
+        use tract_onnx::pb::AttributeProto;
+        let mut custom = node("com.acme", "LSTM");
+        custom.attribute.push(AttributeProto { name: "clip".into(), f: 0.5, ..Default::default() });
+        let m = model(vec![custom]);
+        assert_eq!(unsupported_attributes(&m), [], "refused as an unknown operator instead");
+        assert_eq!(describe(&unsupported_ops(&m, &crate::engine::onnx().op_register)), "com.acme::LSTM (1)");
     }
 }
