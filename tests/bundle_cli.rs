@@ -240,6 +240,21 @@ fn a_model_the_agent_would_run_wrongly_is_never_bundled() {
     assert!(!PathBuf::from(dir.path()).join("x.drv").exists());
 }
 
+/// Without self-test samples, `drover bundle` still runs the model once, on zeros: a model that
+/// loads and fails only on data is refused here, not on the devices.
+#[cfg(feature = "mqtt")]
+#[test]
+fn a_model_that_loads_but_cannot_run_is_refused_by_its_trial_run() {
+    let dir = fleet();
+    let file = dir.path().join("divide.onnx");
+    drover_tests::onnx_gen::write_divide_by_input_model(&file);
+    let out =
+        fails(dir.path(), &["bundle", &file.to_string_lossy(), "--name", "div", "--version", "1", "--out", "x.drv"]);
+    assert!(out.contains("the model loads, but a trial run on a sample of zeros failed"), "{out}");
+    assert!(out.contains("give --selftest samples"), "{out}");
+    assert!(!dir.path().join("x.drv").exists());
+}
+
 fn mlflow_dir(name: &str) -> PathBuf {
     models_dir().join("mlflow").join(name)
 }

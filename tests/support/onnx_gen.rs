@@ -76,3 +76,61 @@ pub fn write_samples(path: &Path, n: usize) {
         .collect();
     std::fs::write(path, lines.join("\n") + "\n").expect("write samples");
 }
+
+/// Writes `y = 12 / x` over int64 `x: [N, 1]`: a model that loads and types, and fails only when
+/// a run divides by zero (what a trial run on a zero sample must catch before devices do).
+pub fn write_divide_by_input_model(path: &Path) {
+    let int64 = pb::tensor_proto::DataType::Int64 as i32;
+    let value_info = |name: &str| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: int64,
+                shape: Some(pb::TensorShapeProto {
+                    dim: vec![
+                        pb::tensor_shape_proto::Dimension {
+                            denotation: String::new(),
+                            value: Some(pb::tensor_shape_proto::dimension::Value::DimParam("N".into())),
+                        },
+                        pb::tensor_shape_proto::Dimension {
+                            denotation: String::new(),
+                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(1)),
+                        },
+                    ],
+                }),
+            })),
+        }),
+        doc_string: String::new(),
+    };
+    let twelve = pb::TensorProto {
+        dims: vec![1],
+        data_type: int64,
+        name: "twelve".into(),
+        int64_data: vec![12],
+        ..Default::default()
+    };
+    let node = pb::NodeProto {
+        input: vec!["twelve".into(), "x".into()],
+        output: vec!["y".into()],
+        name: "divide".into(),
+        op_type: "Div".into(),
+        ..Default::default()
+    };
+    let graph = pb::GraphProto {
+        node: vec![node],
+        name: "divide_by_input".into(),
+        initializer: vec![twelve],
+        input: vec![value_info("x")],
+        output: vec![value_info("y")],
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
+        producer_name: "drover-tests".into(),
+        graph: Some(graph),
+        ..Default::default()
+    };
+    std::fs::write(path, model.encode_to_vec()).expect("write the model");
+}

@@ -8,6 +8,7 @@ use drover_runtime::Model;
 use drover_runtime::bundle::selftest::{DEFAULT_ATOL, DEFAULT_RTOL, SelfTestCase};
 use drover_runtime::bundle::{ContainerError, Limits, read_header, read_payload, write_bundle};
 use drover_runtime::samples::SampleFile;
+use drover_runtime::tensor::{Tensor, TensorData};
 use drover_runtime::trust::{SecretKey, sign_document};
 use drover_wire::manifest::{AgentVersion, FileEntry, FileRole, MANIFEST_FORMAT, Manifest, RuntimeSettings};
 use drover_wire::trust::{BundleHeader, CONTEXT_MANIFEST, SignedDelegation, SignedRoot};
@@ -255,6 +256,8 @@ pub fn build(spec: &BundleSpec) -> Result<Bundle, BuildError> {
         let text = selftest_vectors(&mut model, samples_path, spec.selftest_count)?;
         entries.push(entry(FileRole::SelfTest, "selftest.jsonl", text.as_bytes())?).map_err(too_many)?;
         files.push(text.into_bytes());
+    } else {
+        trial_run(&mut model)?;
     }
 
     if let Some(data_path) = &spec.reference_from {
@@ -309,6 +312,43 @@ pub fn build(spec: &BundleSpec) -> Result<Bundle, BuildError> {
     manifest.validate().map_err(|e| BuildError::Invalid(format!("manifest: {e}")))?;
     let header = BundleHeader::unsigned(manifest);
     Ok(Bundle { header, files })
+}
+
+/// Without self-test samples, one run on a sample of zeros: a model that loads but cannot run
+/// (an operator that fails only on data, a shape that only a run resolves) is refused here rather
+/// than on the devices. Skipped, with a log line, when an input has a free axis besides the batch:
+/// the size a zero sample would give it (1) may be one the model cannot take (a sequence shorter
+/// than a kernel), and refusing a good model would be wrong; `--selftest` covers those.
+fn trial_run(model: &mut Model) -> Result<(), BuildError> {
+    let signature = model.signature().clone();
+    let mut sample = Vec::with_capacity(signature.inputs.len());
+    for index in 0..signature.inputs.len() {
+        let shape = signature.sample_shape(index);
+        let Some(shape) = shape.iter().copied().collect::<Option<Vec<usize>>>() else {
+            log::info!(
+                "no trial run: input '{}' has a free axis besides the batch; give --selftest samples to run some",
+                signature.inputs[index].name.as_str()
+            );
+            return Ok(());
+        };
+        let n: usize = shape.iter().product();
+        let data = match signature.input_dtype(index) {
+            drover_wire::DType::F32 => TensorData::F32(vec![0.0; n]),
+            drover_wire::DType::F64 => TensorData::F64(vec![0.0; n]),
+            drover_wire::DType::I64 => TensorData::I64(vec![0; n]),
+            drover_wire::DType::I32 => TensorData::I32(vec![0; n]),
+            drover_wire::DType::U8 => TensorData::U8(vec![0; n]),
+            drover_wire::DType::I8 => TensorData::I8(vec![0; n]),
+        };
+        sample.push(Tensor::new(shape, data).map_err(|e| BuildError::SelfTest(e.to_string()))?);
+    }
+    let mut outputs = Vec::new();
+    model.run_one(&sample, &mut outputs).map_err(|e| {
+        BuildError::SelfTest(format!(
+            "the model loads, but a trial run on a sample of zeros failed: {e} \
+             (the devices would fail the same way: fix the model, or give --selftest samples it can run)"
+        ))
+    })
 }
 
 /// Runs the first `count` samples of `path` through the model and writes them with the outputs
