@@ -106,16 +106,19 @@ struct Extent {
 }
 
 /// onnxruntime's `MaxMin`: `(min, max)`, the first when they compare equal or unordered.
+#[inline(always)]
 fn min_max(a: f32, b: f32) -> (f32, f32) {
     if a >= b { (b, a) } else { (a, b) }
 }
 
 /// `std::max(a, b)`: `a` unless `a < b` (NaN handling as in onnxruntime).
+#[inline(always)]
 fn cpp_max(a: f32, b: f32) -> f32 {
     if a < b { b } else { a }
 }
 
 /// `std::min(a, b)`: `a` unless `b < a`.
+#[inline(always)]
 fn cpp_min(a: f32, b: f32) -> f32 {
     if b < a { b } else { a }
 }
@@ -144,6 +147,7 @@ impl Extent {
 
     /// Whether `selected` suppresses this candidate: onnxruntime's `SuppressByIOU`, called on
     /// the candidate with the selected box as `rhs`, operation for operation.
+    #[inline(always)]
     fn suppressed_by(&self, selected: &Extent, iou_threshold: f32) -> bool {
         let ix_min = cpp_max(self.x_min, selected.x_min);
         let ix_max = cpp_min(self.x_max, selected.x_max);
