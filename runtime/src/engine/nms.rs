@@ -17,7 +17,10 @@
 //!   they rank after every number (onnxruntime's order for them is undefined);
 //! - greedily, each candidate is compared with the boxes already selected for that class only,
 //!   and dropped when its IoU with one of them is strictly above `iou_threshold`; selection stops
-//!   at `max_output_boxes_per_class`;
+//!   at `max_output_boxes_per_class`. The selected boxes are indexed by x-strips, so a candidate
+//!   meets only those that can overlap it on x: the others would fail onnxruntime's first
+//!   comparison anyway, so the answer is unchanged ([`Kept`]; onnxruntime compares with all,
+//!   ~230 ms of its 1-thread time on SSDlite320's 27,000 candidates, 16,900 kept);
 //! - corners and areas are computed once per box: for `center_point_box = 0` the corners are put
 //!   in order (`[y1, x1, y2, x2]` may be flipped), for `1` they are `centre ± size / 2` as given
 //!   (a negative size never overlaps anything), in f32 as onnxruntime computes them.
@@ -179,6 +182,120 @@ fn rank(a: &(f32, usize), b: &(f32, usize)) -> Ordering {
     by_score.then(a.1.cmp(&b.1))
 }
 
+/// A selected box covering more x-cells than this is compared with every candidate instead of
+/// being stored in each cell (bounds the index at this many entries per selected box).
+const MAX_SPAN: usize = 64;
+
+/// At most this many x-cells per (batch, class).
+const MAX_CELLS: usize = 1 << 16;
+
+/// The boxes selected so far for one (batch, class), indexed by the vertical strips (x-cells)
+/// they cover, so that a candidate is compared only with the selected boxes that can overlap it
+/// on x.
+///
+/// Exactness: for boxes without NaN on x, onnxruntime's IoU test returns "not suppressed" at
+/// its first comparison unless both boxes have `x_min < x_max` and their x-intervals overlap;
+/// such a pair always shares a cell, since the cell of a coordinate never decreases as the
+/// coordinate grows. Boxes with NaN on x are compared with everything, as onnxruntime does. So
+/// the boxes skipped are exactly ones whose comparison would have said "not suppressed", and
+/// the answer is onnxruntime's. (torchvision's `batched_nms` offsets each class's boxes apart:
+/// SSDlite320's 27,000 candidates, 16,900 kept, become a few hundred comparisons each.)
+#[derive(Debug, Default)]
+struct Kept {
+    /// Every selected box, in selection order.
+    all: Vec<Extent>,
+    /// Positions in `all` of the boxes compared with every candidate: NaN on x, or wider than
+    /// [`MAX_SPAN`] cells.
+    always: Vec<usize>,
+    /// For each x-cell, the positions in `all` of the boxes that cover it.
+    cells: Vec<Vec<usize>>,
+    /// Where cell 0 starts.
+    x0: f32,
+    /// Cells per unit of x (0: a single cell).
+    scale: f32,
+}
+
+/// A box whose x-interval is non-empty and has no NaN: the only kind an IoU test can pass.
+fn spans_x(e: &Extent) -> bool {
+    e.x_min < e.x_max
+}
+
+fn nan_x(e: &Extent) -> bool {
+    e.x_min.is_nan() || e.x_max.is_nan()
+}
+
+impl Kept {
+    /// Empties the index and sizes its cells for `candidates`: about one box's mean width each,
+    /// over the range of their finite x.
+    fn reset(&mut self, candidates: &[(f32, usize)], extents: &[Extent]) {
+        let (mut lo, mut hi, mut widths, mut count) = (f32::INFINITY, f32::NEG_INFINITY, 0f64, 0usize);
+        for &(_, i) in candidates {
+            let e = &extents[i];
+            if spans_x(e) && e.x_min.is_finite() && e.x_max.is_finite() {
+                lo = lo.min(e.x_min);
+                hi = hi.max(e.x_max);
+                widths += f64::from(e.x_max - e.x_min);
+                count += 1;
+            }
+        }
+        let range = hi - lo;
+        let cells = if count > 0 && range.is_finite() && range > 0.0 {
+            let mean = widths / count as f64;
+            ((f64::from(range) / mean).ceil() as usize).clamp(1, count.min(MAX_CELLS))
+        } else {
+            1
+        };
+        let scale = cells as f32 / range;
+        self.scale = if cells > 1 && scale.is_finite() { scale } else { 0.0 };
+        self.x0 = if lo.is_finite() { lo } else { 0.0 };
+        self.all.clear();
+        self.always.clear();
+        self.cells.truncate(cells);
+        self.cells.iter_mut().for_each(Vec::clear);
+        self.cells.resize_with(cells, Vec::new);
+    }
+
+    /// The cell of a coordinate (not NaN); never decreases as `x` grows.
+    #[inline(always)]
+    fn cell(&self, x: f32) -> usize {
+        // `as` saturates: below the range (and NaN from inf · 0) is cell 0, above is the last.
+        (((x - self.x0) * self.scale) as usize).min(self.cells.len() - 1)
+    }
+
+    /// Whether a selected box suppresses `candidate` (onnxruntime's test against each one that
+    /// can).
+    fn suppresses(&self, candidate: &Extent, iou_threshold: f32) -> bool {
+        let by = |&i: &usize| candidate.suppressed_by(&self.all[i], iou_threshold);
+        if nan_x(candidate) {
+            return self.all.iter().any(|s| candidate.suppressed_by(s, iou_threshold));
+        }
+        if self.always.iter().any(by) {
+            return true;
+        }
+        // An empty x-interval overlaps nothing without NaN, and those were just compared.
+        spans_x(candidate)
+            && (self.cell(candidate.x_min)..=self.cell(candidate.x_max)).any(|k| self.cells[k].iter().any(by))
+    }
+
+    /// Adds a selected box.
+    fn push(&mut self, e: Extent) {
+        let i = self.all.len();
+        self.all.push(e);
+        if nan_x(&e) {
+            self.always.push(i);
+        } else if spans_x(&e) {
+            let (first, last) = (self.cell(e.x_min), self.cell(e.x_max));
+            if last - first >= MAX_SPAN {
+                self.always.push(i);
+            } else {
+                self.cells[first..=last].iter_mut().for_each(|c| c.push(i));
+            }
+        }
+        // Otherwise (an empty x-interval without NaN) it can only suppress a candidate with NaN
+        // on x, which is compared with `all`.
+    }
+}
+
 /// Runs NMS over `boxes` `[batches, n, 4]` and `scores` `[batches, classes, n]` (row-major,
 /// lengths already checked); returns the `(batch, class, box)` rows.
 pub(crate) fn select(
@@ -192,7 +309,7 @@ pub(crate) fn select(
         return rows;
     }
     let mut candidates: Vec<(f32, usize)> = Vec::with_capacity(n);
-    let mut kept: Vec<Extent> = Vec::with_capacity(params.max_output.min(n));
+    let mut kept = Kept::default();
     for batch in 0..batches {
         let extents: Vec<Extent> =
             boxes[batch * n * 4..(batch + 1) * n * 4].chunks_exact(4).map(|b| Extent::new(b, params.format)).collect();
@@ -205,13 +322,13 @@ pub(crate) fn select(
                 None => candidates.extend(scored),
             }
             candidates.sort_unstable_by(rank);
-            kept.clear();
+            kept.reset(&candidates, &extents);
             for &(_, index) in &candidates {
-                if kept.len() >= params.max_output {
+                if kept.all.len() >= params.max_output {
                     break;
                 }
                 let candidate = extents[index];
-                if !kept.iter().any(|s| candidate.suppressed_by(s, params.iou_threshold)) {
+                if !kept.suppresses(&candidate, params.iou_threshold) {
                     kept.push(candidate);
                     rows.push([batch as i64, class as i64, index as i64]);
                 }
@@ -694,8 +811,20 @@ mod tests {
     }
 
     /// NMS as the specification says it, quadratically: repeatedly take the best remaining
-    /// candidate (highest score, then lowest index) and keep it unless a kept box overlaps it.
-    fn naive(boxes: &[f32], scores: &[f32], (batches, classes, n): (usize, usize, usize), p: &Params) -> Vec<[i64; 3]> {
+    /// candidate (highest score, then lowest index, NaN last) and keep it unless a kept box
+    /// overlaps it.
+    fn naive(boxes: &[f32], scores: &[f32], dims: (usize, usize, usize), p: &Params) -> Vec<[i64; 3]> {
+        naive_with(boxes, scores, dims, p, |a, b| naive_iou(a, b, p.format) > p.iou_threshold)
+    }
+
+    /// [`naive`] with the test of whether box `b` (selected) suppresses box `a`.
+    fn naive_with(
+        boxes: &[f32],
+        scores: &[f32],
+        (batches, classes, n): (usize, usize, usize),
+        p: &Params,
+        suppresses: impl Fn(&[f32], &[f32]) -> bool,
+    ) -> Vec<[i64; 3]> {
         let mut rows = vec![];
         for batch in 0..batches {
             let of = |i: usize| &boxes[(batch * n + i) * 4..(batch * n + i) * 4 + 4];
@@ -706,12 +835,13 @@ mod tests {
                 while !left.is_empty() && kept.len() < p.max_output {
                     let mut best = 0;
                     for k in 1..left.len() {
-                        if score(left[k]) > score(left[best]) {
+                        let (s, b) = (score(left[k]), score(left[best]));
+                        if s > b || (b.is_nan() && !s.is_nan()) {
                             best = k;
                         }
                     }
                     let i = left.remove(best);
-                    if kept.iter().all(|&j| naive_iou(of(i), of(j), p.format) <= p.iou_threshold) {
+                    if !kept.iter().any(|&j| suppresses(of(i), of(j))) {
                         kept.push(i);
                         rows.push([batch as i64, class as i64, i as i64]);
                     }
@@ -747,5 +877,59 @@ mod tests {
             selected += want.len();
         }
         assert!(selected > 10_000, "the cases select boxes ({selected})");
+    }
+
+    #[test]
+    fn many_clustered_boxes_agree_with_a_naive_implementation() {
+        // Hundreds to thousands of boxes around a few centres (as a detector's), a few of them
+        // spanning everything (compared with every candidate rather than indexed), and classes
+        // offset apart as torchvision's batched_nms does.
+        let mut rng = Rng(0xB0_7E5);
+        for case in 0..12 {
+            let n = 200 + rng.below(1800);
+            let centres: Vec<(f32, f32)> =
+                (0..8).map(|_| (rng.below(1000) as f32 / 10.0, rng.below(1000) as f32 / 10.0)).collect();
+            let mut boxes = Vec::with_capacity(n * 4);
+            for _ in 0..n {
+                let (cx, cy) = rng.pick(&centres);
+                let offset = rng.below(4) as f32 * 200.0;
+                let (x, y) = (cx + rng.below(80) as f32 / 10.0 + offset, cy + rng.below(80) as f32 / 10.0 + offset);
+                let (w, h) = if rng.below(150) == 0 {
+                    (2000.0, 3.0 + rng.below(50) as f32)
+                } else {
+                    (1.0 + rng.below(200) as f32 / 10.0, 1.0 + rng.below(200) as f32 / 10.0)
+                };
+                boxes.extend([y, x, y + h, x + w]);
+            }
+            let scores: Vec<f32> = (0..n).map(|_| rng.below(1000) as f32 / 1000.0).collect();
+            let p = params(usize::MAX, rng.pick(&[0.3, 0.5, 0.7]), rng.pick(&[None, Some(0.2)]));
+            let want = naive(&boxes, &scores, (1, 1, n), &p);
+            assert_eq!(select(&boxes, &scores, (1, 1, n), &p), want, "case {case}: {n} boxes, {p:?}");
+            assert!(want.len() > 10 && want.len() < n, "case {case}: some but not all kept");
+        }
+    }
+
+    #[test]
+    fn non_finite_coordinates_give_onnxruntime_answers() {
+        // NaN, infinities, huge, flipped and empty boxes: the indexed search must compare every
+        // pair onnxruntime's test could find overlapping, so it agrees with comparing all pairs
+        // with that test.
+        let mut rng = Rng(0x0DD_B0E5);
+        let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, -f32::MAX, 0.0, -0.0];
+        for case in 0..1500 {
+            let n = rng.below(30);
+            let format = rng.pick(&[BoxFormat::Corners, BoxFormat::CenterSize]);
+            let boxes: Vec<f32> = (0..n * 4)
+                .map(|_| if rng.below(12) == 0 { rng.pick(&special) } else { rng.below(16) as f32 - 2.0 })
+                .collect();
+            let scores: Vec<f32> =
+                (0..n).map(|_| if rng.below(20) == 0 { f32::NAN } else { rng.below(8) as f32 / 8.0 }).collect();
+            let p =
+                Params { format, ..params(rng.pick(&[3, 1000]), rng.pick(&[0.0, 0.5]), rng.pick(&[None, Some(0.1)])) };
+            let want = naive_with(&boxes, &scores, (1, 1, n), &p, |a, b| {
+                Extent::new(a, format).suppressed_by(&Extent::new(b, format), p.iou_threshold)
+            });
+            assert_eq!(select(&boxes, &scores, (1, 1, n), &p), want, "case {case}: {p:?} {boxes:?} {scores:?}");
+        }
     }
 }
