@@ -425,3 +425,27 @@ fn detector_endings_with_an_if_of_unequal_branches_match_onnxruntime() {
         }
     }
 }
+
+/// torchvision's `batched_nms` and `nms` as the TorchScript exporter writes them, over a few
+/// hundred clustered boxes (`tv_nms_stress`, two NonMaxSuppression nodes, one behind the `If`):
+/// distinct scores, tied scores (onnxruntime keeps the lower index first) and flipped corners
+/// give onnxruntime's kept indices exactly, in its order.
+#[test]
+fn nms_over_hundreds_of_boxes_matches_onnxruntime() {
+    let dir = manifest::models_dir().join("exported");
+    let mut model = Model::load(&dir.join("tv_nms_stress.onnx")).unwrap_or_else(|e| panic!("tv_nms_stress: {e}"));
+    let exact = MlTolerance { abs: 0.0, rel: 0.0 };
+    for case in ["distinct", "tied", "flipped"] {
+        let npy = |what: &str| {
+            let path = dir.join(format!("tv_nms_stress.{case}.{what}.npy"));
+            read_npy(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        let x = npy("input");
+        let got = model.run(std::slice::from_ref(&x)).unwrap_or_else(|e| panic!("{case}: {e}"));
+        for (o, name) in ["batched_keep", "keep"].into_iter().enumerate() {
+            let want = npy(&format!("output.{name}"));
+            assert!(want.shape()[0] < x.shape()[0], "{case} {name}: the fixture suppresses boxes");
+            compare_ml(&format!("{case} {name}"), &got[o], &want, exact);
+        }
+    }
+}

@@ -14,6 +14,9 @@ bring, written by the tools' own default calls, untouched:
   else NonMaxSuppression's run-time count) and a slice past a run-time length. Its outputs have
   no batch axis, so it is kept out of the manifest's sample-wise entries: whole input and output
   tensors per case (`tv_batched_nms.<case>.input.npy`, `...output.<name>.npy`).
+- The same exporter's `torchvision.ops.batched_nms` and `torchvision.ops.nms` over a few hundred
+  clustered boxes (`tv_nms_stress`): two NonMaxSuppression nodes with thousands of box pairs to
+  compare, distinct and tied scores, flipped corners; whole tensors per case, as above.
 - torch.onnx.export(dynamo=False) of nn.RNN(nonlinearity='relu'), which writes an ONNX RNN with
   activations=["Relu"]: tract's RNN always applies Tanh, so Drover must refuse it (`refused`,
   `refused_attributes`); onnxruntime's answers are kept to measure the wrong answer prevented.
@@ -263,6 +266,58 @@ def detector_ending(versions: dict):
         print(f"tv_batched_nms {name}: {len(arr)} detection(s)")
 
 
+def nms_stress(versions: dict):
+    """torchvision's NMS as the TorchScript exporter writes it, over enough boxes that the order
+    of selection and every tie matter: `batched_nms` (one NonMaxSuppression over class-offset
+    boxes, behind the `numel() == 0` If) and plain `nms` at another IoU threshold.
+
+    Run alone: `python3 -c 'import make_exported as m; m.nms_stress({})'` from this directory
+    (main() rewrites every committed file)."""
+    import torch
+    import torchvision
+
+    versions["torchvision"] = torchvision.__version__
+
+    class NmsStress(torch.nn.Module):
+        """x[boxes, (x1, y1, x2, y2, score, label)] -> kept indices of batched_nms and of nms."""
+
+        def forward(self, x):
+            boxes, scores, labels = x[:, :4], x[:, 4], x[:, 5].to(torch.int64)
+            return torchvision.ops.batched_nms(boxes, scores, labels, 0.5), torchvision.ops.nms(boxes, scores, 0.3)
+
+    path = HERE / "tv_nms_stress.onnx"
+    torch.onnx.export(NmsStress().eval(), (torch.rand(8, 6),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["batched_keep", "keep"], dynamic_axes={"x": {0: "n"}})
+    nodes = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert nodes.count("NonMaxSuppression") >= 1, "the exporter wrote no NonMaxSuppression"
+
+    def case(n: int, seed: int, tied: bool, flipped: bool) -> np.ndarray:
+        # Boxes around a few centres, so that many pairs overlap by every amount; 3 labels.
+        r = np.random.default_rng(seed)
+        centres = r.uniform(0, 100, (12, 2))[r.integers(0, 12, n)]
+        xy = centres + r.normal(0, 3, (n, 2))
+        wh = r.uniform(4, 20, (n, 2))
+        a, b = xy - wh / 2, xy + wh / 2
+        if flipped:
+            # Opposite corners in the other order (x2 < x1): onnxruntime puts them in order.
+            swap = r.random(n) < 0.3
+            a[swap], b[swap] = b[swap].copy(), a[swap].copy()
+        # Distinct scores, or ten levels so that most boxes tie with others (the lower index wins).
+        scores = r.integers(1, 11, n) / 10 if tied else r.permutation(n) / n + 0.5 / n
+        labels = r.integers(0, 3, n)
+        return np.concatenate([a, b, scores[:, None], labels[:, None]], 1).astype(np.float32)
+
+    sess = session(path)
+    for name, n, seed, tied, flipped in [("distinct", 300, 21, False, False), ("tied", 300, 22, True, False),
+                                         ("flipped", 200, 23, False, True)]:
+        x = case(n, seed, tied, flipped)
+        np.save(HERE / f"tv_nms_stress.{name}.input.npy", x)
+        outs = sess.run(None, {"x": x})
+        for oname, arr in zip(["batched_keep", "keep"], outs):
+            np.save(HERE / f"tv_nms_stress.{name}.output.{oname}.npy", arr)
+        print(f"tv_nms_stress {name}: {n} boxes, kept {len(outs[0])} (batched) and {len(outs[1])}")
+
+
 def torch_refused_models(entries: list, versions: dict):
     """Files torch writes that tract would load and answer wrongly, so Drover refuses them."""
     import torch
@@ -307,6 +362,7 @@ def main():
     sklearn_models(entries, versions)
     torch_models(entries, versions)
     detector_ending(versions)
+    nms_stress(versions)
     torch_refused_models(entries, versions)
     manifest = {"generator": "models/exported/make_exported.py", "versions": versions, "models": entries}
     (HERE / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

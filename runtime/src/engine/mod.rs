@@ -10,6 +10,7 @@ mod guard;
 mod int8;
 mod ml;
 mod model;
+mod nms;
 pub mod opcheck;
 mod profile;
 pub mod proto;
@@ -30,7 +31,8 @@ pub use zipmap::ClassLabels;
 
 /// tract-onnx with every operator Drover adds: tract's own, the fused int8 layers of the QDQ
 /// rewrite, the `ai.onnx.ml` operators of scikit-learn/XGBoost/LightGBM models, and an `If`
-/// whose branches may give outputs of different shapes ([`branch`]).
+/// whose branches may give outputs of different shapes ([`branch`]), and a `NonMaxSuppression`
+/// that follows onnxruntime's kernel at a fraction of tract's cost ([`nms`]).
 ///
 /// The one place the operator set is decided: the operator check ([`opcheck::unsupported_ops`]),
 /// loading and `inspect` all use it, so what the check accepts is what loading can parse.
@@ -39,6 +41,7 @@ pub(crate) fn onnx() -> tract_onnx::Onnx {
     int8::register(&mut onnx.op_register);
     ml::register(&mut onnx.op_register);
     onnx.op_register.insert("If", branch::build);
+    onnx.op_register.insert("NonMaxSuppression", nms::build);
     onnx
 }
 
