@@ -96,6 +96,39 @@ fn infer_on_npy_in_batches_matches_onnxruntime() {
     assert_matches_reference("mlp", &out);
 }
 
+/// `--output` a FIFO or a symlink (or /dev/null, which must not be tested here: run as root, the
+/// bug this guards against replaced the machine's /dev/null with a regular file) is written
+/// through, never renamed over.
+#[test]
+fn an_output_that_is_not_a_regular_file_is_written_through_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = resolve("reference/mlp.input.npy");
+
+    let fifo = dir.path().join("out.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo");
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).expect("read the fifo"))
+    };
+    let o = infer("mlp.onnx", &input, &fifo, 5);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Before joining: a replaced FIFO is never opened for writing, and its reader would wait forever.
+    assert!(std::fs::symlink_metadata(&fifo).expect("fifo").file_type().is_fifo(), "the FIFO was replaced");
+    let text = reader.join().expect("reader");
+    assert_eq!(text.lines().count(), 16, "{text}");
+
+    let real = dir.path().join("real.jsonl");
+    std::fs::write(&real, "").expect("write");
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    let o = infer("mlp.onnx", &input, &link, 5);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata(&link).expect("link").file_type().is_symlink(), "the link was replaced");
+    assert_matches_reference("mlp", &real);
+}
+
 #[test]
 fn sklearn_classifier_writes_integer_labels_and_probabilities() {
     let dir = tempfile::tempdir().expect("tempdir");

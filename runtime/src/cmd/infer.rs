@@ -182,16 +182,28 @@ impl Serialize for OutputLine<'_> {
     }
 }
 
-/// The output destination: stdout, or a temporary file renamed over the target on success.
+/// The output destination: stdout, or a temporary file renamed over the target on success, or,
+/// for a target that is not a regular file (`/dev/null`, a FIFO, a symlink), the target itself:
+/// renaming over it would replace a device node or a link with a file (run as root,
+/// `--output /dev/null` turned the machine's /dev/null into a regular file).
 enum Sink {
     Stdout(BufWriter<std::io::Stdout>),
     File { tmp: PathBuf, target: PathBuf, out: BufWriter<File> },
+    Direct(BufWriter<File>),
 }
 
 impl Sink {
     fn create(target: &Path) -> Result<Sink, InferError> {
         if target == Path::new("-") {
             return Ok(Sink::Stdout(BufWriter::new(std::io::stdout())));
+        }
+        let regular_or_new = match std::fs::symlink_metadata(target) {
+            Ok(meta) => meta.file_type().is_file(),
+            Err(error) => error.kind() == std::io::ErrorKind::NotFound,
+        };
+        if !regular_or_new {
+            let file = File::create(target).map_err(|error| InferError::Write { path: target.to_path_buf(), error })?;
+            return Ok(Sink::Direct(BufWriter::new(file)));
         }
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = target.with_file_name(format!(".{name}.partial-{}", std::process::id()));
@@ -203,6 +215,7 @@ impl Sink {
         let out: &mut dyn Write = match self {
             Sink::Stdout(w) => w,
             Sink::File { out, .. } => out,
+            Sink::Direct(w) => w,
         };
         serde_json::to_writer(&mut *out, &OutputLine { signature, outputs })?;
         out.write_all(b"\n")
@@ -211,6 +224,7 @@ impl Sink {
     fn commit(mut self) -> std::io::Result<()> {
         match &mut self {
             Sink::Stdout(w) => w.flush(),
+            Sink::Direct(w) => w.flush(),
             Sink::File { tmp, target, out } => {
                 out.flush()?;
                 out.get_ref().sync_all()?;
