@@ -94,9 +94,12 @@ fn board_selection(zoo: &Path) -> Vec<String> {
 
 /// Runs check_zoo.py with `agent` (under `runner`, if any) on `models` (every model when `None`)
 /// and asserts that each was checked and passed. `drover` also bundles every model (host only).
-fn check(zoo: &Path, agent: &Path, runner: &str, drover: Option<&Path>, models: Option<&[String]>) {
-    let out_dir = tempfile::tempdir().expect("tmp");
-    let json = out_dir.path().join("results.json");
+/// The results stay in `target/zoo-results/<arch>.json` for `models/zoo/table.py`.
+fn check(arch: &str, zoo: &Path, agent: &Path, runner: &str, drover: Option<&Path>, models: Option<&[String]>) {
+    let results_dir = target_dir().join("zoo-results");
+    std::fs::create_dir_all(&results_dir).expect("zoo-results");
+    let json = results_dir.join(format!("{arch}.json"));
+    let _ = std::fs::remove_file(&json);
     let mut cmd = Command::new("python3");
     cmd.arg(repo().join("models/zoo/check_zoo.py"))
         .arg("--zoo")
@@ -160,7 +163,7 @@ fn cross_agent(triple: &str) -> Option<PathBuf> {
 #[test]
 fn every_zoo_model_loads_runs_and_bundles_with_onnxruntimes_answers_on_x86_64() {
     let Some(zoo) = zoo() else { return };
-    check(&zoo, &workspace_bin("drover-agent"), "", Some(&workspace_bin("drover")), None);
+    check("x86_64", &zoo, &workspace_bin("drover-agent"), "", Some(&workspace_bin("drover")), None);
 }
 
 #[test]
@@ -170,7 +173,7 @@ fn every_zoo_model_runs_with_onnxruntimes_answers_on_aarch64_under_qemu() {
     let Some(zoo) = zoo() else { return };
     // A Raspberry Pi 4's core. qemu's default (`max`) emulates newer extensions and ran tract's
     // NEON code 9x slower.
-    check(&zoo, &agent, "qemu-aarch64-static -cpu cortex-a72", None, Some(&board_selection(&zoo)));
+    check("aarch64", &zoo, &agent, "qemu-aarch64-static -cpu cortex-a72", None, Some(&board_selection(&zoo)));
 }
 
 #[test]
@@ -178,5 +181,5 @@ fn every_zoo_model_runs_with_onnxruntimes_answers_on_armv7_under_qemu() {
     let Some(_) = require_tool("qemu-arm-static", "qemu-user-static") else { return };
     let Some(agent) = cross_agent("armv7-unknown-linux-gnueabihf") else { return };
     let Some(zoo) = zoo() else { return };
-    check(&zoo, &agent, "qemu-arm-static -L /usr/arm-linux-gnueabihf", None, Some(&board_selection(&zoo)));
+    check("armv7", &zoo, &agent, "qemu-arm-static -L /usr/arm-linux-gnueabihf", None, Some(&board_selection(&zoo)));
 }
