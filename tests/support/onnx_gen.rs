@@ -56,14 +56,7 @@ pub fn write_matmul_model(path: &Path, weight_bytes: usize) {
         output: vec![value_info("y", vec![dim_param("N"), dim(k)])],
         ..Default::default()
     };
-    let model = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
-        producer_name: "drover-tests".into(),
-        graph: Some(graph),
-        ..Default::default()
-    };
-    std::fs::write(path, model.encode_to_vec()).expect("write the model");
+    write_graph(path, graph);
 }
 
 /// Writes `n` samples for the generated models (JSON Lines, one `[f32; 64]` per line).
@@ -125,6 +118,11 @@ pub fn write_divide_by_input_model(path: &Path) {
         output: vec![value_info("y")],
         ..Default::default()
     };
+    write_graph(path, graph);
+}
+
+/// Writes `graph` as an opset-17 model.
+fn write_graph(path: &Path, graph: pb::GraphProto) {
     let model = pb::ModelProto {
         ir_version: 8,
         opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
