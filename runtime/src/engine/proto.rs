@@ -78,12 +78,16 @@ impl QuantStyle {
 pub fn quant_style(model: &ModelProto) -> QuantStyle {
     let nodes = all_nodes(model);
     let has = |pred: &dyn Fn(&str) -> bool| nodes.iter().any(|n| pred(&n.op_type));
-    if has(&|op| op.starts_with("QLinear") || matches!(op, "ConvInteger" | "MatMulInteger" | "QGemm" | "QAttention")) {
-        QuantStyle::Qoperator
-    } else if has(&|op| {
+    // Dynamic first: `quantize_dynamic` writes DynamicQuantizeLinear feeding MatMulInteger, an
+    // integer operator a static QOperator file also uses; what makes it dynamic is the former.
+    if has(&|op| {
         matches!(op, "DynamicQuantizeLinear" | "DynamicQuantizeMatMul" | "MatMulIntegerToFloat" | "DynamicQuantizeLSTM")
     }) {
         QuantStyle::Dynamic
+    } else if has(&|op| {
+        op.starts_with("QLinear") || matches!(op, "ConvInteger" | "MatMulInteger" | "QGemm" | "QAttention")
+    }) {
+        QuantStyle::Qoperator
     } else if has(&|op| op == "QuantizeLinear") && has(&|op| op == "DequantizeLinear") {
         QuantStyle::Qdq
     } else {
@@ -358,5 +362,22 @@ mod tests {
         let model =
             ModelProto { graph: Some(GraphProto { node: vec![node], ..Default::default() }), ..Default::default() };
         assert_eq!(quant_style(&model), QuantStyle::Dynamic);
+    }
+
+    #[test]
+    fn quantize_dynamics_matmul_integer_is_dynamic_not_qoperator() {
+        let node = |op: &str| NodeProto { op_type: op.into(), ..Default::default() };
+        let graph = |ops: &[&str]| ModelProto {
+            graph: Some(GraphProto { node: ops.iter().map(|op| node(op)).collect(), ..Default::default() }),
+            ..Default::default()
+        };
+        assert_eq!(
+            quant_style(&graph(&["DynamicQuantizeLinear", "MatMulInteger", "Cast", "Mul"])),
+            QuantStyle::Dynamic
+        );
+        assert_eq!(
+            quant_style(&graph(&["QuantizeLinear", "MatMulInteger", "DequantizeLinear"])),
+            QuantStyle::Qoperator
+        );
     }
 }
