@@ -349,15 +349,21 @@ impl NonMaxSuppression {
             .max(2)
     }
 
+    /// Checks that `count` inputs arrived, as many as the node wires.
+    fn check_arity(&self, count: usize) -> TractResult<()> {
+        ensure!(
+            count == self.inputs_expected(),
+            "NonMaxSuppression node '{}': {count} inputs where {} are wired",
+            self.node,
+            self.inputs_expected()
+        );
+        Ok(())
+    }
+
     /// Checks what is known of the inputs' types and shapes, naming the node.
     fn check_facts(&self, inputs: &[&TypedFact]) -> TractResult<()> {
         let node = &self.node;
-        ensure!(
-            inputs.len() == self.inputs_expected(),
-            "NonMaxSuppression node '{node}': {} inputs where {} are wired",
-            inputs.len(),
-            self.inputs_expected()
-        );
+        self.check_arity(inputs.len())?;
         let (boxes, scores) = (inputs[0], inputs[1]);
         for (what, fact) in [("boxes", boxes), ("scores", scores)] {
             ensure!(
@@ -492,12 +498,7 @@ impl EvalOp for NonMaxSuppression {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let node = &self.node;
-        ensure!(
-            inputs.len() == self.inputs_expected(),
-            "NonMaxSuppression node '{node}': {} inputs where {} are wired",
-            inputs.len(),
-            self.inputs_expected()
-        );
+        self.check_arity(inputs.len())?;
         let (boxes, scores) = (&inputs[0], &inputs[1]);
         let (Ok(&[batches, n, 4]), Ok(&[score_batches, classes, score_n])) =
             (<&[usize; 3]>::try_from(boxes.shape()), <&[usize; 3]>::try_from(scores.shape()))
