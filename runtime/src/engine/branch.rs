@@ -482,7 +482,7 @@ mod tests {
             model(vec![node("Size", &["x"], "n", vec![]), node("Equal", &["n", "three"], "cond", vec![])], vec![three]);
         let mut model = Model::from_proto_for_test(&proto, LoadOptions::default()).expect("loads");
         assert!(
-            model.plan.model().nodes().iter().all(|n| !n.op.name().contains("If")),
+            model.plans.one().plan.model().nodes().iter().all(|n| !n.op.name().contains("If")),
             "the If is folded into its then branch"
         );
         assert_eq!(model.signature().outputs[0].shape.len(), 1);

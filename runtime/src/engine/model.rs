@@ -1,17 +1,14 @@
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use drover_wire::{DType, DimRef, TensorSpec};
 use tract_onnx::pb::ModelProto;
-use tract_onnx::prelude::{
-    DatumType, Framework, InferenceModelExt, IntoRunnable, TValue, TVec, TypedFact, TypedModel, TypedSimplePlan,
-    TypedSimpleState,
-};
+use tract_onnx::prelude::{DatumType, Framework, InferenceModelExt, TValue, TVec, TypedFact, TypedModel};
 
 use super::error::{LoadError, RunError};
 use super::guard::contain;
 use super::opcheck::{unsupported_attributes, unsupported_ops};
+use super::plans::{Plans, Runner, Template};
 use super::profile::{Profile, profile_state};
 use super::proto::{DeclaredValue, declared_io};
 use super::qdq::{self, QdqRewrites};
@@ -19,26 +16,20 @@ use super::signature::{BatchAxis, Signature, describe_shape, fixed};
 use super::stage::{LoadTimings, Stage};
 use crate::tensor::Tensor;
 
-/// A model loaded, optimised and ready to run: one plan and one reusable state.
+/// A model loaded, optimised and ready to run: plans and their reusable states.
 ///
 /// Building a plan costs milliseconds and a fresh state per call costs a microsecond or so; a
-/// board answering every few milliseconds cannot pay either per request, so both are built once
-/// here and reused by every [`Model::run`].
+/// board answering every few milliseconds cannot pay either per request, so the plan for single
+/// samples is built here and plans for other batch sizes on first use ([`Plans`]), each reused by
+/// every later run.
 pub struct Model {
     signature: Signature,
-    pub(super) plan: Arc<TypedSimplePlan>,
-    state: TypedSimpleState,
+    pub(super) plans: Plans,
     timings: LoadTimings,
     /// Per input: the full shape and the per-sample shape (`None` = any size), computed once.
     expected: Vec<(ExpectedShape, ExpectedShape)>,
     /// What the QDQ rewrite changed (all zero for other models).
     rewrites: QdqRewrites,
-    /// The plan holds operators with state of their own (`Scan`, `Loop`, and the recurrent
-    /// layers tract builds from them), which tract carries from one run to the next, as for
-    /// streaming. A request is not the continuation of the one before (skl2onnx's k-NN computes
-    /// its distances in a Scan whose state is the query: the second request got the first one's
-    /// answer), so these plans get a fresh state for every run; stateless plans keep theirs.
-    fresh_state_per_run: bool,
     /// Per output: whether it has the leading batch axis samples are split along. A model fed
     /// one sample as `[1, …]` may give outputs without one (a detector's `[K, 4]` boxes, K found
     /// at run time): such an output is the sample's whole answer.
@@ -160,6 +151,11 @@ impl Model {
         }
         timings.record(Stage::Check, check_start.elapsed());
 
+        let batch = BatchAxis::of(&inputs);
+        let batch_symbol = match &batch {
+            BatchAxis::Symbolic(name) => Some(name.as_str()),
+            BatchAxis::FixedOne | BatchAxis::None => None,
+        };
         let dir = dir.and_then(Path::to_str);
         let rewrite_start = Instant::now();
         // Contained like tract's stages: a rewrite bug on a hostile file must not stop the agent.
@@ -179,7 +175,7 @@ impl Model {
             Some((copy, done)) => {
                 timings.record(Stage::Rewrite, rewrite_start.elapsed());
                 let mut trial = timings.clone();
-                match compile(&copy, dir, &declared_outputs, &mut trial) {
+                match compile(&copy, dir, &declared_outputs, batch_symbol, &mut trial) {
                     Ok(compiled) => {
                         log::info!("QDQ graph rewritten for tract: {done:?}");
                         rewrites = done;
@@ -189,23 +185,13 @@ impl Model {
                     Err(e) => {
                         // The rewrite is an optimisation: a model it cannot serve loads as written.
                         log::warn!("QDQ rewrite not usable for this model ({e}); loading it as written");
-                        compile(proto, dir, &declared_outputs, &mut timings)?
+                        compile(proto, dir, &declared_outputs, batch_symbol, &mut timings)?
                     }
                 }
             }
-            None => compile(proto, dir, &declared_outputs, &mut timings)?,
+            None => compile(proto, dir, &declared_outputs, batch_symbol, &mut timings)?,
         };
-        let (optimised, outputs) = compiled;
-        let (plan, state) = stage(&mut timings, Stage::Plan, || {
-            let plan = optimised.into_runnable()?;
-            let state = plan.spawn()?;
-            Ok((plan, state))
-        })?;
-        let fresh_state_per_run = state.op_states.iter().any(Option::is_some);
-        if fresh_state_per_run {
-            log::info!("the model has stateful operators: each run starts from a fresh state");
-        }
-        let batch = BatchAxis::of(&inputs);
+        let (plans, outputs) = compiled;
         let output_batched = outputs.iter().map(|o| batch.batches_output(o)).collect();
         let signature = Signature { inputs, outputs, batch, class_labels };
         let expected = (0..signature.inputs.len())
@@ -218,7 +204,7 @@ impl Model {
             signature.outputs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
             signature.batch
         );
-        Ok(Model { signature, plan, state, timings, expected, rewrites, fresh_state_per_run, output_batched })
+        Ok(Model { signature, plans, timings, expected, rewrites, output_batched })
     }
 
     /// What the model takes and returns.
@@ -243,7 +229,11 @@ impl Model {
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, RunError> {
         self.check(inputs.iter().map(|t| (t, false)), inputs.len())?;
         let values: TVec<TValue> = inputs.iter().map(|t| t.to_tract().into()).collect();
-        let outputs = self.eval(values)?;
+        let n = match self.signature.batch {
+            BatchAxis::Symbolic(_) => inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1),
+            BatchAxis::FixedOne | BatchAxis::None => 1,
+        };
+        let outputs = self.plans.for_batch(n)?.eval(values)?;
         outputs.iter().map(|v| Tensor::from_tract(v).map_err(|e| RunError::Engine(e.to_string()))).collect()
     }
 
@@ -267,7 +257,7 @@ impl Model {
         self.check(sample.iter().map(|t| (t, strip)), sample.len())?;
         let values: TVec<TValue> =
             sample.iter().map(|t| if strip { t.to_tract_one() } else { t.to_tract() }.into()).collect();
-        let results = self.eval(values)?;
+        let results = self.plans.one().eval(values)?;
         outputs.truncate(results.len());
         while outputs.len() < results.len() {
             outputs.push(Tensor::empty());
@@ -301,7 +291,7 @@ impl Model {
                 .map_err(|e| RunError::Batch(format!("input '{}': {e}", self.signature.inputs[input].name)))?;
             values.push(batched.into());
         }
-        let outputs = self.eval(values)?;
+        let outputs = self.plans.for_batch(n)?.eval(values)?;
         let mut per_sample: Vec<Vec<Tensor>> = (0..n).map(|_| Vec::with_capacity(outputs.len())).collect();
         for (o, out) in outputs.iter().enumerate() {
             if n == 1 && !self.output_batched.get(o).copied().unwrap_or(true) {
@@ -332,31 +322,11 @@ impl Model {
         self.check(sample.iter().map(|t| (t, strip)), sample.len())?;
         let values: TVec<TValue> =
             sample.iter().map(|t| if strip { t.to_tract_one() } else { t.to_tract() }.into()).collect();
-        let state = &mut self.state;
-        match contain(|| profile_state(state, &values, runs)) {
+        let runner = self.plans.one();
+        match contain(|| profile_state(runner.state_mut(), &values, runs)) {
             Ok(result) => result.map_err(RunError::Engine),
             Err(message) => {
-                if let Ok(fresh) = self.plan.spawn() {
-                    self.state = fresh;
-                }
-                Err(RunError::Panicked(message))
-            }
-        }
-    }
-
-    /// Evaluates the plan with panics contained; after a panic the state is rebuilt.
-    fn eval(&mut self, values: TVec<TValue>) -> Result<TVec<TValue>, RunError> {
-        if self.fresh_state_per_run {
-            self.state = self.plan.spawn().map_err(|e| RunError::Engine(format!("{e:#}")))?;
-        }
-        match contain(|| self.state.run(values)) {
-            Ok(result) => result.map_err(|e| RunError::Engine(format!("{e:#}"))),
-            Err(message) => {
-                log::error!("tract panicked during inference (contained, state rebuilt): {message}");
-                // A panic may leave the state half-updated: start from a fresh one.
-                if let Ok(fresh) = self.plan.spawn() {
-                    self.state = fresh;
-                }
+                runner.reset();
                 Err(RunError::Panicked(message))
             }
         }
@@ -392,14 +362,38 @@ impl Model {
     }
 }
 
-/// Parses, types and optimises `proto`: the tract half of loading, run once more on the original
-/// model when a rewritten one fails.
+/// Parses, types, optimises and plans `proto`: the tract half of loading, run once more on the
+/// original model when a rewritten one fails. With a symbolic batch axis (`batch_symbol`), the
+/// plan for single samples is optimised for batch 1 and the decluttered graph is kept to plan
+/// other sizes ([`Plans`]).
 fn compile(
     proto: &ModelProto,
     dir: Option<&str>,
     declared_outputs: &[DeclaredValue],
+    batch_symbol: Option<&str>,
     timings: &mut LoadTimings,
-) -> Result<(TypedModel, Vec<TensorSpec>), LoadError> {
+) -> Result<(Plans, Vec<TensorSpec>), LoadError> {
+    compile_as(proto, dir, declared_outputs, batch_symbol, timings, Unoptimisable::TryBarriers)
+}
+
+/// What [`compile_as`] does when tract's optimiser fails on a graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unoptimisable {
+    /// Retry with barriers in front of the recurrent layers ([`super::barrier`]), then run it
+    /// unoptimised.
+    TryBarriers,
+    /// Fail: the caller falls back itself.
+    Fail,
+}
+
+fn compile_as(
+    proto: &ModelProto,
+    dir: Option<&str>,
+    declared_outputs: &[DeclaredValue],
+    batch_symbol: Option<&str>,
+    timings: &mut LoadTimings,
+    unoptimisable: Unoptimisable,
+) -> Result<(Plans, Vec<TensorSpec>), LoadError> {
     let onnx = super::onnx();
     let inference = stage(timings, Stage::Parse, || {
         let parsed = onnx.parse(proto, dir)?;
@@ -429,28 +423,65 @@ fn compile(
         if bounded > 0 {
             model.declutter()?;
         }
-        model.optimize()?;
-        Ok((model, bounded))
+        let decluttered = model;
+        let template = batch_symbol.and_then(|symbol| Template::new(decluttered.clone(), symbol));
+        let optimised = match template.as_ref().map(|t| t.specialise(1)) {
+            Some(Ok(one)) => one,
+            Some(Err(e)) => {
+                log::warn!("no plan of its own for batch 1 ({e}); planning for the symbolic batch");
+                let mut model = decluttered.clone();
+                model.optimize()?;
+                return Ok((model, None, decluttered, bounded));
+            }
+            None => {
+                let mut model = decluttered.clone();
+                model.optimize()?;
+                model
+            }
+        };
+        Ok((optimised, template, decluttered, bounded))
     };
-    let optimised = match stage(timings, Stage::Optimise, optimise) {
-        Ok((optimised, bounded)) => {
+    let (optimised, template) = match stage(timings, Stage::Optimise, optimise) {
+        Ok((optimised, template, decluttered, bounded)) => {
             if bounded > 0 {
                 log::info!("{bounded} slice(s) bounded by an axis whose length is known only at run time");
                 // Their lengths, and those of what follows, changed: the outputs say so.
-                outputs = output_specs(&optimised, declared_outputs.iter().map(|d| d.name.as_str()))?;
+                outputs = output_specs(&decluttered, declared_outputs.iter().map(|d| d.name.as_str()))?;
             }
-            optimised
+            (optimised, template)
         }
         Err(e @ LoadError::Panicked { .. }) => return Err(e),
+        Err(e) if unoptimisable == Unoptimisable::Fail => return Err(e),
         Err(e) => {
             // tract's message goes on with a dump of its patch: the first line says what failed.
             let text = e.to_string();
             let first: String = text.lines().next().unwrap_or_default().chars().take(300).collect();
+            let mut guarded = proto.clone();
+            if super::barrier::guard_recurrent_inputs(&mut guarded) > 0 {
+                let mut trial = timings.clone();
+                let retry = compile_as(&guarded, dir, declared_outputs, batch_symbol, &mut trial, Unoptimisable::Fail);
+                match retry {
+                    Ok(compiled) => {
+                        log::info!("{first}; optimised with barriers in front of its recurrent layers instead");
+                        *timings = trial;
+                        return Ok(compiled);
+                    }
+                    Err(again) => log::debug!("barriers in front of the recurrent layers did not help: {again}"),
+                }
+            }
             log::warn!("{first}; running the model unoptimised (slower, same results)");
-            fallback
+            (fallback, None)
         }
     };
-    Ok((optimised, outputs))
+    let one = stage(timings, Stage::Plan, || Runner::new(optimised))?;
+    if one.fresh_state_per_run() {
+        log::info!("the model has stateful operators: each run starts from a fresh state");
+    }
+    let plans = match template {
+        Some(template) => Plans::specialised(one, template),
+        None => Plans::single(one),
+    };
+    Ok((plans, outputs))
 }
 
 /// What converters write that tract cannot take as is, made servable on a copy, or `None` when
