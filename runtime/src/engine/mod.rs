@@ -4,6 +4,7 @@
 //! plan), each failing with its own error and each timed. tract is contained here: the rest of
 //! the agent sees [`Model`], [`Signature`] and [`crate::tensor::Tensor`] only.
 
+mod barrier;
 mod branch;
 mod error;
 mod guard;
@@ -12,6 +13,7 @@ mod ml;
 mod model;
 mod nms;
 pub mod opcheck;
+mod plans;
 mod profile;
 pub mod proto;
 pub mod qdq;
@@ -32,7 +34,8 @@ pub use zipmap::ClassLabels;
 /// tract-onnx with every operator Drover adds: tract's own, the fused int8 layers of the QDQ
 /// rewrite, the `ai.onnx.ml` operators of scikit-learn/XGBoost/LightGBM models, and an `If`
 /// whose branches may give outputs of different shapes ([`branch`]), and a `NonMaxSuppression`
-/// that follows onnxruntime's kernel at a fraction of tract's cost ([`nms`]).
+/// that follows onnxruntime's kernel at a fraction of tract's cost ([`nms`]), and the identity
+/// loading puts in front of recurrent layers when tract's optimiser fails on them ([`barrier`]).
 ///
 /// The one place the operator set is decided: the operator check ([`opcheck::unsupported_ops`]),
 /// loading and `inspect` all use it, so what the check accepts is what loading can parse.
@@ -42,6 +45,7 @@ pub(crate) fn onnx() -> tract_onnx::Onnx {
     ml::register(&mut onnx.op_register);
     onnx.op_register.insert("If", branch::build);
     onnx.op_register.insert("NonMaxSuppression", nms::build);
+    onnx.op_register.insert(barrier::OP_TYPE, barrier::build);
     onnx
 }
 
