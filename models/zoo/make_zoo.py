@@ -54,7 +54,7 @@ import onnxruntime as ort  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-SCRIPT_VERSION = 2
+SCRIPT_VERSION = 3
 
 # Samples per model: small models get 8, 224x224 image models 2, the detector 1.
 N_SMALL = 8
@@ -110,14 +110,79 @@ def first_line(e: BaseException) -> str:
     return type(e).__name__
 
 
-def ort_session(path: Path | str, optimize: bool = True) -> ort.InferenceSession:
+def ort_session(path: Path | str | bytes, optimize: bool = True) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+# Integer weights of onnxruntime's quantizers: (domain, op type) -> (weight inputs, their zero
+# point inputs), positions from the operator schemas. A DequantizeLinear counts when its input
+# is a constant (a QDQ model's weights). onnxruntime has no uint8-weight QLinearConv on the CPU,
+# so QOperator convolutions keep their int8 weights (and onnxruntime's answer).
+INTEGER_WEIGHTS = {
+    ("", "MatMulInteger"): ([1], [3]),
+    ("", "ConvInteger"): ([1], [3]),
+    ("", "DequantizeLinear"): ([0], [2]),
+    ("com.microsoft", "QGemm"): ([3], [5]),
+    ("com.microsoft", "DynamicQuantizeMatMul"): ([1], [3]),
+    ("com.microsoft", "DynamicQuantizeLSTM"): ([1, 2], [9, 11]),
+}
+
+
+def uint8_twin(path: Path) -> bytes | None:
+    """The same model with its int8 integer weights written as uint8 (w + 128, zero point + 128):
+    the same real values, so the same function. onnxruntime's u8s8 kernels on x86 CPUs without
+    VNNI (AVX2: vpmaddubsw) saturate pairwise products to int16 and answer up to ~1e-2 off the
+    definition, a figure that then depends on the machine the zoo was made on; its u8u8 kernels
+    are exact everywhere. `None` when the model has no int8 integer weights."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    changed = False
+    for node in model.graph.node:
+        slots = INTEGER_WEIGHTS.get((node.domain if node.domain != "ai.onnx" else "", node.op_type))
+        if slots is None:
+            continue
+        weights, zero_points = slots
+        names = [node.input[i] if i < len(node.input) else "" for i in weights + zero_points]
+        if any(n not in inits for n in names[: len(weights)]) or any(
+            inits[n].data_type != onnx.TensorProto.INT8 for n in names[: len(weights)]
+        ):
+            continue
+        for k, zp_slot in enumerate(zero_points):
+            zp = names[len(weights) + k]
+            if zp == "":  # the schema's default zero point, 0 of the weight's type
+                w = numpy_helper.to_array(inits[names[k]])
+                zp_name = f"{names[k]}_uint8_twin_zero_point"
+                scale_init = inits.get(node.input[1]) if node.op_type == "DequantizeLinear" else None
+                scale = numpy_helper.to_array(scale_init) if scale_init is not None else None
+                if node.op_type == "DynamicQuantizeLSTM":
+                    shape = [w.shape[0]]
+                elif scale is not None and scale.ndim == 1:
+                    shape = [scale.shape[0]]
+                else:
+                    shape = []
+                model.graph.initializer.append(numpy_helper.from_array(np.full(shape, 128, dtype=np.uint8), zp_name))
+                while len(node.input) <= zp_slot:
+                    node.input.append("")
+                node.input[zp_slot] = zp_name
+            elif zp not in inits:
+                break
+        for n in names:
+            t = inits.get(n)
+            if t is None or t.data_type != onnx.TensorProto.INT8:
+                continue
+            twin = numpy_helper.from_array((numpy_helper.to_array(t).astype(np.int16) + 128).astype(np.uint8), n)
+            t.CopyFrom(twin)
+            changed = True
+    return model.SerializeToString() if changed else None
 
 
 def conditioned(path: Path, feeds: dict[str, np.ndarray]) -> None:
@@ -326,7 +391,18 @@ class Zoo:
             entry["mlflow_onnx_data"] = mlmodel.get("flavors", {}).get("onnx", {}).get("data")
             entry["mlflow_signature"] = mlmodel.get("signature")
 
-        sess = ort_session(model_path)
+        twin = uint8_twin(model_path) if precision.startswith("int8") else None
+        sess = None
+        if twin is not None:
+            try:
+                sess = ort_session(twin)
+                entry["notes"].append(
+                    "reference: onnxruntime on the model's uint8-weight twin (same values; its s8-weight kernels saturate on x86 without VNNI)"
+                )
+            except Exception as e:  # noqa: BLE001 -- an operator without a uint8-weight kernel
+                entry["notes"].append(f"reference: onnxruntime on the model as written (its uint8-weight twin does not run: {first_line(e)})")
+        if sess is None:
+            sess = ort_session(model_path)
         out_names = [o.name for o in sess.get_outputs()]
         per_out: dict[str, list[Any]] = {n: [] for n in out_names}
         for i in range(x.shape[0]):
