@@ -15,59 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use drover_tests::tools::{in_ci, require_tool, workspace_bin};
+use drover_tests::zoo::{generated as zoo, model_names as manifest_models, repo, target_dir};
 use serde_json::Value;
-
-/// The repository root.
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
-}
-
-/// `target/`, from the running test executable (`target/<profile>/deps/zoo-…`).
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("exe");
-    exe.ancestors().nth(3).expect("target dir").to_path_buf()
-}
-
-/// The zoo, generated (or found up to date) by the committed script; `None` (skip) when Python's
-/// packages for it are missing outside CI.
-fn zoo() -> Option<PathBuf> {
-    let python = require_tool("python3", "python3")?;
-    let flock = require_tool("flock", "util-linux")?;
-    let probe = Command::new(&python)
-        .args(["-c", "import torch, torchvision, onnxruntime, skl2onnx, onnxmltools, xgboost, lightgbm, mlflow"])
-        .output()
-        .expect("run python3");
-    if !probe.status.success() {
-        let why = String::from_utf8_lossy(&probe.stderr);
-        assert!(!in_ci(), "the zoo needs `pip install -r models/zoo/requirements.txt` (tests/run does it): {why}");
-        eprintln!("SKIPPED: the zoo needs `pip install -r models/zoo/requirements.txt`: {}", why.trim());
-        return None;
-    }
-    let dir = std::env::var_os("DROVER_ZOO_DIR").map(PathBuf::from).unwrap_or_else(|| target_dir().join("zoo"));
-    std::fs::create_dir_all(dir.parent().expect("zoo parent")).expect("zoo parent");
-    // The three tests of this file run at once in separate processes: one generates, the others
-    // wait on the lock and then find the cache up to date.
-    let lock = dir.with_extension("lock");
-    let status = Command::new(flock)
-        .arg(&lock)
-        .arg(&python)
-        .arg(repo().join("models/zoo/make_zoo.py"))
-        .arg("--out")
-        .arg(&dir)
-        .status()
-        .expect("run make_zoo.py");
-    assert!(status.success(), "models/zoo/make_zoo.py failed ({status}); its output is above");
-    Some(dir)
-}
-
-/// The model names of the zoo's manifest.
-fn manifest_models(zoo: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(zoo.join("manifest.json")).expect("manifest.json");
-    let manifest: Value = serde_json::from_str(&text).expect("manifest.json is JSON");
-    assert_eq!(manifest["partial"], Value::Bool(false), "the zoo in {} is a partial build (--only)", zoo.display());
-    let entries = manifest["entries"].as_array().expect("entries");
-    entries.iter().map(|e| e["name"].as_str().expect("name").to_string()).collect()
-}
 
 /// The 224x224 networks every board run keeps: one per exporter and int8 form (TorchScript fp32,
 /// dynamo fp32 with external data and HardSwish, QDQ per-channel, QOperator) and the detector.

@@ -25,3 +25,4 @@ pub mod postgres;
 pub mod services;
 pub mod sshd;
 pub mod tools;
+pub mod zoo;
