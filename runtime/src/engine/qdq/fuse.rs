@@ -319,13 +319,16 @@ fn constant_vector(
         }
         None => vec![0],
     };
-    // Per-tensor parameters only (a bias is one axis; per-axis bias scales are rare).
-    let ([s], [z]) = (scale.as_slice(), zp.as_slice()) else { return None };
-    if !s.is_finite() {
+    // Per tensor, or per feature: onnxruntime's per-channel quantizer writes each int32 bias at
+    // x_scale · w_scale[c], so its scale is a vector along the bias's one axis.
+    let per_feature = |n: usize| n == 1 || (n == features && q.dims.len() == 1);
+    if !per_feature(scale.len()) || !per_feature(zp.len()) || scale.iter().any(|s| !s.is_finite()) {
         return None;
     }
+    let at = |v: &[f32], i: usize| v[if v.len() == 1 { 0 } else { i }];
+    let zp: Vec<f32> = zp.iter().map(|z| *z as f32).collect();
     // DequantizeLinear's own arithmetic: (q − z) · s, in float.
-    Some(values.iter().map(|v| (*v as f32 - *z as f32) * s).collect())
+    Some(values.iter().enumerate().map(|(i, v)| (*v as f32 - at(&zp, i)) * at(&scale, i)).collect())
 }
 
 type Reader<'a> = dyn Fn(&str) -> Option<usize> + 'a;
@@ -381,6 +384,7 @@ fn remove_unread_dequantize(graph: &mut GraphProto) {
 #[cfg(test)]
 mod tests {
     use super::super::test_graph::*;
+    use super::params::FLOAT;
     use super::*;
     use tract_onnx::pb::TensorProto;
 
@@ -407,6 +411,29 @@ mod tests {
         ]);
         g.initializer.push(weights("w", &[4, 3]));
         g
+    }
+
+    /// onnxruntime's per-channel quantizer: each int32 bias value at its own scale.
+    #[test]
+    fn a_bias_dequantized_per_feature_is_a_constant_vector() {
+        let tensor = |name: &str, data_type: i32, int32_data: Vec<i32>, float_data: Vec<f32>| TensorProto {
+            name: name.into(),
+            data_type,
+            dims: vec![3],
+            int32_data,
+            float_data,
+            ..Default::default()
+        };
+        let mut g = graph(vec![node("DequantizeLinear", &["bq", "bs", "bz"], &["b"])]);
+        g.initializer.extend([
+            tensor("bq", INT32, vec![10, -20, 30], vec![]),
+            tensor("bs", FLOAT, vec![], vec![0.5, 0.25, 0.125]),
+            tensor("bz", INT32, vec![0, 0, 0], vec![]),
+        ]);
+        let producer = |name: &str| g.node.iter().position(|n| n.output.iter().any(|o| o == name));
+        assert_eq!(constant_vector(&g, "b", 3, &producer), Some(vec![5.0, -5.0, 3.75]));
+        // A scale per feature of a bias of another length is not one.
+        assert_eq!(constant_vector(&g, "b", 1, &producer), None);
     }
 
     #[test]
