@@ -216,7 +216,7 @@ fn qdq_models_are_rewritten_and_stay_within_one_step() {
         // lanes) gives the very outputs x86's AVX-512/AVX2 paths give.
         let worst = check_with(&reference, &samples, 1, LoadOptions::default());
         assert_eq!(worst, 0.0, "{}: int8 layers differ from onnxruntime", reference.name);
-        check_with(&reference, &samples, 1, LoadOptions { qdq_rewrite: false });
+        check_with(&reference, &samples, 1, LoadOptions { qdq_rewrite: false, ..LoadOptions::default() });
         checked += 1;
     }
     assert!(checked >= 2, "cnn_int8_qdq and mlp_int8_qdq");

@@ -111,7 +111,11 @@ fn main() {
 fn report_profiles(models: &[ReferenceModel], only: &str) {
     println!("per-operator profile of Drover's plan, {PROFILE_RUNS} runs on sample 0 (µs per call, % of the call)");
     let variants = models.iter().filter(|m| m.name.starts_with("cnn") || m.name.starts_with("mlp")).flat_map(|m| {
-        let before = (m.kind == "qdq").then_some((m, LoadOptions { qdq_rewrite: false }, " (no rewrite)"));
+        let before = (m.kind == "qdq").then_some((
+            m,
+            LoadOptions { qdq_rewrite: false, ..LoadOptions::default() },
+            " (no rewrite)",
+        ));
         before.into_iter().chain(std::iter::once((m, LoadOptions::default(), "")))
     });
     let wanted = |title: &str| match only.strip_suffix('*') {
@@ -158,7 +162,7 @@ fn report_int8(models: &[ReferenceModel], empty_rss: Option<u64>) {
         else {
             continue;
         };
-        let off = LoadOptions { qdq_rewrite: false };
+        let off = LoadOptions { qdq_rewrite: false, ..LoadOptions::default() };
         let variants: Vec<(String, &ReferenceModel, LoadOptions)> = vec![
             (fp32.name.clone(), fp32, LoadOptions::default()),
             (format!("{} (no rewrite)", qdq.name), qdq, off),

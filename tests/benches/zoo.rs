@@ -8,7 +8,10 @@
 //! Per model: load time; batch 1 through `Model::run_one` (what `infer` and the local API call
 //! per sample); batch 8 through `Model::run_samples` (what the batcher calls) where the model has
 //! a batch axis; onnxruntime (1 thread, `models/zoo/bench_ort.py`) on the same file and samples.
-//! Figures are medians per sample; ratios are Drover / onnxruntime in this run.
+//! Figures are medians per sample; ratios are Drover / onnxruntime in this run. For the networks
+//! (CNN, recurrent, dense) the bench also times batch 1 on the plan for the file's symbolic batch
+//! (`LoadOptions::batch_plans` off, what tract does with the file): "sym/b1" is what the plan
+//! optimised for batch 1 gains.
 //!
 //! Environment: `DROVER_BENCH_ONLY=a,b` times only models whose name contains one of the parts;
 //! `DROVER_BENCH_BUDGET_S` (default 1.0) is the timing budget per engine and batch size;
@@ -22,7 +25,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use drover_runtime::Model;
-use drover_runtime::engine::BatchAxis;
+use drover_runtime::engine::{BatchAxis, LoadOptions};
 use drover_runtime::samples::{Sample, SampleFile};
 use serde_json::{Value, json};
 
@@ -44,8 +47,18 @@ fn main() {
     println!("timed for at least {MIN_RUNS} runs and {budget} s per engine and batch size, after {MIN_RUNS} untimed");
     println!();
     println!(
-        "{:<36} {:<10} {:<13} {:>9} {:>11} {:>11} {:>6} {:>11} {:>11} {:>6}",
-        "model", "family", "precision", "load ms", "drover b1", "ort b1", "ratio", "drover b8", "ort b8", "ratio"
+        "{:<36} {:<10} {:<13} {:>9} {:>11} {:>11} {:>6} {:>11} {:>11} {:>6} {:>7}",
+        "model",
+        "family",
+        "precision",
+        "load ms",
+        "drover b1",
+        "ort b1",
+        "ratio",
+        "drover b8",
+        "ort b8",
+        "ratio",
+        "sym/b1"
     );
     let mut rows = Vec::new();
     for entry in drover_tests::zoo::entries(&zoo) {
@@ -79,6 +92,8 @@ struct Row {
     load_ms: f64,
     drover: [Option<f64>; 2],
     ort: [Option<f64>; 2],
+    /// Batch 1 on the plan for the symbolic batch (networks only).
+    symbolic: Option<f64>,
     error: Option<String>,
 }
 
@@ -91,7 +106,7 @@ impl Row {
         let us = |v: Option<f64>| v.map_or("-".to_string(), fmt_us);
         let ratio = |v: Option<f64>| v.map_or("-".to_string(), |r| format!("{r:.2}"));
         let mut line = format!(
-            "{:<36} {:<10} {:<13} {:>9.1} {:>11} {:>11} {:>6} {:>11} {:>11} {:>6}",
+            "{:<36} {:<10} {:<13} {:>9.1} {:>11} {:>11} {:>6} {:>11} {:>11} {:>6} {:>7}",
             self.name,
             self.family,
             self.precision,
@@ -102,6 +117,7 @@ impl Row {
             us(self.drover[1]),
             us(self.ort[1]),
             ratio(self.ratio(1)),
+            ratio(self.symbolic.zip(self.drover[0]).map(|(s, d)| s / d)),
         );
         if let Some(e) = &self.error {
             line.push_str(&format!("  ({e})"));
@@ -124,6 +140,7 @@ fn measure(entry: &Value, file: &Path, input: &Path, budget: f64, ort: &mut Ort)
         load_ms: f64::NAN,
         drover: [None, None],
         ort: [None, None],
+        symbolic: None,
         error: None,
     };
     let start = Instant::now();
@@ -157,7 +174,19 @@ fn measure(entry: &Value, file: &Path, input: &Path, budget: f64, ort: &mut Ort)
             Err(e) => row.error = Some(format!("onnxruntime: {e}")),
         }
     }
+    if batchable && is_network(&row.family) {
+        let symbolic = LoadOptions { batch_plans: false, ..LoadOptions::default() };
+        match Model::load_with(file, symbolic) {
+            Ok(mut m) => row.symbolic = time_drover(&mut m, &samples[..1], budget).ok(),
+            Err(e) => row.error = Some(format!("load (symbolic batch): {e}")),
+        }
+    }
     row
+}
+
+/// The families issue 34's main goal is about.
+fn is_network(family: &str) -> bool {
+    matches!(family, "cnn" | "recurrent" | "dense")
 }
 
 /// The input file's samples, repeated to at least [`BATCH`].
@@ -286,15 +315,20 @@ fn summary(rows: &[Row]) {
             );
         }
     }
-    let nets: Vec<f64> = rows
-        .iter()
-        .filter(|r| matches!(r.family.as_str(), "cnn" | "recurrent" | "dense"))
-        .filter_map(|r| r.ratio(0))
-        .collect();
+    let nets: Vec<f64> = rows.iter().filter(|r| is_network(&r.family)).filter_map(|r| r.ratio(0)).collect();
+    let gains: Vec<f64> = rows.iter().filter_map(|r| Some(r.symbolic? / r.drover[0]?)).collect();
+    if !gains.is_empty() {
+        println!();
+        println!(
+            "plan for batch 1 against the plan for the symbolic batch (networks, batch 1): geomean {:.2}x faster over {} models",
+            geomean(&gains),
+            gains.len()
+        );
+    }
     if !nets.is_empty() {
         let over: Vec<String> = rows
             .iter()
-            .filter(|r| matches!(r.family.as_str(), "cnn" | "recurrent" | "dense"))
+            .filter(|r| is_network(&r.family))
             .filter_map(|r| r.ratio(0).filter(|x| *x > 1.5).map(|x| format!("{} {x:.2}", r.name)))
             .collect();
         println!();

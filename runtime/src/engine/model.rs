@@ -42,11 +42,15 @@ pub struct LoadOptions {
     /// Rewrite QDQ-quantized graphs into forms tract runs fast ([`super::qdq`]). Off only to
     /// measure or debug the rewrite itself.
     pub qdq_rewrite: bool,
+    /// Optimise the plan single samples run on for batch 1, and build one per batch size
+    /// ([`super::plans`]). Off only to measure what that gains: every size then runs on the
+    /// plan for the file's symbolic batch, as tract would.
+    pub batch_plans: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { qdq_rewrite: true }
+        LoadOptions { qdq_rewrite: true, batch_plans: true }
     }
 }
 
@@ -153,8 +157,8 @@ impl Model {
 
         let batch = BatchAxis::of(&inputs);
         let batch_symbol = match &batch {
-            BatchAxis::Symbolic(name) => Some(name.as_str()),
-            BatchAxis::FixedOne | BatchAxis::None => None,
+            BatchAxis::Symbolic(name) if options.batch_plans => Some(name.as_str()),
+            BatchAxis::Symbolic(_) | BatchAxis::FixedOne | BatchAxis::None => None,
         };
         let dir = dir.and_then(Path::to_str);
         let rewrite_start = Instant::now();

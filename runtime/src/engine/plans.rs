@@ -247,6 +247,26 @@ mod tests {
     }
 
     #[test]
+    fn without_batch_plans_every_size_runs_on_the_symbolic_plan() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/mlp.onnx");
+        let options = super::super::LoadOptions { batch_plans: false, ..Default::default() };
+        let mut model = Model::load_with(&path, options).expect("loads");
+        assert!(
+            !model
+                .plans
+                .one()
+                .plan
+                .model()
+                .nodes()
+                .iter()
+                .all(|n| n.outputs.iter().all(|o| o.fact.shape.is_concrete()))
+        );
+        let samples: Vec<Vec<Tensor>> = (0..3).map(sample).collect();
+        model.run_samples(&samples).expect("a batch");
+        assert!(model.plans.sizes().is_empty() && !model.plans.has_general());
+    }
+
+    #[test]
     fn a_full_tensor_run_picks_the_plan_for_its_batch() {
         let mut model = mlp();
         let values: Vec<f32> = (0..4).flat_map(|s| data(&sample(s)[0])).collect();

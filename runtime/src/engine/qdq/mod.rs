@@ -86,7 +86,9 @@ mod tests {
     }
 
     fn run(proto: &tract_onnx::pb::ModelProto, rewrite: bool, x: &[f32]) -> (Tensor, QdqRewrites) {
-        let mut model = Model::from_proto_for_test(proto, LoadOptions { qdq_rewrite: rewrite }).expect("loads");
+        let mut model =
+            Model::from_proto_for_test(proto, LoadOptions { qdq_rewrite: rewrite, ..LoadOptions::default() })
+                .expect("loads");
         let input = Tensor::new(vec![x.len()], TensorData::F32(x.to_vec())).expect("tensor");
         let mut out = model.run(&[input]).expect("runs");
         (out.remove(0), model.qdq_rewrites())
