@@ -6,21 +6,18 @@
 pub mod agent;
 pub mod api;
 pub mod cmd;
-pub mod engine;
 pub mod input;
 pub mod link;
 pub mod outbox;
-pub mod reference;
 pub mod rfc3339;
-pub mod samples;
 pub mod serve;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
-pub mod tensor;
 pub mod transfer;
 
-pub use engine::{LoadError, Model, RunError, Signature};
-pub use tensor::{Tensor, TensorData};
+/// The engine crate, under the name the agent's modules and its users have always used.
+pub use drover_engine as engine;
+pub use drover_engine::{LoadError, Model, RunError, Signature, Tensor, TensorData, reference, samples, tensor};
 pub mod bundle;
 pub mod trust;

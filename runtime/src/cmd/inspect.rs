@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-use tract_onnx::prelude::Framework;
-
-use crate::engine::opcheck::{UnsupportedAttribute, UnsupportedOp, hint, unsupported_as_loaded};
-use crate::engine::proto::{DeclaredValue, QuantStyle, declared_io, op_histogram, parameter_bytes, quant_style};
+use crate::engine::opcheck::{UnsupportedAttribute, UnsupportedOp, hint, refusals};
+use crate::engine::proto::{
+    DeclaredValue, QuantStyle, declared_io, decode, op_histogram, parameter_bytes, quant_style,
+};
 use crate::engine::{BatchAxis, LoadError, Model, Stage};
+use serde::Serialize;
 
 /// What to inspect.
 #[derive(Debug, Clone, clap::Args)]
@@ -86,11 +86,9 @@ pub enum InspectError {
 pub fn inspect(path: &Path) -> Result<InspectReport, InspectError> {
     let unreadable = |error| InspectError::Unreadable { path: path.to_path_buf(), error };
     let bytes = std::fs::read(path).map_err(|error| unreadable(LoadError::Read { path: path.to_path_buf(), error }))?;
-    let onnx = crate::engine::onnx();
-    let proto =
-        onnx.proto_model_for_read(&mut &bytes[..]).map_err(|e| unreadable(LoadError::Decode(format!("{e:#}"))))?;
+    let proto = decode(&bytes).map_err(unreadable)?;
     let (inputs, outputs) = declared_io(&proto).map_err(unreadable)?;
-    let refusals = unsupported_as_loaded(&proto, &onnx.op_register);
+    let refusals = refusals(&proto);
     let ops = op_histogram(&proto);
     let load = match Model::load(path) {
         Ok(model) => LoadOutcome {

@@ -1,5 +1,5 @@
 //! `DQ(x) → Conv/Gemm/MatMul(DQ(w), bias) → Q` becomes one integer layer
-//! ([`crate::engine::int8`]): the sums run in i32 on the int8 tensors, then the graph's own
+//! ([`crate::int8`]): the sums run in i32 on the int8 tensors, then the graph's own
 //! steps (bias, Q, and an MLP's `DQ → Add(bias) → Q`) run per output value in the same order and
 //! float arithmetic. A final `DQ` that is a graph output is folded in too, so the layer writes
 //! the float result.
@@ -13,9 +13,9 @@ use tract_onnx::pb::{AttributeProto, GraphProto, NodeProto, attribute_proto::Att
 use super::constant::{INT32, floats, initializer, ints};
 use super::graph::{consumers, is_graph_output};
 use super::params::{self, INT8, QuantParams, UINT8};
-use crate::engine::int8::epilogue::{Quant, Step};
-use crate::engine::int8::pool::Pool;
-use crate::engine::int8::{DOMAIN, FusedSpec, Layer, OP_TYPE};
+use crate::int8::epilogue::{Quant, Step};
+use crate::int8::pool::Pool;
+use crate::int8::{DOMAIN, FusedSpec, Layer, OP_TYPE};
 
 /// Replaces every layer it can; returns how many.
 pub(super) fn fuse_layers(graph: &mut GraphProto) -> usize {

@@ -11,6 +11,13 @@ use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoPr
 
 use super::LoadError;
 
+/// Decodes an ONNX file's protobuf without loading the model: what `inspect` reads to describe a
+/// file that may not load at all.
+pub fn decode(bytes: &[u8]) -> Result<ModelProto, LoadError> {
+    use tract_onnx::prelude::Framework;
+    crate::onnx().proto_model_for_read(&mut &bytes[..]).map_err(|e| LoadError::Decode(format!("{e:#}")))
+}
+
 /// Every node of the model, including those inside subgraphs (`If`, `Loop`, `Scan` bodies).
 pub fn all_nodes(model: &ModelProto) -> Vec<&NodeProto> {
     fn walk<'a>(graph: &'a GraphProto, out: &mut Vec<&'a NodeProto>) {

@@ -194,7 +194,7 @@ mod tests {
     use crate::tensor::{Tensor, TensorData};
 
     fn mlp() -> Model {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/mlp.onnx");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mlp.onnx");
         Model::load(&path).expect("the committed MLP ([N, 64] in)")
     }
 
@@ -248,7 +248,7 @@ mod tests {
 
     #[test]
     fn without_batch_plans_every_size_runs_on_the_symbolic_plan() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/mlp.onnx");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mlp.onnx");
         let options = super::super::LoadOptions { batch_plans: false, ..Default::default() };
         let mut model = Model::load_with(&path, options).expect("loads");
         assert!(

@@ -110,6 +110,12 @@ pub fn unsupported_as_loaded(model: &ModelProto, registry: &OnnxOpRegister) -> R
     Refusals { ops: unsupported_ops(model, registry), attributes: unsupported_attributes(model) }
 }
 
+/// What the operator check refuses in one model, against Drover's own operator set (the set
+/// loading parses with).
+pub fn refusals(model: &ModelProto) -> Refusals {
+    unsupported_as_loaded(model, &crate::onnx().op_register)
+}
+
 /// The advice that goes with a list of unsupported operators.
 pub fn hint(ops: &[UnsupportedOp]) -> &'static str {
     if ops.iter().any(|o| o.domain == "com.microsoft") {
@@ -152,7 +158,7 @@ mod tests {
 
     #[test]
     fn lists_every_unknown_op_with_domain_and_count() {
-        let reg = crate::engine::onnx().op_register;
+        let reg = crate::onnx().op_register;
         let m = model(vec![
             node("", "Conv"),
             node("com.microsoft", "QGemm"),
@@ -167,7 +173,7 @@ mod tests {
 
     #[test]
     fn a_known_name_in_a_custom_domain_is_refused() {
-        let reg = crate::engine::onnx().op_register;
+        let reg = crate::onnx().op_register;
         let ops = unsupported_ops(&model(vec![node("com.acme", "Relu")]), &reg);
         assert_eq!(describe(&ops), "com.acme::Relu (1)");
     }
@@ -175,7 +181,7 @@ mod tests {
     #[test]
     fn ops_inside_subgraphs_are_checked() {
         use tract_onnx::pb::AttributeProto;
-        let reg = crate::engine::onnx().op_register;
+        let reg = crate::onnx().op_register;
         let body = GraphProto { node: vec![node("", "NoSuchOp")], ..Default::default() };
         let mut if_node = node("", "If");
         if_node.attribute.push(AttributeProto { name: "then_branch".into(), g: Some(body), ..Default::default() });
@@ -185,7 +191,7 @@ mod tests {
 
     #[test]
     fn drovers_ml_operators_pass_and_its_internal_domain_does_not() {
-        let reg = crate::engine::onnx().op_register;
+        let reg = crate::onnx().op_register;
         let ml = [
             "TreeEnsembleRegressor",
             "TreeEnsembleClassifier",
@@ -197,7 +203,7 @@ mod tests {
         .map(|op| node("ai.onnx.ml", op));
         assert!(unsupported_ops(&model(ml.to_vec()), &reg).is_empty());
         // The fused int8 layer is registered for the QDQ pass, but no file may contain it.
-        let fused = node(crate::engine::int8::DOMAIN, crate::engine::int8::OP_TYPE);
+        let fused = node(crate::int8::DOMAIN, crate::int8::OP_TYPE);
         assert_eq!(unsupported_ops(&model(vec![fused]), &reg).len(), 1);
     }
 
@@ -253,8 +259,8 @@ mod tests {
         }
     }
 
-    fn load(m: &ModelProto) -> Result<crate::engine::Model, crate::engine::LoadError> {
-        crate::engine::Model::from_proto_for_test(m, crate::engine::LoadOptions::default())
+    fn load(m: &ModelProto) -> Result<crate::Model, crate::LoadError> {
+        crate::Model::from_proto_for_test(m, crate::LoadOptions::default())
     }
 
     #[test]
@@ -262,12 +268,12 @@ mod tests {
         use tract_onnx::pb::AttributeProto;
         let clip = AttributeProto { name: "clip".into(), f: 0.5, ..Default::default() };
         let m = lstm(vec![clip]);
-        assert!(unsupported_ops(&m, &crate::engine::onnx().op_register).is_empty(), "LSTM itself runs");
+        assert!(unsupported_ops(&m, &crate::onnx().op_register).is_empty(), "LSTM itself runs");
         let refused = unsupported_attributes(&m);
         assert_eq!(refused.len(), 1);
         let err = load(&m).expect_err("a clipped LSTM is refused");
         let text = err.to_string();
-        assert!(matches!(err, crate::engine::LoadError::UnsupportedAttributes(_)), "{text}");
+        assert!(matches!(err, crate::LoadError::UnsupportedAttributes(_)), "{text}");
         for part in ["LSTM node 'enc'", "clip=0.5", "export without a cell clip"] {
             assert!(text.contains(part), "{part}: {text}");
         }
@@ -298,6 +304,6 @@ mod tests {
         custom.attribute.push(AttributeProto { name: "clip".into(), f: 0.5, ..Default::default() });
         let m = model(vec![custom]);
         assert_eq!(unsupported_attributes(&m), [], "refused as an unknown operator instead");
-        assert_eq!(describe(&unsupported_ops(&m, &crate::engine::onnx().op_register)), "com.acme::LSTM (1)");
+        assert_eq!(describe(&unsupported_ops(&m, &crate::onnx().op_register)), "com.acme::LSTM (1)");
     }
 }

@@ -567,9 +567,9 @@ mod tests {
     use super::super::params::{FLOAT, f32_scalar};
     use super::super::test_graph::*;
     use super::*;
-    use crate::engine::model::LoadOptions;
-    use crate::engine::{LoadError, Model};
+    use crate::model::LoadOptions;
     use crate::tensor::{Tensor, TensorData};
+    use crate::{LoadError, Model};
 
     fn microsoft(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
         NodeProto { domain: MICROSOFT.into(), ..node(op, inputs, outputs) }

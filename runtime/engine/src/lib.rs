@@ -1,8 +1,14 @@
-//! The inference engine: ONNX models through tract, behind Drover's own types.
+//! Drover's inference engine: ONNX models through tract, behind Drover's own types.
+//!
+//! Its own crate because it is the one layer that uses tract, and the one whose speed the
+//! boards feel: the workspace builds it optimised even in the test profile (the zoo and parity
+//! tests run it under qemu), while the agent's I/O layers stay quick to compile.
 //!
 //! Loading is a pipeline of named stages (read → operator check → parse → type → optimise →
 //! plan), each failing with its own error and each timed. tract is contained here: the rest of
-//! the agent sees [`Model`], [`Signature`] and [`crate::tensor::Tensor`] only.
+//! the agent sees [`Model`], [`Signature`] and [`tensor::Tensor`] only. Beside the engine live
+//! the types every caller feeds it with: tensors ([`tensor`]), sample files ([`samples`]) and
+//! the reference statistics computed through it ([`reference`]).
 
 mod barrier;
 mod branch;
@@ -18,9 +24,12 @@ mod profile;
 pub mod proto;
 pub mod qdq;
 mod recurrent;
+pub mod reference;
+pub mod samples;
 mod signature;
 mod slice_bounds;
 mod stage;
+pub mod tensor;
 pub mod zipmap;
 
 pub use error::{LoadError, RunError};
@@ -29,6 +38,7 @@ pub use profile::{NodeTime, Profile};
 pub use qdq::QdqRewrites;
 pub use signature::{BatchAxis, Signature, describe_shape};
 pub use stage::{LoadTimings, Stage};
+pub use tensor::{Tensor, TensorData};
 pub use zipmap::ClassLabels;
 
 /// tract-onnx with every operator Drover adds: tract's own, the fused int8 layers of the QDQ
@@ -55,7 +65,7 @@ mod robustness {
     use proptest::prelude::*;
 
     fn model_bytes(name: &str) -> Vec<u8> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(name);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models").join(name);
         std::fs::read(path).expect("committed reference model")
     }
 

@@ -15,7 +15,7 @@ pub use json_value::{ValueError, tensor_from_json};
 pub use jsonl::JsonlSamples;
 pub use npy::{NpySamples, read_npy};
 
-use crate::engine::Signature;
+use crate::Signature;
 use crate::tensor::Tensor;
 
 /// One model input set, in the model's input order, each without the batch axis.

@@ -657,11 +657,11 @@ mod tests {
     #[test]
     fn tract_alone_refuses_xgboost_binary_models_and_drover_loads_them() {
         use tract_onnx::prelude::Framework;
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/ml/xgb_binary_classifier.onnx");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/ml/xgb_binary_classifier.onnx");
         let tract = tract_onnx::onnx();
         let proto = tract.proto_model_for_path(&path).expect("reads");
         let e = tract.model_for_proto_model(&proto).map(|_| ()).expect_err("tract refuses it");
         assert!(format!("{e:#}").contains("base_values"), "{e:#}");
-        crate::engine::onnx().model_for_proto_model(&proto).expect("Drover parses it");
+        crate::onnx().model_for_proto_model(&proto).expect("Drover parses it");
     }
 }

@@ -6,8 +6,8 @@ use drover_wire::DType;
 use npyz::{NpyFile, NpyReader, Order};
 
 use super::{Sample, SampleError};
-use crate::engine::{Signature, describe_shape};
 use crate::tensor::{Tensor, TensorData};
+use crate::{Signature, describe_shape};
 
 type Source = BufReader<File>;
 
@@ -233,7 +233,7 @@ pub fn read_npy(path: &Path) -> Result<Tensor, SampleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{BatchAxis, Signature};
+    use crate::{BatchAxis, Signature};
     use drover_wire::{DimRef, TensorSpec};
     use proptest::prelude::*;
 
@@ -248,7 +248,7 @@ mod tests {
     }
 
     fn reference_npy() -> Vec<u8> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/reference/iris_logreg.input.npy");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/reference/iris_logreg.input.npy");
         std::fs::read(path).expect("committed reference input")
     }
 

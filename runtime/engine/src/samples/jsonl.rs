@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::{Location, Sample, SampleError, tensor_from_json};
-use crate::engine::Signature;
+use crate::Signature;
 
 /// Samples from a JSON Lines file: one sample per line, either a nested array (single-input
 /// models) or an object mapping every input name to its nested array. Blank lines are skipped.

@@ -248,9 +248,9 @@ mod tests {
     use tract_onnx::pb::{AttributeProto, OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto, type_proto};
 
     use super::*;
-    use crate::engine::model::LoadOptions;
-    use crate::engine::{LoadError, Model};
+    use crate::model::LoadOptions;
     use crate::tensor::{Tensor, TensorData};
+    use crate::{LoadError, Model};
 
     const T: usize = 4;
     const BATCH: usize = 2;

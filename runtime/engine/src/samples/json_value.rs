@@ -58,7 +58,7 @@ pub fn tensor_from_json(value: &Value, dtype: DType, expected: &[Option<usize>])
         // A ragged array reports its own, more precise, error.
         let mut leaves = Vec::new();
         collect(value, &shape, &mut Vec::new(), &mut leaves)?;
-        return Err(ValueError::Shape { expected: crate::engine::describe_shape(expected), found: shape });
+        return Err(ValueError::Shape { expected: crate::describe_shape(expected), found: shape });
     }
     // No capacity from `shape`: it follows only the first element at each depth, so a short
     // ragged line could declare a product of gigabytes (or overflow); `collect` checks every

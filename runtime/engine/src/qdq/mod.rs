@@ -9,7 +9,7 @@
 //! 1. [`movement`]: `DQ → MaxPool/Flatten/… → Q` with equal parameters runs the middle operator
 //!    on the integers.
 //! 2. [`fuse`]: `DQ → Conv/Gemm/MatMul → Q` (and an MLP's bias after the requantization) becomes
-//!    one integer layer Drover runs itself ([`crate::engine::int8`]).
+//!    one integer layer Drover runs itself ([`crate::int8`]).
 //! 3. [`chain`]: each remaining per-tensor QuantizeLinear becomes branch-free arithmetic tract
 //!    vectorises and fuses into the producing matmul; a Q→DQ pair becomes one fp32 chain.
 //!
@@ -74,8 +74,8 @@ mod tests {
     use super::params::{FLOAT, INT8};
     use super::test_graph::*;
     use super::*;
-    use crate::engine::Model;
-    use crate::engine::model::LoadOptions;
+    use crate::Model;
+    use crate::model::LoadOptions;
     use crate::tensor::{Tensor, TensorData};
 
     /// Values around every rounding tie of scale 0.5, both clamps, zero and beyond the range.

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Model, RunError};
 use crate::samples::{Sample, SampleError, SampleFile};
 use crate::tensor::{Tensor, TensorData};
+use crate::{Model, RunError};
 
 /// Most histogram bins per feature: what the agent's bounded drift monitor holds.
 pub const MAX_BINS: usize = drover_wire::drift::MAX_BINS;
@@ -224,7 +224,7 @@ fn collect(input: &Tensor, layout: FeatureLayout, values: &mut [Vec<f64>]) {
 
 /// The class a classifier output names: an integer scalar is a label; a float vector's
 /// largest score is the class.
-pub(crate) fn class_of(t: &Tensor) -> Option<(&'static str, i64)> {
+pub fn class_of(t: &Tensor) -> Option<(&'static str, i64)> {
     match (t.data(), t.shape()) {
         (TensorData::I64(v), []) => Some(("label", v[0])),
         (TensorData::I32(v), []) => Some(("label", i64::from(v[0]))),
@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn iris_reference_profile_through_the_engine() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
         let mut model = Model::load(&root.join("iris_logreg.onnx")).expect("model");
         let mut data =
             SampleFile::open(&root.join("reference/iris_logreg.input.jsonl"), model.signature()).expect("data");

@@ -380,7 +380,7 @@ mod tests {
     };
 
     use crate::Tensor;
-    use crate::engine::model::{LoadOptions, Model};
+    use crate::model::{LoadOptions, Model};
     use crate::tensor::TensorData;
 
     fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
