@@ -15,7 +15,9 @@
 //!
 //! Environment: `DROVER_BENCH_ONLY=a,b` times only models whose name contains one of the parts;
 //! `DROVER_BENCH_BUDGET_S` (default 1.0) is the timing budget per engine and batch size;
-//! `DROVER_BENCH_PROFILE=name` prints Drover's per-operator profile of that model (batch 1) too.
+//! `DROVER_BENCH_PROFILE=name` prints Drover's per-operator profile of that model (batch 1) too;
+//! `DROVER_BENCH_INT8_KERNELS=lanes|linalg` runs the int8 layers on that kernel family rather than
+//! this machine's choice (`LoadOptions::int8_kernels`), to compare the two.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -25,7 +27,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use drover_runtime::Model;
-use drover_runtime::engine::{BatchAxis, LoadOptions};
+use drover_runtime::engine::{BatchAxis, Int8Kernels, LoadOptions};
 use drover_runtime::samples::{Sample, SampleFile};
 use serde_json::{Value, json};
 
@@ -41,8 +43,19 @@ fn main() {
     let only: Vec<String> =
         std::env::var("DROVER_BENCH_ONLY").map(|v| v.split(',').map(str::to_string).collect()).unwrap_or_default();
     let profile = std::env::var("DROVER_BENCH_PROFILE").ok();
+    let int8_kernels = match std::env::var("DROVER_BENCH_INT8_KERNELS").as_deref() {
+        Ok("lanes") => Int8Kernels::Lanes,
+        Ok("linalg") => Int8Kernels::Linalg,
+        Ok("native") | Err(_) => Int8Kernels::Native,
+        Ok(other) => {
+            eprintln!("DROVER_BENCH_INT8_KERNELS={other}: expected native, lanes or linalg");
+            std::process::exit(2);
+        }
+    };
+    let options = LoadOptions { int8_kernels, ..LoadOptions::default() };
     let mut ort = Ort::start();
     println!("Drover vs onnxruntime on the zoo ({}), median µs per sample", zoo.display());
+    println!("int8 layers on {int8_kernels:?} kernels");
     println!("drover b1 = Model::run_one; b8 = Model::run_samples of 8, per sample; ort = onnxruntime, 1 thread");
     println!("timed for at least {MIN_RUNS} runs and {budget} s per engine and batch size, after {MIN_RUNS} untimed");
     println!();
@@ -72,10 +85,10 @@ fn main() {
         if !file.ends_with(".onnx") || !input.ends_with(".npy") {
             continue;
         }
-        let row = measure(&entry, &zoo.join(file), &zoo.join(input), budget, &mut ort);
+        let row = measure(&entry, &zoo.join(file), &zoo.join(input), budget, &mut ort, options);
         println!("{}", row.line());
         if profile.as_deref() == Some(name.as_str()) {
-            print_profile(&zoo.join(file), &zoo.join(input));
+            print_profile(&zoo.join(file), &zoo.join(input), options);
         }
         rows.push(row);
     }
@@ -130,7 +143,7 @@ fn fmt_us(v: f64) -> String {
     if v >= 1000.0 { format!("{:.0}", v) } else { format!("{v:.1}") }
 }
 
-fn measure(entry: &Value, file: &Path, input: &Path, budget: f64, ort: &mut Ort) -> Row {
+fn measure(entry: &Value, file: &Path, input: &Path, budget: f64, ort: &mut Ort, options: LoadOptions) -> Row {
     let text = |k: &str| entry[k].as_str().unwrap_or("?").to_string();
     let mut row = Row {
         name: text("name"),
@@ -144,7 +157,7 @@ fn measure(entry: &Value, file: &Path, input: &Path, budget: f64, ort: &mut Ort)
         error: None,
     };
     let start = Instant::now();
-    let mut model = match Model::load(file) {
+    let mut model = match Model::load_with(file, options) {
         Ok(m) => m,
         Err(e) => {
             row.error = Some(format!("load: {e}").lines().next().unwrap_or("").to_string());
@@ -175,7 +188,7 @@ fn measure(entry: &Value, file: &Path, input: &Path, budget: f64, ort: &mut Ort)
         }
     }
     if batchable && is_network(&row.family) {
-        let symbolic = LoadOptions { batch_plans: false, ..LoadOptions::default() };
+        let symbolic = LoadOptions { batch_plans: false, ..options };
         match Model::load_with(file, symbolic) {
             Ok(mut m) => row.symbolic = time_drover(&mut m, &samples[..1], budget).ok(),
             Err(e) => row.error = Some(format!("load (symbolic batch): {e}")),
@@ -233,8 +246,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn print_profile(file: &Path, input: &Path) {
-    let mut model = Model::load(file).expect("loads");
+fn print_profile(file: &Path, input: &Path, options: LoadOptions) {
+    let mut model = Model::load_with(file, options).expect("loads");
     let samples = read_samples(&model, input).expect("samples");
     let runs = 20;
     model.profile(&samples[0], 3).expect("profiles");

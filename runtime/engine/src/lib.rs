@@ -33,6 +33,7 @@ pub mod tensor;
 pub mod zipmap;
 
 pub use error::{LoadError, RunError};
+pub use int8::Int8Kernels;
 pub use model::{LoadOptions, Model, external_data_of};
 pub use profile::{NodeTime, Profile};
 pub use qdq::QdqRewrites;

@@ -7,6 +7,7 @@ use tract_onnx::prelude::{DatumType, Framework, InferenceModelExt, TValue, TVec,
 
 use super::error::{LoadError, RunError};
 use super::guard::contain;
+use super::int8::Int8Kernels;
 use super::opcheck::{unsupported_attributes, unsupported_ops};
 use super::plans::{Plans, Runner, Template};
 use super::profile::{Profile, profile_state};
@@ -46,11 +47,13 @@ pub struct LoadOptions {
     /// ([`super::plans`]). Off only to measure what that gains: every size then runs on the
     /// plan for the file's symbolic batch, as tract would.
     pub batch_plans: bool,
+    /// The kernels of the integer layers the QDQ rewrite makes. `Native` but to measure.
+    pub int8_kernels: Int8Kernels,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { qdq_rewrite: true, batch_plans: true }
+        LoadOptions { qdq_rewrite: true, batch_plans: true, int8_kernels: Int8Kernels::Native }
     }
 }
 
@@ -166,7 +169,7 @@ impl Model {
         let rewritten = options.qdq_rewrite.then(|| {
             contain(|| {
                 let mut copy = proto.clone();
-                let done = qdq::rewrite(&mut copy);
+                let done = qdq::rewrite_for(&mut copy, options.int8_kernels);
                 done.any().then_some((copy, done))
             })
             .unwrap_or_else(|message| {

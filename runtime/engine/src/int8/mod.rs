@@ -12,11 +12,15 @@
 //! create them.
 
 pub(crate) mod epilogue;
+// tract-linalg's kernels are an unsafe API; this module is the only `unsafe` in the engine.
+#[allow(unsafe_code)]
+pub(crate) mod gemm;
 pub(crate) mod kernel;
 pub(crate) mod lanes;
 pub(crate) mod op;
 pub(crate) mod pool;
 
+pub use op::Int8Kernels;
 pub(crate) use op::{FusedSpec, Layer, OP_TYPE};
 
 /// The private operator domain of the fused nodes.

@@ -9,8 +9,9 @@ use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
 use super::epilogue::{Epilogue, Output, Quant, Sink, Step, Writer};
-use super::kernel::{self, ConvGeometry, PackedConv, PackedLinear, Planes};
-use super::lanes::{Isa, pair};
+use super::gemm::Gemm;
+use super::kernel::{self, ConvGeometry, Emit, Features, PackedConv, PackedLinear, Planes};
+use super::lanes::{Isa, Lanes, Task, dispatch, pair};
 use super::pool::Pool;
 
 /// Everything the fused node needs besides its weights, as the QDQ pass found it in the graph.
@@ -28,6 +29,9 @@ pub(crate) struct FusedSpec {
     /// A max pool over the quantized conv output (conv layers with a quantized output only).
     #[serde(default)]
     pub pool: Option<Pool>,
+    /// The kernels the sums run on.
+    #[serde(default)]
+    pub kernels: Int8Kernels,
 }
 
 /// The matmul the node replaces.
@@ -152,16 +156,134 @@ impl Expansion for Fused {
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
         let x = model.outlet_fact(inputs[0])?.clone();
         let w = model.outlet_fact(inputs[1])?.konst.clone().context("weights are not a constant")?;
-        let layer = Int8Layer::new(&self.spec, &x, &w)?;
+        let layer = Int8Layer::new(&self.spec, &x, &w, self.spec.kernels)?;
         model.wire_node(prefix, layer, &inputs[..1])
     }
 }
 
-/// The packed weights of either kind.
+/// The packed weights of either kind, for either family of kernels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Packed {
-    Linear { weights: Arc<PackedLinear>, inputs: usize },
-    Conv { weights: Arc<PackedConv>, geometry: ConvGeometry },
+    Linear {
+        weights: Arc<PackedLinear>,
+        inputs: usize,
+    },
+    Conv {
+        weights: Arc<PackedConv>,
+        geometry: ConvGeometry,
+    },
+    /// tract-linalg's kernels ([`Gemm`]) for the product, Drover's epilogue after it; a conv
+    /// is lowered to a product by im2col.
+    Gemm {
+        gemm: Arc<Gemm>,
+        zero: Arc<ZeroPoints>,
+        conv: Option<ConvGeometry>,
+        isa: Isa,
+    },
+}
+
+/// Which kernels run an int8 layer's sums: a load option ([`crate::LoadOptions`]), so the
+/// two families can be measured against each other on the same file in the same run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Int8Kernels {
+    /// The faster family on this machine: [`Int8Kernels::Linalg`] on ARM (NEON), and on x86
+    /// whichever `docs/int8.md` measured faster.
+    #[default]
+    Native,
+    /// Drover's own lanes ([`kernel`]): AVX-512/AVX2 through pulp, plain Rust elsewhere.
+    Lanes,
+    /// tract-linalg's integer kernels ([`super::gemm`]): NEON (`smlal`/`sdot`) on aarch64,
+    /// NEON on armv7, AVX2/VNNI on x86.
+    Linalg,
+}
+
+impl Int8Kernels {
+    /// The concrete family `Native` stands for here.
+    pub(crate) fn resolve(self) -> Int8Kernels {
+        match self {
+            Int8Kernels::Native if cfg!(target_arch = "x86_64") => Int8Kernels::Lanes,
+            Int8Kernels::Native => Int8Kernels::Linalg,
+            other => other,
+        }
+    }
+}
+
+/// The zero points of a layer on tract-linalg's kernels, which multiply raw i8 values: both
+/// operands are shifted into i8 (uint8 − 128) and the zero points folded into corrections,
+/// `Σ (x' − x₀')(w' − w₀') = Σ x'w' + (K·x₀'·w₀' − x₀'·Σw') − w₀'·Σx'`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ZeroPoints {
+    /// The input's zero point, shifted like the input; also what padding is filled with.
+    input: i8,
+    /// Per feature: `w₀'`.
+    weights: Vec<i32>,
+    /// Per feature: `K·x₀'·w₀' − x₀'·Σw'`.
+    constant: Vec<i32>,
+    /// Whether any `w₀'` is non-zero, so that the inputs' column sums are needed.
+    column_sums: bool,
+}
+
+impl ZeroPoints {
+    /// Adds the corrections to `sums` (`features × columns` when `by_feature_rows`, else
+    /// `columns × features`); `b` is the `k × columns` operand the sums were made from.
+    fn correct(&self, sums: &mut [i32], b: &[i8], k: usize, columns: usize, by_feature_rows: bool) {
+        let features = self.weights.len();
+        let mut col = vec![0i32; columns];
+        if self.column_sums {
+            for row in b[..k * columns].chunks_exact(columns) {
+                for (s, v) in col.iter_mut().zip(row) {
+                    *s += i32::from(*v);
+                }
+            }
+        }
+        if by_feature_rows {
+            for ((line, c), w0) in sums.chunks_exact_mut(columns).zip(&self.constant).zip(&self.weights) {
+                for (v, s) in line.iter_mut().zip(&col) {
+                    *v = v.wrapping_add(c.wrapping_sub(w0.wrapping_mul(*s)));
+                }
+            }
+        } else {
+            for (line, s) in sums.chunks_exact_mut(features).zip(&col) {
+                for ((v, c), w0) in line.iter_mut().zip(&self.constant).zip(&self.weights) {
+                    *v = v.wrapping_add(c.wrapping_sub(w0.wrapping_mul(*s)));
+                }
+            }
+        }
+    }
+}
+
+/// Runs the epilogue over a matrix of exact sums: rows of features (a conv's planes) or rows
+/// of samples (a linear layer's outputs).
+struct EmitSums<'a, E> {
+    sums: &'a [i32],
+    columns: usize,
+    by_feature_rows: bool,
+    base: usize,
+    emit: &'a mut E,
+}
+
+impl<E: Emit> Task for EmitSums<'_, E> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Lanes>(self, simd: S) {
+        let mut tmp = [0i32; 16];
+        for (row, line) in self.sums.chunks_exact(self.columns).enumerate() {
+            let mut at = 0;
+            while at < self.columns {
+                let n = (self.columns - at).min(S::L);
+                let acc = if n == S::L {
+                    simd.load(&line[at..])
+                } else {
+                    tmp[..n].copy_from_slice(&line[at..at + n]);
+                    simd.load(&tmp)
+                };
+                let features = if self.by_feature_rows { Features::One(row) } else { Features::From(at) };
+                self.emit.emit(simd, features, self.base + row * self.columns + at, n, acc);
+                at += n;
+            }
+        }
+    }
 }
 
 /// The typed, runnable layer.
@@ -175,7 +297,7 @@ pub(crate) struct Int8Layer {
 impl Eq for Int8Layer {}
 
 impl Int8Layer {
-    fn new(spec: &FusedSpec, x: &TypedFact, w: &Tensor) -> TractResult<Int8Layer> {
+    fn new(spec: &FusedSpec, x: &TypedFact, w: &Tensor, kernels: Int8Kernels) -> TractResult<Int8Layer> {
         let w_shape: Vec<TDim> = w.shape().iter().map(|d| TDim::from(*d)).collect();
         let features = spec.features(&w_shape)?.to_usize()?;
         let per_feature = |n: usize, what: &str| {
@@ -193,7 +315,72 @@ impl Int8Layer {
         let zp: Vec<i32> = spec.weight_zero_points.clone();
         ensure!(zp.iter().all(|z| (-128..=255).contains(z)), "weight zero point out of range");
         let isa = Isa::detect();
+        // Weights shifted into i8 for tract-linalg's kernels, with their shifted zero points.
+        let shift = if w.datum_type() == DatumType::U8 { 128 } else { 0 };
         let packed = match spec.layer {
+            _ if kernels.resolve() == Int8Kernels::Linalg => {
+                let (k, a): (usize, Vec<i8>) = match spec.layer {
+                    Layer::Linear { transposed } => {
+                        ensure!(w.rank() == 2, "linear weights of rank {}", w.rank());
+                        let (k, stride) = (w.shape()[if transposed { 1 } else { 0 }], w.shape()[1]);
+                        let inputs = x.shape.last().context("rank 0 input")?.to_usize().ok();
+                        ensure!(inputs.is_none_or(|n| n == k), "input rows of {inputs:?} values for {k} weights");
+                        let a = (0..features * k)
+                            .map(|i| {
+                                let (o, kk) = (i / k, i % k);
+                                let (r, c) = if transposed { (o, kk) } else { (kk, o) };
+                                (weights[r * stride + c] - shift) as i8
+                            })
+                            .collect();
+                        (k, a)
+                    }
+                    Layer::Conv { .. } => {
+                        let x_shape: Vec<TDim> = x.shape.iter().cloned().collect();
+                        ensure!(
+                            x_shape.len() == 4 && w.rank() == 4,
+                            "conv of rank {} on weights of rank {}",
+                            x.rank(),
+                            w.rank()
+                        );
+                        let geometry = spec.geometry(&x_shape, &w_shape)?;
+                        ensure!(
+                            w.shape()[1] == geometry.channels && geometry.channels > 0,
+                            "one group of channels only"
+                        );
+                        spec.conv_output(&geometry)?;
+                        (
+                            geometry.channels * geometry.kernel[0] * geometry.kernel[1],
+                            weights.iter().map(|v| (v - shift) as i8).collect(),
+                        )
+                    }
+                };
+                // i32 sums of up to k products of ±255: |Σ| < 2³¹ needs k < 33,000.
+                ensure!((1..=32_768).contains(&k), "{k} inputs per feature: none, or the sums could overflow");
+                let x0 = spec.input.zero_point - if spec.input.signed { 0 } else { 128 };
+                let x0 = i8::try_from(x0)
+                    .map_err(|_| format_err!("input zero point {} out of range", spec.input.zero_point))?;
+                let w0: Vec<i32> = (0..features).map(|f| at(&zp, f) - i32::from(shift)).collect();
+                let constant = a
+                    .chunks_exact(k)
+                    .zip(&w0)
+                    .map(|(row, w0)| {
+                        let sum: i32 = row.iter().map(|v| i32::from(*v)).sum();
+                        (k as i32)
+                            .wrapping_mul(i32::from(x0))
+                            .wrapping_mul(*w0)
+                            .wrapping_sub(i32::from(x0).wrapping_mul(sum))
+                    })
+                    .collect();
+                let zero = ZeroPoints { input: x0, column_sums: w0.iter().any(|z| *z != 0), weights: w0, constant };
+                let conv = match spec.layer {
+                    Layer::Conv { .. } => {
+                        let x_shape: Vec<TDim> = x.shape.iter().cloned().collect();
+                        Some(spec.geometry(&x_shape, &w_shape)?)
+                    }
+                    Layer::Linear { .. } => None,
+                };
+                Packed::Gemm { gemm: Arc::new(Gemm::new(features, k, &a)?), zero: Arc::new(zero), conv, isa }
+            }
             Layer::Linear { transposed } => {
                 ensure!(w.rank() == 2, "linear weights of rank {}", w.rank());
                 let k = w.shape()[if transposed { 1 } else { 0 }];
@@ -247,6 +434,7 @@ impl Int8Layer {
             Output::F32 => DatumType::F32,
         };
         match &self.packed {
+            Packed::Gemm { .. } => bail!("a layer on tract-linalg's kernels runs through run_gemm"),
             Packed::Linear { weights, inputs } => {
                 let k = *inputs;
                 ensure!(shape.last() == Some(&k), "rows of {:?} values, the layer takes {k}", shape.last());
@@ -320,6 +508,160 @@ impl Int8Layer {
     }
 }
 
+impl Int8Layer {
+    /// The layer on tract-linalg's kernels; `shift` maps an input value into i8 as the weights'
+    /// zero points expect (uint8 − 128).
+    fn run_gemm<T: Datum + Copy>(&self, x: &[T], shape: &[usize], shift: impl Fn(T) -> i8) -> TractResult<Tensor> {
+        let Packed::Gemm { gemm, zero, conv, isa } = &self.packed else { bail!("not a tract-linalg layer") };
+        let features = self.epilogue.features();
+        let dt = match self.epilogue.output() {
+            Output::I8 => DatumType::I8,
+            Output::U8 => DatumType::U8,
+            Output::F32 => DatumType::F32,
+        };
+        let kp = gemm.k_padded();
+        match conv {
+            None => {
+                let k = *shape.last().context("rank 0 input")?;
+                let rows = if k == 0 { 0 } else { x.len() / k };
+                ensure!(
+                    k > 0 && kp >= k && zero.weights.len() == features,
+                    "rows of {k} values for a layer of {} inputs",
+                    kp
+                );
+                let mut out_shape = shape.to_vec();
+                if let Some(last) = out_shape.last_mut() {
+                    *last = features;
+                }
+                let mut out = Tensor::zero_dt(dt, &out_shape)?;
+                if rows == 0 {
+                    return Ok(out);
+                }
+                // The operand is the rows transposed: `k × rows`, zero past `k`.
+                let mut b = Tensor::zero::<i8>(&[kp, rows])?;
+                {
+                    let mut view = b.try_as_plain_ram_mut()?;
+                    let bs = view.as_slice_mut::<i8>()?;
+                    for (r, row) in x.chunks_exact(k).enumerate() {
+                        for (kk, v) in row.iter().enumerate() {
+                            bs[kk * rows + r] = shift(*v);
+                        }
+                    }
+                }
+                let mut sums = Tensor::zero::<i32>(&[rows, features])?;
+                gemm.run(&b, &mut sums, true)?;
+                let bview = b.try_as_plain_ram()?;
+                let mut sview = sums.try_as_plain_ram_mut()?;
+                let sums = sview.as_slice_mut::<i32>()?;
+                zero.correct(sums, bview.as_slice::<i8>()?, k, rows, false);
+                with_sink(&mut out, |sink| {
+                    let emit = &mut Writer { epilogue: &self.epilogue, sink };
+                    dispatch(*isa, EmitSums { sums, columns: features, by_feature_rows: false, base: 0, emit })
+                })?;
+                Ok(out)
+            }
+            Some(g) => {
+                ensure!(
+                    shape.len() == 4 && shape[1..] == [g.channels, g.height, g.width],
+                    "input {shape:?}, the layer takes [N, {}, {}, {}]",
+                    g.channels,
+                    g.height,
+                    g.width
+                );
+                let conv_out = g.output().context("the kernel does not fit the padded image")?;
+                let [oh, ow] = self.spec.conv_output(g)?;
+                let positions = conv_out[0] * conv_out[1];
+                let image = g.channels * g.height * g.width;
+                let k = g.channels * g.kernel[0] * g.kernel[1];
+                let mut out = Tensor::zero_dt(dt, &[shape[0], features, oh, ow])?;
+                let mut b = Tensor::zero::<i8>(&[kp, positions])?;
+                let mut sums = Tensor::zero::<i32>(&[features, positions])?;
+                let mut scratch = match self.spec.pool {
+                    Some(_) => Some(Tensor::zero_dt(dt, &[features, conv_out[0], conv_out[1]])?),
+                    None => None,
+                };
+                for (n, img) in x.chunks_exact(image).enumerate() {
+                    im2col(g, conv_out, img, &shift, zero.input, b.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?);
+                    gemm.run(&b, &mut sums, false)?;
+                    let bview = b.try_as_plain_ram()?;
+                    let mut sview = sums.try_as_plain_ram_mut()?;
+                    let sums = sview.as_slice_mut::<i32>()?;
+                    zero.correct(sums, bview.as_slice::<i8>()?, k, positions, true);
+                    let emit_into = |t: &mut Tensor, base: usize| {
+                        with_sink(t, |sink| {
+                            let emit = &mut Writer { epilogue: &self.epilogue, sink };
+                            dispatch(
+                                *isa,
+                                EmitSums { sums: &*sums, columns: positions, by_feature_rows: true, base, emit },
+                            )
+                        })
+                    };
+                    let at = n * features * oh * ow..(n + 1) * features * oh * ow;
+                    match (&self.spec.pool, scratch.as_mut()) {
+                        (Some(pool), Some(scratch)) => {
+                            emit_into(scratch, 0)?;
+                            let src = scratch.try_as_plain_ram()?;
+                            let mut view = out.try_as_plain_ram_mut()?;
+                            match dt {
+                                DatumType::I8 => pool.run(
+                                    src.as_slice::<i8>()?,
+                                    features,
+                                    conv_out,
+                                    &mut view.as_slice_mut::<i8>()?[at],
+                                ),
+                                _ => pool.run(
+                                    src.as_slice::<u8>()?,
+                                    features,
+                                    conv_out,
+                                    &mut view.as_slice_mut::<u8>()?[at],
+                                ),
+                            }
+                        }
+                        _ => emit_into(&mut out, at.start)?,
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Lays one image out as the conv's product operand: row `(c, ky, kx)` holds that tap for every
+/// output position; taps in the padding read the input's zero point (a centered 0).
+fn im2col<T: Copy>(g: &ConvGeometry, [oh, ow]: [usize; 2], img: &[T], shift: &impl Fn(T) -> i8, pad: i8, b: &mut [i8]) {
+    let [kh, kw] = g.kernel;
+    let (h, w) = (g.height as isize, g.width as isize);
+    let positions = oh * ow;
+    for c in 0..g.channels {
+        let plane = &img[c * g.height * g.width..][..g.height * g.width];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = &mut b[((c * kh + ky) * kw + kx) * positions..][..positions];
+                for oy in 0..oh {
+                    let iy = (oy * g.strides[0] + ky * g.dilations[0]) as isize - g.pads[0] as isize;
+                    let line = &mut row[oy * ow..][..ow];
+                    if iy < 0 || iy >= h {
+                        line.fill(pad);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.width..][..g.width];
+                    let x0 = (kx * g.dilations[1]) as isize - g.pads[1] as isize;
+                    if g.strides[1] == 1 && x0 >= 0 && x0 + ow as isize <= w {
+                        for (d, v) in line.iter_mut().zip(&src[x0 as usize..]) {
+                            *d = shift(*v);
+                        }
+                        continue;
+                    }
+                    for (ox, d) in line.iter_mut().enumerate() {
+                        let ix = x0 + (ox * g.strides[1]) as isize;
+                        *d = if ix < 0 || ix >= w { pad } else { shift(src[ix as usize]) };
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Runs `write` on the tensor's storage as a [`Sink`] of its type.
 fn with_sink(t: &mut Tensor, write: impl FnOnce(Sink<'_>)) -> TractResult<()> {
     let dt = t.datum_type();
@@ -337,13 +679,17 @@ fn with_sink(t: &mut Tensor, write: impl FnOnce(Sink<'_>)) -> TractResult<()> {
 impl Op for Int8Layer {
     fn name(&self) -> StaticName {
         match self.packed {
-            Packed::Linear { .. } => "Int8Linear".into(),
-            Packed::Conv { .. } => "Int8Conv".into(),
+            Packed::Linear { .. } | Packed::Gemm { conv: None, .. } => "Int8Linear".into(),
+            Packed::Conv { .. } | Packed::Gemm { conv: Some(_), .. } => "Int8Conv".into(),
         }
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("{:?}, {} steps after the sums", self.spec.layer, self.spec.steps.len())])
+        let kernels = match &self.packed {
+            Packed::Gemm { gemm, .. } => format!("{gemm:?}"),
+            _ => "Drover's lanes".to_string(),
+        };
+        Ok(vec![format!("{:?}, {} steps after the sums, on {kernels}", self.spec.layer, self.spec.steps.len())])
     }
 
     op_as_typed_op!();
@@ -357,10 +703,14 @@ impl EvalOp for Int8Layer {
         let shape = x.shape().to_vec();
         let plain = x.try_as_plain_ram()?;
         let zp = self.spec.input.zero_point as i16;
-        let out = match x.datum_type() {
-            DatumType::I8 => self.run(plain.as_slice::<i8>()?, &shape, |v| v as i16 - zp)?,
-            DatumType::U8 => self.run(plain.as_slice::<u8>()?, &shape, |v| v as i16 - zp)?,
-            dt => bail!("input of type {dt:?}"),
+        let out = match (x.datum_type(), &self.packed) {
+            (DatumType::I8, Packed::Gemm { .. }) => self.run_gemm(plain.as_slice::<i8>()?, &shape, |v| v)?,
+            (DatumType::U8, Packed::Gemm { .. }) => {
+                self.run_gemm(plain.as_slice::<u8>()?, &shape, |v| (v ^ 0x80) as i8)?
+            }
+            (DatumType::I8, _) => self.run(plain.as_slice::<i8>()?, &shape, |v| v as i16 - zp)?,
+            (DatumType::U8, _) => self.run(plain.as_slice::<u8>()?, &shape, |v| v as i16 - zp)?,
+            (dt, _) => bail!("input of type {dt:?}"),
         };
         Ok(tvec!(out.into_tvalue()))
     }
@@ -373,17 +723,130 @@ impl TypedOp for Int8Layer {
         let x: Vec<TDim> = inputs[0].shape.iter().cloned().collect();
         let features = TDim::from(self.epilogue.features());
         let shape: TVec<TDim> = match &self.packed {
-            Packed::Linear { .. } => {
+            Packed::Linear { .. } | Packed::Gemm { conv: None, .. } => {
                 let mut s: TVec<TDim> = x.iter().cloned().collect();
                 *s.last_mut().context("rank 0 input")? = features;
                 s
             }
-            Packed::Conv { geometry, .. } => {
+            Packed::Conv { geometry, .. } | Packed::Gemm { conv: Some(geometry), .. } => {
                 let [oh, ow] = self.spec.conv_output(geometry)?;
                 ensure!(x.len() == 4, "conv input of rank {}", x.len());
                 tvec!(x[0].clone(), features, oh.into(), ow.into())
             }
         };
         Ok(tvec!(self.spec.output().fact(shape)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random bytes.
+    fn bytes(n: usize, seed: u32) -> Vec<u8> {
+        let mut s = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s >> 8) as u8
+            })
+            .collect()
+    }
+
+    fn tensor(dt: DatumType, shape: &[usize], seed: u32) -> Tensor {
+        let b = bytes(shape.iter().product(), seed);
+        match dt {
+            DatumType::I8 => Tensor::from_shape(shape, &b.iter().map(|v| *v as i8).collect::<Vec<_>>()),
+            _ => Tensor::from_shape(shape, &b),
+        }
+        .expect("tensor")
+    }
+
+    fn quant(signed: bool, zero_point: i32, scale: f32) -> Quant {
+        Quant { scale, zero_point, signed }
+    }
+
+    /// The same layer on both kernel families gives the same bytes.
+    fn same_on_both(spec: &FusedSpec, x: &Tensor, w: &Tensor) {
+        let fact = TypedFact::dt_shape(x.datum_type(), x.shape());
+        let run = |backend| {
+            let layer = Int8Layer::new(spec, &fact, w, backend).expect("layer");
+            let out = layer.eval(&EvalContext::out_of_plan(), tvec!(x.clone().into_tvalue())).expect("eval");
+            out[0].clone().into_tensor()
+        };
+        let (lanes, linalg) = (run(Int8Kernels::Lanes), run(Int8Kernels::Linalg));
+        assert_eq!(lanes, linalg, "{spec:?} on {:?}", x.shape());
+    }
+
+    fn steps(features: usize, out_signed: bool, seed: u32) -> Vec<Step> {
+        let bias = bytes(features, seed).iter().map(|v| (*v as f32 - 128.0) * 0.37).collect();
+        vec![Step::Bias(bias), Step::Quantize(quant(out_signed, if out_signed { -7 } else { 131 }, 0.9))]
+    }
+
+    /// Convolutions of every geometry the QDQ pass hands over (pads, strides, dilations, a
+    /// pool after), on uint8 and int8 inputs and weights, per-tensor and per-channel zero
+    /// points, equal bytes on Drover's lanes and on tract-linalg's kernels.
+    #[test]
+    fn conv_layers_agree_across_kernel_families() {
+        let geometries = [
+            ([0, 0, 0, 0], [1, 1], [1, 1], [1, 1], None),
+            ([1, 1, 1, 1], [1, 1], [1, 1], [3, 3], None),
+            ([1, 0, 2, 1], [2, 2], [1, 1], [3, 3], None),
+            ([2, 2, 2, 2], [1, 2], [2, 2], [3, 2], None),
+            ([1, 1, 1, 1], [1, 1], [1, 1], [3, 3], Some(Pool { kernel: [2, 2], strides: [2, 2], dilations: [1, 1] })),
+        ];
+        for (i, (pads, strides, dilations, [kh, kw], pool)) in geometries.into_iter().enumerate() {
+            for (x_signed, w_signed, per_channel) in
+                [(false, true, true), (true, true, false), (false, false, false), (true, false, true)]
+            {
+                let (c, o) = (5, 11);
+                let seed = i as u32 * 8 + u32::from(x_signed) * 4 + u32::from(w_signed) * 2;
+                let x = tensor(if x_signed { DatumType::I8 } else { DatumType::U8 }, &[2, c, 9, 8], seed);
+                let w = tensor(if w_signed { DatumType::I8 } else { DatumType::U8 }, &[o, c, kh, kw], seed + 1);
+                let zp = |f: i32| if w_signed { (f * 3) % 5 - 2 } else { 120 + f };
+                let spec = FusedSpec {
+                    layer: Layer::Conv { pads, strides, dilations },
+                    input: quant(x_signed, if x_signed { 3 } else { 140 }, 0.02),
+                    weight_zero_points: if per_channel { (0..o as i32).map(zp).collect() } else { vec![zp(1)] },
+                    weight_scales: if per_channel {
+                        (0..o).map(|f| 0.01 + f as f32 * 1e-3).collect()
+                    } else {
+                        vec![0.013]
+                    },
+                    steps: steps(o, !x_signed, seed),
+                    pool,
+                    kernels: Int8Kernels::Native,
+                };
+                same_on_both(&spec, &x, &w);
+            }
+        }
+    }
+
+    /// MatMul and Gemm layers on one row and on several, both weight layouts, equal bytes on
+    /// both kernel families; a float output (no quantize step) too.
+    #[test]
+    fn linear_layers_agree_across_kernel_families() {
+        for (rows, k, o) in [(1, 7, 3), (1, 64, 10), (5, 33, 17), (16, 100, 40)] {
+            for (transposed, x_signed, w_signed) in [(true, false, true), (false, true, false), (true, true, true)] {
+                let seed = (rows * 100 + k) as u32;
+                let x = tensor(if x_signed { DatumType::I8 } else { DatumType::U8 }, &[rows, k], seed);
+                let w_shape = if transposed { [o, k] } else { [k, o] };
+                let w = tensor(if w_signed { DatumType::I8 } else { DatumType::U8 }, &w_shape, seed + 1);
+                let mut spec = FusedSpec {
+                    layer: Layer::Linear { transposed },
+                    input: quant(x_signed, if x_signed { -5 } else { 128 }, 0.05),
+                    weight_zero_points: vec![if w_signed { 0 } else { 127 }],
+                    weight_scales: vec![0.004],
+                    steps: steps(o, x_signed, seed),
+                    pool: None,
+                    kernels: Int8Kernels::Native,
+                };
+                same_on_both(&spec, &x, &w);
+                spec.steps.truncate(1);
+                same_on_both(&spec, &x, &w);
+            }
+        }
     }
 }

@@ -15,12 +15,12 @@ use super::graph::{consumers, is_graph_output};
 use super::params::{self, INT8, QuantParams, UINT8};
 use crate::int8::epilogue::{Quant, Step};
 use crate::int8::pool::Pool;
-use crate::int8::{DOMAIN, FusedSpec, Layer, OP_TYPE};
+use crate::int8::{DOMAIN, FusedSpec, Int8Kernels, Layer, OP_TYPE};
 
 /// Replaces every layer it can; returns how many.
-pub(super) fn fuse_layers(graph: &mut GraphProto) -> usize {
+pub(super) fn fuse_layers(graph: &mut GraphProto, kernels: Int8Kernels) -> usize {
     let mut done = 0;
-    while let Some(plan) = find(graph) {
+    while let Some(plan) = find(graph, kernels) {
         apply(graph, plan);
         done += 1;
     }
@@ -47,7 +47,7 @@ fn apply(graph: &mut GraphProto, mut plan: Plan) {
     }
 }
 
-fn find(graph: &GraphProto) -> Option<Plan> {
+fn find(graph: &GraphProto, kernels: Int8Kernels) -> Option<Plan> {
     let users = consumers(graph);
     let producer = |name: &str| graph.node.iter().position(|n| n.output.iter().any(|o| o == name));
     let only_reader = |name: &str| match users.get(name).map(Vec::as_slice) {
@@ -130,8 +130,15 @@ fn find(graph: &GraphProto) -> Option<Plan> {
             absorbed.push(dq_at);
             output = dq.output[0].clone();
         }
-        let spec =
-            FusedSpec { layer, input: quant(&px), weight_zero_points: w_zps, weight_scales: w_scales, steps, pool };
+        let spec = FusedSpec {
+            layer,
+            input: quant(&px),
+            weight_zero_points: w_zps,
+            weight_scales: w_scales,
+            steps,
+            pool,
+            kernels,
+        };
         let Ok(json) = serde_json::to_vec(&spec) else { continue };
         let fused = NodeProto {
             name: node.name.clone(),
@@ -439,7 +446,7 @@ mod tests {
     #[test]
     fn matmul_between_q_and_dq_becomes_one_layer_with_float_output() {
         let mut g = matmul_graph();
-        assert_eq!(fuse_layers(&mut g), 1);
+        assert_eq!(fuse_layers(&mut g, Int8Kernels::Native), 1);
         assert_eq!(ops(&g), ["QuantizeLinear", OP_TYPE]);
         let fused = &g.node[1];
         assert_eq!(
@@ -474,7 +481,7 @@ mod tests {
     #[test]
     fn an_int8_max_pool_after_a_conv_joins_the_layer() {
         let mut g = conv_pool_graph(vec![ints_attribute("kernel_shape", &[2, 2]), ints_attribute("strides", &[2, 2])]);
-        assert_eq!(fuse_layers(&mut g), 1);
+        assert_eq!(fuse_layers(&mut g, Int8Kernels::Native), 1);
         assert_eq!(ops(&g), [OP_TYPE, "DequantizeLinear"]);
         assert_eq!(g.node[0].output, ["pq"]);
         let spec: FusedSpec = serde_json::from_slice(&g.node[0].attribute[0].s).expect("spec");
@@ -485,7 +492,7 @@ mod tests {
             AttributeProto { name: "ceil_mode".into(), i: 1, r#type: 2, ..Default::default() },
         ] {
             let mut g = conv_pool_graph(vec![ints_attribute("kernel_shape", &[2, 2]), odd]);
-            assert_eq!(fuse_layers(&mut g), 1);
+            assert_eq!(fuse_layers(&mut g, Int8Kernels::Native), 1);
             assert_eq!(ops(&g), [OP_TYPE, "MaxPool", "DequantizeLinear"]);
         }
     }
@@ -495,16 +502,16 @@ mod tests {
         // A weight that is not a constant.
         let mut g = matmul_graph();
         g.initializer.retain(|t| t.name != "w");
-        assert_eq!(fuse_layers(&mut g), 0);
+        assert_eq!(fuse_layers(&mut g, Int8Kernels::Native), 0);
         // The matmul's float result also read elsewhere.
         let mut g = matmul_graph();
         g.node.push(node("Relu", &["m"], &["other"]));
-        assert_eq!(fuse_layers(&mut g), 0);
+        assert_eq!(fuse_layers(&mut g, Int8Kernels::Native), 0);
         // A Gemm with alpha ≠ 1.
         let mut g = matmul_graph();
         g.node[3].op_type = "Gemm".into();
         g.node[3].attribute.push(AttributeProto { name: "alpha".into(), f: 2.0, r#type: 1, ..Default::default() });
-        assert_eq!(fuse_layers(&mut g), 0);
+        assert_eq!(fuse_layers(&mut g, Int8Kernels::Native), 0);
         // A grouped conv.
         let mut conv = node("Conv", &["xd", "wd"], &["m"]);
         conv.attribute.push(AttributeProto { name: "group".into(), i: 2, r#type: 2, ..Default::default() });

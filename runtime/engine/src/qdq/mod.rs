@@ -30,6 +30,8 @@ mod test_graph;
 use serde::Serialize;
 use tract_onnx::pb::ModelProto;
 
+use crate::Int8Kernels;
+
 /// What the QDQ rewrite changed in one model, for logs and `inspect`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct QdqRewrites {
@@ -52,12 +54,17 @@ impl QdqRewrites {
 
 /// Rewrites the main graph of `model` in place. Models without QuantizeLinear are untouched.
 pub fn rewrite(model: &mut ModelProto) -> QdqRewrites {
+    rewrite_for(model, Int8Kernels::Native)
+}
+
+/// [`rewrite`], with the integer layers on the given kernels.
+pub fn rewrite_for(model: &mut ModelProto, kernels: Int8Kernels) -> QdqRewrites {
     let Some(graph) = model.graph.as_mut() else { return QdqRewrites::default() };
     if !graph.node.iter().any(|n| n.op_type == "QuantizeLinear" && n.domain.is_empty()) {
         return QdqRewrites::default();
     }
     let integer_ops = movement::run_on_integers(graph);
-    let int8_layers = fuse::fuse_layers(graph);
+    let int8_layers = fuse::fuse_layers(graph, kernels);
     let chains = chain::rewrite_quantize(graph);
     let done = QdqRewrites {
         integer_ops,
