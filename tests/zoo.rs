@@ -19,12 +19,20 @@ use drover_tests::zoo::{generated as zoo, model_names as manifest_models, repo, 
 use serde_json::Value;
 
 /// The 224x224 networks every board run keeps: one per exporter (TorchScript fp32, dynamo fp32
-/// with external data and HardSwish) and the detector. The int8 MobileNetV2s run on Drover's
-/// integer layers, which the test profile leaves unoptimised (opt-level 0): under qemu each took
-/// ~12 minutes per board (2026-12-07), so on the boards the integer layers are checked on the
-/// zoo's small int8 CNNs (the same kernels, every QDQ and QOperator form) and the committed
-/// fixtures; `DROVER_ZOO_QEMU=all` runs the big ones too.
-const BIG_ON_BOARDS: [&str; 3] = ["tv_mobilenet_v2_ts", "tv_mobilenet_v3_small_dynamo", "tv_ssdlite320_ts"];
+/// with external data and HardSwish), the detector, and the width-0.35 MobileNetV2 in fp32 and
+/// int8 (per-tensor and per-channel QDQ, uint8 weights, QOperator): the boards' own integer
+/// kernels (tract-linalg's NEON) on a real network. The full-width int8 MobileNetV2s are left to
+/// `DROVER_ZOO_QEMU=all`: the same layers, 6x the work.
+const BIG_ON_BOARDS: [&str; 8] = [
+    "tv_mobilenet_v2_ts",
+    "tv_mobilenet_v3_small_dynamo",
+    "tv_ssdlite320_ts",
+    "tv_mobilenet_v2_035_ts",
+    "q_tv_mobilenet_v2_035_qdq_u8s8_pt",
+    "q_tv_mobilenet_v2_035_qdq_s8s8_pc",
+    "q_tv_mobilenet_v2_035_qdq_u8u8_pt",
+    "q_tv_mobilenet_v2_035_qop",
+];
 
 /// The models a board run (under qemu) checks: every model but the 224x224 networks outside
 /// [`BIG_ON_BOARDS`], as a 224x224 network takes 10-60 s per run under qemu with the test

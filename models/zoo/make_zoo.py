@@ -54,7 +54,7 @@ import onnxruntime as ort  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-SCRIPT_VERSION = 3
+SCRIPT_VERSION = 4
 
 # Samples per model: small models get 8, 224x224 image models 2, the detector 1.
 N_SMALL = 8
@@ -627,6 +627,26 @@ def add_torch(zoo: Zoo, v: dict[str, str]) -> None:
                 notes=["random weights (torch.manual_seed), BatchNorm statistics randomized (seeded)", "example input for export: batch 2"],
             )
 
+    # MobileNetV2 at width 0.35 (the narrow MobileNetV2 edge users deploy), TorchScript exporter:
+    # the MobileNetV2-class network of the ARM instruction counts (issue 35), small enough to run
+    # under qemu on every board run, quantized below like the full-width one.
+    def make_035(d: Path) -> tuple[Path, np.ndarray]:
+        torch.manual_seed(160)
+        model = torchvision.models.mobilenet_v2(weights=None, width_mult=0.35).eval()
+        randomize_bn(model, 260)
+        ex = torch.from_numpy(np.random.default_rng(360).standard_normal((2, 3, 224, 224), dtype=np.float32))
+        p = d / "mobilenet_v2_035.onnx"
+        export_torch(model, ex, p, False)
+        x = np.random.default_rng(460).standard_normal((N_IMAGE, 3, 224, 224), dtype=np.float32)
+        return p, x
+
+    zoo.build(
+        "tv_mobilenet_v2_035_ts",
+        {"tool": exporters[0][2], "versions": tv_versions, "call": "torchvision.models.mobilenet_v2(weights=None, width_mult=0.35); " + TS_CALL},
+        "cnn", "fp32", make_035,
+        notes=["random weights (torch.manual_seed), BatchNorm statistics randomized (seeded)", "example input for export: batch 2"],
+    )
+
     # The detector: torchvision's SSDlite, random weights, TorchScript exporter, fixed 1x3x320x320.
     # With raw random weights its features saturate, every class score ties to float precision
     # (0.0145028 three hundred times) and which of the tied boxes NMS keeps is arbitrary:
@@ -748,7 +768,7 @@ def add_quantized(zoo: Zoo, v: dict[str, str]) -> None:
             self.i = 0
 
     qv = {"onnxruntime": v.get("onnxruntime"), "onnx": v.get("onnx")}
-    sources = [("tv_mobilenet_v2_ts", (3, 224, 224), N_CALIB_IMAGE, N_IMAGE), ("kws_cnn_ts", (1, 49, 10), N_CALIB_SMALL, N_SMALL), ("sensor_cnn1d_ts", (3, 128), N_CALIB_SMALL, N_SMALL)]
+    sources = [("tv_mobilenet_v2_ts", (3, 224, 224), N_CALIB_IMAGE, N_IMAGE), ("tv_mobilenet_v2_035_ts", (3, 224, 224), N_CALIB_IMAGE, N_IMAGE), ("kws_cnn_ts", (1, 49, 10), N_CALIB_SMALL, N_SMALL), ("sensor_cnn1d_ts", (3, 128), N_CALIB_SMALL, N_SMALL)]
     combos = [
         ("qdq_u8s8_pt", QuantType.QUInt8, QuantType.QInt8, False),
         ("qdq_u8s8_pc", QuantType.QUInt8, QuantType.QInt8, True),

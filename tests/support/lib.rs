@@ -13,6 +13,8 @@ pub mod cli;
 pub mod disk;
 #[cfg(feature = "mqtt")]
 pub mod fleet;
+#[cfg(unix)]
+pub mod icount;
 pub mod manifest;
 #[cfg(feature = "mqtt")]
 pub mod observer;

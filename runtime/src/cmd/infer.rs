@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use crate::engine::{LoadError, Model, RunError, Signature};
+use crate::engine::{Int8Kernels, LoadError, LoadOptions, Model, RunError, Signature};
 use crate::samples::{Sample, SampleError, SampleFile};
 use crate::tensor::Tensor;
 
@@ -29,6 +29,10 @@ pub struct InferArgs {
     /// Samples per run; more than 1 needs a model with a symbolic batch axis.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// The kernels of the int8 layers: `native` (this machine's faster family), or `lanes` /
+    /// `linalg` to compare Drover's own with tract-linalg's (docs/int8.md).
+    #[arg(long, default_value = "native")]
+    pub int8_kernels: Int8Kernels,
 }
 
 /// What a completed run did, for the summary line and for tests.
@@ -97,7 +101,9 @@ pub enum InferError {
 /// batch (and the total up front, when known).
 pub fn infer(args: &InferArgs, progress: &mut dyn FnMut(Progress)) -> Result<InferSummary, InferError> {
     let start = Instant::now();
-    let mut model = Model::load(&args.model).map_err(|error| InferError::Load { path: args.model.clone(), error })?;
+    let options = LoadOptions { int8_kernels: args.int8_kernels, ..LoadOptions::default() };
+    let mut model =
+        Model::load_with(&args.model, options).map_err(|error| InferError::Load { path: args.model.clone(), error })?;
     let load = start.elapsed();
     check_batch(args.batch, model.signature())?;
     let mut samples = SampleFile::open(&args.input, model.signature())?;

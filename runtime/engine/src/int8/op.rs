@@ -197,6 +197,19 @@ pub enum Int8Kernels {
     Linalg,
 }
 
+impl std::str::FromStr for Int8Kernels {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Int8Kernels, String> {
+        match s {
+            "native" => Ok(Int8Kernels::Native),
+            "lanes" => Ok(Int8Kernels::Lanes),
+            "linalg" => Ok(Int8Kernels::Linalg),
+            other => Err(format!("{other:?}: the int8 kernels are native, lanes or linalg")),
+        }
+    }
+}
+
 impl Int8Kernels {
     /// The concrete family `Native` stands for here.
     pub(crate) fn resolve(self) -> Int8Kernels {
@@ -523,7 +536,7 @@ impl Int8Layer {
         match conv {
             None => {
                 let k = *shape.last().context("rank 0 input")?;
-                let rows = if k == 0 { 0 } else { x.len() / k };
+                let rows = x.len().checked_div(k).unwrap_or(0);
                 ensure!(
                     k > 0 && kp >= k && zero.weights.len() == features,
                     "rows of {k} values for a layer of {} inputs",
