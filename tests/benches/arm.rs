@@ -10,7 +10,8 @@
 //! its `in_asm,exec,nochain` log streamed through a FIFO; the difference over 2 is the count per
 //! inference, start-up and model load cancelled. Machines: aarch64 as a Cortex-A72 (Raspberry Pi 4:
 //! NEON without the dot product) and a Cortex-A76 (Pi 5: with `sdot`), armv7 as qemu's default
-//! 32-bit core with NEON (32-bit Pi OS). An instruction count is not a time: see the module.
+//! 32-bit core with NEON (32-bit Pi OS; tract is told it has NEON, as a Pi's /proc/cpuinfo would,
+//! since qemu-user shows the host's). An instruction count is not a time: see the module.
 //! `DROVER_BENCH_ONLY=a,b` keeps models whose name contains one of the parts.
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ struct Machine {
     triple: &'static str,
     qemu: &'static str,
     args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
 }
 
 const MACHINES: [Machine; 3] = [
@@ -35,18 +37,23 @@ const MACHINES: [Machine; 3] = [
         triple: "aarch64-unknown-linux-musl",
         qemu: "qemu-aarch64-static",
         args: &["-cpu", "cortex-a72"],
+        env: &[],
     },
     Machine {
         name: "aarch64 A76",
         triple: "aarch64-unknown-linux-musl",
         qemu: "qemu-aarch64-static",
         args: &["-cpu", "cortex-a76"],
+        env: &[],
     },
     Machine {
         name: "armv7",
         triple: "armv7-unknown-linux-gnueabihf",
         qemu: "qemu-arm-static",
         args: &["-L", "/usr/arm-linux-gnueabihf"],
+        // tract reads NEON from /proc/cpuinfo, which qemu-user shows as the x86 host's; a Pi's says
+        // neon (see .cargo/config.toml).
+        env: &[("TRACT_CPU_ARM32_NEON", "true")],
     },
 ];
 
@@ -115,7 +122,7 @@ fn main() {
                         "--int8-kernels",
                         kernels,
                     ];
-                    icount::count(machine.qemu, machine.args, &agent, &args)
+                    icount::count(machine.qemu, machine.args, machine.env, &agent, &args)
                 };
                 let (one, many) = (run(&short)?, run(&long)?);
                 Ok((many.instructions as f64 - one.instructions as f64) / (LONG - 1) as f64)

@@ -26,9 +26,16 @@ pub struct Count {
     pub blocks: u64,
 }
 
-/// Runs `program args…` under `qemu` (`qemu_args` before the program: `-cpu`, `-L`) and counts
-/// the instructions it executes. Fails when the program does not exit successfully.
-pub fn count(qemu: &str, qemu_args: &[&str], program: &Path, args: &[&str]) -> Result<Count, String> {
+/// Runs `program args…` under `qemu` (`qemu_args` before the program: `-cpu`, `-L`; `env` set
+/// for it) and counts the instructions it executes. Fails when the program does not exit
+/// successfully.
+pub fn count(
+    qemu: &str,
+    qemu_args: &[&str],
+    env: &[(&str, &str)],
+    program: &Path,
+    args: &[&str],
+) -> Result<Count, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let fifo = dir.path().join("log");
     let made = Command::new("mkfifo").arg(&fifo).status().map_err(|e| format!("mkfifo: {e}"))?;
@@ -41,6 +48,7 @@ pub fn count(qemu: &str, qemu_args: &[&str], program: &Path, args: &[&str]) -> R
     let err = std::fs::File::create(&err_path).map_err(|e| format!("{}: {e}", err_path.display()))?;
     let child = Command::new(qemu)
         .args(qemu_args)
+        .envs(env.iter().copied())
         .args(["-d", "in_asm,exec,nochain", "-D"])
         .arg(&fifo)
         .arg(program)

@@ -659,10 +659,16 @@ fn im2col<T: Copy>(g: &ConvGeometry, [oh, ow]: [usize; 2], img: &[T], shift: &im
                     }
                     let src = &plane[iy as usize * g.width..][..g.width];
                     let x0 = (kx * g.dilations[1]) as isize - g.pads[1] as isize;
-                    if g.strides[1] == 1 && x0 >= 0 && x0 + ow as isize <= w {
-                        for (d, v) in line.iter_mut().zip(&src[x0 as usize..]) {
+                    if g.strides[1] == 1 {
+                        // Stride 1: padding on the left, a run of the input row, padding on the right.
+                        let lo = (-x0).clamp(0, ow as isize) as usize;
+                        let hi = (w - x0).clamp(lo as isize, ow as isize) as usize;
+                        line[..lo].fill(pad);
+                        let start = (x0 + lo as isize) as usize;
+                        for (d, v) in line[lo..hi].iter_mut().zip(&src[start..]) {
                             *d = shift(*v);
                         }
+                        line[hi..].fill(pad);
                         continue;
                     }
                     for (ox, d) in line.iter_mut().enumerate() {
