@@ -12,7 +12,8 @@
 //! NEON without the dot product) and a Cortex-A76 (Pi 5: with `sdot`), armv7 as qemu's default
 //! 32-bit core with NEON (32-bit Pi OS; tract is told it has NEON, as a Pi's /proc/cpuinfo would,
 //! since qemu-user shows the host's). An instruction count is not a time: see the module.
-//! `DROVER_BENCH_ONLY=a,b` keeps models whose name contains one of the parts.
+//! `DROVER_BENCH_ONLY=a,b` keeps models whose name contains one of the parts;
+//! `DROVER_BENCH_MACHINES=a,b` keeps machines whose name does (`A72`, `A76`, `armv7`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -93,6 +94,8 @@ fn main() {
         eprintln!("no zoo: the MobileNetV2 rows are left out");
     }
     pairs.retain(|p| only.is_empty() || only.iter().any(|o| p.name.contains(o.as_str())));
+    let machines: Vec<String> =
+        std::env::var("DROVER_BENCH_MACHINES").map(|v| v.split(',').map(str::to_string).collect()).unwrap_or_default();
     let work = tempfile::tempdir().expect("tempdir");
 
     println!("ARM instructions per inference (qemu-user, release drover-agent infer, {LONG} samples minus 1)");
@@ -102,7 +105,9 @@ fn main() {
         "{:<12} {:<28} {:>12} {:>13} {:>13} {:>11} {:>12}",
         "machine", "model", "fp32", "int8 lanes", "int8 linalg", "int8/fp32", "lanes/linalg"
     );
-    for machine in &MACHINES {
+    for machine in
+        MACHINES.iter().filter(|m| machines.is_empty() || machines.iter().any(|n| m.name.contains(n.as_str())))
+    {
         let agent = agent(machine.triple);
         for pair in &pairs {
             let short = work.path().join(format!("{}-1.npy", file_stem(&pair.input)));
