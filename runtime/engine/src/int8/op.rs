@@ -348,19 +348,7 @@ impl Int8Layer {
                         (k, a)
                     }
                     Layer::Conv { .. } => {
-                        let x_shape: Vec<TDim> = x.shape.iter().cloned().collect();
-                        ensure!(
-                            x_shape.len() == 4 && w.rank() == 4,
-                            "conv of rank {} on weights of rank {}",
-                            x.rank(),
-                            w.rank()
-                        );
-                        let geometry = spec.geometry(&x_shape, &w_shape)?;
-                        ensure!(
-                            w.shape()[1] == geometry.channels && geometry.channels > 0,
-                            "one group of channels only"
-                        );
-                        spec.conv_output(&geometry)?;
+                        let geometry = conv_geometry(spec, x, w, &w_shape)?;
                         (
                             geometry.channels * geometry.kernel[0] * geometry.kernel[1],
                             weights.iter().map(|v| (v - shift) as i8).collect(),
@@ -386,10 +374,7 @@ impl Int8Layer {
                     .collect();
                 let zero = ZeroPoints { input: x0, column_sums: w0.iter().any(|z| *z != 0), weights: w0, constant };
                 let conv = match spec.layer {
-                    Layer::Conv { .. } => {
-                        let x_shape: Vec<TDim> = x.shape.iter().cloned().collect();
-                        Some(spec.geometry(&x_shape, &w_shape)?)
-                    }
+                    Layer::Conv { .. } => Some(conv_geometry(spec, x, w, &w_shape)?),
                     Layer::Linear { .. } => None,
                 };
                 Packed::Gemm { gemm: Arc::new(Gemm::new(features, k, &a)?), zero: Arc::new(zero), conv, isa }
@@ -409,18 +394,9 @@ impl Int8Layer {
                 Packed::Linear { weights: Arc::new(PackedLinear::new(isa, features, k, centered)), inputs: k }
             }
             Layer::Conv { .. } => {
-                let x_shape: Vec<TDim> = x.shape.iter().cloned().collect();
-                ensure!(
-                    x_shape.len() == 4 && w.rank() == 4,
-                    "conv of rank {} on weights of rank {}",
-                    x.rank(),
-                    w.rank()
-                );
-                let geometry = spec.geometry(&x_shape, &w_shape)?;
-                ensure!(w.shape()[1] == geometry.channels && geometry.channels > 0, "one group of channels only");
+                let geometry = conv_geometry(spec, x, w, &w_shape)?;
                 let taps = geometry.channels * geometry.kernel[0] * geometry.kernel[1];
                 ensure!(taps <= 32_768, "{taps} taps per output could overflow the sums");
-                spec.conv_output(&geometry)?;
                 let [kh, kw] = geometry.kernel;
                 let c = geometry.channels;
                 let centered = |o: usize, ci: usize, y: usize, xx: usize| {
@@ -637,6 +613,17 @@ impl Int8Layer {
             }
         }
     }
+}
+
+/// The conv's geometry for input `x` and weights `w`, checked: NCHW and OIHW, one group, a
+/// kernel that fits the padded image (and the pool after it).
+fn conv_geometry(spec: &FusedSpec, x: &TypedFact, w: &Tensor, w_shape: &[TDim]) -> TractResult<ConvGeometry> {
+    let x_shape: Vec<TDim> = x.shape.iter().cloned().collect();
+    ensure!(x_shape.len() == 4 && w.rank() == 4, "conv of rank {} on weights of rank {}", x.rank(), w.rank());
+    let geometry = spec.geometry(&x_shape, w_shape)?;
+    ensure!(w.shape()[1] == geometry.channels && geometry.channels > 0, "one group of channels only");
+    spec.conv_output(&geometry)?;
+    Ok(geometry)
 }
 
 /// Lays one image out as the conv's product operand: row `(c, ky, kx)` holds that tap for every
