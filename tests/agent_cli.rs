@@ -379,7 +379,7 @@ fn every_verb_has_help() {
 }
 
 /// The cross-built agents (static aarch64 musl, armv7 gnueabihf) run under qemu-user on a
-/// committed model and give onnxruntime's answers. `tests/run` builds them first; run alone,
+/// committed model and give onnxruntime's answers, the static one on mimalloc. `tests/run` builds them first; run alone,
 /// the test needs `cargo build --target <triple> -p drover-runtime --bin drover-agent`.
 #[test]
 fn cross_built_agents_match_onnxruntime_under_qemu() {
@@ -410,9 +410,14 @@ fn cross_built_agents_match_onnxruntime_under_qemu() {
         }
         cmd.arg(&bin).args(["infer", "--model"]).arg(model(&format!("{name}.onnx")));
         cmd.arg("--input").arg(resolve(&format!("reference/{name}.input.jsonl"))).arg("--output").arg(&out);
+        // mimalloc says so at start-up when asked: the static agent must allocate through it
+        // (musl's malloc made inference 1.3-1.7x slower), the glibc one through glibc's.
+        cmd.env("MIMALLOC_VERBOSE", "1");
         let o = run(&mut cmd);
         assert!(o.status.success(), "{triple} {name}: {}", stderr(&o));
         assert_matches_reference(name, &out);
+        let mimalloc = stderr(&o).contains("mimalloc: process init");
+        assert_eq!(mimalloc, triple.ends_with("-musl"), "{triple}: mimalloc in use: {mimalloc}");
     }
 }
 

@@ -11,6 +11,15 @@ use drover_runtime::cmd::slots;
 use drover_runtime::store::FailPoint;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// The static agent (musl) allocates through mimalloc. musl's own malloc maps and unmaps every
+/// large buffer and serialises small ones behind one lock: the same agent ran 1.3–1.5× slower per
+/// MobileNetV2 inference and 1.7× per reference-CNN inference than its glibc build, and loaded
+/// models 1.5–1.8× slower; with mimalloc, 0.98–1.06× (`benches/footprint.rs`, docs/boards.md).
+/// The `system-allocator` feature keeps musl's, to measure that again.
+#[cfg(all(target_env = "musl", not(feature = "system-allocator")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Drover's on-device agent: runs ONNX models with tract.
 #[derive(Parser)]
 #[command(name = "drover-agent", version, about, propagate_version = true)]

@@ -2,8 +2,8 @@
 //! under qemu-user, fp32 against int8 and Drover's own int8 kernels against tract-linalg's, for
 //! the reference CNN and MLP and torchvision's MobileNetV2 (width 0.35) from the zoo.
 //!
-//! `cargo bench -p drover-tests --bench arm`. Builds the two release agents if they are missing
-//! (`cargo build --release --target …`, ~15 minutes); needs qemu-user-static and, for the
+//! `cargo bench -p drover-tests --bench arm`. Builds the two release agents first (a no-op when
+//! they are up to date, ~15 minutes the first time); needs qemu-user-static and, for the
 //! MobileNetV2, Python with `models/zoo/requirements.txt` (the zoo is generated or found cached).
 //!
 //! Method (`drover_tests::icount`): each agent runs `infer` on 1 and on 3 samples under qemu with
@@ -16,10 +16,10 @@
 //! `DROVER_BENCH_MACHINES=a,b` keeps machines whose name does (`A72`, `A76`, `armv7`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use drover_tests::icount::{self, Count};
-use drover_tests::zoo::{repo, target_dir};
+use drover_tests::release::{self, resample_npy};
+use drover_tests::zoo::repo;
 
 /// Samples in the long run; the short one has 1.
 const LONG: usize = 3;
@@ -108,12 +108,12 @@ fn main() {
     for machine in
         MACHINES.iter().filter(|m| machines.is_empty() || machines.iter().any(|n| m.name.contains(n.as_str())))
     {
-        let agent = agent(machine.triple);
+        let agent = release::agent(machine.triple, None);
         for pair in &pairs {
             let short = work.path().join(format!("{}-1.npy", file_stem(&pair.input)));
             let long = work.path().join(format!("{}-{LONG}.npy", file_stem(&pair.input)));
-            resample(&pair.input, 1, &short);
-            resample(&pair.input, LONG, &long);
+            resample_npy(&pair.input, 1, &short);
+            resample_npy(&pair.input, LONG, &long);
             let per = |model: &Path, kernels: &str| -> Result<f64, String> {
                 let run = |input: &Path| -> Result<Count, String> {
                     let args = [
@@ -164,68 +164,8 @@ fn main() {
     println!("NEON instruction does 4-16 lanes of work where a scalar one does 1.");
 }
 
-/// The release agent for `triple`, built first if missing.
-fn agent(triple: &str) -> PathBuf {
-    let path = target_dir().join(triple).join("release").join("drover-agent");
-    if !path.is_file() {
-        eprintln!("building the release agent for {triple} (about 15 minutes)");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(repo())
-            .args([
-                "build",
-                "--release",
-                "--locked",
-                "--target",
-                triple,
-                "-p",
-                "drover-runtime",
-                "--bin",
-                "drover-agent",
-            ])
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building the {triple} agent failed");
-    }
-    path
-}
-
 fn file_stem(p: &Path) -> String {
     p.file_stem().and_then(|s| s.to_str()).unwrap_or("input").replace('.', "_")
-}
-
-/// Writes an `.npy` of `n` samples taken from `src` in turn (the first axis is the samples).
-fn resample(src: &Path, n: usize, dst: &Path) {
-    let bytes = std::fs::read(src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
-    assert!(bytes.starts_with(b"\x93NUMPY"), "{} is not an npy file", src.display());
-    let (len_at, len_bytes) = if bytes[6] == 1 { (8, 2) } else { (8, 4) };
-    let header_len = bytes[len_at..len_at + len_bytes].iter().rev().fold(0usize, |acc, b| acc << 8 | *b as usize);
-    let data_at = len_at + len_bytes + header_len;
-    let header = std::str::from_utf8(&bytes[len_at + len_bytes..data_at]).expect("npy header");
-    let shape_at = header.find("'shape': (").expect("npy shape") + "'shape': (".len();
-    let shape_end = shape_at + header[shape_at..].find(')').expect("npy shape end");
-    let dims: Vec<usize> = header[shape_at..shape_end]
-        .split(',')
-        .filter(|d| !d.trim().is_empty())
-        .map(|d| d.trim().parse().expect("dim"))
-        .collect();
-    let have = dims[0];
-    let per = (bytes.len() - data_at) / have;
-    let rest: Vec<String> = dims[1..].iter().map(|d| d.to_string()).collect();
-    let new_header =
-        format!("{}'shape': ({n}, {}), }}", &header[..header.find("'shape'").expect("shape key")], rest.join(", "));
-    let mut text = new_header.into_bytes();
-    while (10 + text.len() + 1) % 64 != 0 {
-        text.push(b' ');
-    }
-    text.push(b'\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(text.len() as u16).to_le_bytes());
-    out.extend_from_slice(&text);
-    for i in 0..n {
-        let s = i % have;
-        out.extend_from_slice(&bytes[data_at + s * per..data_at + (s + 1) * per]);
-    }
-    std::fs::write(dst, out).unwrap_or_else(|e| panic!("{}: {e}", dst.display()));
 }
 
 /// `12.3 M` style.

@@ -23,6 +23,7 @@ pub mod onnx_gen;
 pub mod parity;
 #[cfg(feature = "mqtt")]
 pub mod postgres;
+pub mod release;
 #[cfg(feature = "mqtt")]
 pub mod services;
 pub mod sshd;

@@ -22,24 +22,12 @@ fn profile_dir() -> PathBuf {
 pub fn workspace_bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let dir = profile_dir();
         let release = dir.file_name().is_some_and(|n| n == "release");
-        let mut cmd = Command::new(cargo);
+        let mut cmd = cargo();
         // `--workspace --bins --tests` resolves features exactly as `cargo test --workspace`
         // does, so after the test build this is a no-op instead of a second build of the agent.
         cmd.args(["build", "--quiet", "--workspace", "--bins", "--tests"]);
-        // Cargo gives a test the variables of its package; build scripts that watch one (ring
-        // watches CARGO_MANIFEST_DIR) would see a change and rebuild half the tree, twice per run.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            let per_package = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_", "CARGO_CRATE_", "CARGO_PRIMARY_"]
-                .iter()
-                .any(|p| key.starts_with(p));
-            if per_package || key == "CARGO_TARGET_TMPDIR" || key == "OUT_DIR" {
-                cmd.env_remove(key.as_ref());
-            }
-        }
         if release {
             cmd.arg("--release");
         }
@@ -49,6 +37,23 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let path = profile_dir().join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
+}
+
+/// A `cargo` command for a nested build from a test or bench: the same cargo, without the
+/// variables cargo gives a test of its package. Build scripts that watch one (ring watches
+/// CARGO_MANIFEST_DIR) would see a change and rebuild half the tree, twice per run.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let per_package = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_", "CARGO_CRATE_", "CARGO_PRIMARY_"]
+            .iter()
+            .any(|p| key.starts_with(p));
+        if per_package || key == "CARGO_TARGET_TMPDIR" || key == "OUT_DIR" {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
 }
 
 /// Finds an external tool on PATH. In CI a missing tool fails the test; elsewhere the test is
