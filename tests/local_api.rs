@@ -7,8 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use drover_tests::api::{LocalApi, Reply, delete, get, post, post_with, serve_model, service};
-use drover_tests::broker::free_port;
+use drover_tests::api::{LocalApi, Reply, agent_config_with_api, delete, get, post, post_with, serve_model, service};
 use drover_tests::cli::{model, ok, signed_bundle, trust_setup};
 use drover_tests::manifest::models_dir;
 use drover_tests::tools::{require_tool, workspace_bin};
@@ -333,13 +332,7 @@ fn curl_calls_the_real_agent_over_tcp_and_a_unix_socket() {
     signed_bundle(d, &model("iris_logreg.onnx"), "iris", "1", &[], "iris.drv");
     ok("drover-agent", d, &["trust", "--root", "root.json", "--data-dir", "board"]);
     ok("drover-agent", d, &["install", "iris.drv", "--data-dir", "board"]);
-    let port = free_port();
-    let config = format!(
-        "device = \"board-1\"\ndata_dir = \"{}\"\n[broker]\nport = {}\n[api]\nlisten = \"127.0.0.1:{port}\"\n",
-        d.join("board").display(),
-        free_port()
-    );
-    std::fs::write(d.join("agent.toml"), config).expect("config");
+    let port = agent_config_with_api(d);
     let mut agent = Command::new(workspace_bin("drover-agent"))
         .current_dir(d)
         .args(["run", "--config", "agent.toml"])

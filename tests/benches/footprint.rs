@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use drover_tests::broker::free_port;
+use drover_tests::api::agent_config_with_api;
 use drover_tests::release::{self, resample_npy};
 use drover_tests::zoo::repo;
 
@@ -212,13 +212,7 @@ fn resident(agent: &Path, drover: &Path) -> (u64, u64) {
     run(drover, &[&bundle[..], &signing[..]].concat());
     run(agent, &["trust", "--root", "root.json", "--data-dir", "board"]);
     run(agent, &["install", "cnn.drv", "--data-dir", "board"]);
-    let port = free_port();
-    let config = format!(
-        "device = \"board-1\"\ndata_dir = \"{}\"\n[broker]\nport = {}\n[api]\nlisten = \"127.0.0.1:{port}\"\n",
-        d.join("board").display(),
-        free_port()
-    );
-    std::fs::write(d.join("agent.toml"), config).expect("config");
+    let port = agent_config_with_api(d);
     let mut child = Command::new(agent)
         .current_dir(d)
         .args(["run", "--config", "agent.toml"])

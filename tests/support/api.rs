@@ -139,3 +139,17 @@ pub fn post_with(url: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
 pub fn delete(url: &str) -> Reply {
     reply(agent().delete(url).call())
 }
+
+/// Writes `dir/agent.toml` for `drover-agent run`: device `board-1`, its data in `dir/board`, a
+/// broker port nothing listens on (the agent keeps retrying, which these runs do not need), and
+/// the local API on 127.0.0.1 at a free port, returned.
+pub fn agent_config_with_api(dir: &std::path::Path) -> u16 {
+    let port = crate::broker::free_port();
+    let config = format!(
+        "device = \"board-1\"\ndata_dir = \"{}\"\n[broker]\nport = {}\n[api]\nlisten = \"127.0.0.1:{port}\"\n",
+        dir.join("board").display(),
+        crate::broker::free_port()
+    );
+    std::fs::write(dir.join("agent.toml"), config).expect("config");
+    port
+}
