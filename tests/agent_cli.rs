@@ -379,8 +379,9 @@ fn every_verb_has_help() {
 }
 
 /// The cross-built agents (static aarch64 musl, armv7 gnueabihf) run under qemu-user on a
-/// committed model and give onnxruntime's answers, the static one on mimalloc. `tests/run` builds them first; run alone,
-/// the test needs `cargo build --target <triple> -p drover-runtime --bin drover-agent`.
+/// committed model and give onnxruntime's answers, the static one on mimalloc. `tests/run` builds
+/// them first; run alone, the test needs `cargo build --target <triple> -p drover-runtime --bin
+/// drover-agent`.
 #[test]
 fn cross_built_agents_match_onnxruntime_under_qemu() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

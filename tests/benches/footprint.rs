@@ -2,8 +2,9 @@
 //! costs, and what the running agent keeps in memory.
 //!
 //! `cargo bench -p drover-tests --bench footprint`. Builds the release agents it measures first
-//! (a no-op when they are up to date; ~10–15 minutes each the first time); the MobileNetV2 rows
-//! need the zoo (Python with `models/zoo/requirements.txt`).
+//! (a no-op when they are up to date; ~10–15 minutes each the first time), which needs
+//! `rustup target add x86_64-unknown-linux-musl` besides the board targets `tests/run` adds; the
+//! MobileNetV2 rows need the zoo (Python with `models/zoo/requirements.txt`).
 //!
 //! 1. **Size**: the stripped release agents as `drover package` ships them, against the goals.
 //! 2. **Allocator**: the same agent built for x86_64 glibc and for x86_64 musl (the libc of the
@@ -18,10 +19,11 @@
 //! (the default) chooses the parts to run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use drover_tests::api::agent_config_with_api;
+use drover_tests::cli::{ok_with, signed_bundle_with, trust_setup_with};
 use drover_tests::release::{self, resample_npy};
 use drover_tests::zoo::repo;
 
@@ -192,34 +194,36 @@ fn median(runs: &[Infer]) -> Infer {
     Infer { load_ms: pick(|r| r.load_ms), us: pick(|r| r.us) }
 }
 
+/// A child process stopped when dropped, so a failed assertion does not leave an agent running.
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `agent run` with the reference CNN installed from a signed bundle: (VmRSS, VmHWM) in KiB once
 /// its API answers ready and has served one request.
 fn resident(agent: &Path, drover: &Path) -> (u64, u64) {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = trust_setup_with(drover);
     let d = dir.path();
     let cnn = repo().join("models/cnn.onnx");
-    let run = |bin: &Path, args: &[&str]| {
-        let out = Command::new(bin).current_dir(d).args(args).output().expect("run");
-        assert!(out.status.success(), "{} {args:?}: {}", bin.display(), String::from_utf8_lossy(&out.stderr));
-    };
-    run(drover, &["keygen", "--role", "root", "--out", "keys"]);
-    run(drover, &["keygen", "--role", "release", "--out", "keys"]);
-    run(drover, &["root", "init", "--key", "keys/root.key", "--out", "root.json"]);
-    let delegate = ["delegate", "--root", "root.json", "--root-key", "keys/root.key", "--release", "keys/release.pub"];
-    run(drover, &[&delegate[..], &["--models", "cnn", "--out", "release.delegation.json"]].concat());
-    let bundle = ["bundle", cnn.to_str().expect("utf-8 path"), "--name", "cnn", "--version", "1"];
-    let signing = ["--key", "keys/release.key", "--delegation", "release.delegation.json", "--out", "cnn.drv"];
-    run(drover, &[&bundle[..], &signing[..]].concat());
-    run(agent, &["trust", "--root", "root.json", "--data-dir", "board"]);
-    run(agent, &["install", "cnn.drv", "--data-dir", "board"]);
+    // `trust_setup` delegates the name `iris` to the release key: the CNN is served under it.
+    signed_bundle_with(drover, d, cnn.to_str().expect("utf-8 path"), "iris", "1", &[], "cnn.drv");
+    ok_with(agent, d, &["trust", "--root", "root.json", "--data-dir", "board"]);
+    ok_with(agent, d, &["install", "cnn.drv", "--data-dir", "board"]);
     let port = agent_config_with_api(d);
-    let mut child = Command::new(agent)
-        .current_dir(d)
-        .args(["run", "--config", "agent.toml"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the agent");
+    let child = Stopped(
+        Command::new(agent)
+            .current_dir(d)
+            .args(["run", "--config", "agent.toml"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the agent"),
+    );
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     while ureq::get(&format!("{base}/v2/health/ready")).call().is_err() {
@@ -229,9 +233,9 @@ fn resident(agent: &Path, drover: &Path) -> (u64, u64) {
     let sample = vec![0.5f32; 28 * 28];
     let request =
         serde_json::json!({"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": sample}]});
-    let answer = ureq::post(&format!("{base}/v2/models/cnn/infer")).send_json(&request);
+    let answer = ureq::post(&format!("{base}/v2/models/iris/infer")).send_json(&request);
     assert!(answer.is_ok(), "the agent did not answer an inference: {answer:?}");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("/proc status");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).expect("/proc status");
     let field = |name: &str| -> u64 {
         status
             .lines()
@@ -239,8 +243,5 @@ fn resident(agent: &Path, drover: &Path) -> (u64, u64) {
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or_else(|| panic!("no {name} in /proc status"))
     };
-    let figures = (field("VmRSS:"), field("VmHWM:"));
-    let _ = child.kill();
-    let _ = child.wait();
-    figures
+    (field("VmRSS:"), field("VmHWM:"))
 }

@@ -8,15 +8,26 @@ use crate::tools::workspace_bin;
 
 /// Runs a workspace binary (`drover`, `drover-agent`) in `dir`.
 pub fn run(bin: &str, dir: &Path, args: &[&str]) -> Output {
-    Command::new(workspace_bin(bin)).current_dir(dir).args(args).env("RUST_BACKTRACE", "0").output().expect("spawn")
+    run_with(&workspace_bin(bin), dir, args)
+}
+
+/// [`run`] for a binary given by its path.
+pub fn run_with(bin: &Path, dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin).current_dir(dir).args(args).env("RUST_BACKTRACE", "0").output().expect("spawn")
 }
 
 /// Runs and asserts success; returns stdout.
 pub fn ok(bin: &str, dir: &Path, args: &[&str]) -> String {
-    let o = run(bin, dir, args);
+    ok_with(&workspace_bin(bin), dir, args)
+}
+
+/// [`ok`] for a binary given by its path (a release agent, a cross-built one).
+pub fn ok_with(bin: &Path, dir: &Path, args: &[&str]) -> String {
+    let o = run_with(bin, dir, args);
     assert!(
         o.status.success(),
-        "{bin} {args:?} failed:\n{}{}",
+        "{} {args:?} failed:\n{}{}",
+        bin.display(),
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
@@ -38,22 +49,42 @@ pub fn model(name: &str) -> String {
 /// A fleet's trust set-up in a fresh temporary directory: `keys/root.*` and `keys/release.*`,
 /// `root.json` (v1), and `release.delegation.json` letting the release key sign `iris`.
 pub fn trust_setup() -> tempfile::TempDir {
+    trust_setup_with(&workspace_bin("drover"))
+}
+
+/// [`trust_setup`] with a given `drover` binary (benches run the dev one beside release agents).
+pub fn trust_setup_with(drover: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    ok("drover", d, &["keygen", "--role", "root", "--out", "keys"]);
-    ok("drover", d, &["keygen", "--role", "release", "--out", "keys"]);
-    ok("drover", d, &["root", "init", "--key", "keys/root.key", "--out", "root.json"]);
-    delegate(d, "--release", "keys/release.pub", "iris", "release.delegation.json");
+    ok_with(drover, d, &["keygen", "--role", "root", "--out", "keys"]);
+    ok_with(drover, d, &["keygen", "--role", "release", "--out", "keys"]);
+    ok_with(drover, d, &["root", "init", "--key", "keys/root.key", "--out", "root.json"]);
+    let base = ["delegate", "--root", "root.json", "--root-key", "keys/root.key"];
+    let release = ["--release", "keys/release.pub", "--models", "iris", "--out", "release.delegation.json"];
+    ok_with(drover, d, &[&base[..], &release[..]].concat());
     dir
 }
 
 /// Runs `drover bundle MODEL --name NAME --version VERSION EXTRA… --out OUT` in `dir`, signed
 /// with the release key and delegation of [`trust_setup`]; returns stdout.
 pub fn signed_bundle(dir: &Path, model: &str, name: &str, version: &str, extra: &[&str], out: &str) -> String {
+    signed_bundle_with(&workspace_bin("drover"), dir, model, name, version, extra, out)
+}
+
+/// [`signed_bundle`] with a given `drover` binary.
+pub fn signed_bundle_with(
+    drover: &Path,
+    dir: &Path,
+    model: &str,
+    name: &str,
+    version: &str,
+    extra: &[&str],
+    out: &str,
+) -> String {
     let mut args = vec!["bundle", model, "--name", name, "--version", version];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--key", "keys/release.key", "--delegation", "release.delegation.json", "--out", out]);
-    ok("drover", dir, &args)
+    ok_with(drover, dir, &args)
 }
 
 /// `drover delegate` from the root of [`trust_setup`]: lets the key in `public` (`--release` or

@@ -6,24 +6,17 @@ use std::path::{Path, PathBuf};
 use crate::zoo::{repo, target_dir};
 
 /// The release `drover-agent` for `triple`, brought up to date by cargo first (a no-op when it
-/// is; the first build of a triple takes ~10–15 minutes on 2 cores). `features` are passed to
-/// cargo as they are (`drover-runtime/…`); a build with features of its own goes to its own
-/// target directory (`target/variants/NAME`), so it never overwrites the shipped agent.
+/// is; the first build of a triple takes ~10–15 minutes on 2 cores). A `variant` `(name,
+/// features)` is built with those cargo features (`drover-runtime/…`) in its own target directory
+/// (`target/variants/NAME`), so it never overwrites the shipped agent.
 pub fn agent(triple: &str, variant: Option<(&str, &str)>) -> PathBuf {
     let mut target = target_dir();
-    let mut args =
-        vec!["build", "--release", "--locked", "--target", triple, "-p", "drover-runtime", "--bin", "drover-agent"];
+    let mut args = vec!["--release", "--target", triple, "-p", "drover-runtime", "--bin", "drover-agent"];
     if let Some((name, features)) = variant {
         target = target.join("variants").join(name);
         args.extend(["--features", features]);
     }
-    let status = crate::tools::cargo()
-        .current_dir(repo())
-        .env("CARGO_TARGET_DIR", &target)
-        .args(&args)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the {triple} agent failed ({args:?})");
+    build(&target, &args);
     target.join(triple).join("release").join("drover-agent")
 }
 
@@ -31,14 +24,20 @@ pub fn agent(triple: &str, variant: Option<(&str, &str)>) -> PathBuf {
 /// it anyway): benches that only need it to sign a bundle do not wait for a release build of the
 /// whole workspace.
 pub fn operator_tool() -> PathBuf {
+    build(&target_dir(), &["-p", "drover-tools", "--bin", "drover"]);
+    target_dir().join("debug").join("drover")
+}
+
+/// `cargo build --locked ARGS` into `target`, failing loudly.
+fn build(target: &Path, args: &[&str]) {
     let status = crate::tools::cargo()
         .current_dir(repo())
-        .env("CARGO_TARGET_DIR", target_dir())
-        .args(["build", "--locked", "-p", "drover-tools", "--bin", "drover"])
+        .env("CARGO_TARGET_DIR", target)
+        .args(["build", "--locked"])
+        .args(args)
         .status()
         .expect("run cargo");
-    assert!(status.success(), "building drover failed");
-    target_dir().join("debug").join("drover")
+    assert!(status.success(), "cargo build {args:?} failed (a missing target: `rustup target add` it)");
 }
 
 /// Writes an `.npy` of `n` samples taken from `src` in turn (the first axis is the samples).
