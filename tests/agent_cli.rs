@@ -437,3 +437,25 @@ fn operator_cli_inspects_models_like_the_agent() {
     let help = run(Command::new(&drover).arg("--help"));
     assert!(String::from_utf8_lossy(&help.stdout).contains("inspect"));
 }
+
+/// With RUST_BACKTRACE set, the agent starts itself again with library backtraces off (each error
+/// tract's optimiser drops would capture one: up to 9x slower loads on the static aarch64 agent),
+/// and says so at debug level; a user's explicit RUST_LIB_BACKTRACE is left alone.
+#[test]
+fn the_agent_turns_library_backtraces_off_under_rust_backtrace() {
+    let said = |lib: Option<&str>| {
+        let mut cmd = agent();
+        cmd.args(["inspect", "--model"]).arg(model("cnn.onnx"));
+        cmd.env("RUST_BACKTRACE", "1").env("RUST_LOG", "drover_agent=debug");
+        match lib {
+            Some(v) => cmd.env("RUST_LIB_BACKTRACE", v),
+            None => cmd.env_remove("RUST_LIB_BACKTRACE"),
+        };
+        let o = cmd.output().expect("spawn drover-agent");
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("could not start itself again"), "{}", stderr(&o));
+        stderr(&o).contains("library backtraces off")
+    };
+    assert!(said(None), "restarted with RUST_LIB_BACKTRACE=0");
+    assert!(!said(Some("1")), "the user's RUST_LIB_BACKTRACE=1 stands");
+}

@@ -333,10 +333,12 @@ fn curl_calls_the_real_agent_over_tcp_and_a_unix_socket() {
     ok("drover-agent", d, &["trust", "--root", "root.json", "--data-dir", "board"]);
     ok("drover-agent", d, &["install", "iris.drv", "--data-dir", "board"]);
     let port = agent_config_with_api(d);
+    let log = std::fs::File::create(d.join("agent.log")).expect("log file");
     let mut agent = Command::new(workspace_bin("drover-agent"))
         .current_dir(d)
         .args(["run", "--config", "agent.toml"])
-        .stderr(Stdio::null())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::from(log))
         .spawn()
         .expect("spawn the agent");
     let base = format!("http://127.0.0.1:{port}");
@@ -372,6 +374,10 @@ fn curl_calls_the_real_agent_over_tcp_and_a_unix_socket() {
     let term = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status().expect("kill");
     assert!(term.success());
     assert!(agent.wait().expect("exit").success(), "SIGTERM stops the agent and its API cleanly");
+    // Boot loads and self-tests the model; serving takes that model rather than loading the file
+    // a second time (a model's load is most of an agent's start on a board).
+    let log = std::fs::read_to_string(d.join("agent.log")).expect("agent log");
+    assert_eq!(log.matches("model ready in").count(), 1, "one load of the model at start:\n{log}");
 
     let socket = d.join("api.sock");
     let api = LocalApi::start_unix(service(""), socket.clone());

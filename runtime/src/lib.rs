@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod backtraces;
 pub mod cmd;
 pub mod input;
 pub mod link;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use drover_runtime::backtraces::{Restart, restart_without_library_backtraces};
 use drover_runtime::cmd::infer::{InferArgs, Progress, infer};
 use drover_runtime::cmd::inspect::{self, InspectArgs};
 use drover_runtime::cmd::slots;
@@ -99,12 +100,25 @@ async fn stop_signal() {
 }
 
 fn main() -> ExitCode {
+    // First of all: with RUST_BACKTRACE set, every error tract's optimiser drops would capture a
+    // backtrace (up to 9x slower loads on the static aarch64 agent); returns only if it cannot.
+    let restart = restart_without_library_backtraces();
     let cli = Cli::parse();
     // A service (`run`, under systemd) says at info level what it does: start, connection,
     // installs, refusals, stop; the one-shot verbs print their result and log only warnings.
     // RUST_LOG overrides both.
     let default = if matches!(cli.command, Verb::Run(_)) { "info" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
+    match restart {
+        Restart::Failed(e) => log::warn!(
+            "RUST_BACKTRACE is set and the agent could not start itself again without library backtraces ({e}): \
+             loading models may be several times slower; set RUST_LIB_BACKTRACE=0 as well"
+        ),
+        Restart::NotNeeded if std::env::var_os("RUST_LIB_BACKTRACE").is_some_and(|v| v == "0") => {
+            log::debug!("library backtraces off (RUST_LIB_BACKTRACE=0); panics keep theirs")
+        }
+        Restart::NotNeeded => {}
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

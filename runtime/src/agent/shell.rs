@@ -129,6 +129,9 @@ struct Agent {
     me: Identity,
     clock: Arc<dyn Clock>,
     store: Option<Store>,
+    /// The model the store last loaded and tested for a slot (at boot, on install), served by
+    /// the next reload without loading the file again.
+    loaded: Option<(SlotId, crate::engine::Model)>,
     spool: Option<Spool>,
     session: Session,
     client: AsyncClient,
@@ -208,16 +211,22 @@ async fn run_notifying(
 
     let mut store = Store::open(StoreConfig::new(&cfg.data_dir))?;
     let (store, booted) = tokio::task::spawn_blocking(move || {
-        let r = store.boot().map(|o| o.serving.is_some());
+        let r = store.boot().map(|o| o.serving);
         (store, r)
     })
     .await
     .map_err(|e| AgentError::Join(e.to_string()))?;
-    match booted {
-        Ok(true) => {}
-        Ok(false) => log::info!("{}: no model installed yet", me.device),
-        Err(e) => log::error!("{}: {e}; waiting for a new bundle", me.device),
-    }
+    let loaded = match booted {
+        Ok(Some(serving)) => Some(serving),
+        Ok(None) => {
+            log::info!("{}: no model installed yet", me.device);
+            None
+        }
+        Err(e) => {
+            log::error!("{}: {e}; waiting for a new bundle", me.device);
+            None
+        }
+    };
     let ledger = load_ledger(&cfg.data_dir.join(LEDGER));
     let quota = Quota::new(cfg.telemetry.outbox_mib.saturating_mul(1024 * 1024));
     let outbox = Outbox::open(&cfg.data_dir.join(OUTBOX), quota, cfg.telemetry.acks())?;
@@ -262,6 +271,7 @@ async fn run_notifying(
         me,
         clock,
         store: Some(store),
+        loaded,
         spool,
         session,
         client,
@@ -596,6 +606,8 @@ impl Agent {
     /// Loads the active slot's model (and its reference statistics) into the inference service
     /// when it changed.
     async fn reload_model(&mut self) {
+        // Taken whatever happens next, so a model the store tested is never kept past a reload.
+        let tested = self.loaded.take();
         let Some(store) = &self.store else { return };
         let state = store.state();
         let active = state.active.and_then(|a| state.slot(a).map(|m| (a, m.clone())));
@@ -615,10 +627,19 @@ impl Agent {
         let thresholds = self.cfg.serve_settings(manifest.settings.drift_psi_milli).thresholds;
         let device = self.me.device.clone();
         let inference = self.inference.clone();
+        // The store has just loaded and self-tested this slot's model (boot, install): it is
+        // served as it is, so the agent is ready after one load of the file, not two.
+        let tested = match tested {
+            Some((slot, model)) if slot == slot_id => Some(model),
+            _ => None,
+        };
         let loaded = tokio::task::spawn_blocking(move || {
-            let model = crate::engine::Model::load(&model_path?)
-                .inspect_err(|e| log::error!("{device}: the active model does not load: {e}"))
-                .ok()?;
+            let model = match tested {
+                Some(model) => model,
+                None => crate::engine::Model::load(&model_path?)
+                    .inspect_err(|e| log::error!("{device}: the active model does not load: {e}"))
+                    .ok()?,
+            };
             let reference = reference_path.and_then(|p| {
                 let bytes = std::fs::read(&p).ok()?;
                 serde_json::from_slice::<ReferenceStats>(&bytes)
@@ -771,14 +792,18 @@ impl Agent {
                         }
                     },
                 };
-                (store, spool, phase)
+                let tested = store.take_tested();
+                (store, spool, phase, tested)
             })
             .await;
         match joined {
-            Ok((store, spool, phase)) => {
+            Ok((store, spool, phase, tested)) => {
                 let serving = serving(&store);
                 self.store = Some(store);
                 self.spool = Some(spool);
+                if tested.is_some() {
+                    self.loaded = tested;
+                }
                 Feedback::Installed(phase, serving)
             }
             Err(e) => Feedback::SpoolFailed(format!("install task failed: {e}")),
@@ -816,13 +841,17 @@ impl Agent {
                     Phase::failed(&e.to_string())
                 }
             };
-            (store, phase)
+            let tested = store.take_tested();
+            (store, phase, tested)
         })
         .await;
         match joined {
-            Ok((store, phase)) => {
+            Ok((store, phase, tested)) => {
                 let serving = serving(&store);
                 self.store = Some(store);
+                if tested.is_some() {
+                    self.loaded = tested;
+                }
                 Feedback::Command(sequence, phase, serving)
             }
             Err(e) => Feedback::Command(sequence, Phase::failed(&e.to_string()), Serving::default()),

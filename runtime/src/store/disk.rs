@@ -131,6 +131,9 @@ pub struct Store {
     cfg: StoreConfig,
     state: StoreState,
     trust: Option<TrustState>,
+    /// The model the last install loaded and self-tested, for the agent to serve without
+    /// loading it again ([`Store::take_tested`]).
+    tested: Option<(SlotId, Model)>,
 }
 
 const STATE: &str = "state.json";
@@ -211,7 +214,7 @@ impl Store {
         }
         let state = read_json(&dir.join(STATE))?.unwrap_or_default();
         let trust = read_json(&dir.join(TRUST))?;
-        Ok(Store { cfg, state, trust })
+        Ok(Store { cfg, state, trust, tested: None })
     }
 
     /// The current state.
@@ -306,7 +309,8 @@ impl Store {
         sync_dir(&self.cfg.data_dir.join(SLOTS))?;
         self.cfg.failpoint.hit("slot-written");
 
-        let (_, cases) = self.load_and_test(target, &manifest)?;
+        self.tested = None;
+        let (model, cases) = self.load_and_test(target, &manifest)?;
         self.cfg.failpoint.hit("self-tested");
 
         self.adopt_trust(verified_trust)?;
@@ -315,7 +319,15 @@ impl Store {
         self.persist(self.state.commit())?;
         self.cfg.failpoint.hit("committed");
         log::info!("installed {} v{} in slot {target}", manifest.name, manifest.version);
+        self.tested = Some((target, model));
         Ok(InstallReport { name, version: manifest.version, slot: target, selftest_cases: cases })
+    }
+
+    /// The model the last install loaded and self-tested, and its slot: the agent serves it as
+    /// it is instead of loading the file a second time (a model's load is most of the time an
+    /// install takes on a board). `None` once taken.
+    pub fn take_tested(&mut self) -> Option<(SlotId, Model)> {
+        self.tested.take()
     }
 
     /// Verifies a bundle's header (signatures, device, expiry, newer than what was installed)
