@@ -499,6 +499,8 @@ fn agent_binary_runs_as_a_service() {
     for said in ["drover-agent", "starting: device board-1", "connected to", "installed", "v1", "stopped"] {
         assert!(journal.contains(said), "the log does not say '{said}':\n{journal}");
     }
+    // The install loads and self-tests the model; serving takes that model, not a second load.
+    assert_eq!(journal.matches("model ready in").count(), 1, "one load per install:\n{journal}");
     // The agent published it before exiting; the broker may still be routing it to us.
     let offline = |m: &Option<(String, Vec<u8>)>| {
         m.as_ref().is_some_and(|(_, p)| codec::decode::<Status>(p).is_ok_and(|s| !s.online))
