@@ -438,24 +438,35 @@ fn operator_cli_inspects_models_like_the_agent() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("inspect"));
 }
 
-/// With RUST_BACKTRACE set, the agent starts itself again with library backtraces off (each error
-/// tract's optimiser drops would capture one: up to 9x slower loads on the static aarch64 agent),
-/// and says so at debug level; a user's explicit RUST_LIB_BACKTRACE is left alone.
+/// With RUST_BACKTRACE set, the agent and the operator's `drover` start themselves again with
+/// library backtraces off (each error tract's optimiser drops would capture one: up to 9x slower
+/// loads on the static aarch64 agent), and say so at debug level; a user's explicit
+/// RUST_LIB_BACKTRACE is left alone.
 #[test]
-fn the_agent_turns_library_backtraces_off_under_rust_backtrace() {
-    let said = |lib: Option<&str>| {
-        let mut cmd = agent();
-        cmd.args(["inspect", "--model"]).arg(model("cnn.onnx"));
-        cmd.env("RUST_BACKTRACE", "1").env("RUST_LOG", "drover_agent=debug");
-        match lib {
-            Some(v) => cmd.env("RUST_LIB_BACKTRACE", v),
-            None => cmd.env_remove("RUST_LIB_BACKTRACE"),
-        };
-        let o = cmd.output().expect("spawn drover-agent");
-        assert!(o.status.success(), "{}", stderr(&o));
-        assert!(!stderr(&o).contains("could not start itself again"), "{}", stderr(&o));
-        stderr(&o).contains("library backtraces off")
+fn both_binaries_turn_library_backtraces_off_under_rust_backtrace() {
+    for bin in ["drover-agent", "drover"] {
+        let said = |lib: Option<&str>| said_library_backtraces_off(bin, lib);
+        assert!(said(None), "{bin}: restarted with RUST_LIB_BACKTRACE=0");
+        assert!(!said(Some("1")), "{bin}: the user's RUST_LIB_BACKTRACE=1 stands");
+    }
+}
+
+/// Whether `bin`, inspecting the reference CNN under RUST_BACKTRACE=1 and the given
+/// RUST_LIB_BACKTRACE, says at debug level that library backtraces are off.
+fn said_library_backtraces_off(bin: &str, lib: Option<&str>) -> bool {
+    let mut cmd = Command::new(workspace_bin(bin));
+    cmd.arg("inspect");
+    if bin == "drover-agent" {
+        cmd.arg("--model");
+    }
+    cmd.arg(model("cnn.onnx"));
+    cmd.env("RUST_BACKTRACE", "1").env("RUST_LOG", "debug");
+    match lib {
+        Some(v) => cmd.env("RUST_LIB_BACKTRACE", v),
+        None => cmd.env_remove("RUST_LIB_BACKTRACE"),
     };
-    assert!(said(None), "restarted with RUST_LIB_BACKTRACE=0");
-    assert!(!said(Some("1")), "the user's RUST_LIB_BACKTRACE=1 stands");
+    let o = cmd.output().expect("spawn");
+    assert!(o.status.success(), "{bin}: {}", stderr(&o));
+    assert!(!stderr(&o).contains("could not start itself again"), "{bin}: {}", stderr(&o));
+    stderr(&o).contains("library backtraces off")
 }
