@@ -439,9 +439,9 @@ fn operator_cli_inspects_models_like_the_agent() {
 }
 
 /// With RUST_BACKTRACE set, the agent and the operator's `drover` start themselves again with
-/// library backtraces off (each error tract's optimiser drops would capture one: up to 9x slower
-/// loads on the static aarch64 agent), and say so at debug level; a user's explicit
-/// RUST_LIB_BACKTRACE is left alone.
+/// library backtraces off (each error tract's optimiser drops would capture one: up to 7x the ARM
+/// instructions per int8 load on the static aarch64 agent), and say so at debug level; a user's
+/// explicit RUST_LIB_BACKTRACE is left alone.
 #[test]
 fn both_binaries_turn_library_backtraces_off_under_rust_backtrace() {
     for bin in ["drover-agent", "drover"] {

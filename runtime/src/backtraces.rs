@@ -4,9 +4,9 @@
 //! dimension not known yet) as `anyhow` errors and drops them, hundreds per model. With
 //! `RUST_BACKTRACE` set, as a developer or a systemd drop-in may set it to debug a crash, every
 //! one of them captures a backtrace. The static aarch64 agent unwinds with LLVM's libunwind, which
-//! scans the unwind tables of the whole binary for each frame: a model's load took up to 9 times
-//! longer (docs/boards.md, "Library backtraces"). `RUST_LIB_BACKTRACE=0` turns off the capture for
-//! errors and leaves it on for panics, but std reads it once, and setting a variable in a running
+//! scans the unwind tables of the whole binary for each frame: an int8 model's load took up to 7
+//! times the instructions (docs/boards.md, "Ready"). `RUST_LIB_BACKTRACE=0` turns off the capture
+//! for errors and leaves it on for panics, but std reads it once, and setting a variable in a running
 //! process is `unsafe`: so the agent starts itself again with it, once, before doing anything.
 
 use std::ffi::OsString;

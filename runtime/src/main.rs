@@ -101,7 +101,8 @@ async fn stop_signal() {
 
 fn main() -> ExitCode {
     // First of all: with RUST_BACKTRACE set, every error tract's optimiser drops would capture a
-    // backtrace (up to 9x slower loads on the static aarch64 agent); returns only if it cannot.
+    // backtrace (int8 loads up to 7x the ARM instructions on the static aarch64 agent); returns
+    // only if it cannot restart.
     let restart = restart_without_library_backtraces();
     let cli = Cli::parse();
     // A service (`run`, under systemd) says at info level what it does: start, connection,
