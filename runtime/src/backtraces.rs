@@ -53,6 +53,21 @@ pub fn restart_without_library_backtraces() -> Restart {
     Restart::Failed(command.args(args).env(ERRORS, "0").exec())
 }
 
+/// Logs what [`restart_without_library_backtraces`] did for `program`, once its logger is set up:
+/// a warning if it could not restart, a debug line when library backtraces are off.
+pub fn report(restart: &Restart, program: &str) {
+    match restart {
+        Restart::Failed(e) => log::warn!(
+            "RUST_BACKTRACE is set and {program} could not start itself again without library backtraces ({e}): \
+             loading models may be several times slower; set RUST_LIB_BACKTRACE=0 as well"
+        ),
+        Restart::NotNeeded if std::env::var_os(ERRORS).is_some_and(|v| v == "0") => {
+            log::debug!("library backtraces off (RUST_LIB_BACKTRACE=0); panics keep theirs")
+        }
+        Restart::NotNeeded => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

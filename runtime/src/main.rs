@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use drover_runtime::backtraces::{Restart, restart_without_library_backtraces};
+use drover_runtime::backtraces::{self, restart_without_library_backtraces};
 use drover_runtime::cmd::infer::{InferArgs, Progress, infer};
 use drover_runtime::cmd::inspect::{self, InspectArgs};
 use drover_runtime::cmd::slots;
@@ -110,16 +110,7 @@ fn main() -> ExitCode {
     // RUST_LOG overrides both.
     let default = if matches!(cli.command, Verb::Run(_)) { "info" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
-    match restart {
-        Restart::Failed(e) => log::warn!(
-            "RUST_BACKTRACE is set and the agent could not start itself again without library backtraces ({e}): \
-             loading models may be several times slower; set RUST_LIB_BACKTRACE=0 as well"
-        ),
-        Restart::NotNeeded if std::env::var_os("RUST_LIB_BACKTRACE").is_some_and(|v| v == "0") => {
-            log::debug!("library backtraces off (RUST_LIB_BACKTRACE=0); panics keep theirs")
-        }
-        Restart::NotNeeded => {}
-    }
+    backtraces::report(&restart, "the agent");
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use drover_runtime::backtraces::{Restart, restart_without_library_backtraces};
+use drover_runtime::backtraces::{self, restart_without_library_backtraces};
 use drover_tools::cli::{Cli, run};
 
 fn main() -> ExitCode {
@@ -20,15 +20,7 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
-    match restart {
-        Restart::Failed(e) => {
-            log::warn!("RUST_BACKTRACE is set and drover could not start itself again without library backtraces ({e})")
-        }
-        Restart::NotNeeded if std::env::var_os("RUST_LIB_BACKTRACE").is_some_and(|v| v == "0") => {
-            log::debug!("library backtraces off (RUST_LIB_BACKTRACE=0); panics keep theirs")
-        }
-        Restart::NotNeeded => {}
-    }
+    backtraces::report(&restart, "drover");
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
