@@ -131,7 +131,7 @@ struct Agent {
     store: Option<Store>,
     /// The model the store last loaded and tested for a slot (at boot, on install), served by
     /// the next reload without loading the file again.
-    loaded: Option<(SlotId, crate::engine::Model)>,
+    tested: Option<(SlotId, crate::engine::Model)>,
     spool: Option<Spool>,
     session: Session,
     client: AsyncClient,
@@ -216,7 +216,7 @@ async fn run_notifying(
     })
     .await
     .map_err(|e| AgentError::Join(e.to_string()))?;
-    let loaded = match booted {
+    let tested = match booted {
         Ok(Some(serving)) => Some(serving),
         Ok(None) => {
             log::info!("{}: no model installed yet", me.device);
@@ -271,7 +271,7 @@ async fn run_notifying(
         me,
         clock,
         store: Some(store),
-        loaded,
+        tested,
         spool,
         session,
         client,
@@ -607,7 +607,7 @@ impl Agent {
     /// when it changed.
     async fn reload_model(&mut self) {
         // Taken whatever happens next, so a model the store tested is never kept past a reload.
-        let tested = self.loaded.take();
+        let tested = self.tested.take();
         let Some(store) = &self.store else { return };
         let state = store.state();
         let active = state.active.and_then(|a| state.slot(a).map(|m| (a, m.clone())));
@@ -801,9 +801,7 @@ impl Agent {
                 let serving = serving(&store);
                 self.store = Some(store);
                 self.spool = Some(spool);
-                if tested.is_some() {
-                    self.loaded = tested;
-                }
+                self.tested = tested.or(self.tested.take());
                 Feedback::Installed(phase, serving)
             }
             Err(e) => Feedback::SpoolFailed(format!("install task failed: {e}")),
@@ -849,9 +847,7 @@ impl Agent {
             Ok((store, phase, tested)) => {
                 let serving = serving(&store);
                 self.store = Some(store);
-                if tested.is_some() {
-                    self.loaded = tested;
-                }
+                self.tested = tested.or(self.tested.take());
                 Feedback::Command(sequence, phase, serving)
             }
             Err(e) => Feedback::Command(sequence, Phase::failed(&e.to_string()), Serving::default()),
