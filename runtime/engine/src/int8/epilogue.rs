@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::kernel::{Emit, Features};
-use super::lanes::Lanes;
+use super::lanes::{Isa, Lanes, Task, dispatch};
 
 /// A per-tensor quantization, as ONNX's QuantizeLinear/DequantizeLinear read it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -171,6 +171,109 @@ impl Epilogue {
     }
 }
 
+/// Values per block of [`Epilogue::finish`]: a multiple of every lane count, and small
+/// enough to stay in L1 (512 bytes of floats).
+const BLOCK: usize = 128;
+
+impl Epilogue {
+    /// The output values of a row of exact sums, for the layers on tract-linalg's kernels,
+    /// whose sums come back as a matrix: plus `add` (the zero points' corrections), then the
+    /// steps of [`Epilogue::apply`], in `isa`'s vectors. `features` says whose sums these are:
+    /// one feature for the whole row (a conv's plane) or consecutive features from `f` on (a
+    /// linear layer's row of features). `out` holds one value per sum.
+    ///
+    /// Each step runs over a block of values at a time (one pass per step, its constants in
+    /// registers), where [`Epilogue::apply`] walks the steps for every vector: equal bytes, a
+    /// third of the ARM instructions on the reference CNN.
+    pub(crate) fn finish(&self, isa: Isa, features: Features, sums: &[i32], add: Add<'_>, out: Sink<'_>) {
+        dispatch(isa, Finish { epilogue: self, features, sums, add, out })
+    }
+}
+
+/// What [`Epilogue::finish`] adds to each sum first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Add<'a> {
+    /// The same value to every sum.
+    Same(i32),
+    /// One value per sum.
+    Each(&'a [i32]),
+}
+
+struct Finish<'a, 'o> {
+    epilogue: &'a Epilogue,
+    features: Features,
+    sums: &'a [i32],
+    add: Add<'a>,
+    out: Sink<'o>,
+}
+
+impl Task for Finish<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Lanes>(self, simd: S) {
+        let Finish { epilogue, features, sums, add, mut out } = self;
+        let mut x = [0f32; BLOCK];
+        let mut ints = [0i32; BLOCK];
+        let mut bytes = [0u8; BLOCK];
+        for (b, chunk) in sums.chunks(BLOCK).enumerate() {
+            let (at, n) = (b * BLOCK, chunk.len());
+            // Whole vectors: the block's tail is padded (its lanes are never stored).
+            let lanes = n.next_multiple_of(S::L);
+            ints[..n].copy_from_slice(chunk);
+            ints[n..lanes].fill(0);
+            if let Add::Each(v) = add {
+                ints.iter_mut().zip(&v[at..at + n]).for_each(|(i, v)| *i = i.wrapping_add(*v));
+            }
+            let same = match add {
+                Add::Same(c) => simd.splat(c),
+                Add::Each(_) => simd.splat(0),
+            };
+            // A per-feature list for the vector at `i` of this block.
+            let param = |list: &[f32], i: usize| match features {
+                Features::One(f) => simd.fsplat(list[f]),
+                Features::From(f) => simd.fload(&list[f + at + i..]),
+            };
+            for (i, (x, v)) in x[..lanes].chunks_exact_mut(S::L).zip(ints.chunks_exact(S::L)).enumerate() {
+                let acc = simd.add(simd.load(v), same);
+                simd.fstore(simd.fmul(simd.to_f32(acc), param(&epilogue.unit, i * S::L)), x);
+            }
+            for op in &epilogue.ops {
+                let vectors = x[..lanes].chunks_exact_mut(S::L);
+                match op {
+                    Op::Bias(bias) => vectors
+                        .enumerate()
+                        .for_each(|(i, x)| simd.fstore(simd.fadd(simd.fload(x), param(bias, i * S::L)), x)),
+                    Op::Quantize { scale, lo, hi, zero } => {
+                        let (scale, lo, hi, zero) =
+                            (simd.fsplat(*scale), simd.fsplat(*lo), simd.fsplat(*hi), simd.fsplat(*zero));
+                        let round = simd.fsplat(ROUND);
+                        vectors.for_each(|x| {
+                            let c = simd.fclamp(simd.fdiv(simd.fload(x), scale), lo, hi);
+                            simd.fstore(simd.fadd(simd.fsub(simd.fadd(c, round), round), zero), x);
+                        })
+                    }
+                    Op::Dequantize { zero, scale } => {
+                        let (zero, scale) = (simd.fsplat(*zero), simd.fsplat(*scale));
+                        vectors.for_each(|x| simd.fstore(simd.fmul(simd.fsub(simd.fload(x), zero), scale), x))
+                    }
+                }
+            }
+            let mut narrow = |out: &mut [u8]| {
+                for (x, b) in x[..lanes].chunks_exact(S::L).zip(bytes.chunks_exact_mut(S::L)) {
+                    simd.store_bytes(simd.to_i32(simd.fload(x)), b);
+                }
+                out[at..at + n].copy_from_slice(&bytes[..n]);
+            };
+            match &mut out {
+                Sink::I8(o) => narrow(bytemuck::cast_slice_mut::<i8, u8>(o)),
+                Sink::U8(o) => narrow(o),
+                Sink::F32(o) => o[at..at + n].copy_from_slice(&x[..n]),
+            }
+        }
+    }
+}
+
 /// Where a layer writes its values: the output tensor's storage (or the conv's scratch before
 /// a pool), in the output type.
 pub(crate) enum Sink<'a> {
@@ -186,6 +289,15 @@ impl Sink<'_> {
             Sink::I8(v) => Sink::I8(v),
             Sink::U8(v) => Sink::U8(v),
             Sink::F32(v) => Sink::F32(v),
+        }
+    }
+
+    /// The values at `at..at + n` (a conv's plane, a linear layer's row).
+    pub(crate) fn part(&mut self, at: usize, n: usize) -> Sink<'_> {
+        match self {
+            Sink::I8(v) => Sink::I8(&mut v[at..at + n]),
+            Sink::U8(v) => Sink::U8(&mut v[at..at + n]),
+            Sink::F32(v) => Sink::F32(&mut v[at..at + n]),
         }
     }
 }
@@ -317,6 +429,59 @@ mod tests {
         }
     }
 
+    /// `finish` (tract-linalg's layers) over the same sums as `apply`, with a correction.
+    fn finish(e: &Epilogue, isa: Isa, acc: &[i32], one: Option<usize>, add: Add<'_>) -> Vec<f32> {
+        let n = acc.len();
+        let (mut i8s, mut u8s, mut f32s) = (vec![0i8; n], vec![0u8; n], vec![0f32; n]);
+        let sink = match e.output() {
+            Output::I8 => Sink::I8(&mut i8s),
+            Output::U8 => Sink::U8(&mut u8s),
+            Output::F32 => Sink::F32(&mut f32s),
+        };
+        let features = one.map_or(Features::From(0), Features::One);
+        e.finish(isa, features, acc, add, sink);
+        match e.output() {
+            Output::I8 => i8s.iter().map(|v| *v as f32).collect(),
+            Output::U8 => u8s.iter().map(|v| *v as f32).collect(),
+            Output::F32 => f32s,
+        }
+    }
+
+    #[test]
+    fn blocks_equal_the_definition_on_ties_extremes_and_corrections() {
+        let mut acc: Vec<i32> = (-700..700).collect();
+        acc.extend([i32::MIN + 9, i32::MAX - 9, -(1 << 24) - 1, 1 << 24, 3]);
+        let features = acc.len();
+        let unit: Vec<f32> = (0..features).map(|f| 0.25 + (f % 7) as f32 * 0.125).collect();
+        let bias: Vec<f32> = (0..features).map(|f| (f % 5) as f32 * 0.5 - 1.0).collect();
+        let u8q = Quant { scale: 0.75, zero_point: 128, signed: false };
+        let chains: Vec<Vec<Step>> = vec![
+            vec![],
+            vec![Step::Bias(bias.clone())],
+            vec![Step::Quantize(S8)],
+            vec![Step::Bias(bias.clone()), Step::Quantize(u8q)],
+            vec![Step::Quantize(S8), Step::Dequantize(S8), Step::Bias(bias.clone()), Step::Quantize(S8)],
+            vec![Step::Bias(bias), Step::Quantize(u8q), Step::Dequantize(u8q)],
+        ];
+        for steps in chains {
+            let e = Epilogue::new(unit.clone(), steps.clone()).expect("valid");
+            let each: Vec<i32> = (0..features as i32).map(|i| i % 11 - 5).collect();
+            for isa in isas() {
+                for add in [Add::Same(0), Add::Same(-7), Add::Each(&each)] {
+                    let corrected: Vec<i32> = match add {
+                        Add::Same(c) => acc.iter().map(|a| a.wrapping_add(c)).collect(),
+                        Add::Each(v) => acc.iter().zip(v).map(|(a, c)| a.wrapping_add(*c)).collect(),
+                    };
+                    let want: Vec<f32> =
+                        corrected.iter().enumerate().map(|(f, a)| reference(unit[f], &steps, f, *a)).collect();
+                    assert_eq!(finish(&e, isa, &acc, None, add), want, "{isa:?} {steps:?} + {add:?}");
+                    let want: Vec<f32> = corrected.iter().map(|a| reference(unit[5], &steps, 5, *a)).collect();
+                    assert_eq!(finish(&e, isa, &acc, Some(5), add), want, "{isa:?} {steps:?} + {add:?}, one");
+                }
+            }
+        }
+    }
+
     #[test]
     fn quantize_rounds_half_to_even_saturates_and_sends_nan_to_the_zero_point() {
         // unit 1 then bias: 0.25·2 = 0.5 → 0 (even), 1.5 → 2, 2.5 → 2, −0.5 → −0; + zero point −3.
@@ -325,6 +490,10 @@ mod tests {
         for isa in isas() {
             let got = dispatch(isa, Run { epilogue: &e, acc: &[0; 8], one: None });
             assert_eq!(got, [-3.0, -1.0, -1.0, -3.0, 127.0, -128.0, -3.0, 127.0], "{isa:?}");
+        }
+        for isa in isas() {
+            let got = finish(&e, isa, &[0; 8], None, Add::Same(0));
+            assert_eq!(got, [-3.0, -1.0, -1.0, -3.0, 127.0, -128.0, -3.0, 127.0], "rows, {isa:?}");
         }
     }
 

@@ -21,7 +21,10 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use tract_core::internal::*;
-use tract_core::tract_linalg::mmm::{AsInputValue, FusedSpec, MMMInputValue, MatMatMul, Query};
+use tract_core::tract_linalg::mmm::{
+    AsInputValue, EagerPackedInput, FusedSpec, MMMInputFormat, MMMInputValue, MatMatMul, PackedExoticFact, Query,
+};
+use tract_core::tract_linalg::pack::{PackedFormat, PackedI8K4};
 use tract_core::tract_linalg::{MmmDispatch, WeightType};
 
 /// The weights of one layer, `m × k` int8 (already shifted), ready for tract-linalg's kernels:
@@ -109,12 +112,52 @@ impl Gemm {
         if n == 1 { &self.narrow } else { &self.wide }
     }
 
-    /// `c = weights · b` for `b` of `k_padded × n` int8 values (row-major): into `c` as
-    /// `m × n` row-major, or as `n × m` when `transposed` (a linear layer's rows of features).
+    /// An empty right operand of `n` columns (`k_padded` rows, all zero) in the layout of the
+    /// kernel a product of `n` columns runs on, for the caller to fill row by row or column by
+    /// column.
+    pub(crate) fn columns(&self, n: usize) -> TractResult<Columns> {
+        ensure!(n > 0, "a product of no columns");
+        let choice = self.choice(n);
+        let (_, format) = &choice.mmm.packings()[choice.packing];
+        let k = self.k_padded;
+        let packed = |format: Box<dyn MMMInputFormat>, align: usize, panel: usize, panels: usize, layout| {
+            let blob = Blob::from_bytes_alignment(&vec![0u8; panel * panels], align)?;
+            let fact = PackedExoticFact { format, mn: n.to_dim(), k };
+            let value = EagerPackedInput { fact, packed: Arc::new(blob), panel_bytes: panel, mn: n };
+            TractResult::Ok(Store::Packed(value, layout))
+        };
+        let store = if let Some(f) = format.downcast_ref::<PackedFormat>().filter(|f| f.dt == DatumType::I8) {
+            let panel = f.single_panel_len(k);
+            packed(Box::new(f.clone()), f.alignment(), panel, n.div_ceil(f.r), Layout::Panels { r: f.r, panel })?
+        } else if let Some(f) = format.downcast_ref::<PackedI8K4>().filter(|_| k.is_multiple_of(4)) {
+            let panel = f.single_panel_len(k);
+            packed(Box::new(f.clone()), f.alignment(), panel, n.div_ceil(f.r), Layout::K4 { r: f.r, panel })?
+        } else {
+            // A layout Drover does not know: a plain matrix, packed by tract at the product.
+            Store::Plain(Tensor::zero::<i8>(&[k, n])?)
+        };
+        Ok(Columns { k, n, store })
+    }
+
+    /// `c = weights · b` for `b` of `k_padded × n` int8 values (row-major), written in by rows
+    /// (the tests' way in; the layers write their operand as they make it).
+    #[cfg(test)]
     pub(crate) fn run(&self, b: &Tensor, c: &mut Tensor, transposed: bool) -> TractResult<()> {
         ensure!(b.datum_type() == DatumType::I8 && b.rank() == 2, "operand of {:?} {:?}", b.datum_type(), b.shape());
         let n = b.shape()[1];
         ensure!(b.shape()[0] == self.k_padded && n > 0, "operand {:?} for k = {}", b.shape(), self.k_padded);
+        let mut columns = self.columns(n)?;
+        let plain = b.try_as_plain_ram()?;
+        for (row, values) in plain.as_slice::<i8>()?.chunks_exact(n).enumerate() {
+            columns.row(row, values);
+        }
+        self.product(&columns, c, transposed)
+    }
+
+    /// `c = weights · columns`: into `c` as `m × n` row-major, or as `n × m` when `transposed`.
+    pub(crate) fn product(&self, columns: &Columns, c: &mut Tensor, transposed: bool) -> TractResult<()> {
+        let n = columns.n;
+        ensure!(columns.k == self.k_padded, "operand of {} rows for k = {}", columns.k, self.k_padded);
         let c_shape = if transposed { [n, self.m] } else { [self.m, n] };
         ensure!(
             c.datum_type() == DatumType::I32 && c.shape() == c_shape,
@@ -124,29 +167,150 @@ impl Gemm {
         );
         let choice = self.choice(n);
         let a = choice.packed(&self.weights)?;
-        let (_, b_format) = &choice.mmm.packings()[choice.packing];
-        let b = b_format.prepare_one(b, 0, 1)?;
+        let repacked;
+        let b: &dyn MMMInputValue = match &columns.store {
+            Store::Packed(value, _) => value,
+            Store::Plain(t) => {
+                let (_, b_format) = &choice.mmm.packings()[choice.packing];
+                repacked = b_format.prepare_one(t, 0, 1)?;
+                &*repacked
+            }
+        };
         ensure!(a.k() == b.k() && a.mn() == self.m && b.mn() == n, "packed operands disagree");
         let (m_axis, n_axis) = if transposed { (1, 0) } else { (0, 1) };
         // SAFETY: `c` is an i32 tensor of exactly `m × n` (or `n × m`, with the axes given
         // accordingly), checked above, and is borrowed mutably for the whole call, so the view
-        // stays valid and unaliased while the kernel writes it. `a` and `b` were packed by this
-        // kernel's own formats for `packing` from operands of `k_padded` rows (the same k,
-        // checked), `a` over the `m` rows and `b` over the `n` columns the call names, so the
-        // kernel reads only inside both packed buffers. The i32 store is one the kernel offers
-        // (`store: Some(I32)` in the query that picked it).
+        // stays valid and unaliased while the kernel writes it. `a` was packed by this kernel's
+        // own format for `packing` over `k_padded` rows; `b` is either packed by the same
+        // kernel's format from a `k_padded × n` matrix, or a buffer of that format's exact size
+        // for `k_padded` and `n` (made by `columns` for this `n`, so for this kernel) that
+        // Drover wrote only through its layout; the k and mn of both are checked equal above,
+        // so the kernel reads only inside both packed buffers. The i32 store is one the kernel
+        // offers (`store: Some(I32)` in the query that picked it).
         unsafe {
             let store = choice.mmm.c_view(Some(m_axis), Some(n_axis)).wrap(&c.view_mut());
             let specs = [
                 FusedSpec::AddMatMul {
                     a: AsInputValue::Borrowed(a),
-                    b: AsInputValue::Borrowed(&*b),
+                    b: AsInputValue::Borrowed(b),
                     packing: choice.packing,
                 },
                 FusedSpec::Store(store),
             ];
             choice.mmm.run(self.m, n, &specs)
         }
+    }
+}
+
+/// The right operand of a product, `k_padded × n` int8, written straight into the packed layout
+/// of the kernel that reads it. A conv's im2col rows go there in one pass, where a plain matrix
+/// cost a second pass through tract's generic packer (as many ARM instructions as the product).
+pub(crate) struct Columns {
+    k: usize,
+    n: usize,
+    store: Store,
+}
+
+enum Store {
+    /// In the kernel's own format.
+    Packed(EagerPackedInput, Layout),
+    /// Row-major `k × n`, for a format Drover does not lay out itself.
+    Plain(Tensor),
+}
+
+/// Where value `(row, column)` lives in a packed operand.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// tract's `PackedFormat`: panels of `r` columns, `panel` bytes each; in a panel, row after
+    /// row of `r` values.
+    Panels { r: usize, panel: usize },
+    /// tract's `PackedI8K4` (the `sdot` kernels): panels of `r` columns; in a panel, blocks of 4
+    /// rows, and in a block, column after column of 4 values.
+    K4 { r: usize, panel: usize },
+}
+
+impl Columns {
+    fn bytes(&mut self) -> (&mut [u8], Option<Layout>) {
+        match &mut self.store {
+            Store::Packed(value, layout) => {
+                // `columns` made the blob and gives it to no one before the product.
+                let blob = Arc::get_mut(&mut value.packed).expect("a fresh operand is not shared");
+                (blob.as_bytes_mut(), Some(*layout))
+            }
+            Store::Plain(t) => (t.as_bytes_mut(), None),
+        }
+    }
+
+    /// Sets row `row` (`< k_padded`) to `values` (`n` of them).
+    pub(crate) fn row(&mut self, row: usize, values: &[i8]) {
+        let n = self.n;
+        assert!(row < self.k && values.len() == n, "row {row} of {} values", values.len());
+        let values: &[u8] = bytemuck::cast_slice(values);
+        match self.bytes() {
+            (bytes, None) => bytes[row * n..][..n].copy_from_slice(values),
+            (bytes, Some(Layout::Panels { r, panel })) => match r {
+                4 => panel_rows::<4>(bytes, panel, row, values),
+                8 => panel_rows::<8>(bytes, panel, row, values),
+                16 => panel_rows::<16>(bytes, panel, row, values),
+                _ => {
+                    for (j, v) in values.iter().enumerate() {
+                        bytes[(j / r) * panel + row * r + j % r] = *v;
+                    }
+                }
+            },
+            (bytes, Some(Layout::K4 { r, panel })) => {
+                let at = (row / 4) * r * 4 + row % 4;
+                for (p, chunk) in values.chunks(r).enumerate() {
+                    let dst = &mut bytes[p * panel + at..];
+                    for (l, v) in chunk.iter().enumerate() {
+                        dst[l * 4] = *v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sets the first `values.len()` (`≤ k_padded`) rows of column `column` (`< n`).
+    pub(crate) fn column(&mut self, column: usize, values: &[i8]) {
+        let n = self.n;
+        assert!(column < n && values.len() <= self.k, "column {column} of {} values", values.len());
+        let values: &[u8] = bytemuck::cast_slice(values);
+        match self.bytes() {
+            (bytes, None) => {
+                for (row, v) in values.iter().enumerate() {
+                    bytes[row * n + column] = *v;
+                }
+            }
+            (bytes, Some(Layout::Panels { r, panel })) => {
+                let base = (column / r) * panel + column % r;
+                if r == 1 {
+                    bytes[base..][..values.len()].copy_from_slice(values);
+                } else {
+                    for (row, v) in values.iter().enumerate() {
+                        bytes[base + row * r] = *v;
+                    }
+                }
+            }
+            (bytes, Some(Layout::K4 { r, panel })) => {
+                let base = (column / r) * panel + (column % r) * 4;
+                for (block, four) in values.chunks(4).enumerate() {
+                    bytes[base + block * r * 4..][..four.len()].copy_from_slice(four);
+                }
+            }
+        }
+    }
+}
+
+/// One row into panels of `R` columns: a fixed-size copy per panel.
+fn panel_rows<const R: usize>(bytes: &mut [u8], panel: usize, row: usize, values: &[u8]) {
+    let mut chunks = values.chunks_exact(R);
+    for (p, chunk) in (&mut chunks).enumerate() {
+        bytes[p * panel + row * R..][..R].copy_from_slice(chunk);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let p = values.len() / R;
+        bytes[p * panel + row * R..][..rest.len()].copy_from_slice(rest);
     }
 }
 
@@ -221,6 +385,42 @@ mod tests {
                     assert_eq!(t[j * m + i], want[i * n + j], "transposed {m}×{k}×{n} at {i},{j}");
                 }
             }
+        }
+    }
+
+    /// The same operand written by columns (a linear layer's rows) gives the same products as
+    /// written by rows, on every kernel the shapes pick (single column included).
+    #[test]
+    fn columns_and_rows_lay_the_operand_out_alike() {
+        for (m, k, n) in [(3, 5, 1), (17, 33, 9), (8, 8, 8), (65, 300, 70), (10, 64, 1), (24, 4608, 5)] {
+            let a = values(m * k, (m * 13 + k) as u32);
+            let b = values(k * n, (n * 3 + k) as u32);
+            let g = Gemm::new(m, k, &a).expect("gemm");
+            let mut columns = g.columns(n).expect("columns");
+            for j in 0..n {
+                let column: Vec<i8> = (0..k).map(|row| b[row * n + j]).collect();
+                columns.column(j, &column);
+            }
+            let mut c = Tensor::zero::<i32>(&[m, n]).expect("c");
+            g.product(&columns, &mut c, false).expect("product");
+            let got = c.try_as_plain_ram().expect("plain").as_slice::<i32>().expect("i32").to_vec();
+            assert_eq!(got, reference(m, k, n, &a, &b), "{m}×{k}×{n} on {}", g.kernel_name(n));
+        }
+    }
+
+    /// Every kernel this machine picks has a layout Drover writes itself: the fast path, not
+    /// the plain matrix that tract repacks.
+    #[test]
+    fn the_operand_is_written_in_the_kernels_own_layout() {
+        let g = Gemm::new(16, 72, &values(16 * 72, 5)).expect("gemm");
+        for n in [1, 9, 196] {
+            let columns = g.columns(n).expect("columns");
+            let layout = match &columns.store {
+                Store::Packed(_, Layout::Panels { r, .. }) => format!("panels of {r}"),
+                Store::Packed(_, Layout::K4 { r, .. }) => format!("blocks of 4 rows, panels of {r}"),
+                Store::Plain(_) => panic!("{} took a plain operand", g.kernel_name(n)),
+            };
+            println!("n = {n}: {} reads {layout}", g.kernel_name(n));
         }
     }
 

@@ -8,10 +8,10 @@ use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-use super::epilogue::{Epilogue, Output, Quant, Sink, Step, Writer};
+use super::epilogue::{Add, Epilogue, Output, Quant, Sink, Step, Writer};
 use super::gemm::Gemm;
-use super::kernel::{self, ConvGeometry, Emit, Features, PackedConv, PackedLinear, Planes};
-use super::lanes::{Isa, Lanes, Task, dispatch, pair};
+use super::kernel::{self, ConvGeometry, Features, PackedConv, PackedLinear, Planes};
+use super::lanes::{Isa, pair};
 use super::pool::Pool;
 
 /// Everything the fused node needs besides its weights, as the QDQ pass found it in the graph.
@@ -178,6 +178,7 @@ enum Packed {
         gemm: Arc<Gemm>,
         zero: Arc<ZeroPoints>,
         conv: Option<ConvGeometry>,
+        /// The vectors the epilogue runs in.
         isa: Isa,
     },
 }
@@ -234,69 +235,6 @@ struct ZeroPoints {
     constant: Vec<i32>,
     /// Whether any `w₀'` is non-zero, so that the inputs' column sums are needed.
     column_sums: bool,
-}
-
-impl ZeroPoints {
-    /// Adds the corrections to `sums` (`features × columns` when `by_feature_rows`, else
-    /// `columns × features`); `b` is the `k × columns` operand the sums were made from.
-    fn correct(&self, sums: &mut [i32], b: &[i8], k: usize, columns: usize, by_feature_rows: bool) {
-        let features = self.weights.len();
-        let mut col = vec![0i32; columns];
-        if self.column_sums {
-            for row in b[..k * columns].chunks_exact(columns) {
-                for (s, v) in col.iter_mut().zip(row) {
-                    *s += i32::from(*v);
-                }
-            }
-        }
-        if by_feature_rows {
-            for ((line, c), w0) in sums.chunks_exact_mut(columns).zip(&self.constant).zip(&self.weights) {
-                for (v, s) in line.iter_mut().zip(&col) {
-                    *v = v.wrapping_add(c.wrapping_sub(w0.wrapping_mul(*s)));
-                }
-            }
-        } else {
-            for (line, s) in sums.chunks_exact_mut(features).zip(&col) {
-                for ((v, c), w0) in line.iter_mut().zip(&self.constant).zip(&self.weights) {
-                    *v = v.wrapping_add(c.wrapping_sub(w0.wrapping_mul(*s)));
-                }
-            }
-        }
-    }
-}
-
-/// Runs the epilogue over a matrix of exact sums: rows of features (a conv's planes) or rows
-/// of samples (a linear layer's outputs).
-struct EmitSums<'a, E> {
-    sums: &'a [i32],
-    columns: usize,
-    by_feature_rows: bool,
-    base: usize,
-    emit: &'a mut E,
-}
-
-impl<E: Emit> Task for EmitSums<'_, E> {
-    type Output = ();
-
-    #[inline(always)]
-    fn run<S: Lanes>(self, simd: S) {
-        let mut tmp = [0i32; 16];
-        for (row, line) in self.sums.chunks_exact(self.columns).enumerate() {
-            let mut at = 0;
-            while at < self.columns {
-                let n = (self.columns - at).min(S::L);
-                let acc = if n == S::L {
-                    simd.load(&line[at..])
-                } else {
-                    tmp[..n].copy_from_slice(&line[at..at + n]);
-                    simd.load(&tmp)
-                };
-                let features = if self.by_feature_rows { Features::One(row) } else { Features::From(at) };
-                self.emit.emit(simd, features, self.base + row * self.columns + at, n, acc);
-                at += n;
-            }
-        }
-    }
 }
 
 /// The typed, runnable layer.
@@ -508,15 +446,14 @@ impl Int8Layer {
             Output::U8 => DatumType::U8,
             Output::F32 => DatumType::F32,
         };
-        let kp = gemm.k_padded();
         match conv {
             None => {
                 let k = *shape.last().context("rank 0 input")?;
                 let rows = x.len().checked_div(k).unwrap_or(0);
                 ensure!(
-                    k > 0 && kp >= k && zero.weights.len() == features,
+                    k > 0 && gemm.k_padded() >= k && zero.weights.len() == features,
                     "rows of {k} values for a layer of {} inputs",
-                    kp
+                    gemm.k_padded()
                 );
                 let mut out_shape = shape.to_vec();
                 if let Some(last) = out_shape.last_mut() {
@@ -526,26 +463,32 @@ impl Int8Layer {
                 if rows == 0 {
                     return Ok(out);
                 }
-                // The operand is the rows transposed: `k × rows`, zero past `k`.
-                let mut b = Tensor::zero::<i8>(&[kp, rows])?;
-                {
-                    let mut view = b.try_as_plain_ram_mut()?;
-                    let bs = view.as_slice_mut::<i8>()?;
-                    for (r, row) in x.chunks_exact(k).enumerate() {
-                        for (kk, v) in row.iter().enumerate() {
-                            bs[kk * rows + r] = shift(*v);
-                        }
+                // The operand: each row of the input is a column of the product.
+                let mut columns = gemm.columns(rows)?;
+                let mut shifted = vec![0i8; k];
+                let mut column_sums = vec![0i32; rows];
+                for (r, row) in x.chunks_exact(k).enumerate() {
+                    shifted.iter_mut().zip(row).for_each(|(d, v)| *d = shift(*v));
+                    if zero.column_sums {
+                        column_sums[r] = shifted.iter().map(|v| i32::from(*v)).sum();
                     }
+                    columns.column(r, &shifted);
                 }
                 let mut sums = Tensor::zero::<i32>(&[rows, features])?;
-                gemm.run(&b, &mut sums, true)?;
-                let bview = b.try_as_plain_ram()?;
-                let mut sview = sums.try_as_plain_ram_mut()?;
-                let sums = sview.as_slice_mut::<i32>()?;
-                zero.correct(sums, bview.as_slice::<i8>()?, k, rows, false);
-                with_sink(&mut out, |sink| {
-                    let emit = &mut Writer { epilogue: &self.epilogue, sink };
-                    dispatch(*isa, EmitSums { sums, columns: features, by_feature_rows: false, base: 0, emit })
+                gemm.product(&columns, &mut sums, true)?;
+                let sums = sums.try_as_plain_ram()?;
+                let sums = sums.as_slice::<i32>()?;
+                let mut add = zero.constant.clone();
+                with_sink(&mut out, |mut sink| {
+                    for ((r, line), column_sum) in sums.chunks_exact(features).enumerate().zip(&column_sums) {
+                        if zero.column_sums {
+                            for ((a, c), w0) in add.iter_mut().zip(&zero.constant).zip(&zero.weights) {
+                                *a = c.wrapping_sub(w0.wrapping_mul(*column_sum));
+                            }
+                        }
+                        let part = sink.part(r * features, features);
+                        self.epilogue.finish(*isa, Features::From(0), line, Add::Each(&add), part);
+                    }
                 })?;
                 Ok(out)
             }
@@ -563,26 +506,42 @@ impl Int8Layer {
                 let image = g.channels * g.height * g.width;
                 let k = g.channels * g.kernel[0] * g.kernel[1];
                 let mut out = Tensor::zero_dt(dt, &[shape[0], features, oh, ow])?;
-                let mut b = Tensor::zero::<i8>(&[kp, positions])?;
                 let mut sums = Tensor::zero::<i32>(&[features, positions])?;
                 let mut scratch = match self.spec.pool {
                     Some(_) => Some(Tensor::zero_dt(dt, &[features, conv_out[0], conv_out[1]])?),
                     None => None,
                 };
+                let mut padded = PaddedImage::new(g, zero.input);
+                let mut line = vec![0i8; positions];
+                let mut column_sums = vec![0i32; if zero.column_sums { positions } else { 0 }];
                 for (n, img) in x.chunks_exact(image).enumerate() {
-                    im2col(g, conv_out, img, &shift, zero.input, b.try_as_plain_ram_mut()?.as_slice_mut::<i8>()?);
-                    gemm.run(&b, &mut sums, false)?;
-                    let bview = b.try_as_plain_ram()?;
-                    let mut sview = sums.try_as_plain_ram_mut()?;
-                    let sums = sview.as_slice_mut::<i32>()?;
-                    zero.correct(sums, bview.as_slice::<i8>()?, k, positions, true);
-                    let emit_into = |t: &mut Tensor, base: usize| {
-                        with_sink(t, |sink| {
-                            let emit = &mut Writer { epilogue: &self.epilogue, sink };
-                            dispatch(
-                                *isa,
-                                EmitSums { sums: &*sums, columns: positions, by_feature_rows: true, base, emit },
-                            )
+                    padded.fill(img, &shift);
+                    let mut columns = gemm.columns(positions)?;
+                    column_sums.fill(0);
+                    for row in 0..k {
+                        padded.im2col_row(row, conv_out, &mut line);
+                        column_sums.iter_mut().zip(&line).for_each(|(s, v)| *s += i32::from(*v));
+                        columns.row(row, &line);
+                    }
+                    gemm.product(&columns, &mut sums, false)?;
+                    let sview = sums.try_as_plain_ram()?;
+                    let sums = sview.as_slice::<i32>()?;
+                    let mut add = vec![0i32; column_sums.len()];
+                    let mut emit_into = |t: &mut Tensor, base: usize| {
+                        with_sink(t, |mut sink| {
+                            for (f, line) in sums.chunks_exact(positions).enumerate() {
+                                let (c, w0) = (zero.constant[f], zero.weights[f]);
+                                let add = if zero.column_sums {
+                                    for (a, s) in add.iter_mut().zip(&column_sums) {
+                                        *a = c.wrapping_sub(w0.wrapping_mul(*s));
+                                    }
+                                    Add::Each(&add)
+                                } else {
+                                    Add::Same(c)
+                                };
+                                let part = sink.part(base + f * positions, positions);
+                                self.epilogue.finish(*isa, Features::One(f), line, add, part);
+                            }
                         })
                     };
                     let at = n * features * oh * ow..(n + 1) * features * oh * ow;
@@ -626,43 +585,48 @@ fn conv_geometry(spec: &FusedSpec, x: &TypedFact, w: &Tensor, w_shape: &[TDim]) 
     Ok(geometry)
 }
 
-/// Lays one image out as the conv's product operand: row `(c, ky, kx)` holds that tap for every
-/// output position; taps in the padding read the input's zero point (a centered 0).
-fn im2col<T: Copy>(g: &ConvGeometry, [oh, ow]: [usize; 2], img: &[T], shift: &impl Fn(T) -> i8, pad: i8, b: &mut [i8]) {
-    let [kh, kw] = g.kernel;
-    let (h, w) = (g.height as isize, g.width as isize);
-    let positions = oh * ow;
-    for c in 0..g.channels {
-        let plane = &img[c * g.height * g.width..][..g.height * g.width];
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let row = &mut b[((c * kh + ky) * kw + kx) * positions..][..positions];
-                for oy in 0..oh {
-                    let iy = (oy * g.strides[0] + ky * g.dilations[0]) as isize - g.pads[0] as isize;
-                    let line = &mut row[oy * ow..][..ow];
-                    if iy < 0 || iy >= h {
-                        line.fill(pad);
-                        continue;
-                    }
-                    let src = &plane[iy as usize * g.width..][..g.width];
-                    let x0 = (kx * g.dilations[1]) as isize - g.pads[1] as isize;
-                    if g.strides[1] == 1 {
-                        // Stride 1: padding on the left, a run of the input row, padding on the right.
-                        let lo = (-x0).clamp(0, ow as isize) as usize;
-                        let hi = (w - x0).clamp(lo as isize, ow as isize) as usize;
-                        line[..lo].fill(pad);
-                        let start = (x0 + lo as isize) as usize;
-                        for (d, v) in line[lo..hi].iter_mut().zip(&src[start..]) {
-                            *d = shift(*v);
-                        }
-                        line[hi..].fill(pad);
-                        continue;
-                    }
-                    for (ox, d) in line.iter_mut().enumerate() {
-                        let ix = x0 + (ox * g.strides[1]) as isize;
-                        *d = if ix < 0 || ix >= w { pad } else { shift(src[ix as usize]) };
-                    }
-                }
+/// One image shifted into i8 inside its padding (the input's zero point, i.e. a centered 0),
+/// so that every tap of every output position reads inside it and im2col is plain copies.
+struct PaddedImage {
+    geometry: ConvGeometry,
+    rows: usize,
+    cols: usize,
+    data: Vec<i8>,
+}
+
+impl PaddedImage {
+    fn new(g: &ConvGeometry, pad: i8) -> PaddedImage {
+        let rows = g.height + g.pads[0] + g.pads[2];
+        let cols = g.width + g.pads[1] + g.pads[3];
+        PaddedImage { geometry: *g, rows, cols, data: vec![pad; g.channels * rows * cols] }
+    }
+
+    /// Shifts one image (`channels × height × width`, row-major) into the unpadded part; the
+    /// padding keeps the value `new` gave it.
+    fn fill<T: Copy>(&mut self, img: &[T], shift: &impl Fn(T) -> i8) {
+        let g = &self.geometry;
+        for (c, plane) in img.chunks_exact(g.height * g.width).enumerate().take(g.channels) {
+            for (y, src) in plane.chunks_exact(g.width).enumerate() {
+                let at = (c * self.rows + y + g.pads[0]) * self.cols + g.pads[1];
+                self.data[at..at + g.width].iter_mut().zip(src).for_each(|(d, v)| *d = shift(*v));
+            }
+        }
+    }
+
+    /// Row `(c, ky, kx)` of the conv's product operand: that tap for every position of the
+    /// `[oh, ow]` output, into `line` (`oh · ow` values).
+    fn im2col_row(&self, row: usize, [oh, ow]: [usize; 2], line: &mut [i8]) {
+        let g = &self.geometry;
+        let [kh, kw] = g.kernel;
+        let (c, ky, kx) = (row / (kh * kw), row / kw % kh, row % kw);
+        let plane = &self.data[c * self.rows * self.cols..][..self.rows * self.cols];
+        for (oy, dst) in line.chunks_exact_mut(ow).enumerate().take(oh) {
+            let at = (oy * g.strides[0] + ky * g.dilations[0]) * self.cols + kx * g.dilations[1];
+            if g.strides[1] == 1 {
+                dst.copy_from_slice(&plane[at..at + ow]);
+            } else {
+                let src = &plane[at..];
+                dst.iter_mut().enumerate().for_each(|(ox, d)| *d = src[ox * g.strides[1]]);
             }
         }
     }
