@@ -216,6 +216,13 @@ impl Task for Finish<'_, '_> {
         let mut x = [0f32; BLOCK];
         let mut ints = [0i32; BLOCK];
         let mut bytes = [0u8; BLOCK];
+        // The usual chain, run fused: a quantize, after a bias or not.
+        let fused = match epilogue.ops.as_slice() {
+            _ if out.bytes().is_none() => None,
+            [q @ Op::Quantize { .. }] => Some((None, q)),
+            [Op::Bias(b), q @ Op::Quantize { .. }] => Some((Some(b), q)),
+            _ => None,
+        };
         for (b, chunk) in sums.chunks(BLOCK).enumerate() {
             let (at, n) = (b * BLOCK, chunk.len());
             // Whole vectors: the block's tail is padded (its lanes are never stored).
@@ -234,6 +241,25 @@ impl Task for Finish<'_, '_> {
                 Features::One(f) => simd.fsplat(list[f]),
                 Features::From(f) => simd.fload(&list[f + at + i..]),
             };
+            if let Some((bias, Op::Quantize { scale, lo, hi, zero })) = fused {
+                // The usual chain (bias, quantize) in one pass: no floats stored in between.
+                let (scale, lo, hi, zero) =
+                    (simd.fsplat(*scale), simd.fsplat(*lo), simd.fsplat(*hi), simd.fsplat(*zero));
+                let round = simd.fsplat(ROUND);
+                for (i, (v, b)) in ints[..lanes].chunks_exact(S::L).zip(bytes.chunks_exact_mut(S::L)).enumerate() {
+                    let acc = simd.add(simd.load(v), same);
+                    let mut x = simd.fmul(simd.to_f32(acc), param(&epilogue.unit, i * S::L));
+                    if let Some(bias) = bias {
+                        x = simd.fadd(x, param(bias, i * S::L));
+                    }
+                    let c = simd.fclamp(simd.fdiv(x, scale), lo, hi);
+                    simd.store_bytes(simd.to_i32(simd.fadd(simd.fsub(simd.fadd(c, round), round), zero)), b);
+                }
+                if let Some(o) = out.bytes() {
+                    o[at..at + n].copy_from_slice(&bytes[..n]);
+                }
+                continue;
+            }
             for (i, (x, v)) in x[..lanes].chunks_exact_mut(S::L).zip(ints.chunks_exact(S::L)).enumerate() {
                 let acc = simd.add(simd.load(v), same);
                 simd.fstore(simd.fmul(simd.to_f32(acc), param(&epilogue.unit, i * S::L)), x);
@@ -289,6 +315,15 @@ impl Sink<'_> {
             Sink::I8(v) => Sink::I8(v),
             Sink::U8(v) => Sink::U8(v),
             Sink::F32(v) => Sink::F32(v),
+        }
+    }
+
+    /// The storage as bytes, when the values are integers.
+    fn bytes(&mut self) -> Option<&mut [u8]> {
+        match self {
+            Sink::I8(v) => Some(bytemuck::cast_slice_mut::<i8, u8>(v)),
+            Sink::U8(v) => Some(v),
+            Sink::F32(_) => None,
         }
     }
 

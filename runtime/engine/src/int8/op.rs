@@ -506,30 +506,46 @@ impl Int8Layer {
                 let image = g.channels * g.height * g.width;
                 let k = g.channels * g.kernel[0] * g.kernel[1];
                 let mut out = Tensor::zero_dt(dt, &[shape[0], features, oh, ow])?;
-                let mut sums = Tensor::zero::<i32>(&[features, positions])?;
-                let mut scratch = match self.spec.pool {
-                    Some(_) => Some(Tensor::zero_dt(dt, &[features, conv_out[0], conv_out[1]])?),
-                    None => None,
-                };
                 let mut padded = PaddedImage::new(g, zero.input);
-                let mut line = vec![0i8; positions];
-                let mut column_sums = vec![0i32; if zero.column_sums { positions } else { 0 }];
+                // At stride 1 the product runs over the padded width: each output row is as long
+                // as a padded input row, so every row of the operand is one run of the padded
+                // image, handed to the packing without an im2col copy. The extra columns (up to
+                // the kernel's width minus one per row) are computed and dropped.
+                let wide = g.strides == [1, 1];
+                let (columns_n, row_len) = if wide {
+                    ((conv_out[0] - 1) * padded.cols + conv_out[1], padded.cols)
+                } else {
+                    (positions, conv_out[1])
+                };
+                let mut sums = Tensor::zero::<i32>(&[features, columns_n])?;
+                // The epilogue's values before the pool, or before dropping the extra columns.
+                let mut scratch = match self.spec.pool.is_some() || row_len != conv_out[1] {
+                    true => Some(Tensor::zero_dt(dt, &[features, columns_n])?),
+                    false => None,
+                };
+                let mut line = vec![0i8; if wide { 0 } else { positions }];
+                let mut column_sums = vec![0i32; if zero.column_sums { columns_n } else { 0 }];
+                let mut add = vec![0i32; column_sums.len()];
                 for (n, img) in x.chunks_exact(image).enumerate() {
                     padded.fill(img, &shift);
-                    let mut columns = gemm.columns(positions)?;
+                    let mut columns = gemm.columns(columns_n)?;
                     column_sums.fill(0);
                     for row in 0..k {
-                        padded.im2col_row(row, conv_out, &mut line);
-                        column_sums.iter_mut().zip(&line).for_each(|(s, v)| *s += i32::from(*v));
-                        columns.row(row, &line);
+                        let values = if wide {
+                            padded.wide_row(row, columns_n)
+                        } else {
+                            padded.im2col_row(row, conv_out, &mut line);
+                            &line
+                        };
+                        column_sums.iter_mut().zip(values).for_each(|(s, v)| *s += i32::from(*v));
+                        columns.row(row, values);
                     }
                     gemm.product(&columns, &mut sums, false)?;
                     let sview = sums.try_as_plain_ram()?;
                     let sums = sview.as_slice::<i32>()?;
-                    let mut add = vec![0i32; column_sums.len()];
                     let mut emit_into = |t: &mut Tensor, base: usize| {
                         with_sink(t, |mut sink| {
-                            for (f, line) in sums.chunks_exact(positions).enumerate() {
+                            for (f, line) in sums.chunks_exact(columns_n).enumerate() {
                                 let (c, w0) = (zero.constant[f], zero.weights[f]);
                                 let add = if zero.column_sums {
                                     for (a, s) in add.iter_mut().zip(&column_sums) {
@@ -539,33 +555,38 @@ impl Int8Layer {
                                 } else {
                                     Add::Same(c)
                                 };
-                                let part = sink.part(base + f * positions, positions);
+                                let part = sink.part(base + f * columns_n, columns_n);
                                 self.epilogue.finish(*isa, Features::One(f), line, add, part);
                             }
                         })
                     };
                     let at = n * features * oh * ow..(n + 1) * features * oh * ow;
-                    match (&self.spec.pool, scratch.as_mut()) {
-                        (Some(pool), Some(scratch)) => {
-                            emit_into(scratch, 0)?;
-                            let src = scratch.try_as_plain_ram()?;
-                            let mut view = out.try_as_plain_ram_mut()?;
-                            match dt {
-                                DatumType::I8 => pool.run(
-                                    src.as_slice::<i8>()?,
-                                    features,
-                                    conv_out,
-                                    &mut view.as_slice_mut::<i8>()?[at],
-                                ),
-                                _ => pool.run(
-                                    src.as_slice::<u8>()?,
-                                    features,
-                                    conv_out,
-                                    &mut view.as_slice_mut::<u8>()?[at],
-                                ),
-                            }
+                    let Some(scratch) = scratch.as_mut() else {
+                        emit_into(&mut out, at.start)?;
+                        continue;
+                    };
+                    emit_into(scratch, 0)?;
+                    let src = scratch.try_as_plain_ram()?;
+                    let mut view = out.try_as_plain_ram_mut()?;
+                    let strides = [columns_n, row_len];
+                    match (&self.spec.pool, dt) {
+                        (Some(pool), DatumType::I8) => {
+                            let dst = &mut view.as_slice_mut::<i8>()?[at];
+                            pool.run_strided(src.as_slice::<i8>()?, features, conv_out, strides, dst)
                         }
-                        _ => emit_into(&mut out, at.start)?,
+                        (Some(pool), _) => {
+                            let dst = &mut view.as_slice_mut::<u8>()?[at];
+                            pool.run_strided(src.as_slice::<u8>()?, features, conv_out, strides, dst)
+                        }
+                        (None, DatumType::I8) => {
+                            drop_columns(src.as_slice::<i8>()?, conv_out, strides, &mut view.as_slice_mut()?[at])
+                        }
+                        (None, DatumType::U8) => {
+                            drop_columns(src.as_slice::<u8>()?, conv_out, strides, &mut view.as_slice_mut()?[at])
+                        }
+                        (None, _) => {
+                            drop_columns(src.as_slice::<f32>()?, conv_out, strides, &mut view.as_slice_mut()?[at])
+                        }
                     }
                 }
                 Ok(out)
@@ -583,6 +604,16 @@ fn conv_geometry(spec: &FusedSpec, x: &TypedFact, w: &Tensor, w_shape: &[TDim]) 
     ensure!(w.shape()[1] == geometry.channels && geometry.channels > 0, "one group of channels only");
     spec.conv_output(&geometry)?;
     Ok(geometry)
+}
+
+/// The `[h, w]` planes of `src` (rows `row_stride` apart, planes `plane_stride`) packed into
+/// `dst`: a conv's output computed over its padded width, without the extra columns.
+fn drop_columns<T: Copy>(src: &[T], [h, w]: [usize; 2], [plane_stride, row_stride]: [usize; 2], dst: &mut [T]) {
+    for (p, plane) in dst.chunks_exact_mut(h * w).enumerate() {
+        for (y, row) in plane.chunks_exact_mut(w).enumerate() {
+            row.copy_from_slice(&src[p * plane_stride + y * row_stride..][..w]);
+        }
+    }
 }
 
 /// One image shifted into i8 inside its padding (the input's zero point, i.e. a centered 0),
@@ -611,6 +642,16 @@ impl PaddedImage {
                 self.data[at..at + g.width].iter_mut().zip(src).for_each(|(d, v)| *d = shift(*v));
             }
         }
+    }
+
+    /// Row `(c, ky, kx)` of a stride-1 conv's product operand over the padded width: `n`
+    /// values of the padded image from the tap's first input on, read where they lie.
+    fn wide_row(&self, row: usize, n: usize) -> &[i8] {
+        let g = &self.geometry;
+        let [kh, kw] = g.kernel;
+        let (c, ky, kx) = (row / (kh * kw), row / kw % kh, row % kw);
+        let at = (c * self.rows + ky * g.dilations[0]) * self.cols + kx * g.dilations[1];
+        &self.data[at..at + n]
     }
 
     /// Row `(c, ky, kx)` of the conv's product operand: that tap for every position of the
@@ -766,6 +807,7 @@ mod tests {
             ([1, 0, 2, 1], [2, 2], [1, 1], [3, 3], None),
             ([2, 2, 2, 2], [1, 2], [2, 2], [3, 2], None),
             ([1, 1, 1, 1], [1, 1], [1, 1], [3, 3], Some(Pool { kernel: [2, 2], strides: [2, 2], dilations: [1, 1] })),
+            ([1, 2, 0, 1], [1, 1], [2, 2], [3, 2], None),
         ];
         for (i, (pads, strides, dilations, [kh, kw], pool)) in geometries.into_iter().enumerate() {
             for (x_signed, w_signed, per_channel) in
@@ -785,7 +827,11 @@ mod tests {
                     } else {
                         vec![0.013]
                     },
-                    steps: steps(o, !x_signed, seed),
+                    // A float output (the conv's result dequantized) on the last geometry.
+                    steps: match pool.is_none() && i == 5 && per_channel {
+                        true => vec![Step::Bias(bytes(o, seed).iter().map(|v| *v as f32 * 0.1).collect())],
+                        false => steps(o, !x_signed, seed),
+                    },
                     pool,
                     kernels: Int8Kernels::Native,
                 };

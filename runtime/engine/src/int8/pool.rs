@@ -31,12 +31,26 @@ impl Pool {
     /// Pools `planes` planes of `[h, w]` values from `src` into `dst` (`planes × output`): the
     /// window's rows are reduced first (element-wise, contiguous), then its columns.
     pub(crate) fn run<T: Copy + Ord>(&self, src: &[T], planes: usize, [h, w]: [usize; 2], dst: &mut [T]) {
+        self.run_strided(src, planes, [h, w], [h * w, w], dst)
+    }
+
+    /// [`Pool::run`] on planes laid out `[plane stride, row stride]` apart in `src` (a conv's
+    /// output computed over its padded width, whose rows are longer than `w`).
+    pub(crate) fn run_strided<T: Copy + Ord>(
+        &self,
+        src: &[T],
+        planes: usize,
+        [h, w]: [usize; 2],
+        [plane_stride, row_stride]: [usize; 2],
+        dst: &mut [T],
+    ) {
         let Some([ph, pw]) = self.output([h, w]) else { return };
         let ([kh, kw], [sy, sx], [dy, dx]) = (self.kernel, self.strides, self.dilations);
         let mut rows: Vec<T> = Vec::with_capacity(w);
-        for (plane, out) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(ph * pw)).take(planes) {
+        for (p, out) in dst.chunks_exact_mut(ph * pw).enumerate().take(planes) {
+            let plane = &src[p * plane_stride..];
             for (py, out) in out.chunks_exact_mut(pw).enumerate() {
-                let row = |ky: usize| &plane[(py * sy + ky * dy) * w..][..w];
+                let row = |ky: usize| &plane[(py * sy + ky * dy) * row_stride..][..w];
                 rows.clear();
                 rows.extend_from_slice(row(0));
                 for ky in 1..kh {
@@ -101,6 +115,23 @@ mod tests {
             pool.run(&src, planes, hw, &mut dst);
             assert_eq!(dst, reference(&pool, &src, planes, hw), "{pool:?} {hw:?}");
         }
+    }
+
+    /// Rows longer than the width (a conv over its padded width) pool like the packed planes.
+    #[test]
+    fn strided_planes_pool_like_packed_ones() {
+        let pool = Pool { kernel: [2, 2], strides: [2, 2], dilations: [1, 1] };
+        let (planes, [h, w], row_stride) = (3, [6, 7], 9);
+        let plane_stride = (h - 1) * row_stride + w;
+        let wide: Vec<i8> = (0..planes * plane_stride).map(|i| ((i * 31 + 5) % 256) as u8 as i8).collect();
+        let packed: Vec<i8> = (0..planes)
+            .flat_map(|p| (0..h).flat_map(move |y| (0..w).map(move |x| (p, y, x))))
+            .map(|(p, y, x)| wide[p * plane_stride + y * row_stride + x])
+            .collect();
+        let [ph, pw] = pool.output([h, w]).expect("fits");
+        let mut dst = vec![0i8; planes * ph * pw];
+        pool.run_strided(&wide, planes, [h, w], [plane_stride, row_stride], &mut dst);
+        assert_eq!(dst, reference(&pool, &packed, planes, [h, w]));
     }
 
     #[test]
