@@ -190,6 +190,20 @@ impl Epilogue {
     }
 }
 
+/// One vector of the fused chain: `acc · unit (+ bias)`, quantized with `[scale, lo, hi, zero]`,
+/// stored as bytes; the operations and their order are [`Epilogue::apply`]'s.
+#[inline(always)]
+fn fused_quantize<S: Lanes>(simd: S, acc: S::V, unit: S::F, bias: Option<S::F>, q: [S::F; 4], out: &mut [u8]) {
+    let [scale, lo, hi, zero] = q;
+    let mut x = simd.fmul(simd.to_f32(acc), unit);
+    if let Some(bias) = bias {
+        x = simd.fadd(x, bias);
+    }
+    let c = simd.fclamp(simd.fdiv(x, scale), lo, hi);
+    let round = simd.fsplat(ROUND);
+    simd.store_bytes(simd.to_i32(simd.fadd(simd.fsub(simd.fadd(c, round), round), zero)), out);
+}
+
 /// What [`Epilogue::finish`] adds to each sum first.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Add<'a> {
@@ -243,17 +257,23 @@ impl Task for Finish<'_, '_> {
             };
             if let Some((bias, Op::Quantize { scale, lo, hi, zero })) = fused {
                 // The usual chain (bias, quantize) in one pass: no floats stored in between.
-                let (scale, lo, hi, zero) =
-                    (simd.fsplat(*scale), simd.fsplat(*lo), simd.fsplat(*hi), simd.fsplat(*zero));
-                let round = simd.fsplat(ROUND);
-                for (i, (v, b)) in ints[..lanes].chunks_exact(S::L).zip(bytes.chunks_exact_mut(S::L)).enumerate() {
-                    let acc = simd.add(simd.load(v), same);
-                    let mut x = simd.fmul(simd.to_f32(acc), param(&epilogue.unit, i * S::L));
-                    if let Some(bias) = bias {
-                        x = simd.fadd(x, param(bias, i * S::L));
+                let q = [simd.fsplat(*scale), simd.fsplat(*lo), simd.fsplat(*hi), simd.fsplat(*zero)];
+                let vectors = ints[..lanes].chunks_exact(S::L).zip(bytes.chunks_exact_mut(S::L));
+                match features {
+                    // One feature: its scale and bias are the same for every vector, in registers.
+                    Features::One(f) => {
+                        let (unit, bias) = (simd.fsplat(epilogue.unit[f]), bias.map(|b| simd.fsplat(b[f])));
+                        for (v, b) in vectors {
+                            fused_quantize(simd, simd.add(simd.load(v), same), unit, bias, q, b);
+                        }
                     }
-                    let c = simd.fclamp(simd.fdiv(x, scale), lo, hi);
-                    simd.store_bytes(simd.to_i32(simd.fadd(simd.fsub(simd.fadd(c, round), round), zero)), b);
+                    Features::From(_) => {
+                        for (i, (v, b)) in vectors.enumerate() {
+                            let bias = bias.map(|bias| param(bias, i * S::L));
+                            let unit = param(&epilogue.unit, i * S::L);
+                            fused_quantize(simd, simd.add(simd.load(v), same), unit, bias, q, b);
+                        }
+                    }
                 }
                 if let Some(o) = out.bytes() {
                     o[at..at + n].copy_from_slice(&bytes[..n]);

@@ -270,6 +270,43 @@ impl Columns {
         }
     }
 
+    /// Sets rows `first..first + rows.len()` (each `n` values): as [`Columns::row`] one by one,
+    /// but four at a time into the `sdot` layout, whose blocks interleave four rows (a store of
+    /// four bytes per column where single rows cost four stores and reads).
+    pub(crate) fn rows(&mut self, first: usize, rows: &[&[i8]]) {
+        let n = self.n;
+        let (bytes, layout) = self.bytes();
+        let Some(Layout::K4 { r, panel }) = layout else {
+            for (i, values) in rows.iter().enumerate() {
+                self.row(first + i, values);
+            }
+            return;
+        };
+        // Whole blocks of four rows; the rows before the first block and after the last go one
+        // by one.
+        let start = first.next_multiple_of(4).min(first + rows.len());
+        let blocks = (first + rows.len() - start) / 4;
+        for (b, four) in rows[start - first..].chunks_exact(4).take(blocks).enumerate() {
+            let [a, b2, c, d] = [four[0], four[1], four[2], four[3]];
+            assert!(a.len() == n && b2.len() == n && c.len() == n && d.len() == n, "rows of {n} values");
+            let at = ((start / 4) + b) * r * 4;
+            for (p, dst) in bytes.chunks_exact_mut(panel).enumerate().take(n.div_ceil(r)) {
+                let dst = &mut dst[at..at + r * 4];
+                let cols = p * r..(p * r + r).min(n);
+                let lanes = a[cols.clone()].iter().zip(&b2[cols.clone()]).zip(&c[cols.clone()]).zip(&d[cols]);
+                for (out, (((a, b), c), d)) in dst.chunks_exact_mut(4).zip(lanes) {
+                    out.copy_from_slice(&[*a as u8, *b as u8, *c as u8, *d as u8]);
+                }
+            }
+        }
+        for (i, values) in rows.iter().enumerate() {
+            let row = first + i;
+            if row < start || row >= start + 4 * blocks {
+                self.row(row, values);
+            }
+        }
+    }
+
     /// Sets the first `values.len()` (`≤ k_padded`) rows of column `column` (`< n`).
     pub(crate) fn column(&mut self, column: usize, values: &[i8]) {
         let n = self.n;
@@ -401,6 +438,27 @@ mod tests {
                 let column: Vec<i8> = (0..k).map(|row| b[row * n + j]).collect();
                 columns.column(j, &column);
             }
+            let mut c = Tensor::zero::<i32>(&[m, n]).expect("c");
+            g.product(&columns, &mut c, false).expect("product");
+            let got = c.try_as_plain_ram().expect("plain").as_slice::<i32>().expect("i32").to_vec();
+            assert_eq!(got, reference(m, k, n, &a, &b), "{m}×{k}×{n} on {}", g.kernel_name(n));
+        }
+    }
+
+    /// Rows written together (four at a time in the `sdot` layout) equal rows written one by
+    /// one, from any first row (blocks cut at both ends).
+    #[test]
+    fn rows_written_together_equal_rows_one_by_one() {
+        for (m, k, n) in [(8, 13, 9), (5, 40, 70), (16, 72, 196), (3, 6, 1)] {
+            let a = values(m * k, (m + k) as u32);
+            let b = values(k * n, (n + 7 * k) as u32);
+            let g = Gemm::new(m, k, &a).expect("gemm");
+            let lines: Vec<&[i8]> = b.chunks_exact(n).collect();
+            let mut columns = g.columns(n).expect("columns");
+            let (first, split) = (1.min(k), 3.min(k));
+            columns.row(0, lines[0]);
+            columns.rows(first, &lines[first..split]);
+            columns.rows(split, &lines[split..]);
             let mut c = Tensor::zero::<i32>(&[m, n]).expect("c");
             g.product(&columns, &mut c, false).expect("product");
             let got = c.try_as_plain_ram().expect("plain").as_slice::<i32>().expect("i32").to_vec();

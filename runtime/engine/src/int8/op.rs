@@ -436,9 +436,9 @@ impl Int8Layer {
 }
 
 impl Int8Layer {
-    /// The layer on tract-linalg's kernels; `shift` maps an input value into i8 as the weights'
-    /// zero points expect (uint8 − 128).
-    fn run_gemm<T: Datum + Copy>(&self, x: &[T], shape: &[usize], shift: impl Fn(T) -> i8) -> TractResult<Tensor> {
+    /// The layer on tract-linalg's kernels, its input moved into i8 as the weights' zero points
+    /// expect ([`IntoI8`]).
+    fn run_gemm<T: IntoI8>(&self, x: &[T], shape: &[usize]) -> TractResult<Tensor> {
         let Packed::Gemm { gemm, zero, conv, isa } = &self.packed else { bail!("not a tract-linalg layer") };
         let features = self.epilogue.features();
         let dt = match self.epilogue.output() {
@@ -468,7 +468,7 @@ impl Int8Layer {
                 let mut shifted = vec![0i8; k];
                 let mut column_sums = vec![0i32; rows];
                 for (r, row) in x.chunks_exact(k).enumerate() {
-                    shifted.iter_mut().zip(row).for_each(|(d, v)| *d = shift(*v));
+                    T::into_i8(row, &mut shifted);
                     if zero.column_sums {
                         column_sums[r] = shifted.iter().map(|v| i32::from(*v)).sum();
                     }
@@ -527,18 +527,21 @@ impl Int8Layer {
                 let mut column_sums = vec![0i32; if zero.column_sums { columns_n } else { 0 }];
                 let mut add = vec![0i32; column_sums.len()];
                 for (n, img) in x.chunks_exact(image).enumerate() {
-                    padded.fill(img, &shift);
+                    padded.fill(img);
                     let mut columns = gemm.columns(columns_n)?;
                     column_sums.fill(0);
-                    for row in 0..k {
-                        let values = if wide {
-                            padded.wide_row(row, columns_n)
-                        } else {
+                    if wide {
+                        let rows: Vec<&[i8]> = (0..k).map(|row| padded.wide_row(row, columns_n)).collect();
+                        for values in &rows {
+                            column_sums.iter_mut().zip(*values).for_each(|(s, v)| *s += i32::from(*v));
+                        }
+                        columns.rows(0, &rows);
+                    } else {
+                        for row in 0..k {
                             padded.im2col_row(row, conv_out, &mut line);
-                            &line
-                        };
-                        column_sums.iter_mut().zip(values).for_each(|(s, v)| *s += i32::from(*v));
-                        columns.row(row, values);
+                            column_sums.iter_mut().zip(&line).for_each(|(s, v)| *s += i32::from(*v));
+                            columns.row(row, &line);
+                        }
                     }
                     gemm.product(&columns, &mut sums, false)?;
                     let sview = sums.try_as_plain_ram()?;
@@ -616,6 +619,32 @@ fn drop_columns<T: Copy>(src: &[T], [h, w]: [usize; 2], [plane_stride, row_strid
     }
 }
 
+/// An input type of the layers on tract-linalg's kernels, moved into i8 as they read it: int8
+/// as it is, uint8 minus 128 (its top bit flipped), eight values per instruction.
+trait IntoI8: Datum + Copy {
+    /// `dst[i]` from `src[i]` (both the same length).
+    fn into_i8(src: &[Self], dst: &mut [i8]);
+}
+
+impl IntoI8 for i8 {
+    fn into_i8(src: &[i8], dst: &mut [i8]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl IntoI8 for u8 {
+    fn into_i8(src: &[u8], dst: &mut [i8]) {
+        let dst = bytemuck::cast_slice_mut::<i8, u8>(dst);
+        let mut d = dst.chunks_exact_mut(8);
+        let mut s = src.chunks_exact(8);
+        for (d, s) in (&mut d).zip(&mut s) {
+            let v = u64::from_le_bytes(s.try_into().unwrap_or_default()) ^ 0x8080_8080_8080_8080;
+            d.copy_from_slice(&v.to_le_bytes());
+        }
+        d.into_remainder().iter_mut().zip(s.remainder()).for_each(|(d, s)| *d = s ^ 0x80);
+    }
+}
+
 /// One image shifted into i8 inside its padding (the input's zero point, i.e. a centered 0),
 /// so that every tap of every output position reads inside it and im2col is plain copies.
 struct PaddedImage {
@@ -634,12 +663,12 @@ impl PaddedImage {
 
     /// Shifts one image (`channels × height × width`, row-major) into the unpadded part; the
     /// padding keeps the value `new` gave it.
-    fn fill<T: Copy>(&mut self, img: &[T], shift: &impl Fn(T) -> i8) {
+    fn fill<T: IntoI8>(&mut self, img: &[T]) {
         let g = &self.geometry;
         for (c, plane) in img.chunks_exact(g.height * g.width).enumerate().take(g.channels) {
             for (y, src) in plane.chunks_exact(g.width).enumerate() {
                 let at = (c * self.rows + y + g.pads[0]) * self.cols + g.pads[1];
-                self.data[at..at + g.width].iter_mut().zip(src).for_each(|(d, v)| *d = shift(*v));
+                T::into_i8(src, &mut self.data[at..at + g.width]);
             }
         }
     }
@@ -715,10 +744,8 @@ impl EvalOp for Int8Layer {
         let plain = x.try_as_plain_ram()?;
         let zp = self.spec.input.zero_point as i16;
         let out = match (x.datum_type(), &self.packed) {
-            (DatumType::I8, Packed::Gemm { .. }) => self.run_gemm(plain.as_slice::<i8>()?, &shape, |v| v)?,
-            (DatumType::U8, Packed::Gemm { .. }) => {
-                self.run_gemm(plain.as_slice::<u8>()?, &shape, |v| (v ^ 0x80) as i8)?
-            }
+            (DatumType::I8, Packed::Gemm { .. }) => self.run_gemm(plain.as_slice::<i8>()?, &shape)?,
+            (DatumType::U8, Packed::Gemm { .. }) => self.run_gemm(plain.as_slice::<u8>()?, &shape)?,
             (DatumType::I8, _) => self.run(plain.as_slice::<i8>()?, &shape, |v| v as i16 - zp)?,
             (DatumType::U8, _) => self.run(plain.as_slice::<u8>()?, &shape, |v| v as i16 - zp)?,
             (dt, _) => bail!("input of type {dt:?}"),

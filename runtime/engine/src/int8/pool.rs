@@ -30,13 +30,13 @@ impl Pool {
 
     /// Pools `planes` planes of `[h, w]` values from `src` into `dst` (`planes × output`): the
     /// window's rows are reduced first (element-wise, contiguous), then its columns.
-    pub(crate) fn run<T: Copy + Ord>(&self, src: &[T], planes: usize, [h, w]: [usize; 2], dst: &mut [T]) {
+    pub(crate) fn run<T: Byte>(&self, src: &[T], planes: usize, [h, w]: [usize; 2], dst: &mut [T]) {
         self.run_strided(src, planes, [h, w], [h * w, w], dst)
     }
 
     /// [`Pool::run`] on planes laid out `[plane stride, row stride]` apart in `src` (a conv's
     /// output computed over its padded width, whose rows are longer than `w`).
-    pub(crate) fn run_strided<T: Copy + Ord>(
+    pub(crate) fn run_strided<T: Byte>(
         &self,
         src: &[T],
         planes: usize,
@@ -46,6 +46,21 @@ impl Pool {
     ) {
         let Some([ph, pw]) = self.output([h, w]) else { return };
         let ([kh, kw], [sy, sx], [dy, dx]) = (self.kernel, self.strides, self.dilations);
+        if ([kh, kw], [sy, sx], [dy, dx]) == ([2, 2], [2, 2], [1, 1]) && w % 2 == 0 {
+            // The common 2×2 pool on an even width: each pair of rows reduced into one row,
+            // then the whole plane's column pairs at once (no pair straddles two rows).
+            let mut rows: Vec<T> = Vec::with_capacity(ph * w);
+            for (p, out) in dst.chunks_exact_mut(ph * pw).enumerate().take(planes) {
+                let plane = &src[p * plane_stride..];
+                rows.clear();
+                for py in 0..ph {
+                    let row = |ky: usize| &plane[(2 * py + ky) * row_stride..][..w];
+                    T::max_two(&mut rows, row(0), row(1));
+                }
+                T::max_pairs(out, &rows);
+            }
+            return;
+        }
         let mut rows: Vec<T> = Vec::with_capacity(w);
         for (p, out) in dst.chunks_exact_mut(ph * pw).enumerate().take(planes) {
             let plane = &src[p * plane_stride..];
@@ -54,15 +69,11 @@ impl Pool {
                 rows.clear();
                 rows.extend_from_slice(row(0));
                 for ky in 1..kh {
-                    for (m, v) in rows.iter_mut().zip(row(ky)) {
-                        *m = (*m).max(*v);
-                    }
+                    T::max_rows(&mut rows, row(ky));
                 }
                 if (kw, sx, dx) == (2, 2, 1) {
                     // The common 2×2 pool: pairs of columns.
-                    for (o, pair) in out.iter_mut().zip(rows.chunks_exact(2)) {
-                        *o = pair[0].max(pair[1]);
-                    }
+                    T::max_pairs(out, &rows);
                     continue;
                 }
                 for (px, o) in out.iter_mut().enumerate() {
@@ -72,6 +83,112 @@ impl Pool {
             }
         }
     }
+}
+
+/// The integer types a pool runs on, with the two reductions it spends its time in: in NEON
+/// on aarch64 (16 bytes per instruction; the release agent's size-optimised LTO leaves plain
+/// loops scalar), plain Rust elsewhere.
+pub(crate) trait Byte: Copy + Ord {
+    /// Appends `max(a[i], b[i])` to `out`.
+    fn max_two(out: &mut Vec<Self>, a: &[Self], b: &[Self]) {
+        out.extend(a.iter().zip(b).map(|(x, y)| *x.max(y)));
+    }
+
+    /// `acc[i] = max(acc[i], row[i])`.
+    fn max_rows(acc: &mut [Self], row: &[Self]) {
+        acc.iter_mut().zip(row).for_each(|(m, v)| *m = (*m).max(*v));
+    }
+
+    /// `out[i] = max(row[2i], row[2i + 1])`, for as many `i` as both allow.
+    fn max_pairs(out: &mut [Self], row: &[Self]) {
+        out.iter_mut().zip(row.chunks_exact(2)).for_each(|(o, pair)| *o = pair[0].max(pair[1]));
+    }
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+impl Byte for u8 {}
+
+#[cfg(not(target_arch = "aarch64"))]
+impl Byte for i8 {}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use pulp::aarch64::Neon;
+
+    /// Both reductions for one byte type, 16 lanes at a time, the rest as plain Rust.
+    macro_rules! neon_byte {
+        ($t:ty, $max:ident, $pmax:ident) => {
+            impl super::Byte for $t {
+                fn max_two(out: &mut Vec<$t>, a: &[$t], b: &[$t]) {
+                    let n = a.len().min(b.len());
+                    let at = out.len();
+                    out.extend_from_slice(&a[..n]);
+                    Self::max_rows(&mut out[at..], &b[..n]);
+                }
+
+                fn max_rows(acc: &mut [$t], row: &[$t]) {
+                    let Some(simd) = Neon::try_new() else {
+                        acc.iter_mut().zip(row).for_each(|(m, v)| *m = (*m).max(*v));
+                        return;
+                    };
+                    let n = acc.len().min(row.len());
+                    let (acc, row) = (&mut acc[..n], &row[..n]);
+                    let mut a = acc.chunks_exact_mut(16);
+                    let mut r = row.chunks_exact(16);
+                    for (a, r) in (&mut a).zip(&mut r) {
+                        let (x, y): ([$t; 16], [$t; 16]) =
+                            (a.try_into().unwrap_or_default(), r.try_into().unwrap_or_default());
+                        let m: [$t; 16] = pulp::cast(simd.neon.$max(pulp::cast(x), pulp::cast(y)));
+                        a.copy_from_slice(&m);
+                    }
+                    let rest = a.into_remainder().len();
+                    if rest > 0 && n >= 16 {
+                        // The last 16 again, overlapping: max is idempotent.
+                        let (a, r) = (&mut acc[n - 16..], &row[n - 16..]);
+                        let (x, y): ([$t; 16], [$t; 16]) =
+                            ((&*a).try_into().unwrap_or_default(), r.try_into().unwrap_or_default());
+                        let m: [$t; 16] = pulp::cast(simd.neon.$max(pulp::cast(x), pulp::cast(y)));
+                        a.copy_from_slice(&m);
+                    } else {
+                        acc[n - rest..].iter_mut().zip(&row[n - rest..]).for_each(|(m, v)| *m = (*m).max(*v));
+                    }
+                }
+
+                fn max_pairs(out: &mut [$t], row: &[$t]) {
+                    let Some(simd) = Neon::try_new() else {
+                        out.iter_mut().zip(row.chunks_exact(2)).for_each(|(o, p)| *o = p[0].max(p[1]));
+                        return;
+                    };
+                    let n = out.len().min(row.len() / 2);
+                    let (out, row) = (&mut out[..n], &row[..2 * n]);
+                    let mut o = out.chunks_exact_mut(16);
+                    let mut r = row.chunks_exact(32);
+                    for (o, r) in (&mut o).zip(&mut r) {
+                        let (lo, hi) = r.split_at(16);
+                        let (x, y): ([$t; 16], [$t; 16]) =
+                            (lo.try_into().unwrap_or_default(), hi.try_into().unwrap_or_default());
+                        let m: [$t; 16] = pulp::cast(simd.neon.$pmax(pulp::cast(x), pulp::cast(y)));
+                        o.copy_from_slice(&m);
+                    }
+                    let rest = o.into_remainder().len();
+                    if rest > 0 && n >= 16 {
+                        // The last 16 outputs again, overlapping: a pure function of the row.
+                        let (lo, hi) = row[2 * n - 32..].split_at(16);
+                        let (x, y): ([$t; 16], [$t; 16]) =
+                            (lo.try_into().unwrap_or_default(), hi.try_into().unwrap_or_default());
+                        let m: [$t; 16] = pulp::cast(simd.neon.$pmax(pulp::cast(x), pulp::cast(y)));
+                        out[n - 16..].copy_from_slice(&m);
+                    } else {
+                        let pairs = row[2 * (n - rest)..].chunks_exact(2);
+                        out[n - rest..].iter_mut().zip(pairs).for_each(|(o, p)| *o = p[0].max(p[1]));
+                    }
+                }
+            }
+        };
+    }
+
+    neon_byte!(u8, vmaxq_u8, vpmaxq_u8);
+    neon_byte!(i8, vmaxq_s8, vpmaxq_s8);
 }
 
 #[cfg(test)]
@@ -104,6 +221,7 @@ mod tests {
         let cases = [
             (Pool { kernel: [2, 2], strides: [2, 2], dilations: [1, 1] }, 3, [28, 28]),
             (Pool { kernel: [2, 2], strides: [2, 2], dilations: [1, 1] }, 2, [7, 9]),
+            (Pool { kernel: [2, 2], strides: [2, 2], dilations: [1, 1] }, 2, [9, 70]),
             (Pool { kernel: [3, 2], strides: [1, 2], dilations: [1, 2] }, 2, [8, 11]),
             (Pool { kernel: [1, 1], strides: [3, 1], dilations: [1, 1] }, 1, [5, 4]),
         ];
@@ -117,11 +235,44 @@ mod tests {
         }
     }
 
+    /// The two reductions (NEON on aarch64) against the definition, on lengths around whole
+    /// vectors, both byte types.
+    #[test]
+    fn reductions_equal_the_definition_on_every_length() {
+        for n in [0, 1, 2, 15, 16, 17, 31, 32, 33, 64, 100] {
+            let a: Vec<u8> = (0..n).map(|i| ((i * 37 + 11) % 256) as u8).collect();
+            let b: Vec<u8> = (0..n).map(|i| ((i * 101 + 3) % 256) as u8).collect();
+            let mut m = a.clone();
+            u8::max_rows(&mut m, &b);
+            let m_u8 = m.clone();
+            assert_eq!(m, a.iter().zip(&b).map(|(x, y)| *x.max(y)).collect::<Vec<_>>(), "u8 rows of {n}");
+            let (ai, bi): (Vec<i8>, Vec<i8>) =
+                (a.iter().map(|v| *v as i8).collect(), b.iter().map(|v| *v as i8).collect());
+            let mut m = ai.clone();
+            i8::max_rows(&mut m, &bi);
+            assert_eq!(m, ai.iter().zip(&bi).map(|(x, y)| *x.max(y)).collect::<Vec<_>>(), "i8 rows of {n}");
+            let mut two = vec![7u8];
+            u8::max_two(&mut two, &a, &b);
+            assert_eq!(two[1..], m_u8[..], "u8 two of {n}");
+            let mut out = vec![0u8; n / 2];
+            u8::max_pairs(&mut out, &a);
+            assert_eq!(out, a.chunks_exact(2).map(|p| p[0].max(p[1])).collect::<Vec<_>>(), "u8 pairs of {n}");
+            let mut out = vec![0i8; n / 2];
+            i8::max_pairs(&mut out, &ai);
+            assert_eq!(out, ai.chunks_exact(2).map(|p| p[0].max(p[1])).collect::<Vec<_>>(), "i8 pairs of {n}");
+        }
+    }
+
     /// Rows longer than the width (a conv over its padded width) pool like the packed planes.
     #[test]
     fn strided_planes_pool_like_packed_ones() {
         let pool = Pool { kernel: [2, 2], strides: [2, 2], dilations: [1, 1] };
-        let (planes, [h, w], row_stride) = (3, [6, 7], 9);
+        for (planes, [h, w], row_stride) in [(3, [6, 7], 9), (2, [6, 40], 43), (2, [4, 8], 10)] {
+            strided_case(&pool, planes, [h, w], row_stride);
+        }
+    }
+
+    fn strided_case(pool: &Pool, planes: usize, [h, w]: [usize; 2], row_stride: usize) {
         let plane_stride = (h - 1) * row_stride + w;
         let wide: Vec<i8> = (0..planes * plane_stride).map(|i| ((i * 31 + 5) % 256) as u8 as i8).collect();
         let packed: Vec<i8> = (0..planes)
@@ -131,7 +282,7 @@ mod tests {
         let [ph, pw] = pool.output([h, w]).expect("fits");
         let mut dst = vec![0i8; planes * ph * pw];
         pool.run_strided(&wide, planes, [h, w], [plane_stride, row_stride], &mut dst);
-        assert_eq!(dst, reference(&pool, &packed, planes, [h, w]));
+        assert_eq!(dst, reference(pool, &packed, planes, [h, w]), "{h}×{w} rows {row_stride} apart");
     }
 
     #[test]
