@@ -421,42 +421,24 @@ mod tests {
         v
     }
 
-    /// Runs `acc` (one value per feature, or all of feature `one`) through the vector code.
-    struct Run<'a> {
-        epilogue: &'a Epilogue,
-        acc: &'a [i32],
-        one: Option<usize>,
-    }
-
-    impl Task for Run<'_> {
-        type Output = Vec<f32>;
-        fn run<S: Lanes>(self, simd: S) -> Vec<f32> {
-            let n = self.acc.len();
-            let (mut i8s, mut u8s, mut f32s) = (vec![0i8; n], vec![0u8; n], vec![0f32; n]);
-            let sink = match self.epilogue.output() {
-                Output::I8 => Sink::I8(&mut i8s),
-                Output::U8 => Sink::U8(&mut u8s),
-                Output::F32 => Sink::F32(&mut f32s),
-            };
-            let mut writer = Writer { epilogue: self.epilogue, sink };
-            for (i, chunk) in self.acc.chunks(S::L).enumerate() {
-                let mut lanes = [0i32; 16];
-                lanes[..chunk.len()].copy_from_slice(chunk);
-                let at = i * S::L;
-                let features = self.one.map_or(Features::From(at), Features::One);
-                writer.emit(simd, features, at, chunk.len(), simd.load(&lanes));
-            }
-            match self.epilogue.output() {
-                Output::I8 => i8s.iter().map(|v| *v as f32).collect(),
-                Output::U8 => u8s.iter().map(|v| *v as f32).collect(),
-                Output::F32 => f32s,
-            }
+    /// The `n` values `write` stores through a sink of the epilogue's output type, as floats.
+    fn outputs(e: &Epilogue, n: usize, write: impl FnOnce(Sink<'_>)) -> Vec<f32> {
+        let (mut i8s, mut u8s, mut f32s) = (vec![0i8; n], vec![0u8; n], vec![0f32; n]);
+        write(match e.output() {
+            Output::I8 => Sink::I8(&mut i8s),
+            Output::U8 => Sink::U8(&mut u8s),
+            Output::F32 => Sink::F32(&mut f32s),
+        });
+        match e.output() {
+            Output::I8 => i8s.iter().map(|v| *v as f32).collect(),
+            Output::U8 => u8s.iter().map(|v| *v as f32).collect(),
+            Output::F32 => f32s,
         }
     }
 
-    #[test]
-    fn vectors_equal_the_definition_on_ties_extremes_and_every_isa() {
-        // Sums around every rounding tie of scale 0.5, and ones far past the clamps.
+    /// Sums around every rounding tie of scale 0.5 and far past the clamps, a scale per feature,
+    /// and every chain of steps the QDQ pass hands over.
+    fn cases() -> (Vec<i32>, Vec<f32>, Vec<Vec<Step>>) {
         let mut acc: Vec<i32> = (-700..700).collect();
         acc.extend([i32::MIN, i32::MAX, -(1 << 24) - 1, 1 << 24, 3]);
         let features = acc.len();
@@ -471,6 +453,35 @@ mod tests {
             vec![Step::Quantize(S8), Step::Dequantize(S8), Step::Bias(bias.clone()), Step::Quantize(S8)],
             vec![Step::Bias(bias), Step::Quantize(u8q), Step::Dequantize(u8q)],
         ];
+        (acc, unit, chains)
+    }
+
+    /// Runs `acc` (one value per feature, or all of feature `one`) through the vector code.
+    struct Run<'a> {
+        epilogue: &'a Epilogue,
+        acc: &'a [i32],
+        one: Option<usize>,
+    }
+
+    impl Task for Run<'_> {
+        type Output = Vec<f32>;
+        fn run<S: Lanes>(self, simd: S) -> Vec<f32> {
+            outputs(self.epilogue, self.acc.len(), |sink| {
+                let mut writer = Writer { epilogue: self.epilogue, sink };
+                for (i, chunk) in self.acc.chunks(S::L).enumerate() {
+                    let mut lanes = [0i32; 16];
+                    lanes[..chunk.len()].copy_from_slice(chunk);
+                    let at = i * S::L;
+                    let features = self.one.map_or(Features::From(at), Features::One);
+                    writer.emit(simd, features, at, chunk.len(), simd.load(&lanes));
+                }
+            })
+        }
+    }
+
+    #[test]
+    fn vectors_equal_the_definition_on_ties_extremes_and_every_isa() {
+        let (acc, unit, chains) = cases();
         for steps in chains {
             let e = Epilogue::new(unit.clone(), steps.clone()).expect("valid");
             let want: Vec<f32> = acc.iter().enumerate().map(|(f, a)| reference(unit[f], &steps, f, *a)).collect();
@@ -486,38 +497,14 @@ mod tests {
 
     /// `finish` (tract-linalg's layers) over the same sums as `apply`, with a correction.
     fn finish(e: &Epilogue, isa: Isa, acc: &[i32], one: Option<usize>, add: Add<'_>) -> Vec<f32> {
-        let n = acc.len();
-        let (mut i8s, mut u8s, mut f32s) = (vec![0i8; n], vec![0u8; n], vec![0f32; n]);
-        let sink = match e.output() {
-            Output::I8 => Sink::I8(&mut i8s),
-            Output::U8 => Sink::U8(&mut u8s),
-            Output::F32 => Sink::F32(&mut f32s),
-        };
         let features = one.map_or(Features::From(0), Features::One);
-        e.finish(isa, features, acc, add, sink);
-        match e.output() {
-            Output::I8 => i8s.iter().map(|v| *v as f32).collect(),
-            Output::U8 => u8s.iter().map(|v| *v as f32).collect(),
-            Output::F32 => f32s,
-        }
+        outputs(e, acc.len(), |sink| e.finish(isa, features, acc, add, sink))
     }
 
     #[test]
     fn blocks_equal_the_definition_on_ties_extremes_and_corrections() {
-        let mut acc: Vec<i32> = (-700..700).collect();
-        acc.extend([i32::MIN + 9, i32::MAX - 9, -(1 << 24) - 1, 1 << 24, 3]);
+        let (acc, unit, chains) = cases();
         let features = acc.len();
-        let unit: Vec<f32> = (0..features).map(|f| 0.25 + (f % 7) as f32 * 0.125).collect();
-        let bias: Vec<f32> = (0..features).map(|f| (f % 5) as f32 * 0.5 - 1.0).collect();
-        let u8q = Quant { scale: 0.75, zero_point: 128, signed: false };
-        let chains: Vec<Vec<Step>> = vec![
-            vec![],
-            vec![Step::Bias(bias.clone())],
-            vec![Step::Quantize(S8)],
-            vec![Step::Bias(bias.clone()), Step::Quantize(u8q)],
-            vec![Step::Quantize(S8), Step::Dequantize(S8), Step::Bias(bias.clone()), Step::Quantize(S8)],
-            vec![Step::Bias(bias), Step::Quantize(u8q), Step::Dequantize(u8q)],
-        ];
         for steps in chains {
             let e = Epilogue::new(unit.clone(), steps.clone()).expect("valid");
             let each: Vec<i32> = (0..features as i32).map(|i| i % 11 - 5).collect();
