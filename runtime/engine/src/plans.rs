@@ -37,7 +37,11 @@ pub(super) struct Runner {
 
 impl Runner {
     /// Plans an optimised model and allocates its state.
-    pub(super) fn new(optimised: TypedModel) -> tract_onnx::prelude::TractResult<Runner> {
+    pub(super) fn new(mut optimised: TypedModel) -> tract_onnx::prelude::TractResult<Runner> {
+        let replaced = crate::int8::dequantize::replace(&mut optimised)?;
+        if replaced > 0 {
+            log::debug!("{replaced} DequantizeLinear node(s) run in NEON");
+        }
         let plan = optimised.into_runnable()?;
         let state = plan.spawn()?;
         let fresh_state_per_run = state.op_states.iter().any(Option::is_some);

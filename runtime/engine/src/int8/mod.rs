@@ -11,6 +11,7 @@
 //! Files never contain these nodes: the operator check refuses the domain, so only the pass can
 //! create them.
 
+pub(crate) mod dequantize;
 pub(crate) mod epilogue;
 // tract-linalg's kernels are an unsafe API; this module is the only `unsafe` in the engine.
 #[allow(unsafe_code)]
