@@ -45,9 +45,7 @@ impl Dequantize {
         for (x, y) in x[..whole].chunks_exact(16).zip(y[..whole].chunks_exact_mut(16)) {
             wide(x, y);
         }
-        for (x, y) in x[whole..].iter().zip(&mut y[whole..whole + rest]) {
-            *y = (Into::<i32>::into(*x) - self.zero_point) as f32 * self.scale;
-        }
+        scalar(self, &x[whole..], &mut y[whole..whole + rest]);
     }
 }
 

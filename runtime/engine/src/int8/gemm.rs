@@ -425,6 +425,14 @@ mod tests {
         }
     }
 
+    /// `g · columns` equals the definition on `a` and `b` (`m × k`, `k × n`).
+    fn assert_product(g: &Gemm, columns: &Columns, a: &[i8], b: &[i8], [m, k, n]: [usize; 3]) {
+        let mut c = Tensor::zero::<i32>(&[m, n]).expect("c");
+        g.product(columns, &mut c, false).expect("product");
+        let got = c.try_as_plain_ram().expect("plain").as_slice::<i32>().expect("i32").to_vec();
+        assert_eq!(got, reference(m, k, n, a, b), "{m}×{k}×{n} on {}", g.kernel_name(n));
+    }
+
     /// The same operand written by columns (a linear layer's rows) gives the same products as
     /// written by rows, on every kernel the shapes pick (single column included).
     #[test]
@@ -438,10 +446,7 @@ mod tests {
                 let column: Vec<i8> = (0..k).map(|row| b[row * n + j]).collect();
                 columns.column(j, &column);
             }
-            let mut c = Tensor::zero::<i32>(&[m, n]).expect("c");
-            g.product(&columns, &mut c, false).expect("product");
-            let got = c.try_as_plain_ram().expect("plain").as_slice::<i32>().expect("i32").to_vec();
-            assert_eq!(got, reference(m, k, n, &a, &b), "{m}×{k}×{n} on {}", g.kernel_name(n));
+            assert_product(&g, &columns, &a, &b, [m, k, n]);
         }
     }
 
@@ -459,10 +464,7 @@ mod tests {
             columns.row(0, lines[0]);
             columns.rows(first, &lines[first..split]);
             columns.rows(split, &lines[split..]);
-            let mut c = Tensor::zero::<i32>(&[m, n]).expect("c");
-            g.product(&columns, &mut c, false).expect("product");
-            let got = c.try_as_plain_ram().expect("plain").as_slice::<i32>().expect("i32").to_vec();
-            assert_eq!(got, reference(m, k, n, &a, &b), "{m}×{k}×{n} on {}", g.kernel_name(n));
+            assert_product(&g, &columns, &a, &b, [m, k, n]);
         }
     }
 

@@ -96,13 +96,23 @@ pub(crate) trait Byte: Copy + Ord {
 
     /// `acc[i] = max(acc[i], row[i])`.
     fn max_rows(acc: &mut [Self], row: &[Self]) {
-        acc.iter_mut().zip(row).for_each(|(m, v)| *m = (*m).max(*v));
+        max_rows(acc, row)
     }
 
     /// `out[i] = max(row[2i], row[2i + 1])`, for as many `i` as both allow.
     fn max_pairs(out: &mut [Self], row: &[Self]) {
-        out.iter_mut().zip(row.chunks_exact(2)).for_each(|(o, pair)| *o = pair[0].max(pair[1]));
+        max_pairs(out, row)
     }
+}
+
+/// [`Byte::max_rows`] in plain Rust.
+fn max_rows<T: Copy + Ord>(acc: &mut [T], row: &[T]) {
+    acc.iter_mut().zip(row).for_each(|(m, v)| *m = (*m).max(*v));
+}
+
+/// [`Byte::max_pairs`] in plain Rust.
+fn max_pairs<T: Copy + Ord>(out: &mut [T], row: &[T]) {
+    out.iter_mut().zip(row.chunks_exact(2)).for_each(|(o, pair)| *o = pair[0].max(pair[1]));
 }
 
 #[cfg(not(target_arch = "aarch64"))]
@@ -115,7 +125,8 @@ impl Byte for i8 {}
 mod neon {
     use pulp::aarch64::Neon;
 
-    /// Both reductions for one byte type, 16 lanes at a time, the rest as plain Rust.
+    /// Both reductions for one byte type, 16 lanes at a time; a ragged end is done again as
+    /// the last 16 values, overlapping (both reductions give the same value twice).
     macro_rules! neon_byte {
         ($t:ty, $max:ident, $pmax:ident) => {
             impl super::Byte for $t {
@@ -127,60 +138,42 @@ mod neon {
                 }
 
                 fn max_rows(acc: &mut [$t], row: &[$t]) {
-                    let Some(simd) = Neon::try_new() else {
-                        acc.iter_mut().zip(row).for_each(|(m, v)| *m = (*m).max(*v));
-                        return;
-                    };
                     let n = acc.len().min(row.len());
-                    let (acc, row) = (&mut acc[..n], &row[..n]);
-                    let mut a = acc.chunks_exact_mut(16);
-                    let mut r = row.chunks_exact(16);
-                    for (a, r) in (&mut a).zip(&mut r) {
-                        let (x, y): ([$t; 16], [$t; 16]) =
-                            (a.try_into().unwrap_or_default(), r.try_into().unwrap_or_default());
+                    let Some(simd) = Neon::try_new().filter(|_| n >= 16) else {
+                        return super::max_rows(acc, row);
+                    };
+                    // `acc[at..at + 16] = max(acc[at..], row[at..])`.
+                    let step = |acc: &mut [$t], at: usize| {
+                        let x: [$t; 16] = acc[at..at + 16].try_into().unwrap_or_default();
+                        let y: [$t; 16] = row[at..at + 16].try_into().unwrap_or_default();
                         let m: [$t; 16] = pulp::cast(simd.neon.$max(pulp::cast(x), pulp::cast(y)));
-                        a.copy_from_slice(&m);
+                        acc[at..at + 16].copy_from_slice(&m);
+                    };
+                    for at in (0..n - 15).step_by(16) {
+                        step(acc, at);
                     }
-                    let rest = a.into_remainder().len();
-                    if rest > 0 && n >= 16 {
-                        // The last 16 again, overlapping: max is idempotent.
-                        let (a, r) = (&mut acc[n - 16..], &row[n - 16..]);
-                        let (x, y): ([$t; 16], [$t; 16]) =
-                            ((&*a).try_into().unwrap_or_default(), r.try_into().unwrap_or_default());
-                        let m: [$t; 16] = pulp::cast(simd.neon.$max(pulp::cast(x), pulp::cast(y)));
-                        a.copy_from_slice(&m);
-                    } else {
-                        acc[n - rest..].iter_mut().zip(&row[n - rest..]).for_each(|(m, v)| *m = (*m).max(*v));
+                    if n % 16 != 0 {
+                        step(acc, n - 16);
                     }
                 }
 
                 fn max_pairs(out: &mut [$t], row: &[$t]) {
-                    let Some(simd) = Neon::try_new() else {
-                        out.iter_mut().zip(row.chunks_exact(2)).for_each(|(o, p)| *o = p[0].max(p[1]));
-                        return;
-                    };
                     let n = out.len().min(row.len() / 2);
-                    let (out, row) = (&mut out[..n], &row[..2 * n]);
-                    let mut o = out.chunks_exact_mut(16);
-                    let mut r = row.chunks_exact(32);
-                    for (o, r) in (&mut o).zip(&mut r) {
-                        let (lo, hi) = r.split_at(16);
-                        let (x, y): ([$t; 16], [$t; 16]) =
-                            (lo.try_into().unwrap_or_default(), hi.try_into().unwrap_or_default());
+                    let Some(simd) = Neon::try_new().filter(|_| n >= 16) else {
+                        return super::max_pairs(out, row);
+                    };
+                    // `out[at..at + 16]` from `row[2·at..2·at + 32]`.
+                    let step = |out: &mut [$t], at: usize| {
+                        let x: [$t; 16] = row[2 * at..2 * at + 16].try_into().unwrap_or_default();
+                        let y: [$t; 16] = row[2 * at + 16..2 * at + 32].try_into().unwrap_or_default();
                         let m: [$t; 16] = pulp::cast(simd.neon.$pmax(pulp::cast(x), pulp::cast(y)));
-                        o.copy_from_slice(&m);
+                        out[at..at + 16].copy_from_slice(&m);
+                    };
+                    for at in (0..n - 15).step_by(16) {
+                        step(out, at);
                     }
-                    let rest = o.into_remainder().len();
-                    if rest > 0 && n >= 16 {
-                        // The last 16 outputs again, overlapping: a pure function of the row.
-                        let (lo, hi) = row[2 * n - 32..].split_at(16);
-                        let (x, y): ([$t; 16], [$t; 16]) =
-                            (lo.try_into().unwrap_or_default(), hi.try_into().unwrap_or_default());
-                        let m: [$t; 16] = pulp::cast(simd.neon.$pmax(pulp::cast(x), pulp::cast(y)));
-                        out[n - 16..].copy_from_slice(&m);
-                    } else {
-                        let pairs = row[2 * (n - rest)..].chunks_exact(2);
-                        out[n - rest..].iter_mut().zip(pairs).for_each(|(o, p)| *o = p[0].max(p[1]));
+                    if n % 16 != 0 {
+                        step(out, n - 16);
                     }
                 }
             }
